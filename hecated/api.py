@@ -1,0 +1,308 @@
+"""The HTTP/JSON API: Werkzeug routing in, JSON out, one error shape for everything.
+
+This is the edge. It turns requests into registry calls and registry answers
+(and failures) into JSON; it holds no state of its own beyond what a response
+cache needs. Every error, from a bad route to a full disk, leaves as
+``{"error": {"code": ..., "message": ...}}`` with the status that fits it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from werkzeug.exceptions import (
+    Forbidden,
+    HTTPException,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from . import __version__
+from .errors import (
+    HecateError,
+    InvalidFieldError,
+    InvalidNameError,
+    NotFoundError,
+    PluginRunningError,
+    StillRegisteredError,
+    StorageError,
+    UnsafePathError,
+)
+from .registry import Plugin, Registry
+
+log = logging.getLogger("hecated.api")
+
+MAX_BODY = 64 * 1024
+PEER_KEY = "hecated.peer"
+REGISTER_FIELDS = frozenset({"name", "version", "description"})
+
+STATUS_OF: dict[type[HecateError], int] = {
+    InvalidNameError: 400,
+    InvalidFieldError: 400,
+    NotFoundError: 404,
+    StillRegisteredError: 409,
+    PluginRunningError: 409,
+    UnsafePathError: 409,
+    StorageError: 507,
+}
+
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class Peer(NamedTuple):
+    """The connecting process, as the kernel vouches for it (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class ApiError(HTTPException):
+    """An HTTP error with our own machine-readable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = status
+        self.error_code = code
+
+
+URL_MAP = Map(
+    [
+        Rule("/health", endpoint="health", methods=["GET"]),
+        Rule("/api/health", endpoint="health", methods=["GET"]),
+        Rule("/api/plugins", endpoint="list_plugins", methods=["GET"]),
+        Rule("/api/plugins/register", endpoint="register", methods=["POST"]),
+        Rule("/api/plugins/<name>", endpoint="get_plugin", methods=["GET"]),
+        Rule("/api/plugins/<name>", endpoint="deregister", methods=["DELETE"]),
+        Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
+    ],
+    strict_slashes=False,
+)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
+) -> Response:
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return Response(data, status=status, headers=list(headers), mimetype="application/json")
+
+
+def error_response(status: int, code: str, message: str, headers=()) -> Response:
+    return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+def _isoformat(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class HecateApp:
+    """The WSGI application over one registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        owner_uid: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.layout = registry.layout
+        self.owner_uid = os.getuid() if owner_uid is None else owner_uid
+        self._clock = clock
+        self._started = clock()
+
+    # -- WSGI -------------------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = MAX_BODY
+        return self.dispatch(request)(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        try:
+            peer = self._check_peer(request)
+            endpoint, args = URL_MAP.bind_to_environ(request.environ).match()
+            return getattr(self, f"on_{endpoint}")(request, peer, **args)
+        except HecateError as exc:
+            return error_response(_status_of(exc), exc.code, exc.message)
+        except ApiError as exc:
+            return error_response(exc.code or 400, exc.error_code, exc.description or "")
+        except HTTPException as exc:
+            status = exc.code or 500
+            allow = [(k, v) for k, v in exc.get_headers(request.environ) if k.lower() == "allow"]
+            code = HTTP_CODES.get(status, "http_error")
+            return error_response(status, code, _describe(exc, request), allow)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "internal error; see the daemon's log")
+
+    def _check_peer(self, request: Request) -> Peer | None:
+        """Only the user who owns the daemon may talk to it, whatever the socket's mode."""
+        peer = request.environ.get(PEER_KEY)
+        if not isinstance(peer, Peer):
+            raise Forbidden("the peer's credentials could not be read; refusing")
+        if peer.uid != self.owner_uid:
+            raise Forbidden(
+                f"uid {peer.uid} may not use this daemon (it belongs to uid {self.owner_uid})"
+            )
+        return peer
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def on_health(self, request: Request, peer: Peer) -> Response:
+        return json_response(
+            {
+                "status": "ok",
+                "version": __version__,
+                "pid": os.getpid(),
+                "plugins": len(self.registry),
+                "uptime_seconds": round(self._clock() - self._started, 3),
+                "socket": str(self.layout.api_socket),
+                "data_dir": str(self.layout.data_dir),
+            }
+        )
+
+    def on_list_plugins(self, request: Request, peer: Peer) -> Response:
+        return json_response([self._summary(p) for p in self.registry.list()])
+
+    def on_get_plugin(self, request: Request, peer: Peer, name: str) -> Response:
+        self.layout.check_plugin_name(name)
+        plugin = self.registry.get(name)
+        if plugin is None:
+            raise NotFoundError(f"plugin {name!r} is not registered")
+        return json_response(self._detail(plugin))
+
+    def on_register(self, request: Request, peer: Peer) -> Response:
+        body = _json_object(request)
+        unknown = sorted(set(body) - REGISTER_FIELDS)
+        if unknown:
+            raise InvalidFieldError(f"unknown field(s): {', '.join(unknown)}")
+        if "name" not in body:
+            raise InvalidFieldError("missing required field 'name'")
+        entry, created = self.registry.register(
+            body["name"], body.get("version", ""), body.get("description", "")
+        )
+        log.info(
+            "%s plugin %s %s by pid %s uid %s",
+            "registered" if created else "re-registered",
+            entry.name,
+            entry.manifest.version if entry.manifest else "",
+            peer.pid if peer else "?",
+            peer.uid if peer else "?",
+            extra=_fields("register", entry.name, peer),
+        )
+        return json_response(self._paths(entry.name), 201 if created else 200)
+
+    def on_deregister(self, request: Request, peer: Peer, name: str) -> Response:
+        self.registry.deregister(name)
+        log.info(
+            "deregistered plugin %s by pid %s uid %s (data kept)",
+            name,
+            peer.pid if peer else "?",
+            peer.uid if peer else "?",
+            extra=_fields("deregister", name, peer),
+        )
+        return json_response({"ok": True})
+
+    def on_purge(self, request: Request, peer: Peer, name: str) -> Response:
+        self.registry.purge(name)
+        log.warning(
+            "purged the namespace of %s by pid %s uid %s",
+            name,
+            peer.pid if peer else "?",
+            peer.uid if peer else "?",
+            extra=_fields("purge", name, peer),
+        )
+        return json_response({"ok": True, "purged": str(self.layout.namespace(name))})
+
+    # -- shapes -------------------------------------------------------------------------
+
+    def _paths(self, name: str) -> dict[str, Any]:
+        """The spec's registration answer, exactly: name, base_dir, paths."""
+        return {
+            "name": name,
+            "base_dir": str(self.layout.namespace(name)),
+            "paths": self.layout.paths(name),
+        }
+
+    def _summary(self, plugin: Plugin) -> dict[str, Any]:
+        m = plugin.entry.manifest
+        return {
+            "name": plugin.name,
+            "version": m.version if m else None,
+            "description": m.description if m else None,
+            "socket": str(self.layout.plugin_socket(plugin.name)),
+            "status": plugin.status,
+        }
+
+    def _detail(self, plugin: Plugin) -> dict[str, Any]:
+        m, err = plugin.entry.manifest, plugin.entry.error
+        return {
+            **self._summary(plugin),
+            **self._paths(plugin.name),
+            "manifest": str(self.layout.manifest_path(plugin.name)),
+            "registered_at": _isoformat(m.registered_at) if m else None,
+            "updated_at": _isoformat(m.updated_at) if m else None,
+            "pid": plugin.live.pid,
+            "state": plugin.live.state,
+            "error": None
+            if err is None
+            else {"file": err.path, "line": err.line, "message": err.message},
+        }
+
+
+def _status_of(exc: HecateError) -> int:
+    for cls, status in STATUS_OF.items():
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _describe(exc: HTTPException, request: Request) -> str:
+    if exc.code == 404:
+        return f"no such endpoint: {request.path}"
+    if exc.code == 405:
+        return f"method {request.method} is not allowed on {request.path}"
+    return exc.description or exc.name
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, or the 4xx that says what is wrong with it."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise RequestEntityTooLarge(f"the body is over {MAX_BODY} bytes")
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType(
+            "send a JSON body with 'Content-Type: application/json' "
+            f"(got {request.mimetype or 'no content type'!r})"
+        )
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY:
+        raise RequestEntityTooLarge(f"the body is over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return body
+
+
+def _fields(action: str, name: str, peer: Peer | None) -> dict[str, Any]:
+    """Structured fields for the journal (journal.py picks them off the log record)."""
+    fields: dict[str, Any] = {"hecate_action": action, "hecate_plugin": name}
+    if peer is not None:
+        fields.update(hecate_peer_pid=peer.pid, hecate_peer_uid=peer.uid)
+    return fields

@@ -1,0 +1,124 @@
+"""Settings, resolved once at start: flag, then environment, then config file, then default.
+
+Mirrors the spec's ``{hecate, [{data_dir, "~/.hecate/hecate-daemon"}]}``: the
+primary's data dir is the one setting that places everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .layout import Layout, default_root
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers"}
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message says which and where it came from."""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    socket_path: Path | None = None
+    log_level: str = "info"
+    idle_timeout: float | None = None
+    workers: int = 16
+    config_file: Path | None = None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.data_dir, self.socket_path)
+
+
+def default_config_file(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "hecate" / "hecated.toml"
+
+
+def _read_file(path: Path, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    section = doc.get("hecated", doc)
+    unknown = set(section) - FILE_KEYS
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    return section
+
+
+def _path(value: Any, source: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: expected a path")
+    return Path(os.path.expanduser(value)).absolute()
+
+
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+    """Build the one ``Config`` the daemon runs with; ``flags`` hold None where unset."""
+    env = os.environ if environ is None else environ
+    file_path = flags.get("config") or env.get("HECATE_CONFIG")
+    path = Path(file_path) if file_path else default_config_file(env)
+    from_file = _read_file(path, required=bool(file_path))
+
+    def pick(key: str, env_key: str | None = None) -> tuple[Any, str]:
+        if flags.get(key) is not None:
+            return flags[key], f"--{key.replace('_', '-')}"
+        if env_key and env.get(env_key):
+            return env[env_key], env_key
+        if key in from_file:
+            return from_file[key], f"{path}: {key}"
+        return None, ""
+
+    value, src = pick("data_dir", "HECATE_DATA_DIR")
+    if value is not None:
+        data_dir = _path(value, src)
+    else:
+        home = env.get("HECATE_HOME")
+        data_dir = Layout.at(Path(home) if home else default_root()).data_dir.absolute()
+
+    value, src = pick("socket_path", "HECATE_SOCKET_PATH")
+    socket_path = _path(value, src) if value is not None else None
+
+    value, src = pick("log_level", "HECATE_LOG_LEVEL")
+    log_level = str(value or "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"{src}: log level must be one of {', '.join(LOG_LEVELS)}")
+
+    value, src = pick("idle_timeout", "HECATE_IDLE_TIMEOUT")
+    idle = _number(value, src) if value is not None else None
+
+    value, src = pick("workers")
+    workers = int(_number(value, src)) if value is not None else 16
+    if workers < 1:
+        raise ConfigError(f"{src}: workers must be at least 1")
+
+    return Config(
+        data_dir=data_dir,
+        socket_path=socket_path,
+        log_level=log_level,
+        idle_timeout=idle if idle else None,
+        workers=workers,
+        config_file=path if from_file or file_path else None,
+    )
+
+
+def _number(value: Any, source: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{source}: must not be negative")
+    return number

@@ -1,0 +1,194 @@
+"""File primitives that never follow a symlink and never leave a half-written file.
+
+Everything under the data root is reached through directory file descriptors
+opened with ``O_NOFOLLOW``, so a symlink planted in the tree (a namespace that
+points at ``/etc``, a ``plugin.toml`` that points at a secret) can neither
+redirect a write nor leak a read. Writes go temp file, fsync, rename, fsync dir:
+after a crash a reader sees the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from .errors import StorageError, UnsafePathError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+
+
+def is_temp_name(entry: str, name: str) -> bool:
+    return entry.startswith(f".{name}.") and entry.endswith(TEMP_SUFFIX)
+
+
+def temp_owner_pid(entry: str) -> int | None:
+    """The pid embedded in a temp file's name, to tell our own writes from a crash's."""
+    parts = entry.split(".")
+    try:
+        return int(parts[-3])
+    except (IndexError, ValueError):
+        return None
+
+
+def _storage(exc: OSError, what: str) -> StorageError:
+    return StorageError(f"cannot write {what}: {os.strerror(exc.errno or errno.EIO)}")
+
+
+def open_root(root: Path, create: bool = True) -> int:
+    """Open (and if asked, create with 0700) the data root itself.
+
+    The root is the user's choice and may itself be a symlink (e.g. to a bigger
+    disk); everything below it is reached without following links.
+    """
+    if create:
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage(exc, str(root)) from exc
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _tighten(fd)
+    return fd
+
+
+def _tighten(fd: int) -> None:
+    """Directories we own are private to their user: drop group/other bits."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+
+
+def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = False) -> int:
+    """Open the directory ``name`` below ``parent_fd`` without following a symlink.
+
+    Raises ``FileNotFoundError`` when it is missing (and not created), and
+    ``UnsafePathError`` when the entry is a symlink or not a directory.
+    """
+    if create:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _storage(exc, name) from exc
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(f"{name!r} is a symlink or not a directory; refusing it") from exc
+        raise
+    if private:
+        _tighten(fd)
+    return fd
+
+
+@contextmanager
+def opened(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """Read a small regular file; ``None`` when it does not exist.
+
+    ``O_NONBLOCK`` keeps a FIFO planted under the name from hanging the reader;
+    anything but a regular file is refused.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(f"{name} is a symlink; refusing to follow it") from exc
+        raise
+    with opened(fd):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{name} is not a regular file")
+        if st.st_size > limit:
+            raise UnsafePathError(f"{name} is {st.st_size} bytes; at most {limit} are read")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise UnsafePathError(f"{name} grew past {limit} bytes while being read")
+        return data
+
+
+def atomic_write(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``name`` with ``data`` durably: temp file, fsync, rename, fsync dir."""
+    tmp = _temp_name(name)
+    try:
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            mode,
+            dir_fd=dir_fd,
+        )
+    except OSError as exc:
+        raise _storage(exc, name) from exc
+    try:
+        with opened(fd):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        _unlink_quietly(dir_fd, tmp)
+        raise _storage(exc, name) from exc
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp)
+        raise
+
+
+def remove_file(dir_fd: int, name: str) -> bool:
+    """Unlink ``name`` durably; False when it was not there."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except IsADirectoryError as exc:
+        raise UnsafePathError(f"{name} is a directory") from exc
+    except OSError as exc:
+        raise _storage(exc, name) from exc
+    os.fsync(dir_fd)
+    return True
+
+
+def remove_stale_temps(dir_fd: int, name: str) -> int:
+    """Remove temp files of ``name`` left by a writer that is no longer us (a crash)."""
+    removed = 0
+    try:
+        entries = os.listdir(dir_fd)
+    except OSError:
+        return 0
+    for entry in entries:
+        if is_temp_name(entry, name) and temp_owner_pid(entry) != os.getpid():
+            _unlink_quietly(dir_fd, entry)
+            removed += 1
+    return removed
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)

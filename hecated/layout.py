@@ -1,0 +1,184 @@
+"""The ``~/.hecate`` directory convention: the spec's ``shared_paths``.
+
+This module is the only place that spells a path of the convention. Everything
+else asks it for paths, so the layout can evolve here alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidNameError, NameTooLongError, ReservedNameError
+from .files import open_dir, open_root, opened
+
+PRIMARY_NAME = "hecate-daemon"
+SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", "sockets", "run", "connectors")
+MANIFEST_NAME = "plugin.toml"
+SOCKET_NAME = "api.sock"
+PID_FILE = "daemon.pid"
+STATE_FILE = "daemon.state"
+LOCK_FILE = "daemon.lock"
+DIR_MODE = 0o700
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+NAME_MAX = 64
+# sun_path is 108 bytes including the terminating NUL.
+SUN_PATH_MAX = 107
+
+
+def json_key(subdir: str) -> str:
+    """The API spells ``reckon-db/`` as ``reckon_db``: JSON keys are identifiers."""
+    return subdir.replace("-", "_")
+
+
+def default_root() -> Path:
+    """``$HECATE_HOME``, else ``~/.hecate``; packagers and tests point it elsewhere."""
+    env = os.environ.get("HECATE_HOME")
+    return Path(env) if env else Path.home() / ".hecate"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives for one hecated instance.
+
+    ``data_dir`` is the primary's own namespace (the spec's ``base_dir``); the
+    plugins' namespaces are its siblings under ``root``.
+    """
+
+    data_dir: Path
+    socket_override: Path | None = None
+
+    @classmethod
+    def at(cls, root: Path, socket_override: Path | None = None) -> Layout:
+        return cls(Path(root) / PRIMARY_NAME, socket_override)
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir.parent
+
+    @property
+    def primary_name(self) -> str:
+        return self.data_dir.name
+
+    # -- the primary's own files (shared_paths) -------------------------------------
+
+    @property
+    def base_dir(self) -> Path:
+        return self.data_dir
+
+    def sqlite_path(self, name: str) -> Path:
+        return self.data_dir / "sqlite" / name
+
+    def reckon_path(self, name: str) -> Path:
+        return self.data_dir / "reckon-db" / name
+
+    def socket_path(self, name: str) -> Path:
+        return self.data_dir / "sockets" / name
+
+    def run_path(self, name: str) -> Path:
+        return self.data_dir / "run" / name
+
+    def connectors_dir(self) -> Path:
+        return self.data_dir / "connectors"
+
+    @property
+    def api_socket(self) -> Path:
+        """The well-known bootstrap socket, unless ``HECATE_SOCKET_PATH`` moved it."""
+        return self.socket_override or self.socket_path(SOCKET_NAME)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_path(PID_FILE)
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_path(STATE_FILE)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_path(LOCK_FILE)
+
+    # -- any daemon's namespace ---------------------------------------------------------
+
+    def namespace(self, name: str) -> Path:
+        return self.root / name
+
+    def paths(self, name: str) -> dict[str, str]:
+        """The spec's ``paths`` object for a namespace, keyed the JSON way."""
+        base = self.namespace(name)
+        return {json_key(sub): str(base / sub) for sub in SUBDIRS}
+
+    def plugin_socket(self, name: str) -> Path:
+        return self.namespace(name) / "sockets" / SOCKET_NAME
+
+    def plugin_pid_file(self, name: str) -> Path:
+        return self.namespace(name) / "run" / PID_FILE
+
+    def manifest_path(self, name: str) -> Path:
+        return self.namespace(name) / MANIFEST_NAME
+
+    # -- names ------------------------------------------------------------------------
+
+    def check_name(self, name: object) -> str:
+        """Validate a name before it touches any path; return it unchanged."""
+        if not isinstance(name, str) or not name:
+            raise InvalidNameError("name must be a non-empty string")
+        if len(name) > NAME_MAX:
+            raise NameTooLongError(f"name is {len(name)} characters; at most {NAME_MAX} allowed")
+        if not NAME_RE.match(name):
+            raise InvalidNameError(
+                f"invalid name {name!r}: use lowercase letters, digits and single hyphens, "
+                "starting with a letter (e.g. 'hecate-traderd')"
+            )
+        sock = os.fsencode(self.plugin_socket(name))
+        if len(sock) > SUN_PATH_MAX:
+            raise NameTooLongError(
+                f"name {name!r} is too long for this data root: its socket path "
+                f"{self.plugin_socket(name)} is {len(sock)} bytes, but a Unix socket "
+                f"address holds at most {SUN_PATH_MAX} (108 with the terminating NUL)"
+            )
+        return name
+
+    def check_plugin_name(self, name: object) -> str:
+        """Like ``check_name``, and the primary's own namespace is not a plugin's."""
+        name = self.check_name(name)
+        if name in (PRIMARY_NAME, self.primary_name):
+            raise ReservedNameError(f"{name!r} is the primary daemon's own namespace")
+        return name
+
+    def is_plugin_name(self, name: str) -> bool:
+        try:
+            self.check_plugin_name(name)
+        except InvalidNameError:
+            return False
+        return True
+
+    # -- creating the tree ------------------------------------------------------------
+
+    def open_namespace(self, name: str, create: bool = False) -> int:
+        """A directory fd on a namespace, reached without following symlinks.
+
+        With ``create``, the namespace and its five subdirectories are made
+        (mode 0700) before the fd is returned, so a caller that answers with
+        the paths never hands out a directory that does not exist yet.
+        """
+        with opened(open_root(self.root, create=create)) as root_fd:
+            ns_fd = open_dir(root_fd, name, create=create, private=True)
+        if create:
+            try:
+                for sub in SUBDIRS:
+                    os.close(open_dir(ns_fd, sub, create=True))
+            except BaseException:
+                os.close(ns_fd)
+                raise
+        return ns_fd
+
+    def ensure_namespace(self, name: str) -> None:
+        os.close(self.open_namespace(name, create=True))
+
+    def ensure_layout(self) -> None:
+        """The spec's ``ensure_layout/0``: the primary's namespace, complete."""
+        self.ensure_namespace(self.primary_name)

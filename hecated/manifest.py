@@ -1,0 +1,168 @@
+"""``plugin.toml``: the registry entry of one plugin, and the source of truth.
+
+A plugin is registered exactly when ``~/.hecate/{name}/plugin.toml`` exists
+and parses here. People open these files by hand, so the format is plain
+TOML with a comment saying what the file is, and keys nobody defined here
+(a user's notes) are kept across rewrites.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from typing import Any
+
+from .errors import InvalidFieldError, UnsafePathError
+from .files import atomic_write, read_regular
+from .layout import MANIFEST_NAME
+
+SCHEMA_VERSION = 1
+MAX_FILE_BYTES = 64 * 1024
+VERSION_MAX = 64
+DESCRIPTION_MAX = 1024
+KNOWN_KEYS = frozenset({"schema", "name", "version", "description", "registered_at", "updated_at"})
+_LINE_RE = re.compile(r"\(at line (\d+)(?:, column (\d+))?\)")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    description: str = ""
+    registered_at: datetime | None = None
+    updated_at: datetime | None = None
+    schema: int = SCHEMA_VERSION
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def updated(self, version: str, description: str, now: datetime) -> Manifest:
+        return replace(self, version=version, description=description, updated_at=now)
+
+
+@dataclass(frozen=True)
+class ManifestError(Exception):
+    """Why a ``plugin.toml`` on disk is not a valid registry entry.
+
+    Carries the file and, for TOML syntax errors, the line, so a person who
+    broke the file by hand is told where to look.
+    """
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+def check_text(field_name: str, value: object, limit: int) -> str:
+    """Validate a free-text field the same way for the API and for hand edits."""
+    if not isinstance(value, str):
+        raise InvalidFieldError(f"{field_name!r} must be a string")
+    if len(value) > limit:
+        raise InvalidFieldError(f"{field_name!r} is {len(value)} characters; at most {limit}")
+    if any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in value):
+        raise InvalidFieldError(f"{field_name!r} contains control characters")
+    return value
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _timestamp(value: object, key: str, path: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise ManifestError(path, f"{key!r} must be a TOML date-time")
+
+
+def parse(data: bytes, expected_name: str, path: str) -> Manifest:
+    """Parse and validate a ``plugin.toml``; raise ``ManifestError`` saying why not."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        match = _LINE_RE.search(str(exc))
+        line = int(match.group(1)) if match else None
+        msg = _LINE_RE.sub("", str(exc)).strip()
+        raise ManifestError(path, f"invalid TOML: {msg}", line) from None
+
+    schema = doc.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise ManifestError(path, "'schema' must be an integer")
+    if schema > SCHEMA_VERSION:
+        raise ManifestError(
+            path, f"schema {schema} is newer than this hecated understands ({SCHEMA_VERSION})"
+        )
+    name = doc.get("name")
+    if name is None:
+        raise ManifestError(path, "missing required key 'name'")
+    if name != expected_name:
+        raise ManifestError(
+            path, f"'name' is {name!r} but the file lives in the namespace {expected_name!r}"
+        )
+    if "version" not in doc:
+        raise ManifestError(path, "missing required key 'version'")
+    try:
+        version = check_text("version", doc["version"], VERSION_MAX)
+        description = check_text("description", doc.get("description", ""), DESCRIPTION_MAX)
+    except InvalidFieldError as exc:
+        raise ManifestError(path, exc.message) from None
+    return Manifest(
+        name=name,
+        version=version,
+        description=description,
+        registered_at=_timestamp(doc.get("registered_at"), "registered_at", path),
+        updated_at=_timestamp(doc.get("updated_at"), "updated_at", path),
+        schema=schema,
+        extra={k: v for k, v in doc.items() if k not in KNOWN_KEYS},
+    )
+
+
+def dumps(manifest: Manifest) -> bytes:
+    """Render the file people will read: a header that says what it is, then TOML."""
+    import tomli_w  # only writers pay for it; reads and cold start do not
+
+    doc: dict[str, Any] = {
+        "schema": manifest.schema,
+        "name": manifest.name,
+        "version": manifest.version,
+        "description": manifest.description,
+    }
+    if manifest.registered_at is not None:
+        doc["registered_at"] = manifest.registered_at
+    if manifest.updated_at is not None:
+        doc["updated_at"] = manifest.updated_at
+    doc.update({k: v for k, v in manifest.extra.items() if k not in KNOWN_KEYS})
+    header = (
+        f"# Registry entry of the Hecate plugin daemon {manifest.name!r}, kept by hecated.\n"
+        "# This file IS the registration: hand edits are picked up by the daemon, and\n"
+        "# deleting it deregisters the plugin. The data directories beside it are kept.\n"
+        "\n"
+    )
+    return header.encode() + tomli_w.dumps(doc).encode()
+
+
+def read(ns_fd: int, name: str, path: str) -> Manifest | None:
+    """The manifest in the namespace open at ``ns_fd``; ``None`` when there is none."""
+    try:
+        data = read_regular(ns_fd, MANIFEST_NAME, MAX_FILE_BYTES)
+    except UnsafePathError as exc:
+        raise ManifestError(path, exc.message) from None
+    except PermissionError:
+        raise ManifestError(path, "permission denied") from None
+    if data is None:
+        return None
+    return parse(data, name, path)
+
+
+def write(ns_fd: int, manifest: Manifest) -> None:
+    atomic_write(ns_fd, MANIFEST_NAME, dumps(manifest))
