@@ -1,0 +1,147 @@
+"""Shared fixtures: a temporary HOME and a real hecated process on a real Unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HECATED = BIN / "hecated"
+HECATECTL = BIN / "hecatectl"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(os.fspath(self.unix_path))
+        self.sock = sock
+
+
+def http_request(
+    sock_path: Path,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One request over the Unix socket; returns status, headers and the decoded JSON."""
+    conn = UnixHTTPConnection(sock_path)
+    hdrs = dict(headers or {})
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        payload = resp.read()
+    finally:
+        conn.close()
+    return resp.status, dict(resp.getheaders()), json.loads(payload) if payload else None
+
+
+def short_tempdir(prefix: str = "hc") -> Path:
+    """A short path: Unix socket addresses hold at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o700)
+    return path
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = short_tempdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class Daemon:
+    """A hecated subprocess started the way a user starts it, with its own HOME."""
+
+    def __init__(self, home: Path, args: list[str] | None = None, env: dict | None = None) -> None:
+        self.home = home
+        self.args = args or []
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
+        self.env = {**inherited, "HOME": str(home), **(env or {})}
+        self.root = home / ".hecate"
+        self.data_dir = self.root / "hecate-daemon"
+        self.socket = Path(
+            (env or {}).get("HECATE_SOCKET_PATH") or self.data_dir / "sockets" / "api.sock"
+        )
+        self.proc: subprocess.Popen | None = None
+        self.stderr_path = home / "hecated.stderr"
+
+    def start(self, wait: bool = True) -> Daemon:
+        self._stderr = self.stderr_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(HECATED), *self.args], env=self.env, stdout=self._stderr, stderr=self._stderr
+        )
+        if wait:
+            wait_for(self._ready, timeout=15)
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"hecated exited with {self.proc.returncode}: {self.log()}")
+        try:
+            return self.request("GET", "/health")[0] == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def request(self, method: str, path: str, body: Any = None, **kw: Any):
+        return http_request(self.socket, method, path, body, **kw)
+
+    def register(self, name: str, version: str = "1.0", description: str = "") -> Any:
+        return self.request(
+            "POST",
+            "/api/plugins/register",
+            {"name": name, "version": version, "description": description},
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._stderr.close()
+        return code
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[Daemon]:
+    d = Daemon(home).start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.stop()
