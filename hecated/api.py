@@ -26,6 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import __version__
 from .errors import (
+    BusyError,
     HecateError,
     InvalidFieldError,
     InvalidNameError,
@@ -41,6 +42,8 @@ log = logging.getLogger("hecated.api")
 
 MAX_BODY = 64 * 1024
 PEER_KEY = "hecated.peer"
+SEQ_HEADER = "X-Hecate-Seq"
+MAX_WAIT = 60.0  # seconds a long poll may hold a worker; longer asks are capped
 REGISTER_FIELDS = frozenset({"name", "version", "description"})
 
 STATUS_OF: dict[type[HecateError], int] = {
@@ -51,6 +54,7 @@ STATUS_OF: dict[type[HecateError], int] = {
     PluginRunningError: 409,
     UnsafePathError: 409,
     StorageError: 507,
+    BusyError: 503,
 }
 
 HTTP_CODES: dict[int, str] = {
@@ -89,6 +93,7 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>", endpoint="get_plugin", methods=["GET"]),
         Rule("/api/plugins/<name>", endpoint="deregister", methods=["DELETE"]),
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
+        Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
     ],
     strict_slashes=False,
 )
@@ -123,6 +128,10 @@ class HecateApp:
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self._clock = clock
         self._started = clock()
+        # The whole tree again: the daemon swaps in its watcher's rescan, which
+        # also rebuilds the watches.
+        self.rescan: Callable[[], int] = registry.scan
+        self._list_cache: tuple[int, bytes] | None = None
 
     # -- WSGI -------------------------------------------------------------------------
 
@@ -169,6 +178,7 @@ class HecateApp:
                 "version": __version__,
                 "pid": os.getpid(),
                 "plugins": len(self.registry),
+                "seq": self.registry.seq,
                 "uptime_seconds": round(self._clock() - self._started, 3),
                 "socket": str(self.layout.api_socket),
                 "data_dir": str(self.layout.data_dir),
@@ -176,7 +186,37 @@ class HecateApp:
         )
 
     def on_list_plugins(self, request: Request, peer: Peer) -> Response:
-        return json_response([self._summary(p) for p in self.registry.list()])
+        """The list; with ``since``/``wait``, a long poll that answers once ``seq`` moved on."""
+        since = _query_number(request, "since", int, 0, None)
+        wait = _query_number(request, "wait", float, 0.0, None)
+        if wait is not None and wait > 0:
+            self.registry.wait(self.registry.seq if since is None else since, min(wait, MAX_WAIT))
+        seq, body = self._encoded_list()
+        return Response(
+            body, status=200, headers=[(SEQ_HEADER, str(seq))], mimetype="application/json"
+        )
+
+    def _encoded_list(self) -> tuple[int, bytes]:
+        """The list as JSON, encoded once per ``seq``: unchanged lists cost no encoding."""
+        cached = self._list_cache
+        if cached is not None and cached[0] == self.registry.seq:
+            return cached
+        seq, plugins = self.registry.snapshot()
+        data = json.dumps(
+            [self._summary(p) for p in plugins], ensure_ascii=False, separators=(",", ":")
+        )
+        self._list_cache = (seq, (data + "\n").encode())
+        return self._list_cache
+
+    def on_rescan(self, request: Request, peer: Peer) -> Response:
+        count = self.rescan()
+        log.info(
+            "rescanned the tree on request of pid %s: %d plugin(s)",
+            peer.pid if peer else "?",
+            count,
+            extra=_fields("rescan", "", peer),
+        )
+        return json_response({"ok": True, "plugins": count})
 
     def on_get_plugin(self, request: Request, peer: Peer, name: str) -> Response:
         self.layout.check_plugin_name(name)
@@ -277,6 +317,26 @@ def _describe(exc: HTTPException, request: Request) -> str:
     if exc.code == 405:
         return f"method {request.method} is not allowed on {request.path}"
     return exc.description or exc.name
+
+
+def _query_number(request: Request, key: str, kind: type, low: float, high: float | None):
+    """A numeric query parameter, or the 400 that says what is wrong with it."""
+    raw = request.args.get(key)
+    if raw is None:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low or value in (float("inf"),):
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g} (got {raw!r})",
+        )
+    if high is not None and value > high:
+        value = kind(high)
+    return value
 
 
 def _json_object(request: Request) -> dict[str, Any]:

@@ -62,14 +62,18 @@ def _serve(config: Config, runfiles: RunFiles) -> int:
     except (AlreadyRunningError, SocketPathError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    server = UnixServer(sock, HecateApp(registry), owned_path=owned, workers=config.workers)
+    # Long polls may take at most half the workers: the rest keep answering.
+    registry.max_waiters = max(1, config.workers // 2)
+    app = HecateApp(registry)
+    server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
+    watching = _Watching(registry, app)
 
     def on_stop(signum: int, _frame: object) -> None:
         log.info("%s: shutting down", signal.Signals(signum).name)
         server.shutdown()
 
     def on_reload(_signum: int, _frame: object) -> None:
-        threading.Thread(target=_rescan, args=(registry,), name="hecated-rescan").start()
+        threading.Thread(target=watching.rescan_logged, name="hecated-rescan").start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -82,15 +86,53 @@ def _serve(config: Config, runfiles: RunFiles) -> int:
 
     runfiles.set_state("running")
     log.info("serving %d plugin(s) on %s", count, config.layout.api_socket)
+    # The watcher starts beside the serving loop, not before it: the first
+    # request never waits for thousands of inotify watches to be set up.
+    threading.Thread(target=watching.start, name="hecated-watch-start", daemon=True).start()
     try:
         server.serve(tick)
     finally:
         runfiles.set_state("stopping")
+        registry.close()  # long polls answer now, so the workers can finish
+        watching.stop()
         server.close()
     log.info("stopped")
     return 0
 
 
-def _rescan(registry: Registry) -> None:
-    count = registry.scan()
-    log.info("rescanned the tree: %d plugin(s)", count)
+class _Watching:
+    """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
+
+    def __init__(self, registry: Registry, app: HecateApp) -> None:
+        self.registry = registry
+        self.app = app
+        self.watcher = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self) -> None:
+        from .watch import Watcher  # watchdog loads off the cold-start path
+
+        with self._lock:
+            if self._stopped:
+                return
+            try:
+                self.watcher = Watcher(self.registry).start()
+            except Exception:
+                log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
+                return
+            self.app.rescan = self.watcher.rescan
+        log.info(
+            "watching %s (%d inotify watches)", self.registry.layout.root, self.watcher.watch_count
+        )
+
+    def rescan_logged(self) -> None:
+        watcher = self.watcher
+        count = watcher.rescan() if watcher is not None else self.registry.scan()
+        log.info("rescanned the tree: %d plugin(s)", count)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self.watcher is not None:
+                self.watcher.stop()

@@ -55,3 +55,9 @@ class StorageError(HecateError):
     """The disk refused a write (full, read-only, permissions)."""
 
     code = "storage_error"
+
+
+class BusyError(HecateError):
+    """Too many requests are already waiting; retry shortly (not the request's fault)."""
+
+    code = "busy"

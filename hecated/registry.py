@@ -9,15 +9,18 @@ can keep the index current by calling ``refresh`` on the names it sees move.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from . import manifest
 from .errors import (
+    BusyError,
     NotFoundError,
     PluginRunningError,
     StillRegisteredError,
@@ -27,11 +30,15 @@ from .errors import (
 from .files import open_dir, open_root, opened, read_regular, remove_file, remove_stale_temps
 from .layout import MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
 from .manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, ManifestError, check_text
+from .procwatch import ProcessWatcher
+
+log = logging.getLogger("hecated.registry")
 
 RUNNING = "running"
 STOPPED = "stopped"
 INVALID = "invalid"
 STATE_MAX = 4096
+MAX_WAITERS = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class Change:
     seq: int
     name: str
     entry: Entry | None
+    live: Liveness | None = None
 
 
 def pid_alive(pid: int) -> bool:
@@ -95,18 +103,34 @@ def pid_alive(pid: int) -> bool:
 
 
 class Registry:
-    """Thread-safe index of the registered plugins, fed by single-name refreshes."""
+    """Thread-safe index of the registered plugins, fed by single-name refreshes.
 
-    def __init__(self, layout: Layout, clock: Callable[[], datetime] = manifest.now_utc):
+    The index holds each plugin's manifest *and* its liveness, both read by
+    ``refresh(name)``: requests answer from memory, and a status change (a pid
+    file written, a process gone) is a change like any other, with its own
+    ``seq``. Process exits are learnt from pidfds (procwatch.py), file changes
+    from whoever calls ``refresh`` (the API's writes, watch.py).
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        clock: Callable[[], datetime] = manifest.now_utc,
+        max_waiters: int = MAX_WAITERS,
+    ):
         self.layout = layout
         self._clock = clock
-        self._entries: dict[str, Entry] = {}
+        self._plugins: dict[str, Plugin] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._seq = 0
+        self._closed = False
+        self.max_waiters = max_waiters
+        self._waiters = 0
         # Writers of one name are serialised; different names proceed in parallel.
         self._stripes = tuple(threading.Lock() for _ in range(64))
         self._listeners: list[Callable[[Change], None]] = []
+        self._procs = ProcessWatcher(self._on_exit, pid_alive)
 
     # -- the one path ----------------------------------------------------------------
 
@@ -117,7 +141,11 @@ class Registry:
     def refresh(self, name: str) -> Change | None:
         """Re-read ``name`` from disk and bring the index in step with it."""
         with self._name_lock(name):
-            return self._apply(name, self._read(name))
+            return self._refresh_locked(name)
+
+    def _refresh_locked(self, name: str) -> Change | None:
+        entry, live = self._read(name)
+        return self._apply(name, entry, live)
 
     def scan(self, clean_temps: bool = False) -> int:
         """Rebuild the whole index from the tree; returns the number of entries.
@@ -127,11 +155,11 @@ class Registry:
         """
         names = set(self._names_on_disk(clean_temps))
         with self._lock:
-            names.update(self._entries)
+            names.update(self._plugins)
         for name in sorted(names):
             self.refresh(name)
         with self._lock:
-            return len(self._entries)
+            return len(self._plugins)
 
     def _names_on_disk(self, clean_temps: bool) -> Iterable[str]:
         try:
@@ -156,39 +184,103 @@ class Registry:
     def _name_lock(self, name: str) -> threading.Lock:
         return self._stripes[hash(name) % len(self._stripes)]
 
-    def _read(self, name: str) -> Entry | None:
+    def _read(self, name: str) -> tuple[Entry | None, Liveness]:
         path = str(self.layout.manifest_path(name))
+        stopped = Liveness(STOPPED)
         try:
             ns_fd = self.layout.open_namespace(name)
         except FileNotFoundError:
-            return None
+            return None, stopped
         except UnsafePathError as exc:
-            return Entry(name, error=ManifestError(str(self.layout.namespace(name)), exc.message))
+            error = ManifestError(str(self.layout.namespace(name)), exc.message)
+            return Entry(name, error=error), stopped
         except OSError as exc:
-            return Entry(name, error=ManifestError(path, exc.strerror or str(exc)))
+            return Entry(name, error=ManifestError(path, exc.strerror or str(exc))), stopped
         with opened(ns_fd):
             try:
                 found = manifest.read(ns_fd, name, path)
             except ManifestError as exc:
-                return Entry(name, error=exc)
+                return Entry(name, error=exc), self._liveness(ns_fd)
             except OSError as exc:
-                return Entry(name, error=ManifestError(path, exc.strerror or str(exc)))
-        return None if found is None else Entry(name, manifest=found)
+                error = ManifestError(path, exc.strerror or str(exc))
+                return Entry(name, error=error), self._liveness(ns_fd)
+            if found is None:
+                return None, stopped
+            return Entry(name, manifest=found), self._liveness(ns_fd)
 
-    def _apply(self, name: str, entry: Entry | None) -> Change | None:
+    def _apply(self, name: str, entry: Entry | None, live: Liveness) -> Change | None:
+        plugin = None if entry is None else Plugin(entry, live)
         with self._lock:
-            if self._entries.get(name) == entry:
+            old = self._plugins.get(name)
+            if old == plugin:
                 return None
-            if entry is None:
-                del self._entries[name]
+            if plugin is None:
+                del self._plugins[name]
             else:
-                self._entries[name] = entry
+                self._plugins[name] = plugin
             self._seq += 1
-            change = Change(self._seq, name, entry)
+            change = Change(self._seq, name, entry, None if plugin is None else live)
             self._changed.notify_all()
+        self._track(name, plugin)
+        if entry is not None and entry.error is not None:
+            if old is None or old.entry != entry:
+                log.warning("plugin %s is invalid: %s", name, entry.error)
+        elif entry is not None and old is not None and old.entry.error is not None:
+            log.info("plugin %s is valid again", name)
         for listener in self._listeners:
             listener(change)
         return change
+
+    def _track(self, name: str, plugin: Plugin | None) -> None:
+        """Hold a pidfd on a running plugin's process, so its exit is a change too."""
+        if plugin is not None and plugin.live.status == RUNNING and plugin.live.pid:
+            self._procs.track(name, plugin.live.pid)
+        else:
+            self._procs.untrack(name)
+
+    def _on_exit(self, name: str) -> None:
+        self.refresh(name)
+
+    # -- the change feed -------------------------------------------------------------------
+
+    def wait(self, since: int, timeout: float) -> int:
+        """Block until ``seq`` passes ``since`` (or ``timeout``, or ``close``); return ``seq``.
+
+        At most ``max_waiters`` callers wait at once, so long polls can never
+        take every worker thread of the server; the next one gets ``BusyError``.
+        A ``since`` ahead of ``seq`` (a client that saw a previous run of the
+        daemon) answers at once, so the client resynchronises.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            if self._seq != since or self._closed or timeout <= 0:
+                return self._seq
+            if self._waiters >= self.max_waiters:
+                raise BusyError(
+                    f"{self._waiters} clients are already waiting for changes; retry shortly"
+                )
+            self._waiters += 1
+            try:
+                while self._seq == since and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+            finally:
+                self._waiters -= 1
+            return self._seq
+
+    def snapshot(self) -> tuple[int, list[Plugin]]:
+        """The sorted list and the ``seq`` it belongs to, read together."""
+        with self._lock:
+            return self._seq, [self._plugins[n] for n in sorted(self._plugins)]
+
+    def close(self) -> None:
+        """Release every waiter at once and stop watching processes (shutdown)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._procs.close()
 
     # -- writes: each ends in the same refresh ---------------------------------------------
 
@@ -216,10 +308,12 @@ class Registry:
                     if new.registered_at is None:
                         new = replace(new, registered_at=now)
                 manifest.write(ns_fd, new)
-            entry = self._read(name)
-            self._apply(name, entry)
-        assert entry is not None and entry.manifest is not None
-        return entry, existing is None
+            self._refresh_locked(name)
+        with self._lock:
+            plugin = self._plugins.get(name)
+        if plugin is None or plugin.entry.manifest is None:
+            raise StorageError(f"the entry of {name!r} changed while it was written; retry")
+        return plugin.entry, existing is None
 
     def deregister(self, name: object) -> None:
         """Remove the registry entry only; the namespace and its data stay."""
@@ -232,7 +326,7 @@ class Registry:
             with opened(ns_fd):
                 if not remove_file(ns_fd, MANIFEST_NAME):
                     raise NotFoundError(f"plugin {name!r} is not registered")
-            self._apply(name, self._read(name))
+            self._refresh_locked(name)
 
     def purge(self, name: object) -> None:
         """Delete a deregistered plugin's namespace and all its data: explicit cleanup."""
@@ -262,7 +356,7 @@ class Registry:
                     os.fsync(root_fd)
                 except OSError as exc:
                     raise StorageError(f"cannot remove namespace {name!r}: {exc.strerror}") from exc
-            self._apply(name, self._read(name))
+            self._refresh_locked(name)
 
     # -- reads: from the index --------------------------------------------------------------
 
@@ -273,20 +367,17 @@ class Registry:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._entries)
+            return len(self._plugins)
 
     def get(self, name: str) -> Plugin | None:
         with self._lock:
-            entry = self._entries.get(name)
-        return None if entry is None else Plugin(entry, self.liveness(name))
+            return self._plugins.get(name)
 
     def list(self) -> list[Plugin]:
-        with self._lock:
-            entries = sorted(self._entries.values(), key=lambda e: e.name)
-        return [Plugin(e, self.liveness(e.name)) for e in entries]
+        return self.snapshot()[1]
 
     def liveness(self, name: str) -> Liveness:
-        """Read a plugin's ``run/daemon.pid`` and ``run/daemon.state``."""
+        """Probe a plugin's ``run/`` now (the index holds the value of the last refresh)."""
         try:
             with opened(self.layout.open_namespace(name)) as ns_fd:
                 return self._liveness(ns_fd)

@@ -1,0 +1,527 @@
+"""Keeps the registry in step with hand edits: inotify events -> ``registry.refresh(name)``.
+
+What is watched, and why no more: the root's parent (the root may be removed
+and created again; a watch on the root itself dies with it), the root (namespace
+directories come and go), each namespace directory *non-recursively* (its
+``plugin.toml``, and its ``run/`` appearing), and each ``run/`` (pid and state
+files). That is two inotify watches per plugin, plus two; ``sqlite/`` and
+``reckon-db/``, which plugins fill with their own data, are never watched.
+
+Why a watchdog emitter of our own rather than ``Observer.schedule()`` per
+directory: every scheduled watch gets its own emitter thread (watchdog 7), and
+on watchdog 2.2.1 its own inotify instance too, of which a user gets 128. For
+10,000 plugins that is 20,000 threads, or a failure at the 128th. A recursive
+``schedule()`` on the root would watch every directory plugins create, and with
+the default event mask its own walk overflows the kernel queue beyond ~4,000
+directories. So this module plugs one ``TreeEmitter`` into a watchdog
+``BaseObserver``: one thread, one inotify instance, exactly the watches above,
+with a mask that leaves out open/access/close-nowrite events. It uses only
+what watchdog 2.2.1 and 7.x both have (``inotify_c``'s ctypes bindings and
+constants, ``EventEmitter``, ``BaseObserver``, the event classes).
+
+Moves are not paired (no 0.5 s wait for a matching ``IN_MOVED_TO``): a move is
+a deletion here and a creation there, and each name involved is refreshed.
+Bursts are debounced per name: one save is one refresh. A deleted
+``plugin.toml`` is dropped only after a short grace, because vim moves the
+file away and writes a new one. On a queue overflow or an unexpected error the
+watches are rebuilt and the whole tree rescanned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import heapq
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver, EventEmitter
+from watchdog.observers.inotify_c import (
+    InotifyConstants as IN,
+)
+from watchdog.observers.inotify_c import (
+    inotify_add_watch,
+    inotify_init,
+    inotify_rm_watch,
+)
+
+from .layout import MANIFEST_NAME, PID_FILE, STATE_FILE
+from .registry import Registry
+
+log = logging.getLogger("hecated.watch")
+
+RUN_DIR = "run"
+RUN_FILES = frozenset({PID_FILE, STATE_FILE})
+_CHANGES = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO
+_SELF = IN.IN_DELETE_SELF | IN.IN_MOVE_SELF
+_SAFE = IN.IN_ONLYDIR | IN.IN_DONT_FOLLOW | IN.IN_EXCL_UNLINK
+# No IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE: reading a file must not make an event.
+PARENT_MASK = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO | _SELF | _SAFE
+ROOT_MASK = _CHANGES | IN.IN_ATTRIB | _SELF | _SAFE
+FILES_MASK = _CHANGES | IN.IN_MODIFY | IN.IN_CLOSE_WRITE | IN.IN_ATTRIB | _SELF | _SAFE
+_HEADER = struct.Struct("iIII")
+
+DEBOUNCE = 0.005  # a save's events arrive within microseconds of each other
+CLOSE_WAIT = 0.5  # after IN_MODIFY, wait this long for the writer's close
+DELETE_GRACE = 0.1  # vim: plugin.toml moved away, a new one written at once
+
+
+class RescanEvent(FileSystemEvent):
+    """Events may have been lost (queue overflow, watch errors): rebuild from the tree."""
+
+    event_type = "rescan"
+    is_directory = True
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a watch descriptor watches: the parent, the root, a namespace, or a ``run/``."""
+
+    kind: str  # "parent" | "root" | "ns" | "run"
+    name: str = ""
+
+
+class TreeEmitter(EventEmitter):
+    """A watchdog emitter for the ``~/.hecate`` tree: one inotify fd, only the needed watches.
+
+    Emits ordinary watchdog events (created, deleted, modified, closed) for the
+    paths that matter, and a ``RescanEvent`` whenever events may have been lost.
+    """
+
+    def __init__(self, event_queue, watch, timeout=1.0, event_filter=None, *, is_plugin_name):
+        super().__init__(event_queue, watch, timeout=timeout)
+        self.root = Path(watch.path)
+        self.parent = self.root.parent
+        self._is_plugin_name: Callable[[str], bool] = is_plugin_name
+        self._fd = -1
+        self._places: dict[int, Place] = {}
+        self._wds: dict[Place, int] = {}
+        self._lock = threading.Lock()
+
+    # -- watchdog's hooks ---------------------------------------------------------------
+
+    def on_thread_start(self) -> None:
+        fd = inotify_init()
+        if fd == -1:
+            raise OSError(errno.EMFILE, "cannot create an inotify instance")
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._establish()
+
+    def on_thread_stop(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            self._places.clear()
+            self._wds.clear()
+        if fd != -1:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def queue_events(self, timeout: float) -> None:
+        if self._fd == -1:
+            return
+        if Place("parent") not in self._wds:  # the parent itself is missing: retry
+            time.sleep(min(timeout, 1.0))
+            self._establish()
+            return
+        try:
+            ready = select.select([self._fd], [], [], timeout)[0]
+            if not ready:
+                return
+            data = os.read(self._fd, 64 * 1024)
+        except (OSError, ValueError) as exc:
+            if self._fd == -1:
+                return  # stopped while reading
+            log.warning("reading inotify events failed (%s); rescanning", exc)
+            self._establish()
+            return
+        try:
+            self._handle(data)
+        except Exception:
+            log.exception("handling inotify events failed; rescanning")
+            self._establish()
+
+    # -- watches ------------------------------------------------------------------------
+
+    @property
+    def watch_count(self) -> int:
+        with self._lock:
+            return len(self._wds)
+
+    def _add(self, place: Place, path: Path, mask: int) -> bool:
+        wd = inotify_add_watch(self._fd, os.fsencode(path), mask)
+        if wd == -1:
+            err = ctypes_errno()
+            if err == errno.ENOSPC:
+                log.error(
+                    "inotify watch limit reached at %d watches; raise "
+                    "fs.inotify.max_user_watches (hand edits of %s go unseen until a rescan)",
+                    len(self._wds),
+                    path,
+                )
+            return False
+        old = self._places.get(wd)
+        if old is not None and old != place:  # the same inode seen under a new name
+            self._wds.pop(old, None)
+        self._places[wd] = place
+        self._wds[place] = wd
+        return True
+
+    def _remove(self, place: Place) -> None:
+        wd = self._wds.pop(place, None)
+        if wd is not None:
+            self._places.pop(wd, None)
+            inotify_rm_watch(self._fd, wd)  # fails harmlessly when the kernel dropped it
+
+    def _path_of(self, place: Place) -> Path:
+        if place.kind == "parent":
+            return self.parent
+        if place.kind == "root":
+            return self.root
+        if place.kind == "ns":
+            return self.root / place.name
+        return self.root / place.name / RUN_DIR
+
+    def _watch_namespace(self, name: str) -> None:
+        if self._add(Place("ns", name), self.root / name, FILES_MASK):
+            self._add(Place("run", name), self.root / name / RUN_DIR, FILES_MASK)
+
+    def _unwatch_namespace(self, name: str) -> None:
+        self._remove(Place("run", name))
+        self._remove(Place("ns", name))
+
+    def _establish(self) -> None:
+        """(Re)build every watch from what is on disk now, then ask for a full rescan.
+
+        Watches come first, the rescan after: whatever changes after a watch is
+        in place makes an event, whatever changed before is read by the rescan.
+        """
+        with self._lock:
+            if self._fd == -1:
+                return
+            for place in list(self._wds):
+                self._remove(place)
+            if not self._add(Place("parent"), self.parent, PARENT_MASK):
+                return
+            self._watch_root()
+        self.queue_event(RescanEvent(os.fsdecode(self.root)))
+
+    def _watch_root(self) -> None:
+        if not self._add(Place("root"), self.root, ROOT_MASK):
+            return
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return
+        for name in names:
+            if self._is_plugin_name(name):
+                self._watch_namespace(name)
+
+    # -- events -------------------------------------------------------------------------
+
+    def _handle(self, data: bytes) -> None:
+        out: list[FileSystemEvent] = []
+        rescan = False
+        with self._lock:
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                wd, mask, _cookie, length = _HEADER.unpack_from(data, offset)
+                raw = data[offset + _HEADER.size : offset + _HEADER.size + length]
+                offset += _HEADER.size + length
+                name = os.fsdecode(raw.rstrip(b"\0"))
+                if mask & IN.IN_Q_OVERFLOW:
+                    log.warning("inotify queue overflowed; rebuilding watches and rescanning")
+                    rescan = True
+                    continue
+                place = self._places.get(wd)
+                if place is None:
+                    continue  # a watch we already removed
+                if mask & IN.IN_IGNORED:
+                    self._places.pop(wd, None)
+                    if self._wds.get(place) == wd:
+                        del self._wds[place]
+                    continue
+                rescan |= self._on_event(place, mask, name, out)
+        for event in out:
+            self.queue_event(event)
+        if rescan:
+            self._establish()
+
+    def _on_event(self, place: Place, mask: int, name: str, out: list) -> bool:
+        """Keep the watches in step and say what changed; True when a rescan is due."""
+        gone = bool(mask & (IN.IN_DELETE | IN.IN_MOVED_FROM))
+        came = bool(mask & (IN.IN_CREATE | IN.IN_MOVED_TO))
+        is_dir = bool(mask & IN.IN_ISDIR)
+        if place.kind == "parent":
+            if name != self.root.name:
+                return bool(mask & _SELF)  # the parent itself moved: start over
+            if came:
+                self._watch_root()
+                return True
+            if gone:
+                for p in [p for p in self._wds if p.kind != "parent"]:
+                    self._remove(p)
+                return True
+            return False
+        if mask & _SELF:
+            # The root moved or vanished under the parent's nose: the parent says
+            # so too, but a namespace or run/ going is also reported by its parent.
+            return place.kind == "root"
+        if place.kind == "root":
+            if not self._is_plugin_name(name):
+                return False
+            path = os.fsdecode(self.root / name)
+            if is_dir and came:
+                self._watch_namespace(name)
+                out.append(DirCreatedEvent(path))
+            elif is_dir and gone:
+                self._unwatch_namespace(name)
+                out.append(DirDeletedEvent(path))
+            else:
+                out.append(FileModifiedEvent(path))  # a file where a namespace would be
+            return False
+        base = self._path_of(place)
+        if place.kind == "ns" and name == RUN_DIR:
+            if is_dir and came:
+                self._add(Place("run", place.name), base / RUN_DIR, FILES_MASK)
+            elif gone:
+                self._remove(Place("run", place.name))
+            out.append(DirCreatedEvent(os.fsdecode(base / RUN_DIR)))
+            return False
+        wanted = MANIFEST_NAME if place.kind == "ns" else None
+        if (wanted and name != wanted) or (place.kind == "run" and name not in RUN_FILES):
+            return False
+        out.append(_file_event(os.fsdecode(base / name), mask))
+        return False
+
+
+def _file_event(path: str, mask: int) -> FileSystemEvent:
+    if mask & (IN.IN_DELETE | IN.IN_MOVED_FROM):
+        return FileDeletedEvent(path)
+    if mask & IN.IN_CLOSE_WRITE:
+        return FileClosedEvent(path)
+    if mask & IN.IN_MODIFY:
+        return FileModifiedEvent(path)
+    return FileCreatedEvent(path)  # created, moved in, attributes changed
+
+
+def ctypes_errno() -> int:
+    """errno of the last inotify call (watchdog's bindings are made with use_errno=True)."""
+    return ctypes.get_errno()
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    name: str = field(compare=False)
+
+
+class Refresher:
+    """Turns bursts of events per name into one ``registry.refresh(name)`` each."""
+
+    def __init__(self, registry: Registry, debounce: float = DEBOUNCE) -> None:
+        self.registry = registry
+        self.debounce = debounce
+        self._cond = threading.Condition()
+        self._due: dict[str, float] = {}
+        self._heap: list[_Due] = []
+        self._deleted_at: dict[str, float] = {}
+        self._rescan = False
+        self._stop = False
+        self._idle = True
+        self.refreshes = 0
+        self.rescans = 0
+        self._thread = threading.Thread(target=self._run, name="hecated-refresher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def touch(self, name: str, kind: str) -> None:
+        """Note an event on ``name``: ``kind`` is "settled", "modified" or "deleted"."""
+        now = time.monotonic()
+        with self._cond:
+            if kind == "deleted":
+                self._deleted_at.setdefault(name, now)
+            at = now + (CLOSE_WAIT if kind == "modified" else self.debounce)
+            current = self._due.get(name)
+            if kind == "modified" and current is not None:
+                at = max(at, current)
+            self._due[name] = at
+            heapq.heappush(self._heap, _Due(at, name))
+            self._idle = False
+            self._cond.notify_all()
+
+    def request_rescan(self) -> None:
+        with self._cond:
+            self._rescan = True
+            self._idle = False
+            self._cond.notify_all()
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until nothing is pending (tests and benchmarks use it)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._idle, timeout)
+
+    def _next(self) -> str | None:
+        """The next name due, waiting for it; "" for a rescan; None to stop."""
+        with self._cond:
+            while True:
+                if self._stop:
+                    return None
+                if self._rescan:
+                    self._rescan = False
+                    self._due.clear()
+                    self._heap.clear()
+                    self._deleted_at.clear()
+                    return ""
+                now = time.monotonic()
+                while self._heap and self._due.get(self._heap[0].name) != self._heap[0].at:
+                    heapq.heappop(self._heap)  # superseded
+                if not self._heap:
+                    self._idle = True
+                    self._cond.notify_all()
+                    self._cond.wait()
+                    continue
+                head = self._heap[0]
+                if head.at > now:
+                    self._cond.wait(head.at - now)
+                    continue
+                heapq.heappop(self._heap)
+                del self._due[head.name]
+                deleted = self._deleted_at.pop(head.name, None)
+                if deleted is not None and not self._manifest_exists(head.name):
+                    grace = deleted + DELETE_GRACE
+                    if grace > now:  # give vim's new file a moment to appear
+                        self._deleted_at[head.name] = deleted
+                        self._due[head.name] = grace
+                        heapq.heappush(self._heap, _Due(grace, head.name))
+                        continue
+                return head.name
+
+    def _manifest_exists(self, name: str) -> bool:
+        try:
+            os.lstat(self.registry.layout.manifest_path(name))
+        except OSError:
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            name = self._next()
+            if name is None:
+                return
+            try:
+                if name == "":
+                    count = self.registry.scan()
+                    self.rescans += 1
+                    log.info("rescanned the tree: %d plugin(s)", count)
+                else:
+                    self.registry.refresh(name)
+                    self.refreshes += 1
+            except Exception:
+                log.exception("refreshing %r failed; rescanning", name or "the tree")
+                if name:
+                    self.request_rescan()
+
+
+class RegistryHandler(FileSystemEventHandler):
+    """Maps the emitter's events to names of the registry."""
+
+    def __init__(self, root: Path, refresher: Refresher) -> None:
+        self.root = root
+        self.refresher = refresher
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if isinstance(event, RescanEvent):
+            self.refresher.request_rescan()
+            return
+        path = Path(os.fsdecode(event.src_path))
+        try:
+            name = path.relative_to(self.root).parts[0]
+        except (ValueError, IndexError):
+            return
+        if isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
+            kind = "deleted"
+        elif type(event) is FileModifiedEvent and path.parent != self.root:
+            kind = "modified"  # written, not yet closed
+        else:
+            kind = "settled"
+        self.refresher.touch(name, kind)
+
+
+class Watcher:
+    """The composition: observer + tree emitter + refresher, started and stopped together."""
+
+    def __init__(self, registry: Registry, debounce: float = DEBOUNCE, timeout: float = 1.0):
+        self.registry = registry
+        self.root = registry.layout.root
+        self.refresher = Refresher(registry, debounce)
+        emitter_class = partial(TreeEmitter, is_plugin_name=registry.layout.is_plugin_name)
+        self.observer = BaseObserver(emitter_class, timeout=timeout)
+        self.handler = RegistryHandler(self.root, self.refresher)
+        self.observer.schedule(self.handler, os.fspath(self.root))
+
+    def start(self) -> Watcher:
+        self.refresher.start()
+        self.observer.start()
+        return self
+
+    def stop(self) -> None:
+        self.observer.stop()
+        with contextlib.suppress(RuntimeError):
+            self.observer.join(timeout=5)
+        self.refresher.stop()
+
+    def rescan(self) -> int:
+        """Rebuild the watches and rescan now (SIGHUP, ``POST /api/rescan``)."""
+        emitter = self.emitter
+        if emitter is not None:
+            emitter._establish()  # its RescanEvent also rescans, a no-op after this one
+        return self.registry.scan()
+
+    @property
+    def emitter(self) -> TreeEmitter | None:
+        return next(iter(self.observer.emitters), None)  # type: ignore[return-value]
+
+    @property
+    def watch_count(self) -> int:
+        emitter = self.emitter
+        return 0 if emitter is None else emitter.watch_count
+
+    def settle(self, timeout: float = 10.0, quiet: float = 0.05) -> bool:
+        """Wait until events stop arriving and every refresh is done (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.observer.event_queue.join()
+            if not self.refresher.settled(max(0.0, deadline - time.monotonic())):
+                return False
+            time.sleep(quiet)
+            if self.observer.event_queue.unfinished_tasks == 0 and self.refresher.settled(0):
+                return True
+        return False
