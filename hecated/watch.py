@@ -209,7 +209,7 @@ class TreeEmitter(EventEmitter):
         self._remove(Place("run", name))
         self._remove(Place("ns", name))
 
-    def _establish(self) -> None:
+    def _establish(self, notify: bool = True) -> None:
         """(Re)build every watch from what is on disk now, then ask for a full rescan.
 
         Watches come first, the rescan after: whatever changes after a watch is
@@ -223,7 +223,8 @@ class TreeEmitter(EventEmitter):
             if not self._add(Place("parent"), self.parent, PARENT_MASK):
                 return
             self._watch_root()
-        self.queue_event(RescanEvent(os.fsdecode(self.root)))
+        if notify:
+            self.queue_event(RescanEvent(os.fsdecode(self.root)))
 
     def _watch_root(self) -> None:
         if not self._add(Place("root"), self.root, ROOT_MASK):
@@ -502,7 +503,7 @@ class Watcher:
         """Rebuild the watches and rescan now (SIGHUP, ``POST /api/rescan``)."""
         emitter = self.emitter
         if emitter is not None:
-            emitter._establish()  # its RescanEvent also rescans, a no-op after this one
+            emitter._establish(notify=False)  # the scan below reads what changed meanwhile
         return self.registry.scan()
 
     @property

@@ -1,0 +1,411 @@
+"""The watcher keeps the index in step with real files edited on disk (real inotify)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from watch_support import (
+    BROKEN,
+    dead_pid,
+    fresh_scan,
+    index_of,
+    manifest_text,
+    watching,
+    write_in_place,
+    write_rename_over,
+    write_vim_style,
+)
+
+from hecated.layout import Layout
+from hecated.watch import Watcher
+
+# -- in-process: a registry and its watcher over a real tree ---------------------------
+
+
+def make_plugin(root: Path, name: str, version: str = "1.0") -> Path:
+    ns = root / name
+    (ns / "run").mkdir(parents=True, exist_ok=True)
+    (ns / "plugin.toml").write_text(manifest_text(name, version))
+    return ns
+
+
+def version_of(reg, name: str) -> str | None:
+    plugin = reg.get(name)
+    return None if plugin is None or plugin.entry.manifest is None else plugin.entry.manifest.version
+
+
+@pytest.mark.parametrize("write", [write_in_place, write_rename_over, write_vim_style])
+def test_each_kind_of_edit_is_seen(home: Path, write) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        assert version_of(reg, "alpha") == "1.0"
+        write(ns / "plugin.toml", manifest_text("alpha", "2.0"))
+        assert watcher.settle()
+        assert version_of(reg, "alpha") == "2.0"
+        assert index_of(reg) == fresh_scan(reg.layout)
+
+
+def test_vim_dance_never_drops_the_entry(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        seen: list = []
+        reg.subscribe(seen.append)
+        write_vim_style(ns / "plugin.toml", manifest_text("alpha", "2.0"))
+        assert watcher.settle()
+        assert [c.entry is None for c in seen] == [False]  # one change, never a removal
+        assert version_of(reg, "alpha") == "2.0"
+
+
+def test_one_save_is_one_refresh(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        before = watcher.refresher.refreshes
+        with open(ns / "plugin.toml", "w") as fh:  # several writes, one close
+            for line in manifest_text("alpha", "3.0").splitlines(keepends=True):
+                fh.write(line)
+                fh.flush()
+        assert watcher.settle()
+        assert watcher.refresher.refreshes - before == 1
+        assert version_of(reg, "alpha") == "3.0"
+
+
+def test_broken_toml_is_invalid_with_its_line_then_valid_again(home: Path, caplog) -> None:
+    root = home / ".hecate"
+    caplog.set_level(logging.INFO, "hecated.registry")
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        write_in_place(ns / "plugin.toml", BROKEN)
+        assert watcher.settle()
+        write_rename_over(ns / "plugin.toml", BROKEN)  # the same breakage saved again
+        assert watcher.settle()
+        plugin = reg.get("alpha")
+        assert plugin is not None and plugin.status == "invalid"
+        assert plugin.entry.error.line == 2
+        assert plugin.entry.error.path == str(ns / "plugin.toml")
+        invalid_logs = [r for r in caplog.records if "is invalid" in r.getMessage()]
+        assert len(invalid_logs) == 1  # logged once per change, not once per event
+        write_in_place(ns / "plugin.toml", manifest_text("alpha", "4.0"))
+        assert watcher.settle()
+        assert reg.get("alpha").status == "stopped"
+        assert version_of(reg, "alpha") == "4.0"
+
+
+def test_name_mismatch_and_missing_fields_are_invalid(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        write_in_place(ns / "plugin.toml", manifest_text("beta"))
+        assert watcher.settle()
+        assert "namespace 'alpha'" in reg.get("alpha").entry.error.message
+        write_in_place(ns / "plugin.toml", 'name = "alpha"\n')
+        assert watcher.settle()
+        assert "version" in reg.get("alpha").entry.error.message
+
+
+def test_namespace_created_renamed_deleted(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        make_plugin(root, "alpha")
+        assert watcher.settle()
+        assert set(index_of(reg)) == {"alpha"}
+        os.rename(root / "alpha", root / "beta")
+        write_in_place(root / "beta" / "plugin.toml", manifest_text("beta", "5.0"))
+        assert watcher.settle()
+        assert set(index_of(reg)) == {"beta"}
+        assert version_of(reg, "beta") == "5.0"
+        # The renamed directory's run/ is watched under its new name.
+        (root / "beta" / "run" / "daemon.pid").write_text(str(os.getpid()))
+        assert watcher.settle()
+        assert reg.get("beta").status == "running"
+        shutil.rmtree(root / "beta")
+        assert watcher.settle()
+        assert index_of(reg) == {}
+
+
+def test_namespace_moved_out_and_back(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        make_plugin(root, "alpha")
+        assert watcher.settle()
+        os.rename(root / "alpha", home / "parked")
+        assert watcher.settle()
+        assert index_of(reg) == {}
+        # Edits in the parked copy are no business of the registry's...
+        write_in_place(home / "parked" / "plugin.toml", manifest_text("alpha", "9.9"))
+        assert watcher.settle()
+        assert index_of(reg) == {}
+        os.rename(home / "parked", root / "alpha")
+        assert watcher.settle()
+        assert version_of(reg, "alpha") == "9.9"
+
+
+def test_root_created_after_start_and_recreated(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root, create=False) as (reg, watcher):
+        assert not root.exists()
+        make_plugin(root, "alpha")
+        assert watcher.settle()
+        assert set(index_of(reg)) == {"alpha"}
+        shutil.rmtree(root)
+        assert watcher.settle()
+        assert index_of(reg) == {}
+        make_plugin(root, "beta")
+        assert watcher.settle()
+        assert set(index_of(reg)) == {"beta"}
+        write_rename_over(root / "beta" / "plugin.toml", manifest_text("beta", "2.0"))
+        assert watcher.settle()
+        assert version_of(reg, "beta") == "2.0"
+
+
+def test_sqlite_and_reckon_trees_are_not_watched(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        for sub in ("sqlite", "reckon-db", "sockets", "connectors"):
+            (ns / sub / "deep" / "er").mkdir(parents=True)
+        assert watcher.settle()
+        # parent, root, the primary's namespace... no: only plugins: alpha and alpha/run.
+        assert watcher.watch_count == 4
+        before = watcher.refresher.refreshes
+        (ns / "sqlite" / "deep" / "db.sqlite").write_bytes(b"x" * 100)
+        assert watcher.settle()
+        assert watcher.refresher.refreshes == before
+
+
+def test_pid_file_makes_running_and_exit_makes_stopped(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        assert reg.get("alpha").status == "stopped"
+        proc = subprocess.Popen(
+            ["sh", "-c", f'echo $$ > {ns}/run/daemon.pid; echo serving > {ns}/run/daemon.state; '
+             "exec sleep 60"]
+        )
+        try:
+            wait_for(lambda: reg.get("alpha").status == "running")
+            wait_for(lambda: reg.get("alpha").live.state == "serving")
+            seq = reg.seq
+            proc.kill()
+            proc.wait()
+            # No file changes: only the process's exit tells.
+            wait_for(lambda: reg.get("alpha").status == "stopped")
+            assert reg.seq > seq
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_stale_pid_file_reads_stopped(home: Path) -> None:
+    root = home / ".hecate"
+    ns = make_plugin(root, "alpha")
+    (ns / "run" / "daemon.pid").write_text(f"{dead_pid()}\n")
+    with watching(root) as (reg, watcher):
+        assert watcher.settle()
+        assert reg.get("alpha").status == "stopped"
+
+
+def test_overflow_rebuilds_and_rescans(home: Path) -> None:
+    """Events lost by the kernel are made up for by a rescan: simulated with a queue overflow."""
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        make_plugin(root, "alpha")
+        assert watcher.settle()
+        rescans = watcher.refresher.rescans
+        # Bypass inotify: change the tree while the watch on alpha is gone, then overflow.
+        emitter = watcher.emitter
+        with emitter._lock:
+            emitter._unwatch_namespace("alpha")
+        write_in_place(root / "alpha" / "plugin.toml", manifest_text("alpha", "7.0"))
+        assert watcher.settle()
+        assert version_of(reg, "alpha") == "1.0"  # missed, as designed for this test
+        import struct
+
+        from hecated.watch import IN
+
+        emitter._handle(struct.pack("iIII", -1, IN.IN_Q_OVERFLOW, 0, 0))
+        assert watcher.settle()
+        assert watcher.refresher.rescans == rescans + 1
+        assert version_of(reg, "alpha") == "7.0"
+        assert watcher.watch_count == 4
+
+
+# -- the invariant: after any sequence of file operations, index == fresh scan ---------
+
+NAMES = ("alpha", "beta", "gamma")
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "mkdir",
+                "in_place",
+                "rename_over",
+                "vim",
+                "broken",
+                "rm_manifest",
+                "rename_ns",
+                "rm_ns",
+                "pid_live",
+                "pid_dead",
+                "rm_run",
+                "state",
+            ]
+        ),
+        st.sampled_from(NAMES),
+        st.sampled_from(NAMES),
+        st.integers(0, 9),
+    ),
+    max_size=25,
+)
+
+
+def apply(root: Path, op: str, name: str, other: str, n: int) -> None:
+    ns, path = root / name, root / name / "plugin.toml"
+    try:
+        if op == "mkdir":
+            (ns / "run").mkdir(parents=True, exist_ok=True)
+        elif op == "in_place":
+            write_in_place(path, manifest_text(name, f"{n}.0"))
+        elif op == "rename_over":
+            write_rename_over(path, manifest_text(name, f"{n}.1"))
+        elif op == "vim":
+            write_vim_style(path, manifest_text(name, f"{n}.2"))
+        elif op == "broken":
+            write_in_place(path, BROKEN)
+        elif op == "rm_manifest":
+            path.unlink()
+        elif op == "rename_ns":
+            if not (root / other).exists():
+                os.rename(ns, root / other)
+        elif op == "rm_ns":
+            shutil.rmtree(ns)
+        elif op == "pid_live":
+            write_rename_over(ns / "run" / "daemon.pid", f"{os.getpid()}\n")
+        elif op == "pid_dead":
+            write_in_place(ns / "run" / "daemon.pid", f"{dead_pid()}\n")
+        elif op == "rm_run":
+            shutil.rmtree(ns / "run")
+        elif op == "state":
+            write_in_place(ns / "run" / "daemon.state", f"state-{n}\n")
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # the operation made no sense in this state; so be it, as for a person
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=OPS)
+def test_index_equals_fresh_scan_after_any_operations(home: Path, ops) -> None:
+    root = home / f".hecate-{os.urandom(4).hex()}"
+    try:
+        with watching(root) as (reg, watcher):
+            for op in ops:
+                apply(root, *op)
+            assert watcher.settle()
+            assert index_of(reg) == fresh_scan(reg.layout)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- through the daemon: hand edits visible over the real socket -----------------------
+
+
+def plugins(daemon: Daemon) -> dict:
+    status, _headers, body = daemon.request("GET", "/api/plugins")
+    assert status == 200
+    return {p["name"]: p for p in body}
+
+
+@pytest.mark.slow
+def test_hand_edits_visible_through_the_api(home: Path) -> None:
+    daemon = Daemon(home).start()
+    try:
+        root = daemon.root
+        wait_for(lambda: "watching" in daemon.log())
+        ns = make_plugin(root, "alpha")
+        wait_for(lambda: plugins(daemon).get("alpha", {}).get("version") == "1.0")
+        write_rename_over(ns / "plugin.toml", manifest_text("alpha", "2.0"))
+        wait_for(lambda: plugins(daemon)["alpha"]["version"] == "2.0")
+        write_vim_style(ns / "plugin.toml", manifest_text("alpha", "3.0"))
+        wait_for(lambda: plugins(daemon)["alpha"]["version"] == "3.0")
+        write_in_place(ns / "plugin.toml", BROKEN)
+        wait_for(lambda: plugins(daemon)["alpha"]["status"] == "invalid")
+        status, _, detail = daemon.request("GET", "/api/plugins/alpha")
+        assert status == 200
+        assert detail["error"]["line"] == 2
+        assert detail["error"]["file"] == str(ns / "plugin.toml")
+        write_in_place(ns / "plugin.toml", manifest_text("alpha", "4.0"))
+        wait_for(lambda: plugins(daemon)["alpha"]["status"] == "stopped")
+        # A plugin process: pid file written -> running; killed -> stopped.
+        proc = subprocess.Popen(["sh", "-c", f"echo $$ > {ns}/run/daemon.pid; exec sleep 60"])
+        try:
+            wait_for(lambda: plugins(daemon)["alpha"]["status"] == "running")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            wait_for(lambda: plugins(daemon)["alpha"]["status"] == "stopped")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        os.rename(ns, root / "beta")
+        write_in_place(root / "beta" / "plugin.toml", manifest_text("beta"))
+        wait_for(lambda: set(plugins(daemon)) == {"beta"})
+        shutil.rmtree(root / "beta")
+        wait_for(lambda: plugins(daemon) == {})
+        # The API's writes take the same path: register, then the file says so.
+        assert daemon.register("gamma", "1.0")[0] == 201
+        assert "gamma" in plugins(daemon)
+        assert Layout.at(root).manifest_path("gamma").exists()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+def test_root_removed_and_recreated_under_a_running_daemon(home: Path) -> None:
+    sock = home / "api.sock"
+    daemon = Daemon(home, env={"HECATE_SOCKET_PATH": str(sock)}).start()
+    try:
+        wait_for(lambda: "watching" in daemon.log())
+        make_plugin(daemon.root, "alpha")
+        wait_for(lambda: "alpha" in plugins(daemon))
+        shutil.rmtree(daemon.root)
+        wait_for(lambda: plugins(daemon) == {})
+        make_plugin(daemon.root, "beta")
+        wait_for(lambda: set(plugins(daemon)) == {"beta"})
+    finally:
+        daemon.stop()
+
+
+def test_watcher_on_missing_parent_waits(home: Path) -> None:
+    """A root whose parent does not exist yet: the watcher retries instead of failing."""
+    root = home / "later" / ".hecate"
+    layout = Layout.at(root)
+    from hecated.registry import Registry
+
+    reg = Registry(layout)
+    watcher = Watcher(reg, timeout=0.1).start()
+    try:
+        make_plugin(root, "alpha")
+        wait_for(lambda: reg.get("alpha") is not None)
+    finally:
+        watcher.stop()
+        reg.close()

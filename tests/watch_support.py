@@ -1,0 +1,81 @@
+"""Helpers for the watcher's tests: hand edits the way editors and scripts make them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hecated.layout import Layout
+from hecated.registry import Registry
+from hecated.watch import Watcher
+
+
+def manifest_text(name: str, version: str = "1.0", description: str = "") -> str:
+    return f'name = "{name}"\nversion = "{version}"\ndescription = "{description}"\n'
+
+
+BROKEN = 'name = "x"\nversion = \n'  # invalid TOML on line 2
+
+
+def write_in_place(path: Path, text: str) -> None:
+    """What `echo > file` and most editors without backups do: truncate and write."""
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def write_rename_over(path: Path, text: str) -> None:
+    """What VS Code, atomic writers and os.replace users do."""
+    tmp = path.with_name(f".{path.name}.edit")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_vim_style(path: Path, text: str) -> None:
+    """vim outside /tmp: move the file to a backup, write a new one, delete the backup."""
+    backup = path.with_name(path.name + "~")
+    os.rename(path, backup)
+    with open(path, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.unlink(backup)
+
+
+def dead_pid() -> int:
+    """A pid that named a process a moment ago and names none now."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def fresh_scan(layout: Layout) -> dict:
+    """What the index should hold: a new registry's scan of the same tree."""
+    reg = Registry(layout)
+    try:
+        reg.scan()
+        return {p.name: p for p in reg.list()}
+    finally:
+        reg.close()
+
+
+def index_of(reg: Registry) -> dict:
+    return {p.name: p for p in reg.list()}
+
+
+@contextmanager
+def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watcher]]:
+    """A registry over ``root`` with a running watcher, as the daemon composes them."""
+    layout = Layout.at(root)
+    if create:
+        layout.ensure_layout()
+    reg = Registry(layout)
+    reg.scan()
+    watcher = Watcher(reg).start()
+    try:
+        yield reg, watcher
+    finally:
+        watcher.stop()
+        reg.close()
