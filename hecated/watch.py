@@ -113,6 +113,7 @@ class TreeEmitter(EventEmitter):
         self.parent = self.root.parent
         self._is_plugin_name: Callable[[str], bool] = is_plugin_name
         self._fd = -1
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._places: dict[int, Place] = {}
         self._wds: dict[Place, int] = {}
         self._lock = threading.Lock()
@@ -132,9 +133,18 @@ class TreeEmitter(EventEmitter):
             fd, self._fd = self._fd, -1
             self._places.clear()
             self._wds.clear()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")  # end the select() now, not at its timeout
         if fd != -1:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def queue_events(self, timeout: float) -> None:
         if self._fd == -1:
@@ -144,8 +154,8 @@ class TreeEmitter(EventEmitter):
             self._establish()
             return
         try:
-            ready = select.select([self._fd], [], [], timeout)[0]
-            if not ready:
+            ready = select.select([self._fd, self._wake_r], [], [], timeout)[0]
+            if self._fd not in ready:
                 return
             data = os.read(self._fd, 64 * 1024)
         except (OSError, ValueError) as exc:

@@ -40,7 +40,9 @@ def make_plugin(root: Path, name: str, version: str = "1.0") -> Path:
 
 def version_of(reg, name: str) -> str | None:
     plugin = reg.get(name)
-    return None if plugin is None or plugin.entry.manifest is None else plugin.entry.manifest.version
+    return (
+        None if plugin is None or plugin.entry.manifest is None else plugin.entry.manifest.version
+    )
 
 
 @pytest.mark.parametrize("write", [write_in_place, write_rename_over, write_vim_style])
@@ -175,12 +177,12 @@ def test_root_created_after_start_and_recreated(home: Path) -> None:
 
 def test_sqlite_and_reckon_trees_are_not_watched(home: Path) -> None:
     root = home / ".hecate"
-    with watching(root) as (reg, watcher):
+    with watching(root) as (_reg, watcher):
         ns = make_plugin(root, "alpha")
         for sub in ("sqlite", "reckon-db", "sockets", "connectors"):
             (ns / sub / "deep" / "er").mkdir(parents=True)
         assert watcher.settle()
-        # parent, root, the primary's namespace... no: only plugins: alpha and alpha/run.
+        # The parent, the root, alpha and alpha/run: nothing below sqlite/ & co.
         assert watcher.watch_count == 4
         before = watcher.refresher.refreshes
         (ns / "sqlite" / "deep" / "db.sqlite").write_bytes(b"x" * 100)
@@ -195,8 +197,12 @@ def test_pid_file_makes_running_and_exit_makes_stopped(home: Path) -> None:
         assert watcher.settle()
         assert reg.get("alpha").status == "stopped"
         proc = subprocess.Popen(
-            ["sh", "-c", f'echo $$ > {ns}/run/daemon.pid; echo serving > {ns}/run/daemon.state; '
-             "exec sleep 60"]
+            [
+                "sh",
+                "-c",
+                f"echo $$ > {ns}/run/daemon.pid; echo serving > {ns}/run/daemon.state; "
+                "exec sleep 60",
+            ]
         )
         try:
             wait_for(lambda: reg.get("alpha").status == "running")
@@ -309,7 +315,7 @@ def apply(root: Path, op: str, name: str, other: str, n: int) -> None:
 
 
 @settings(
-    max_examples=40,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
