@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +34,14 @@ def write_rename_over(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_vim_style(path: Path, text: str) -> None:
-    """vim outside /tmp: move the file to a backup, write a new one, delete the backup."""
+def write_vim_style(path: Path, text: str, gap: float = 0.0) -> None:
+    """vim outside /tmp: move the file to a backup, write a new one, delete the backup.
+
+    ``gap`` stretches the moment the file is missing (a slow disk, a busy machine).
+    """
     backup = path.with_name(path.name + "~")
     os.rename(path, backup)
+    time.sleep(gap)
     with open(path, "w") as fh:
         fh.write(text)
         fh.flush()
