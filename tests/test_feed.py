@@ -1,0 +1,153 @@
+"""The change feed: X-Hecate-Seq, long polls on GET /api/plugins, POST /api/rescan."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, wait_for
+from watch_support import manifest_text, write_rename_over
+
+from hecated.api import HecateApp
+from hecated.errors import BusyError
+from hecated.layout import Layout
+from hecated.registry import Registry
+
+
+def seq_of(headers: dict) -> int:
+    return int(headers["X-Hecate-Seq"])
+
+
+class Poll(threading.Thread):
+    """A long poll in the background; ``result`` is (status, headers, body)."""
+
+    def __init__(self, daemon: Daemon, query: str) -> None:
+        super().__init__(daemon=True)
+        self.d, self.query, self.result = daemon, query, None
+
+    def run(self) -> None:
+        self.result = self.d.request("GET", f"/api/plugins?{self.query}")
+
+
+def test_list_carries_seq_and_health_says_it(daemon: Daemon) -> None:
+    status, headers, body = daemon.request("GET", "/api/plugins")
+    assert status == 200 and body == []
+    first = seq_of(headers)
+    daemon.register("alpha")
+    status, headers, body = daemon.request("GET", "/api/plugins")
+    assert [p["name"] for p in body] == ["alpha"]
+    assert seq_of(headers) > first
+    assert daemon.request("GET", "/health")[2]["seq"] == seq_of(headers)
+
+
+def test_long_poll_answers_on_a_change(daemon: Daemon) -> None:
+    _, headers, _ = daemon.request("GET", "/api/plugins")
+    seq = seq_of(headers)
+    poll = Poll(daemon, f"since={seq}&wait=30")
+    poll.start()
+    time.sleep(0.2)
+    assert poll.is_alive()  # nothing changed: still waiting
+    daemon.register("alpha")
+    poll.join(10)
+    assert not poll.is_alive()
+    status, headers, body = poll.result
+    assert status == 200
+    assert seq_of(headers) > seq
+    assert [p["name"] for p in body] == ["alpha"]
+
+
+def test_long_poll_sees_hand_edits(daemon: Daemon) -> None:
+    wait_for(lambda: "watching" in daemon.log())
+    _, headers, _ = daemon.request("GET", "/api/plugins")
+    poll = Poll(daemon, f"since={seq_of(headers)}&wait=30")
+    poll.start()
+    ns = daemon.root / "alpha"
+    ns.mkdir()
+    write_rename_over(ns / "plugin.toml", manifest_text("alpha", "1.5"))
+    poll.join(10)
+    assert not poll.is_alive()
+    assert [p["version"] for p in poll.result[2]] == ["1.5"]
+
+
+def test_long_poll_times_out_with_the_same_seq(daemon: Daemon) -> None:
+    _, headers, _ = daemon.request("GET", "/api/plugins")
+    status, headers2, body = daemon.request("GET", f"/api/plugins?since={seq_of(headers)}&wait=0.2")
+    assert status == 200 and body == []
+    assert seq_of(headers2) == seq_of(headers)
+
+
+def test_since_from_a_previous_run_answers_at_once(daemon: Daemon) -> None:
+    start = time.monotonic()
+    status, headers, _ = daemon.request("GET", "/api/plugins?since=999999&wait=30")
+    assert status == 200
+    assert seq_of(headers) < 999999
+    assert time.monotonic() - start < 10  # not held for the full wait
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["since=x", "since=-1", "since=1.5", "wait=abc", "wait=-2", "wait=nan", "wait=inf"],
+)
+def test_bad_parameters_are_a_json_400(daemon: Daemon, query: str) -> None:
+    status, _, body = daemon.request("GET", f"/api/plugins?{query}")
+    assert status == 400
+    assert body["error"]["code"] == "invalid_parameter"
+
+
+def test_rescan(daemon: Daemon) -> None:
+    daemon.register("alpha")
+    status, _, body = daemon.request("POST", "/api/rescan")
+    assert status == 200
+    assert body == {"ok": True, "plugins": 1}
+    assert daemon.request("GET", "/api/rescan")[0] == 405
+
+
+@pytest.mark.slow
+def test_waiters_are_bounded_and_shutdown_does_not_wait_for_them(home: Path) -> None:
+    d = Daemon(home, ["--workers", "2"]).start()  # at most one waiter
+    try:
+        _, headers, _ = d.request("GET", "/api/plugins")
+        first = Poll(d, f"since={seq_of(headers)}&wait=60")
+        first.start()
+        wait_for(lambda: d.request("GET", "/health")[0] == 200 and first.is_alive())
+        time.sleep(0.2)
+        status, _, body = d.request("GET", f"/api/plugins?since={seq_of(headers)}&wait=60")
+        assert status == 503
+        assert body["error"]["code"] == "busy"
+        started = time.monotonic()
+        assert d.stop(timeout=20) == 0
+        first.join(10)
+        assert not first.is_alive()
+        assert time.monotonic() - started < 20
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.stop()
+
+
+def test_registry_wait_is_released_by_close(home: Path) -> None:
+    reg = Registry(Layout.at(home / ".hecate"), max_waiters=1)
+    results: list = []
+    waiter = threading.Thread(target=lambda: results.append(reg.wait(reg.seq, 60)))
+    waiter.start()
+    wait_for(lambda: reg._waiters == 1)
+    with pytest.raises(BusyError):
+        reg.wait(reg.seq, 60)
+    reg.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert results == [0]
+
+
+def test_list_is_encoded_once_per_seq(home: Path) -> None:
+    reg = Registry(Layout.at(home / ".hecate"))
+    app = HecateApp(reg)
+    try:
+        first = app._encoded_list()
+        assert app._encoded_list()[1] is first[1]  # nothing changed: the same bytes
+        reg.register("alpha", "1.0", "")
+        second = app._encoded_list()
+        assert second[0] > first[0] and b'"alpha"' in second[1]
+    finally:
+        reg.close()
