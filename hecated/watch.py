@@ -51,6 +51,7 @@ from watchdog.events import (
     FileCreatedEvent,
     FileDeletedEvent,
     FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -326,13 +327,21 @@ class TreeEmitter(EventEmitter):
 
 
 def _file_event(path: str, mask: int) -> FileSystemEvent:
+    """The emitter's vocabulary, in watchdog's event classes.
+
+    Created and modified mean a writer may still be at work (wait for its
+    close); closed and moved-in mean the file is complete; deleted covers
+    moved-away too (moves are not paired).
+    """
     if mask & (IN.IN_DELETE | IN.IN_MOVED_FROM):
         return FileDeletedEvent(path)
     if mask & IN.IN_CLOSE_WRITE:
         return FileClosedEvent(path)
-    if mask & IN.IN_MODIFY:
-        return FileModifiedEvent(path)
-    return FileCreatedEvent(path)  # created, moved in, attributes changed
+    if mask & IN.IN_MOVED_TO:
+        return FileMovedEvent("", path)  # from somewhere we need not know
+    if mask & IN.IN_CREATE:
+        return FileCreatedEvent(path)
+    return FileModifiedEvent(path)  # written or attributes changed
 
 
 def ctypes_errno() -> int:
@@ -472,15 +481,15 @@ class RegistryHandler(FileSystemEventHandler):
         if isinstance(event, RescanEvent):
             self.refresher.request_rescan()
             return
-        path = Path(os.fsdecode(event.src_path))
+        path = Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
         try:
             name = path.relative_to(self.root).parts[0]
         except (ValueError, IndexError):
             return
         if isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             kind = "deleted"
-        elif type(event) is FileModifiedEvent and path.parent != self.root:
-            kind = "modified"  # written, not yet closed
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)) and path.parent != self.root:
+            kind = "modified"  # a writer may be at work: its close settles it
         else:
             kind = "settled"
         self.refresher.touch(name, kind)
