@@ -36,6 +36,7 @@ class ProcessWatcher:
         self._lock = threading.Lock()
         self._by_key: dict[str, tuple[int, int | None]] = {}  # key -> (pid, pidfd)
         self._by_fd: dict[int, str] = {}
+        self._exited: list[str] = []
         self._poll = select.poll()
         self._wake_r = self._wake_w = -1  # made with the thread: an idle registry holds no fds
         self._thread: threading.Thread | None = None
@@ -44,7 +45,6 @@ class ProcessWatcher:
 
     def track(self, key: str, pid: int) -> None:
         """Watch ``pid`` for ``key``; replaces whatever ``key`` tracked before."""
-        exited_now = False
         with self._lock:
             if self._closed:
                 return
@@ -54,16 +54,16 @@ class ProcessWatcher:
             self._drop(key)
             fd = self._open(pid)
             if fd == -1:
-                exited_now = True
+                # It died between the liveness check and now. Told from the thread,
+                # never from here: the caller may hold the lock on_exit needs.
+                self._exited.append(key)
             else:
                 self._by_key[key] = (pid, fd)
                 if fd is not None:
                     self._by_fd[fd] = key
                     self._poll.register(fd, select.POLLIN)
-                self._start()
+            self._start()
         self._wake()
-        if exited_now:  # it died between the liveness check and now
-            self._on_exit(key)
 
     def untrack(self, key: str) -> None:
         with self._lock:
@@ -136,12 +136,15 @@ class ProcessWatcher:
                 if self._closed:
                     return
                 fallback = any(fd is None for _pid, fd in self._by_key.values())
+                pending = bool(self._exited)
             timeout = int(self._fallback_interval * 1000) if fallback else None
+            if pending:
+                timeout = 0
             ready = self._poll.poll(timeout)
-            exited: list[str] = []
             with self._lock:
                 if self._closed:
                     return
+                exited, self._exited = self._exited, []
                 for fd, _mask in ready:
                     if fd == self._wake_r:
                         with contextlib.suppress(OSError):

@@ -425,3 +425,28 @@ def test_watcher_on_missing_parent_waits(home: Path) -> None:
     finally:
         watcher.stop()
         reg.close()
+
+
+@pytest.mark.slow
+def test_ten_thousand_plugins(home: Path) -> None:
+    """At 10,000 plugins: two watches each, edits seen, a burst of them settles to the truth."""
+    root = home / ".hecate"
+    count = 10_000
+    for i in range(count):
+        ns = root / f"p{i}"
+        (ns / "run").mkdir(parents=True)
+        (ns / "sqlite" / "data").mkdir(parents=True)
+        (ns / "plugin.toml").write_text(manifest_text(f"p{i}", "1"))
+    with watching(root) as (reg, watcher):
+        assert watcher.settle(timeout=120)
+        assert len(reg) == count
+        assert watcher.watch_count == 2 * count + 2
+        write_rename_over(
+            root / f"p{count - 1}" / "plugin.toml", manifest_text(f"p{count - 1}", "2")
+        )
+        assert watcher.settle(timeout=60)
+        assert version_of(reg, f"p{count - 1}") == "2"
+        for i in range(0, count, 2):  # a burst: half the tree rewritten at once
+            write_in_place(root / f"p{i}" / "plugin.toml", manifest_text(f"p{i}", "3"))
+        assert watcher.settle(timeout=120)
+        assert index_of(reg) == fresh_scan(reg.layout)
