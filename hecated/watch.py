@@ -81,7 +81,7 @@ ROOT_MASK = _CHANGES | IN.IN_ATTRIB | _SELF | _SAFE
 FILES_MASK = _CHANGES | IN.IN_MODIFY | IN.IN_CLOSE_WRITE | IN.IN_ATTRIB | _SELF | _SAFE
 _HEADER = struct.Struct("iIII")
 
-DEBOUNCE = 0.005  # a save's events arrive within microseconds of each other
+DEBOUNCE = 0.002  # a save's events arrive within microseconds of each other
 CLOSE_WAIT = 0.5  # after IN_MODIFY, wait this long for the writer's close
 DELETE_GRACE = 0.1  # vim: plugin.toml moved away, a new one written at once
 

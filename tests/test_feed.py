@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -151,3 +152,11 @@ def test_list_is_encoded_once_per_seq(home: Path) -> None:
         assert second[0] > first[0] and b'"alpha"' in second[1]
     finally:
         reg.close()
+
+
+def test_sighup_rescans_and_keeps_serving(daemon: Daemon) -> None:
+    wait_for(lambda: "watching" in daemon.log())
+    before = daemon.log().count("rescanned the tree")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("rescanned the tree") > before)
+    assert daemon.request("GET", "/health")[0] == 200
