@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
@@ -52,7 +53,7 @@ class Conn(http.client.HTTPConnection):
         self.sock.connect(os.fspath(self.unix_path))
 
 
-def get(sock: Path, path: str) -> tuple[int, list]:
+def get(sock: Path, path: str) -> tuple[int, Any]:
     conn = Conn(sock)
     try:
         conn.request("GET", path)
@@ -165,7 +166,7 @@ def measure_edits(daemon: Daemon, root: Path, kind: str, samples: int) -> dict:
     try:
         for i in range(samples):
             version = f"{kind}-{i}"
-            seq, _ = get(daemon.sock, "/api/plugins")
+            seq = get(daemon.sock, "/health")[1]["seq"]
             done: dict = {}
 
             def poll(since: int = seq, want: str = version, out: dict = done) -> None:

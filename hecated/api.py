@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -133,6 +134,7 @@ class HecateApp:
         self.rescan: Callable[[], int] = registry.scan
         self._list_cache: tuple[int, bytes] | None = None
         self._fragments: dict[str, tuple[Plugin, bytes]] = {}
+        self._fragments_lock = threading.Lock()
 
     # -- WSGI -------------------------------------------------------------------------
 
@@ -207,16 +209,22 @@ class HecateApp:
         if cached is not None and cached[0] == self.registry.seq:
             return cached
         seq, plugins = self.registry.snapshot()
-        old = self._fragments
-        fragments: dict[str, tuple[Plugin, bytes]] = {}
-        for plugin in plugins:
-            hit = old.get(plugin.name)
-            if hit is None or hit[0] is not plugin:
-                data = json.dumps(self._summary(plugin), ensure_ascii=False, separators=(",", ":"))
-                hit = (plugin, data.encode())
-            fragments[plugin.name] = hit
-        self._fragments = fragments
-        self._list_cache = (seq, b"[" + b",".join(f for _p, f in fragments.values()) + b"]\n")
+        with self._fragments_lock:
+            fragments = self._fragments
+            parts = []
+            for plugin in plugins:
+                hit = fragments.get(plugin.name)
+                if hit is None or hit[0] is not plugin:
+                    data = json.dumps(
+                        self._summary(plugin), ensure_ascii=False, separators=(",", ":")
+                    )
+                    hit = fragments[plugin.name] = (plugin, data.encode())
+                parts.append(hit[1])
+            if len(fragments) > len(plugins):  # names went away
+                present = {p.name for p in plugins}
+                for name in [n for n in fragments if n not in present]:
+                    del fragments[name]
+        self._list_cache = (seq, b"[" + b",".join(parts) + b"]\n")
         return self._list_cache
 
     def on_rescan(self, request: Request, peer: Peer) -> Response:
