@@ -32,6 +32,8 @@ from .client import (
 
 PROG = "hecatectl"
 START_HINT = "start it with `systemctl --user start hecate.socket` (or run `hecated`)"
+# Long enough to ride out a daemon restarting, short enough that "not running" is prompt.
+CONNECT_RETRY = 0.5
 PATH_FIELDS = ("base_dir", "sqlite", "reckon_db", "sockets", "run", "connectors", "socket")
 
 
@@ -58,30 +60,21 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # --json and --socket are accepted before and after the command; the
-    # subcommands' copies default to SUPPRESS so they never reset the global ones.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
-    common.add_argument(
-        "--socket",
-        metavar="PATH",
-        default=argparse.SUPPRESS,
-        help="the daemon's API socket (default: $HECATE_SOCKET_PATH, else "
-        "~/.hecate/hecate-daemon/sockets/api.sock)",
-    )
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Talk to hecated, the Hecate plugin registry.",
         epilog="Exit codes: 0 ok, 1 error (API refused, problems found), 2 usage, "
         "3 daemon not running, 4 no such plugin.",
-        parents=[common],
     )
-    parser.set_defaults(json=False, socket=None)
+    _common_options(parser, json=False, socket=None)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common])
+        p = sub.add_parser(name, help=help, description=help)
+        # Also accepted after the command; SUPPRESS keeps them from resetting the global ones.
+        _common_options(p, json=argparse.SUPPRESS, socket=argparse.SUPPRESS)
+        return p
 
     ls = add("list", "list registered plugins: name, version, status, socket")
     ls.add_argument("-q", "--quiet", action="store_true", help="print the names only")
@@ -126,9 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
+    parser.add_argument("--json", action="store_true", default=json, help="print JSON")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=socket,
+        help="the daemon's API socket (default: $HECATE_SOCKET_PATH, else "
+        "~/.hecate/hecate-daemon/sockets/api.sock)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = HecateClient(args.socket, connect_retry=1.0)
+    client = HecateClient(args.socket, connect_retry=CONNECT_RETRY)
     try:
         return int(COMMANDS[args.command](client, args) or Exit.OK)
     except DaemonUnavailableError as exc:

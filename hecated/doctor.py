@@ -197,8 +197,7 @@ def _check_namespace(report: Report, layout: Layout, name: str, answering: bool)
         report.add(PROBLEM, "layout", f"{path} is not a directory", "move it away", path)
         return
     clean = _private(report, path, st)
-    for sub in SUBDIRS:
-        clean = _check_subdir(report, path / sub, name, primary) and clean
+    clean = _check_subdirs(report, path, name, primary) and clean
     if primary:
         clean = _check_primary_pid(report, path, answering) and clean
     else:
@@ -209,17 +208,39 @@ def _check_namespace(report: Report, layout: Layout, name: str, answering: bool)
         report.add(OK, "layout", f"{what} {name}: layout and permissions ok", path=path)
 
 
-def _check_subdir(report: Report, path: Path, name: str, primary: bool) -> bool:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        fix = "start hecated" if primary else f"hecatectl register {name} (or mkdir -m 700 {path})"
-        report.add(WARNING, "layout", f"{path} is missing", fix, path)
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        report.add(PROBLEM, "layout", f"{path} is a symlink or not a directory", "move it away")
-        return False
-    return _private(report, path, st)
+def _check_subdirs(report: Report, ns: Path, name: str, primary: bool) -> bool:
+    clean = True
+    missing = []
+    for sub in SUBDIRS:
+        path = ns / sub
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            missing.append(sub)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            report.add(
+                PROBLEM,
+                "layout",
+                f"{path} is a symlink or not a directory",
+                f"move it away, then mkdir -m 700 {shlex.quote(str(path))}",
+                path,
+            )
+            clean = False
+        else:
+            clean = _private(report, path, st) and clean
+    if missing:
+        dirs = " ".join(shlex.quote(str(ns / sub)) for sub in missing)
+        fix = "start hecated" if primary else f"hecatectl register {name}"
+        report.add(
+            WARNING,
+            "layout",
+            f"{ns} lacks {', '.join(missing)}/",
+            f"{fix} (or mkdir -m 700 {dirs})",
+            ns,
+        )
+        clean = False
+    return clean
 
 
 def _read_small(path: Path, limit: int) -> bytes | None:
