@@ -131,8 +131,8 @@ def _remove_stale_socket(path: Path) -> None:
         probe.close()
 
 
-def run(name: str, socket_path: str | None) -> int:
-    client = HecateClient(socket_path, connect_retry=10.0)  # hecated may be starting too
+def run(name: str, socket_path: str | None, wait: float) -> int:
+    client = HecateClient(socket_path, connect_retry=wait)  # hecated may be starting too
     try:
         paths: PluginPaths = client.register(name, VERSION, "Example plugin daemon for Hecate")
     except ClientError as exc:
@@ -171,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=NAME, description=__doc__.splitlines()[0])
     parser.add_argument("--name", default=NAME, help=f"the name to register (default {NAME})")
     parser.add_argument("--socket", help="hecated's socket (default: the SDK's default)")
+    parser.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for hecated (default 10)"
+    )
     args = parser.parse_args(argv)
     os.umask(0o077)  # its data is private to its user, like the namespace around it
     logging.basicConfig(level=logging.INFO, format=f"{NAME}: %(message)s", stream=sys.stderr)
-    return run(args.name, args.socket)
+    return run(args.name, args.socket, args.wait)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ answered with an error.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import http.client
 import json
@@ -400,7 +401,10 @@ class HecateClient:
                     raise _Retry(reason) from None
                 raise DaemonUnavailableError(self.socket_path, reason) from None
             try:
-                conn.request(method, path, body=data, headers=headers)
+                # A daemon refusing work (503 busy) answers without reading the
+                # request and closes; its answer is still there to be read.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
             except TimeoutError:
