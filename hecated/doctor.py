@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import stat
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from .config import ConfigError, resolve
 from .layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
 from .manifest import MAX_FILE_BYTES, ManifestError, parse
 from .registry import pid_alive
+from .server import _answers as socket_answers  # the daemon's own stale-socket test
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
 UNITS = ("hecate.socket", "hecate.service")
@@ -46,7 +46,9 @@ class Report:
     socket: Path
     findings: list[Finding] = field(default_factory=list)
 
-    def add(self, level: str, check: str, message: str, fix: str | None = None, path=None) -> None:
+    def add(
+        self, level: str, check: str, message: str, fix: str | None = None, path: object = None
+    ) -> None:
         self.findings.append(Finding(level, check, message, fix, str(path) if path else None))
 
     @property
@@ -361,18 +363,6 @@ def _check_plugin_run(report: Report, ns: Path) -> bool:
     return _check_socket(report, sock, answering=None, plugin=True) and fine
 
 
-def _answers(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(os.fspath(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
 def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bool = False) -> bool:
     """A socket file: a socket, mode 0600, and not a stale leftover of a crash."""
     try:
@@ -394,7 +384,7 @@ def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bo
         )
         fine = False
     if answering is None:
-        answering = _answers(path)
+        answering = socket_answers(path)
     if not answering:
         report.add(
             PROBLEM if not plugin else WARNING,

@@ -63,6 +63,8 @@ def test_usage_errors_exit_2(home: Path) -> None:
     assert ctl(home).code == 2
     assert ctl(home, "frobnicate").code == 2
     assert ctl(home, "paths", "x", "--field", "nope").code == 2
+    version = ctl(home, "--version")
+    assert (version.code, version.out.split()[0]) == (0, "hecatectl")
 
 
 # -- reading ------------------------------------------------------------------------------
