@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -141,12 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.message, Exit.NOT_FOUND)
     except ApiError as exc:
         return _fail(f"{exc.message} ({exc.code})", Exit.ERROR)
-    except (ClientError, CommandError) as exc:
-        return _fail(str(exc), getattr(exc, "code", Exit.ERROR))
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
+    except ClientError as exc:
+        return _fail(str(exc), Exit.ERROR)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
-    except BrokenPipeError:  # `hecatectl list | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # `hecatectl list | head`: not an error
+        # Python's advice: point stdout at devnull so the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Exit.OK
 
 
