@@ -110,14 +110,20 @@ def api_socket(fds: list[ListenFd], expected: Path) -> socket.socket:
     """
     candidates: list[tuple[ListenFd, socket.socket]] = []
     for item in fds:
-        sock = socket.socket(fileno=item.fd)
+        try:
+            sock = socket.socket(fileno=item.fd)
+        except OSError:
+            log.warning("ignoring passed fd %d (%s): not a socket", item.fd, item.name)
+            continue
         if _is_unix_listener(sock):
             candidates.append((item, sock))
         else:
             log.warning(
-                "ignoring passed fd %d (%s): not a listening Unix socket", item.fd, item.name
+                "refusing passed fd %d (%s): not a listening Unix stream socket (never TCP)",
+                item.fd,
+                item.name,
             )
-            sock.detach()
+            sock.close()
     named = [c for c in candidates if c[0].name in API_FD_NAMES]
     chosen = named or candidates
     if not chosen:
@@ -125,7 +131,7 @@ def api_socket(fds: list[ListenFd], expected: Path) -> socket.socket:
     item, sock = chosen[0]
     for _other, other in candidates:
         if other is not sock:
-            other.detach()
+            other.close()  # systemd keeps its own copy; we hold no socket we do not serve
     name = sock.getsockname()
     name = name.decode(errors="replace") if isinstance(name, bytes) else name
     if name != os.fspath(expected):
