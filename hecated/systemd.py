@@ -220,7 +220,7 @@ class Supervisor(threading.Thread):
         self.interval = timeout / 2 if timeout else None
         # A loop turns at least every poll interval (0.5 s); older than this is stuck.
         self.stale_after = max(self.interval or 0.0, 1.0)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._dirty = threading.Event()
         self._warned = False
 
@@ -229,12 +229,12 @@ class Supervisor(threading.Thread):
         self._dirty.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._dirty.set()
 
     def run(self) -> None:
         next_ping = next_status = 0.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.monotonic()
             if self.interval is not None and now >= next_ping:
                 self._ping(now)
