@@ -93,8 +93,8 @@ class UserManager:
         Path("/run/systemd/system").mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(SYSTEMD), "--user"],
-                env={**self.env, "SYSTEMD_LOG_TARGET": "console", "SYSTEMD_LOG_LEVEL": "info"},
+                [str(SYSTEMD), "--user", "--log-target=console", "--log-level=info"],
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
