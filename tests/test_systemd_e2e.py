@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,23 @@ def test_status_text_follows_the_registry(um: UserManager) -> None:
     wait_for(lambda: um.prop(SERVICE, "StatusText") == "1 plugin registered, 0 running")
     um.request("DELETE", "/api/plugins/alpha")
     wait_for(lambda: um.prop(SERVICE, "StatusText") == "0 plugins registered, 0 running")
+
+
+def test_the_sandbox_still_sees_running_plugins(um: UserManager) -> None:
+    """ProtectProc=, PrivateUsers= and friends must not blind hecated to a plugin's pid."""
+    um.install()
+    served(um)
+    assert um.request("POST", "/api/plugins/register", {"name": "alpha"})[0] == 201
+    plugin = subprocess.Popen(["sleep", "60"])
+    try:
+        run = um.home / ".hecate" / "alpha" / "run"
+        (run / "daemon.pid").write_text(f"{plugin.pid}\n")
+        assert [p["status"] for p in served(um)] == ["running"]
+        wait_for(lambda: um.prop(SERVICE, "StatusText") == "1 plugin registered, 1 running")
+    finally:
+        plugin.kill()
+        plugin.wait()
+    assert [p["status"] for p in served(um)] == ["stopped"]
 
 
 def test_reload_rescans_the_tree(um: UserManager) -> None:
