@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,12 @@ API_FD_NAMES = ("api", "hecate.socket")
 
 # One MESSAGE_ID per kind of registry change, so `journalctl MESSAGE_ID=...`
 # finds every registration (or deregistration, or purge) whatever its wording.
-MESSAGE_IDS: dict[str, uuid.UUID] = {
-    "register": uuid.UUID("3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e80"),
-    "deregister": uuid.UUID("3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e81"),
-    "purge": uuid.UUID("3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e82"),
-    "rescan": uuid.UUID("3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e83"),
+# (128-bit ids as journalctl prints them; plain strings, no uuid import at start.)
+MESSAGE_IDS: dict[str, str] = {
+    "register": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e80",
+    "deregister": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e81",
+    "purge": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e82",
+    "rescan": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e83",
 }
 # Log record extras (set by api.py) → journal field names.
 RECORD_FIELDS = {
@@ -305,5 +305,5 @@ def journal_fields(record: logging.LogRecord) -> dict[str, str]:
     }
     action = getattr(record, "hecate_action", None)
     if action in MESSAGE_IDS:
-        fields["MESSAGE_ID"] = MESSAGE_IDS[action].hex
+        fields["MESSAGE_ID"] = MESSAGE_IDS[action]
     return fields

@@ -97,7 +97,7 @@ def test_journal_fields_come_from_the_api_extras() -> None:
         "PLUGIN": "alpha",
         "HECATE_PEER_PID": "42",
         "HECATE_PEER_UID": "1000",
-        "MESSAGE_ID": MESSAGE_IDS["purge"].hex,
+        "MESSAGE_ID": MESSAGE_IDS["purge"],
     }
     plain = logging.LogRecord("hecated", logging.INFO, __file__, 1, "x", (), None)
     assert journal_fields(plain) == {}
@@ -298,7 +298,7 @@ def test_journal_gets_structured_records_when_stderr_is_the_journal(home: Path) 
             assert d.stop() == 0
     assert records, "no journal record for the registration"
     record = records[0]
-    assert record["MESSAGE_ID"] == MESSAGE_IDS["register"].hex
+    assert record["MESSAGE_ID"] == MESSAGE_IDS["register"]
     assert record["HECATE_ACTION"] == "register"
     assert record["HECATE_PEER_PID"] == str(os.getpid())
     assert record["HECATE_PEER_UID"] == str(os.getuid())
