@@ -114,6 +114,14 @@ def install(directory: Path, executable: Path, force: bool = False) -> list[Outc
     return outcomes
 
 
+def hidden_from_service(executable: Path) -> str | None:
+    """The PrivateTmp= directory ``executable`` lives under, if any: the unit cannot run it."""
+    for private in ("/tmp", "/var/tmp"):
+        if executable.resolve().is_relative_to(private):
+            return private
+    return None
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -131,12 +139,20 @@ def main(directory: str | None, force: bool) -> int:
     """``hecated install-units``: install, then say what to run next."""
     target = Path(directory).expanduser() if directory else user_unit_dir()
     try:
-        outcomes = install(target, this_hecated(), force)
+        executable = this_hecated()
+        outcomes = install(target, executable, force)
     except (InstallError, HecateError, OSError) as exc:
         print(f"hecated install-units: {exc}", file=sys.stderr)
         return 1
     for outcome in outcomes:
         print(f"{outcome.action}: {outcome.path}")
+    hidden = hidden_from_service(executable)
+    if hidden:
+        print(
+            f"warning: {executable} is under {hidden}, which the service's PrivateTmp=yes "
+            "hides from it; install hecated elsewhere (e.g. ~/.local) or it cannot start",
+            file=sys.stderr,
+        )
     print("now run:")
     for command in COMMANDS:
         print(f"  {command}")

@@ -140,3 +140,9 @@ def test_the_wheel_carries_the_units(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         for name in units.UNIT_NAMES:
             assert zf.read(f"hecated/_units/{name}").decode() == (UNITS / name).read_text()
+
+
+def test_install_warns_when_the_executable_is_hidden_by_private_tmp() -> None:
+    assert units.hidden_from_service(Path("/tmp/venv/bin/hecated")) == "/tmp"
+    assert units.hidden_from_service(Path("/var/tmp/x/hecated")) == "/var/tmp"
+    assert units.hidden_from_service(Path("/usr/bin/hecated")) is None
