@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 from conftest import HECATED, http_request, wait_for
 
+from hecated.units import hidden_from_service
+
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 SYSTEMCTL = shutil.which("systemctl")
@@ -165,6 +167,10 @@ class UserManager:
         out = self.run(str(HECATED), "install-units").stdout
         assert "systemctl --user daemon-reload" in out
         self.drop_in("hecate.service", "00-test-log", _LOG_DROP_IN)
+        if hidden_from_service(HECATED):
+            # A checkout under /tmp: PrivateTmp=yes would hide the venv's hecated from
+            # the service (203/EXEC). Only then, and only this option, is relaxed.
+            self.drop_in("hecate.service", "00-test-tmp", "[Service]\nPrivateTmp=no\n")
         for name, text in drop_ins:
             self.drop_in("hecate.service", name, text)
         self.systemctl("daemon-reload")

@@ -169,6 +169,7 @@ def test_api_socket_is_a_unix_listener_never_tcp(home: Path) -> None:
 # -- socket activation through systemd-socket-activate --------------------------------------
 
 
+@pytest.mark.slow
 @needs_socket_activate
 def test_serves_the_passed_socket_and_never_unlinks_it(home: Path, procs: list) -> None:
     sock = api_path(home)
@@ -183,6 +184,7 @@ def test_serves_the_passed_socket_and_never_unlinks_it(home: Path, procs: list) 
     assert sock.is_socket(), "the socket belongs to systemd: hecated must leave it"
 
 
+@pytest.mark.slow
 @needs_socket_activate
 def test_fdnames_pick_the_api_socket(home: Path, procs: list) -> None:
     other, api = home / "other.sock", api_path(home)
@@ -192,6 +194,7 @@ def test_fdnames_pick_the_api_socket(home: Path, procs: list) -> None:
         http_request(other, "GET", "/health")
 
 
+@pytest.mark.slow
 @needs_socket_activate
 def test_a_passed_tcp_socket_is_refused(home: Path, procs: list) -> None:
     probe = socket.socket()
@@ -207,6 +210,7 @@ def test_a_passed_tcp_socket_is_refused(home: Path, procs: list) -> None:
     assert "never TCP" in activation_log(home)
 
 
+@pytest.mark.slow
 @needs_socket_activate
 def test_notify_ready_status_watchdog_reload_stopping(home: Path, procs: list) -> None:
     preregister(home, "alpha", "beta")
@@ -237,6 +241,7 @@ def test_notify_ready_status_watchdog_reload_stopping(home: Path, procs: list) -
     listener.close()
 
 
+@pytest.mark.slow
 @needs_socket_activate
 def test_a_stuck_loop_stops_the_watchdog_pings(home: Path, procs: list) -> None:
     listener = NotifyListener(home)
@@ -286,6 +291,7 @@ def hecated_records(sock: socket.socket, plugin: str, timeout: float) -> list[di
     return found
 
 
+@pytest.mark.slow
 def test_journal_gets_structured_records_when_stderr_is_the_journal(home: Path) -> None:
     with fake_journal() as journal:
         if journal is None:
@@ -307,6 +313,7 @@ def test_journal_gets_structured_records_when_stderr_is_the_journal(home: Path) 
     assert "registered plugin journaled" not in d.log(), "went to the journal, not stderr"
 
 
+@pytest.mark.slow
 def test_plain_stderr_when_journal_stream_does_not_match(home: Path) -> None:
     with fake_journal() as journal:
         d = journal_daemon(home, matching=False)
