@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .api import HecateApp
@@ -39,17 +40,37 @@ log = logging.getLogger("hecated")
 # serving loop for good, so the end-to-end tests can prove that systemd's
 # watchdog kills a daemon whose loop is stuck. Nothing else reads it.
 TEST_HOOKS_ENV = "HECATED_TEST_HOOKS"
+# Deferred start-up work waits for the first answer, but not longer than this.
+SETTLE_AFTER = 1.0
 
 
 def setup_logging(level: str) -> None:
-    """Structured records to journald when stderr is the journal, plain lines otherwise."""
-    handler = journal_handler() if stderr_is_journal() else None
-    if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    """Plain lines on stderr from the start; ``use_journal`` adds the fields later."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def use_journal() -> bool:
+    """Structured records to journald, when stderr is the journal (``JOURNAL_STREAM``).
+
+    Called once the first request is answered: until then records go to stderr,
+    which systemd already feeds to the journal (only the fields are missing), and
+    the first answer does not wait for ``systemd.journal`` to import.
+    """
+    handler = journal_handler() if stderr_is_journal() else None
+    if handler is None:
+        return False
+    logging.getLogger().handlers[:] = [handler]
+    log.info("logging to the journal")
+    return True
+
+
+def after_first_answer() -> None:
+    """Start-up work no first request needs: it runs once the first answer has gone out."""
+    use_journal()
 
 
 def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, Path | None]:
@@ -108,15 +129,20 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_reload)
     frozen = _test_freeze_hook()
-    started = False
+    started = settled = False
+    begun = time.monotonic()
 
     def tick() -> None:
-        nonlocal started
+        nonlocal started, settled
         if not started:  # the loop has turned once: the socket is being served
             started = True
             notifier.ready(status_line(registry))
             if notifier.enabled:
                 supervisor.start()
+        # No connection open (the first answer is out), or a keep-alive client holds one.
+        if not settled and (server.idle_for() > 0 or time.monotonic() - begun > SETTLE_AFTER):
+            settled = True
+            after_first_answer()
         if config.idle_timeout and server.idle_for() >= config.idle_timeout:
             log.info("idle for %.0f s: exiting until the next connection", config.idle_timeout)
             server.shutdown()
