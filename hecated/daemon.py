@@ -111,6 +111,7 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
         sock, owned = take_socket(config, passed)
     except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        notifier.status(f"cannot start: {exc}")
         return 1
     server = UnixServer(sock, HecateApp(registry), owned_path=owned, workers=config.workers)
     supervisor = Supervisor(
@@ -139,7 +140,8 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
             notifier.ready(status_line(registry))
             if notifier.enabled:
                 supervisor.start()
-        # No connection open (the first answer is out), or a keep-alive client holds one.
+        # Settle once no connection is open (the first answer is out), or after
+        # SETTLE_AFTER when a keep-alive client holds its connection open.
         if not settled and (server.idle_for() > 0 or time.monotonic() - begun > SETTLE_AFTER):
             settled = True
             after_first_answer()
