@@ -103,7 +103,7 @@ class UserManager:
                 cwd=self.home,
                 start_new_session=True,
             )
-        wait_for(self._running, timeout=30, interval=0.05)
+        wait_for(self._running, timeout=60, interval=0.05)
         return self
 
     def _running(self) -> bool:
@@ -122,7 +122,7 @@ class UserManager:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise AssertionError(
