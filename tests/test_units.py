@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -131,9 +132,11 @@ def test_install_into_a_path_that_is_a_file_fails_cleanly(home: Path) -> None:
 @pytest.mark.slow
 def test_the_wheel_carries_the_units(tmp_path: Path) -> None:
     """A pip-installed wheel has no units/ beside it: the units must be package data."""
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ in the checkout
+    junk = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "docs")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*junk))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-         "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("hecated-*.whl")
