@@ -24,7 +24,7 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import __version__
+from . import __version__, openapi
 from .errors import (
     HecateError,
     InvalidFieldError,
@@ -89,6 +89,7 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>", endpoint="get_plugin", methods=["GET"]),
         Rule("/api/plugins/<name>", endpoint="deregister", methods=["DELETE"]),
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
+        Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
     ],
     strict_slashes=False,
 )
@@ -174,6 +175,9 @@ class HecateApp:
                 "data_dir": str(self.layout.data_dir),
             }
         )
+
+    def on_openapi(self, request: Request, peer: Peer) -> Response:
+        return json_response(openapi.spec())
 
     def on_list_plugins(self, request: Request, peer: Peer) -> Response:
         return json_response([self._summary(p) for p in self.registry.list()])
