@@ -92,13 +92,22 @@ URL_MAP = Map(
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
     ],
     strict_slashes=False,
+    # No redirects: a 308 to a merged path helps no client of a Unix socket, and
+    # Werkzeug's redirect would leave here as an error body without a Location.
+    merge_slashes=False,
 )
 
 
 def json_response(
     body: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate from a client's JSON (echoed in a message) has no UTF-8
+        # form; escaped JSON still says exactly what was sent.
+        data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
     return Response(data, status=status, headers=list(headers), mimetype="application/json")
 
 
