@@ -137,8 +137,9 @@ def calls(draw: st.DrawFn) -> Call:
         query = draw(
             st.dictionaries(st.sampled_from(["since", "wait", "other"]), query_values, max_size=2)
         )
-        if "wait" in query:
-            # A long-poll may legitimately wait as long as it is told: keep it tiny.
+        if "wait" in query or "since" in query:
+            # A long-poll may legitimately wait as long as it is told (or its default):
+            # with ``since`` there is always a tiny or invalid ``wait``.
             query["wait"] = draw(st.sampled_from(["0", "0.01", "abc", "-1", "nan", ""]))
     body = None
     content_type = draw(content_types)
