@@ -138,7 +138,9 @@ class HecateApp:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
-        request.max_content_length = MAX_BODY
+        # One byte over the limit must be readable to be noticed: Werkzeug 3 would
+        # otherwise cut a chunked body at exactly MAX_BODY and hide that it was longer.
+        request.max_content_length = MAX_BODY + 1
         return self.dispatch(request)(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -301,7 +303,7 @@ def _json_object(request: Request) -> dict[str, Any]:
             "send a JSON body with 'Content-Type: application/json' "
             f"(got {request.mimetype or 'no content type'!r})"
         )
-    raw = request.get_data(cache=False)
+    raw = _read_at_most(request.stream, MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise RequestEntityTooLarge(f"the body is over {MAX_BODY} bytes")
     try:
@@ -311,6 +313,23 @@ def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return body
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Read until EOF or ``limit`` bytes, whatever the server's stream (chunked or not).
+
+    Bounded by us, not by the Werkzeug version: bookworm's 2.2 does not cap a
+    chunked body, so an unbounded read would let a client fill the memory.
+    """
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _fields(action: str, name: str, peer: Peer | None) -> dict[str, Any]:

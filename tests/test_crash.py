@@ -162,3 +162,30 @@ def _check_tree(daemon: Daemon, answered: dict[str, str]) -> None:
 
 def _round(version: str) -> int:
     return int(version.split(".")[0])
+
+
+def test_temp_files_of_a_dead_writer_are_cleaned_at_start(home: Path) -> None:
+    """What a kill -9 in the middle of any atomic write leaves is gone at the next start.
+
+    The storm above rarely kills the daemon inside its own run-file writes
+    (start-up and shut-down only), so those leftovers are planted here, named
+    exactly as ``files.atomic_write`` names them.
+    """
+    layout = Layout.at(home / ".hecate")
+    layout.ensure_layout()
+    layout.ensure_namespace("victim")
+    dead = 4194304 + 17  # above any pid_max: no live writer has this pid
+    planted = [
+        layout.data_dir / "run" / f".daemon.state.{dead}.0badc0de.tmp",
+        layout.data_dir / "run" / f".daemon.pid.{dead}.0badc0de.tmp",
+        layout.namespace("victim") / f".plugin.toml.{dead}.0badc0de.tmp",
+    ]
+    for path in planted:
+        path.write_bytes(b"half a wri")
+    daemon = Daemon(home).start()
+    try:
+        left = [str(p) for p in planted if p.exists()]
+        assert not left, left
+        assert not _temp_files(daemon.root)
+    finally:
+        daemon.stop()

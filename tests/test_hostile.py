@@ -265,3 +265,20 @@ def outside_of_home() -> Iterator[Path]:
     path = short_tempdir("hcfd")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_silently_cut(hdaemon: Daemon) -> None:
+    """Valid JSON, then 70 KiB of blanks, sent chunked: cut at 64 KiB it would parse."""
+    body = b'{"name": "sneaky"}' + b" " * (70 * 1024)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192])
+        for i in range(0, len(body), 8192)
+    )
+    status, _, raw = raw_exchange(
+        hdaemon.socket,
+        b"POST /api/plugins/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+    )
+    assert status == 413, raw
+    assert json.loads(raw)["error"]["code"] == "body_too_large"
+    assert not (hdaemon.root / "sneaky").exists()
