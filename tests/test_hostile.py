@@ -282,3 +282,31 @@ def test_a_chunked_body_over_the_limit_is_413_not_silently_cut(hdaemon: Daemon) 
     assert status == 413, raw
     assert json.loads(raw)["error"]["code"] == "body_too_large"
     assert not (hdaemon.root / "sneaky").exists()
+
+
+@pytest.mark.parametrize(
+    "plant",
+    ["99999999999999999999", "2147483648", "-1", "0", "garbage", "fifo", "dir", "symlink"],
+)
+def test_whatever_a_plugin_leaves_in_run_the_listing_still_answers(
+    hdaemon: Daemon, outside: Path, plant: str
+) -> None:
+    """run/daemon.pid and daemon.state are written by plugins: the list must survive them."""
+    assert hdaemon.register("runner")[0] == 201
+    run = hdaemon.root / "runner" / "run"
+    for name in ("daemon.pid", "daemon.state"):
+        target = run / name
+        if plant == "fifo":
+            os.mkfifo(target)
+        elif plant == "dir":
+            target.mkdir()
+        elif plant == "symlink":
+            target.symlink_to(outside / "secret.txt")
+        else:
+            target.write_text(plant + "\n")
+    status, _, body = hdaemon.request("GET", "/api/plugins")
+    assert status == 200, body
+    assert {p["name"]: p["status"] for p in body}["runner"] == "stopped"
+    status, _, detail = hdaemon.request("GET", "/api/plugins/runner")
+    assert status == 200 and detail["pid"] is None, detail
+    assert "secret" not in json.dumps(detail)
