@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
+from conftest import Daemon, UnixHTTPConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -324,3 +325,48 @@ def test_doubled_slashes_are_not_redirected(harness: Harness, path: str) -> None
     assert status in (200, 404, 405), (status, data)
     if status >= 400:
         _validate({"$ref": "#/components/schemas/Error"}, json.loads(data))
+
+
+# -- the same requests through the real server -------------------------------------------
+
+SOCKET_EXAMPLES = max(10, EXAMPLES // 4)
+
+
+@pytest.mark.slow
+def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
+    """What the WSGI run cannot see: the HTTP server's own parsing, over the Unix socket."""
+    stats: Counter = Counter()
+
+    @settings(
+        max_examples=SOCKET_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+    )
+    @given(sequence=st.lists(calls(), min_size=8, max_size=20))
+    def run(sequence: list[Call]) -> None:
+        for call in sequence:
+            if call.peer != "owner":
+                continue  # the real socket always carries the real peer
+            conn = UnixHTTPConnection(daemon.socket)
+            target = call.path + ("?" + urlencode(call.query) if call.query else "")
+            headers = {"Content-Type": call.content_type} if call.content_type else {}
+            try:
+                conn.request(call.method, target, body=call.body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            finally:
+                conn.close()
+            stats["requests"] += 1
+            stats[f"{resp.status // 100}xx"] += 1
+            assert resp.status < 500, (call, resp.status, data[:300])
+            if call.method != "HEAD":
+                assert resp.getheader("Content-Type", "").startswith("application/json")
+                body = json.loads(data)
+                if resp.status >= 400:
+                    _validate({"$ref": "#/components/schemas/Error"}, body)
+
+    run()
+    print(f"\nFIGURES fuzz over the socket: {dict(stats)}")
+    assert "Traceback" not in daemon.log()
+    assert stats.get("5xx", 0) == 0
