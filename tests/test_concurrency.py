@@ -19,7 +19,7 @@ import pytest
 from conftest import Daemon, http_request
 
 from hecated import manifest
-from hecated.layout import MANIFEST_NAME, Layout
+from hecated.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.registry import Registry
 
 CLIENTS = 32
@@ -120,6 +120,9 @@ def test_overlapping_registrations_from_32_clients(daemon: Daemon) -> None:
             assert name in on_disk, f"acknowledged registration of {name} was lost"
         if name in on_disk:
             assert not _stray_files(path.parent), name
+        if name in RACED or acks[name]["created"]:
+            # Deregistration never deletes data: the namespace stays, complete.
+            assert all((path.parent / sub).is_dir() for sub in SUBDIRS), name
 
     # The index the daemon serves equals a fresh scan of the tree.
     status, _, listed = daemon.request("GET", "/api/plugins")
