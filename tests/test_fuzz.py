@@ -255,6 +255,11 @@ def check_tree(h: Harness) -> None:
             manifest.parse(toml.read_bytes(), entry, str(toml))
 
 
+def _cwd() -> list[str]:
+    """The working directory's entries, less the test tools' own caches."""
+    return sorted(set(os.listdir(".")) - {".hypothesis", ".pytest_cache", ".ruff_cache"})
+
+
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
     tmp = Path(tempfile.mkdtemp(prefix="hcfz", dir="/tmp"))
@@ -265,10 +270,10 @@ def harness() -> Iterator[Harness]:
     layout.ensure_layout()
     registry = Registry(layout)
     registry.scan(clean_temps=True)
-    cwd_before = sorted(os.listdir("."))
+    cwd_before = _cwd()
     h = Harness(tmp, home, root, api.HecateApp(registry), {}, Counter())
     yield h
-    assert sorted(os.listdir(".")) == cwd_before
+    assert _cwd() == cwd_before
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -17,8 +17,8 @@ from hecated.registry import Registry
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}  # Werkzeug adds HEAD to every GET rule
 
-# Agreed contracts (see the brief) that other branches are adding in parallel. The spec
-# documents them already; once they are merged, remove them here and the xfail below.
+# Agreed contracts that another branch adds in parallel. The spec documents them already;
+# while one is missing from URL_MAP, the strict equality below is an xfail that says so.
 PENDING: set[tuple[str, str]] = {("POST", "/api/rescan")}
 
 
@@ -58,11 +58,11 @@ def test_pending_list_is_not_stale() -> None:
     assert documented() >= PENDING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="POST /api/rescan is agreed but merged from another branch; drop PENDING then",
-)
 def test_spec_and_routes_are_equal() -> None:
+    """Strict once the agreed operations are merged; until then, an xfail that says so."""
+    not_yet = PENDING - routed()
+    if not_yet:
+        pytest.xfail(f"agreed, documented, not merged into this tree yet: {sorted(not_yet)}")
     assert documented() == routed()
 
 
