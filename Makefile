@@ -44,3 +44,18 @@ $(STAMP): pyproject.toml | apt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# -- the reliability suite (issue 8), in its own block so it merges cleanly -------------
+# setpriv and mount (util-linux, mount) run the daemon without DAC override, as nobody,
+# and on a small tmpfs; nobody runs Debian's python3 (the venv's may sit under /root).
+APT_PACKAGES += python3 util-linux mount
+
+.PHONY: soak
+# The reliability suite at soak strength (issue 8): far more fuzzed requests, crash
+# rounds and concurrent operations than the CI run of `make test`.
+soak: setup
+	HECATE_FUZZ_EXAMPLES=$${HECATE_FUZZ_EXAMPLES:-5000} \
+	HECATE_CRASH_ROUNDS=$${HECATE_CRASH_ROUNDS:-200} \
+	HECATE_CONCURRENCY_OPS=$${HECATE_CONCURRENCY_OPS:-20000} \
+	$(VENV)/bin/pytest -s -p no:cacheprovider tests/test_fuzz.py tests/test_crash.py \
+		tests/test_concurrency.py
