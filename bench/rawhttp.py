@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -64,22 +65,45 @@ def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, bool
     return status, body, not close
 
 
+def fetch(address: str, path: str) -> bytes:
+    """One GET over a Unix socket: the body, as a baseline will serve the same bytes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(address)
+        sock.sendall(request_bytes(path, False))
+        status, body, _ = read_response(sock, bytearray())
+    if status != 200:
+        raise BadResponse(f"GET {path}: {status}")
+    return body
+
+
 @dataclass
 class Client:
     """One client's loop: ``count`` requests, new connection each or one kept alive."""
 
-    address: str
+    address: str | tuple[str, int]  # a Unix socket path, or (host, port) for TCP baselines
     path: str
     keep_alive: bool
     expect: int = 200
     method: str = "GET"
     body: bytes = b""
+    body_of: Callable[[int], bytes] | None = None  # a body per request (unique names)
+    sent: int = 0
+
+    def connect(self) -> socket.socket:
+        if isinstance(self.address, tuple):
+            sock = socket.create_connection(self.address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.address)
+        return sock
 
     def one(self, sock: socket.socket | None, buf: bytearray) -> tuple[socket.socket | None, int]:
         if sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(self.address)
-        sock.sendall(request_bytes(self.path, self.keep_alive, self.method, self.body))
+            sock = self.connect()
+        body = self.body_of(self.sent) if self.body_of else self.body
+        self.sent += 1
+        sock.sendall(request_bytes(self.path, self.keep_alive, self.method, body))
         status, body, keep = read_response(sock, buf)
         if status != self.expect:
             raise BadResponse(f"{self.method} {self.path}: {status} {body[:200]!r}")
@@ -106,7 +130,9 @@ class Client:
         return out
 
 
-def run_clients(client: Client, clients: int, count: int, cpus: set[int] | None) -> tuple[list[float], float]:
+def run_clients(
+    make: Callable[[int], Client], clients: int, count: int, cpus: set[int] | None
+) -> tuple[list[float], float]:
     """``clients`` processes (not threads: the GIL would serialise them) each doing ``count``.
 
     Returns all latencies and the wall time from the first start to the last end.
@@ -117,16 +143,17 @@ def run_clients(client: Client, clients: int, count: int, cpus: set[int] | None)
     start = ctx.Barrier(clients + 1)
     queue = ctx.Queue()
 
-    def work() -> None:
+    def work(index: int) -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)
+        client = make(index)
         client.run(min(20, count))  # warm up this process's code paths
         start.wait()
         t0 = time.perf_counter()
         lat = client.run(count)
         queue.put((lat, t0, time.perf_counter()))
 
-    procs = [ctx.Process(target=work, daemon=True) for _ in range(clients)]
+    procs = [ctx.Process(target=work, args=(i,), daemon=True) for i in range(clients)]
     for p in procs:
         p.start()
     start.wait()
