@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import socket
@@ -37,7 +38,7 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import UnixWSGIServer
-from waitress.task import WSGITask
+from waitress.task import ErrorTask, WSGITask
 
 from .api import PEER_KEY, Peer
 
@@ -48,6 +49,13 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 _PEERCRED = struct.Struct("3i")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024  # api.py refuses anything over 64 KB with a JSON 413
+# What waitress itself refuses, before the app sees it, in the API's error shape.
+PROTOCOL_ERRORS = {
+    400: "bad_request",
+    413: "body_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+}
 
 
 class AlreadyRunningError(RuntimeError):
@@ -123,10 +131,30 @@ class _Task(WSGITask):
         return environ
 
 
+class _ErrorTask(ErrorTask):
+    """Waitress's refusals (malformed request, header or body too large) as our JSON errors."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = PROTOCOL_ERRORS.get(error.code, "bad_request")
+        message = f"{error.reason}: {error.body}"
+        body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        if hasattr(self, "set_close_on_finish"):  # waitress >= 3
+            self.set_close_on_finish()
+        else:
+            self.response_headers.append(("Connection", "close"))
+            self.close_on_finish = True
+        self.content_length = len(body)
+        self.write(body)
+
+
 class _Channel(HTTPChannel):
     """One connection: its peer is read once, when it is accepted, from the kernel."""
 
     task_class = _Task
+    error_task_class = _ErrorTask
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
         self.peer = peer_credentials(sock)
@@ -214,6 +242,8 @@ class UnixServer:
     def shutdown(self) -> None:
         """Stop serving; safe from a signal handler and from any thread (one write to a pipe)."""
         self._stop = True
+        if self._closed:  # the trigger's fd is closed and its number may be reused
+            return
         with contextlib.suppress(OSError, ValueError, AttributeError):
             self._server.pull_trigger()
 

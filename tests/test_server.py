@@ -164,10 +164,21 @@ def test_oversized_request_line_is_refused_and_others_are_served(served) -> None
     s = served()
     with s.connect() as sock:
         sock.sendall(b"GET /" + b"a" * 200_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        status, _, _ = read_response(sock)
+        status, headers, body = read_response(sock)
     assert 400 <= status < 500
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] in ("bad_request", "headers_too_large")
     with s.connect() as sock:
         assert get(sock)[0] == 200
+
+
+def test_oversized_body_is_refused_in_the_api_error_shape(served) -> None:
+    s = served()
+    with s.connect() as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        status, headers, body = read_response(sock)
+    assert (status, headers["content-type"]) == (413, "application/json")
+    assert json.loads(body)["error"]["code"] == "body_too_large"
 
 
 def test_connection_count_and_idle_time(served) -> None:
