@@ -121,6 +121,29 @@ def measure(make: Callable[[int], Client], clients: int, total: int) -> Stats:
     return Stats.of(lat, wall)
 
 
+def measure_pair(
+    ours: Callable[[int], Client],
+    base: Callable[[int], Client] | None,
+    clients: int,
+    total: int,
+    rounds: int = 4,
+) -> tuple[Stats, Stats | None]:
+    """Ours and the baseline in alternating rounds, so a burst of noise hits both alike."""
+    _, client_cpus = cpu_split()
+    per = max(1, total // clients // rounds)
+    pooled: dict[str, tuple[list[float], float]] = {"ours": ([], 0.0), "base": ([], 0.0)}
+    for _ in range(rounds):
+        for key, make in (("ours", ours), ("base", base)):
+            if make is None:
+                continue
+            lat, wall = run_clients(make, clients, per, client_cpus)
+            acc, spent = pooled[key]
+            pooled[key] = (acc + lat, spent + wall)
+    a = Stats.of(*pooled["ours"])
+    b = Stats.of(*pooled["base"]) if base is not None else None
+    return a, b
+
+
 # -- 1. cold start ------------------------------------------------------------------------
 
 
@@ -162,6 +185,7 @@ def section_serving(sizes: Sizes, work: Path) -> str:
 
     server_cpus, _ = cpu_split()
     rows = []
+    got: dict[tuple[str, bool, int], Stats] = {}
     for kind in serving.KINDS:
         path = str(work / f"serve-{kind}.sock")
         proc = serving.start(kind, path, server_cpus)
@@ -176,6 +200,7 @@ def section_serving(sizes: Sizes, work: Path) -> str:
                     st = measure(
                         lambda _i, k=keep, p=path: Client(p, "/", k), clients, sizes.warm_requests
                     )
+                    got[kind, keep, clients] = st
                     rows.append(
                         [
                             kind,
@@ -196,8 +221,21 @@ def section_serving(sizes: Sizes, work: Path) -> str:
         "(waitress, 4 threads) and a bare Python accept/send loop as the floor. "
         f"{sizes.warm_requests} requests per row, {placement()}.\n\n"
         + table(["server", "connection", "clients", "p50", "p99", "req/s"], rows)
-        + "\n"
+        + "\n\n"
+        + _serving_gain(got)
     )
+
+
+def _serving_gain(got: dict[tuple[str, bool, int], Stats]) -> str:
+    """What the switch from Werkzeug's server to waitress bought, in this run."""
+    lines = []
+    for keep, clients in ((False, 1), (True, 1), (False, 8), (True, 8)):
+        w, z = got["waitress", keep, clients], got["werkzeug", keep, clients]
+        lines.append(
+            f"- {'keep-alive' if keep else 'new connection'}, {clients} client(s): p50 "
+            f"{z.p50 / w.p50:.1f}x lower, {w.rps / z.rps:.1f}x the requests/s"
+        )
+    return "waitress against Werkzeug's threaded server, this run:\n\n" + "\n".join(lines) + "\n"
 
 
 # -- 2. warm latency and throughput -------------------------------------------------------
@@ -230,18 +268,14 @@ def section_warm(sizes: Sizes, work: Path) -> str:
         ):
             for keep in (False, True):
                 for clients in (1, 8):
-                    ours = measure(
+                    ours, base = measure_pair(
                         lambda _i, p=paths[key], k=keep: Client(daemon.socket, p, k),
+                        None
+                        if nginx is None
+                        else (lambda _i, p=f"/{key}.json", k=keep: Client(nginx.socket, p, k)),
                         clients,
                         sizes.warm_requests,
                     )
-                    base = None
-                    if nginx is not None:
-                        base = measure(
-                            lambda _i, p=f"/{key}.json", k=keep: Client(nginx.socket, p, k),
-                            clients,
-                            sizes.warm_requests,
-                        )
                     rows.append(_warm_row(label, len(bodies[key]), keep, clients, ours, base))
     finally:
         daemon.stop()
@@ -250,7 +284,8 @@ def section_warm(sizes: Sizes, work: Path) -> str:
     return (
         "## 2. Warm latency and throughput over the Unix socket\n\n"
         f"Raw-socket client (one `sendall`, read to Content-Length; not `http.client`), "
-        f"{sizes.warm_requests} requests per row after a warm-up; {placement()}. "
+        f"{sizes.warm_requests} requests per row, in 4 rounds alternating with the "
+        f"baseline's, each after a warm-up; {placement()}. "
         "Baseline: nginx-light, one worker, serving the same JSON bytes from a file on a Unix "
         "socket. Targets: p50 ≤ 5x nginx's p50, p99 ≤ 3x our own p50.\n\n"
         + table(
@@ -285,12 +320,14 @@ def _warm_row(label, size, keep, clients, ours: Stats, base: Stats | None) -> li
         us(ours.p99),
         f"{ours.rps:,.0f}",
     ]
+    tail_cell = f"{tail:.1f}x {verdict(tail <= 3)}"
     if base is None:
         row += ["-", "-", "-", "-"]
     else:
         x = ours.p50 / base.p50
         row += [us(base.p50), us(base.p99), f"{base.rps:,.0f}", f"{x:.1f}x {verdict(x <= 5)}"]
-    return [*row, f"{tail:.1f}x {verdict(tail <= 3)}"]
+        tail_cell += f" (nginx {base.p99 / base.p50:.1f}x)"
+    return [*row, tail_cell]
 
 
 # -- 3. durable registrations -------------------------------------------------------------
@@ -522,7 +559,8 @@ def header(sizes: Sizes) -> str:
         f"_Generated by `make bench` (`bench/run.py`) on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.node()}, "
         f"{len(__import__('os').sched_getaffinity(0))} CPUs, Python {platform.python_version()}, "
-        f"waitress {_version('waitress')}. "
+        f"waitress {_version('waitress')}, load average at start "
+        f"{' / '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}. "
         "Each figure stands beside its baseline measured in the same run; this VM is noisy, "
         "so compare ratios, not absolute numbers._\n\n"
     )
