@@ -49,6 +49,7 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 _PEERCRED = struct.Struct("3i")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024  # api.py refuses anything over 64 KB with a JSON 413
+STALLED_AFTER = 2.0  # on shutdown, a half-sent request silent this long is dropped
 # What waitress itself refuses, before the app sees it, in the API's error shape.
 PROTOCOL_ERRORS = {
     400: "bad_request",
@@ -164,9 +165,16 @@ class _Channel(HTTPChannel):
         super().del_channel(map)
         self.server.last_activity = time.monotonic()
 
-    def busy(self) -> bool:
-        """A request received and not yet answered, or an answer not yet sent."""
-        return bool(self.requests) or bool(self.total_outbufs_len)
+    def busy(self, now: float, stall: float) -> bool:
+        """A request being received, run or answered, and not stalled for ``stall`` seconds.
+
+        A request whose bytes are still arriving counts as in flight (a client that
+        was mid-send when we were told to stop gets its answer), unless nothing has
+        arrived for ``stall`` seconds: a slow client cannot hold up a shutdown.
+        """
+        if self.requests or self.total_outbufs_len:
+            return True
+        return self.request is not None and now - self.last_activity < stall
 
 
 class _Listener(UnixWSGIServer):
@@ -250,8 +258,9 @@ class UnixServer:
     def close(self) -> None:
         """Stop accepting, let the requests in flight finish, remove our socket file.
 
-        Idle keep-alive connections are closed; a request already received is
-        answered (for at most ``grace`` seconds); a half-sent one is dropped.
+        Idle keep-alive connections are closed at once; a request being received,
+        run or answered is finished (for at most ``grace`` seconds), unless its
+        client has sent nothing for ``STALLED_AFTER`` seconds.
         """
         if self._closed:
             return
@@ -261,8 +270,9 @@ class UnixServer:
         wasyncore.dispatcher.close(server)  # the listener only; the channels go on
         deadline = time.monotonic() + self.grace
         while server.active_channels and time.monotonic() < deadline:
+            now = time.time()  # waitress stamps channels with time.time()
             for channel in list(server.active_channels.values()):
-                if not channel.busy():
+                if not channel.busy(now, STALLED_AFTER):
                     channel.will_close = True
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)

@@ -234,6 +234,34 @@ def test_close_lets_the_request_in_flight_finish(served) -> None:
     assert not s.path.exists()
 
 
+def test_close_answers_a_request_whose_body_was_still_arriving(served) -> None:
+    s = served()
+    sock = s.connect()
+    sock.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    wait_for(lambda: s.server.active_connections == 1)
+    s.server.shutdown()
+    s.thread.join(10)
+    closer = threading.Thread(target=s.server.close)
+    closer.start()
+    sock.sendall(b"67890")
+    status, _, body = read_response(sock)
+    assert (status, json.loads(body)["path"]) == (200, "/late")
+    assert sock.recv(1024) == b""  # and then the connection is closed
+    sock.close()
+    closer.join(15)
+    assert not closer.is_alive()
+
+
+def test_close_drops_a_stalled_half_request_and_returns(served) -> None:
+    s = served()
+    sock = s.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: lo")  # and then nothing, ever
+    wait_for(lambda: s.server.active_connections == 1)
+    s.stop()  # returns: the silent client is dropped after STALLED_AFTER
+    assert sock.recv(1024) == b""
+    sock.close()
+
+
 def _refused(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
