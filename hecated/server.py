@@ -2,11 +2,12 @@
 
 The listening socket comes from outside: from systemd (socket activation) or
 from ``bind_unix`` (standalone). It is served by waitress, not Werkzeug's
-development server: on this machine, with a raw-socket client and a 17 KB
-body, waitress answers in 163 µs (new connection) / 102 µs (keep-alive)
-against Werkzeug's 267 µs / 261 µs, and 8 keep-alive clients get 8,800
-requests/s against 3,200 (``bench/serving.py`` reproduces this; numbers in
-docs/benchmarks.md). Waitress also reads requests in its event loop, so a slow
+development server: measured side by side with a raw-socket client
+(docs/benchmarks.md, table 0, ``make bench``), waitress's p50 is 1.2 to 2.3x
+lower than Werkzeug's threaded server for one client and 2.2 to 4.6x lower for
+eight, with up to 3.5x the requests per second; Werkzeug's server has no
+keep-alive and gives every connection a thread for its whole life.
+Waitress also reads requests in its event loop, so a slow
 or silent client holds a connection slot, never a worker thread; it keeps
 connections alive, caps the threads, the connections, the header and body
 sizes, and closes connections idle past ``channel_timeout``.
@@ -199,6 +200,10 @@ class UnixServer:
         channel_timeout: int = 30,
         grace: float = 30.0,
     ) -> None:
+        """``workers`` threads run the app; at most ``workers + queue`` connections are
+        open (beyond that waitress stops accepting and the kernel's backlog holds them);
+        connections idle for ``channel_timeout`` s are closed; ``close`` waits at most
+        ``grace`` s for requests in flight."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
