@@ -51,6 +51,10 @@ _PEERCRED = struct.Struct("3i")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024  # api.py refuses anything over 64 KB with a JSON 413
 STALLED_AFTER = 2.0  # on shutdown, a half-sent request silent this long is dropped
+# A connection costs a slot in waitress's event loop, not a thread, so many may be open;
+# what must stay bounded is the time one request may take to arrive (slowloris).
+MAX_CONNECTIONS = 1000
+REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last
 # What waitress itself refuses, before the app sees it, in the API's error shape.
 PROTOCOL_ERRORS = {
     400: "bad_request",
@@ -160,7 +164,19 @@ class _Channel(HTTPChannel):
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
         self.peer = peer_credentials(sock)
+        self.request_started = 0.0
         super().__init__(server, sock, addr, adj, map)
+
+    def received(self, data: bytes) -> bool:
+        receiving = self.request is not None
+        result = super().received(data)
+        if not receiving and self.request is not None:
+            self.request_started = time.monotonic()
+        return result
+
+    def overdue(self, now: float, deadline: float) -> bool:
+        """A request still arriving ``deadline`` seconds after its first byte: a slowloris."""
+        return self.request is not None and now - self.request_started > deadline
 
     def del_channel(self, map=None) -> None:
         super().del_channel(map)
@@ -195,20 +211,22 @@ class UnixServer:
         *,
         owned_path: Path | None = None,
         workers: int = 16,
-        queue: int = 64,
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE,
         poll_interval: float = 0.5,
         channel_timeout: int = 30,
         grace: float = 30.0,
     ) -> None:
-        """``workers`` threads run the app; at most ``workers + queue`` connections are
-        open (beyond that waitress stops accepting and the kernel's backlog holds them);
-        connections idle for ``channel_timeout`` s are closed; ``close`` waits at most
-        ``grace`` s for requests in flight."""
+        """``workers`` threads run the app; at most ``max_connections`` connections
+        are open (beyond that waitress stops accepting and the kernel's backlog holds
+        them); a request must arrive whole within ``request_deadline`` s of its first
+        byte; connections idle for ``channel_timeout`` s are closed; ``close`` waits
+        at most ``grace`` s for requests in flight."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
             threads=workers,
-            connection_limit=workers + queue,
+            connection_limit=max_connections,
             channel_timeout=channel_timeout,
             cleanup_interval=max(1, min(channel_timeout, 10)),
             max_request_header_size=MAX_HEADER_BYTES,
@@ -233,6 +251,7 @@ class UnixServer:
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
         self.poll_interval = poll_interval
+        self.request_deadline = request_deadline
         self.grace = grace
         self.heartbeat = time.monotonic()
         self._stop = False
@@ -249,8 +268,15 @@ class UnixServer:
         while not self._stop:
             wasyncore.loop(timeout=self.poll_interval, map=self._map, use_poll=True, count=1)
             self.heartbeat = time.monotonic()
+            self._drop_overdue(self.heartbeat)
             if tick is not None and not self._stop:
                 tick()
+
+    def _drop_overdue(self, now: float) -> None:
+        for channel in list(self._server.active_channels.values()):
+            if channel.overdue(now, self.request_deadline) and not channel.will_close:
+                log.info("closing a connection whose request did not arrive in time")
+                channel.will_close = True
 
     def shutdown(self) -> None:
         """Stop serving; safe from a signal handler and from any thread (one write to a pipe)."""

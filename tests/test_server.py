@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,7 +143,7 @@ def test_requests_run_concurrently(served) -> None:
 
 def test_slow_clients_do_not_block_others(served) -> None:
     """More half-sent requests than worker threads, and a normal client still gets through."""
-    s = served(workers=2, queue=30)
+    s = served(workers=2)
     slow = [s.connect() for _ in range(10)]
     for sock in slow:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: loc")  # and then nothing
@@ -158,6 +160,27 @@ def test_silent_connections_are_closed_after_the_timeout(served) -> None:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: loc")
         assert sock.recv(1024) == b""  # the server hung up on us
     wait_for(lambda: s.server.active_connections == 0)
+
+
+def test_a_request_trickling_in_past_the_deadline_is_dropped(served) -> None:
+    """A slowloris keeps the idle timer fresh; the request deadline still ends it."""
+    s = served(request_deadline=1)
+    with s.connect(timeout=15) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: loc")
+        hung_up = False
+        for _ in range(40):  # 12 s of one byte every 0.3 s, far past the 1 s deadline
+            time.sleep(0.3)
+            try:
+                sock.send(b"x")
+            except OSError:
+                hung_up = True
+                break
+            if select.select([sock], [], [], 0)[0] and sock.recv(1024) == b"":
+                hung_up = True
+                break
+        assert hung_up, "the trickling request was never dropped"
+    with s.connect() as sock:
+        assert get(sock)[0] == 200
 
 
 def test_oversized_request_line_is_refused_and_others_are_served(served) -> None:
