@@ -166,7 +166,9 @@ class Layout:
         the paths never hands out a directory that does not exist yet.
         """
         with opened(open_root(self.root, create=create)) as root_fd:
-            ns_fd = open_dir(root_fd, name, create=create, private=True)
+            # Only creating tightens the mode: a read (a refresh the watcher runs on
+            # every hand edit) must not undo a chmod before `hecatectl doctor` sees it.
+            ns_fd = open_dir(root_fd, name, create=create, private=create)
         if create:
             try:
                 for sub in SUBDIRS:
