@@ -4,10 +4,16 @@
 
 PYTHON ?= python3
 VENV   := .venv
-APT_PACKAGES := libsystemd-dev pkg-config systemd curl
+# Packaging (packaging/, tests/test_packaging.py): Debian's build tools, lintian,
+# rpmbuild and rpmlint, and the Debian libraries the .deb depends on (they are
+# also its Build-Depends, for the import check at build time).
+PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-build python3-installer help2man lintian rpm rpmlint \
+	python3-werkzeug python3-watchdog python3-systemd python3-sdnotify python3-tomli-w
+APT_PACKAGES := libsystemd-dev pkg-config systemd curl $(PACKAGING_APT)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format setup apt clean
+.PHONY: run test lint format setup apt clean deb rpm
 
 run: setup
 	$(VENV)/bin/hecated $(ARGS)
@@ -42,5 +48,13 @@ $(STAMP): pyproject.toml | apt
 	$(VENV)/bin/pip install -q -e '.[systemd,test]'
 	touch $(STAMP)
 
+# Distro packages into dist/ (docs/packaging.md): the .deb (lintian must report
+# no error) and the RPM, both built from a clean copy of the tree.
+deb: apt
+	packaging/debian/build.sh --out dist
+
+rpm: apt
+	packaging/rpm/build.sh --out dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

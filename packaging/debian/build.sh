@@ -33,35 +33,16 @@ out=$(cd "$out" && pwd)
 
 # Debian's python, whatever is first on the caller's PATH.
 SYSPATH=/usr/sbin:/usr/bin:/sbin:/bin
-version=$(PATH=$SYSPATH python3 -c '
-import ast, sys
-tree = ast.parse(open(sys.argv[1]).read())
-for node in tree.body:
-    if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__version__" for t in node.targets):
-        print(node.value.value)
-        break
-else:
-    sys.exit("no __version__ in " + sys.argv[1])
-' "$repo/hecated/__init__.py")
-case "$version" in
-[0-9]*) ;;
-*) echo "build.sh: version '$version' does not start with a digit" >&2; exit 1 ;;
-esac
 
 work=$(mktemp -d /tmp/hecated-deb.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+head_arg=()
+[ "$from_head" = 1 ] && head_arg=(--from-head)
+version=$("$repo/packaging/source-tree.sh" "$work/tree" "${head_arg[@]}")
 src="$work/hecated-$version"
-mkdir -p "$src"
+mv "$work/tree" "$src"
 
 cd "$repo"
-if [ "$from_head" = 1 ]; then
-	git archive --format=tar HEAD | tar -x -C "$src"
-else
-	# Tracked and new-but-not-ignored files as they are in the work tree.
-	git ls-files -z --cached --others --exclude-standard |
-		while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
-		tar --null -T - -cf - | tar -x -C "$src"
-fi
 rm -rf "$src/debian"
 cp -a "$src/packaging/debian" "$src/debian"
 rm -f "$src/debian/build.sh"
