@@ -4,6 +4,10 @@ The user manager is a real ``/usr/lib/systemd/systemd --user`` with its own
 HOME and XDG_RUNTIME_DIR, so units installed by a package under
 /usr/lib/systemd/user/ are found and activated exactly as at a user's login,
 without touching any real user's session. It is stopped by pid.
+
+HOME lives under /home, not /tmp: the shipped hecate.service has
+PrivateTmp=yes, which would hide a HOME under /tmp from the service (the
+same choice as tests/systemd_support.py, whose UserManager this mirrors).
 """
 
 from __future__ import annotations
@@ -13,14 +17,29 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
-from conftest import short_tempdir, wait_for
+from conftest import wait_for
 
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 SYS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # systemctl refuses to work unless it believes systemd is the init system.
 BOOTED_FLAG = Path("/run/systemd/system")
+TEST_HOMES = Path(os.environ.get("HECATE_TEST_HOMES", "/home/hecate-tests"))
+# No journald runs here: the service's output goes to a file a failing test can show.
+LOG_DROP_IN = """[Service]
+StandardOutput=append:%h/hecated.log
+StandardError=append:%h/hecated.log
+"""
+
+
+def fresh_base(prefix: str) -> Path:
+    """A fresh 0700 directory outside /tmp, with a short path (socket paths are short)."""
+    TEST_HOMES.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=TEST_HOMES))
+    path.chmod(0o700)
+    return path
 
 
 def system_env(home: Path, **extra: str) -> dict[str, str]:
@@ -45,7 +64,7 @@ class UserManager:
     """``systemd --user`` with a fresh HOME and XDG_RUNTIME_DIR (both 0700)."""
 
     def __init__(self) -> None:
-        self.base = short_tempdir("hum")
+        self.base = fresh_base("pum")
         self.home = self.base / "home"
         self.runtime = self.base / "run"
         self.home.mkdir(mode=0o700)
@@ -56,12 +75,21 @@ class UserManager:
         self.log_path = self.base / "manager.log"
 
     def start(self) -> UserManager:
+        drop_in = self.home / ".config" / "systemd" / "user" / "hecate.service.d"
+        drop_in.mkdir(parents=True)
+        (drop_in / "00-test-log.conf").write_text(LOG_DROP_IN)
         if not BOOTED_FLAG.exists():
             BOOTED_FLAG.mkdir(parents=True)
             self._made_flag = True
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [str(SYSTEMD), "--user"], env=self.env, stdout=self._log, stderr=self._log
+            [str(SYSTEMD), "--user"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            cwd=self.home,
+            start_new_session=True,
         )
         wait_for(self._running, timeout=30, interval=0.1)
         return self
@@ -77,6 +105,10 @@ class UserManager:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def service_log(self) -> str:
+        path = self.home / "hecated.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run(["systemctl", "--user", "--no-pager", *args], env=self.env, check=check)

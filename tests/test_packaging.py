@@ -288,7 +288,7 @@ def test_socket_activation_from_installed_units(installed: Path, manager: UserMa
     assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
 
     code, body = curl(sock, "POST", "/api/plugins/register", {"name": "curl-plugin"})
-    assert code == 201, (body, manager.systemctl("status", "hecate.service", check=False).stdout)
+    assert code == 201, (body, manager.service_log())
     assert body["base_dir"] == str(home / ".hecate" / "curl-plugin")
     assert manager.systemctl("is-active", "hecate.service").stdout.strip() == "active"
     pid = manager.main_pid("hecate.service")
@@ -372,7 +372,8 @@ def _has_install_units() -> bool:
     not _has_install_units(), reason="`hecated install-units` lands with the systemd branch"
 )
 def test_wheel_in_fresh_venv_with_install_units(manager: UserManager) -> None:
-    work = short_tempdir("hwh")
+    work = manager.base / "wheel"  # not under /tmp: the service has PrivateTmp=yes
+    work.mkdir()
     try:
         run(
             [
@@ -404,7 +405,7 @@ def test_wheel_in_fresh_venv_with_install_units(manager: UserManager) -> None:
         manager.systemctl("start", "hecate.socket")
         sock = manager.home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
         code, body = curl(sock, "POST", "/api/plugins/register", {"name": "wheel-plugin"})
-        assert code == 201, body
+        assert code == 201, (body, manager.service_log())
         pid = manager.main_pid("hecate.service")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert str(venv / "bin" / "hecated").encode() in cmdline, cmdline
