@@ -253,6 +253,10 @@ def test_installed_hecated_standalone(installed: Path) -> None:
     try:
         wait_for(lambda: proc.poll() is not None or sock.exists(), timeout=20)
         assert proc.poll() is None, (home / "hecated.log").read_text()
+        code, health = curl(sock, "GET", "/health")
+        assert code == 200 and health["version"] == VERSION, health
+        code, error = curl(sock, "GET", "/api/no-such-thing")  # Werkzeug 2.2's error path
+        assert code == 404 and error["error"]["code"], error
         code, body = curl(sock, "POST", "/api/plugins/register", {"name": "curl-plugin"})
         assert code == 201, body
         run(["/usr/bin/hecatectl", "register", "ctl-plugin", "--version", "2.0"], env=env)
