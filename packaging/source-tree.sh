@@ -17,7 +17,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 
 mkdir -p "$dest"
 cd "$repo"
-if [ "$from_head" = 1 ]; then
+if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	# An unpacked tarball, not a checkout: everything but build and tool droppings.
+	[ "$from_head" = 1 ] && { echo "source-tree.sh: --from-head needs a git checkout" >&2; exit 1; }
+	tar --exclude=./.venv --exclude=./dist --exclude=./build --exclude='*.egg-info' \
+		--exclude='__pycache__' --exclude=./.pytest_cache --exclude=./.ruff_cache \
+		--exclude=./.hypothesis -cf - . | tar -x -C "$dest"
+elif [ "$from_head" = 1 ]; then
 	git archive --format=tar HEAD | tar -x -C "$dest"
 else
 	git ls-files -z --cached --others --exclude-standard |

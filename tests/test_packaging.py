@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import short_tempdir, wait_for
+from conftest import HECATED, short_tempdir, wait_for
 from packaging_support import (
     APT_LOCK,
     SYS_PATH,
@@ -363,9 +363,8 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
 
 
 def _has_install_units() -> bool:
-    from hecated import cli
-
-    return "install-units" in cli._daemon_parser().format_help()
+    out = subprocess.run([str(HECATED), "--help"], capture_output=True, text=True).stdout
+    return "install-units" in out
 
 
 @pytest.mark.slow
