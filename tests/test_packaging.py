@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,39 @@ def test_rpm_spec_and_pkgbuild_carry_the_source_version() -> None:
     assert re.search(rf"^Version:\s*{re.escape(VERSION)}\s*$", spec, re.M), "spec Version"
     pkgbuild = (PACKAGING / "arch" / "PKGBUILD").read_text()
     assert re.search(rf"^pkgver={re.escape(VERSION)}\s*$", pkgbuild, re.M), "PKGBUILD pkgver"
+
+
+def runtime_requirements() -> dict[str, str]:
+    """pyproject's ``dependencies`` as {name: lower bound}; the packages must list each."""
+    with (REPO / "pyproject.toml").open("rb") as fh:
+        deps = tomllib.load(fh)["project"]["dependencies"]
+    found = {}
+    for dep in deps:
+        match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*(?:>=\s*([0-9][^,;\s]*))?\s*", dep)
+        assert match, f"{dep!r}: keep dependencies as 'name>=lower-bound'"
+        found[match[1].lower().replace("_", "-")] = match[2] or ""
+    return found
+
+
+def test_every_runtime_dependency_is_declared_by_each_package() -> None:
+    # A new dependency in pyproject.toml must reach the .deb (Depends, and
+    # Build-Depends for the build's import check), the Makefile's apt list,
+    # the RPM spec and the PKGBUILD, or the distro builds break or lie.
+    control = (PACKAGING / "debian" / "control").read_text()
+    binary = control[control.index("\nPackage:") :]
+    source = control[: control.index("\nPackage:")]
+    spec = (PACKAGING / "rpm" / "hecated.spec").read_text()
+    pkgbuild = (PACKAGING / "arch" / "PKGBUILD").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    for name, low in runtime_requirements().items():
+        deb = f"python3-{name}"
+        bound = rf"\s*\(>=\s*{re.escape(low)}\)" if low else ""
+        assert re.search(rf"\b{deb}{bound}", binary), f"debian/control Depends: {deb} {low}"
+        assert re.search(rf"\b{deb}{bound}", source), f"Build-Depends: {deb} {low}"
+        assert re.search(rf"\s{deb}(\s|$)", makefile, re.M), f"Makefile PACKAGING_APT: {deb}"
+        rpm_bound = rf"\s*>=\s*{re.escape(low)}" if low else ""
+        assert re.search(rf"^Requires:\s*{deb}{rpm_bound}\s*$", spec, re.M), f"spec: {deb}"
+        assert f"'python-{name}'" in pkgbuild, f"PKGBUILD depends: python-{name}"
 
 
 def test_debian_changelog_is_generated_not_kept() -> None:
