@@ -4,16 +4,10 @@
 
 PYTHON ?= python3
 VENV   := .venv
-# Packaging (packaging/, tests/test_packaging.py): Debian's build tools, lintian,
-# rpmbuild and rpmlint, and the Debian libraries the .deb depends on (they are
-# also its Build-Depends, for the import check at build time).
-PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	python3-build python3-installer help2man lintian rpm rpmlint \
-	python3-werkzeug python3-watchdog python3-systemd python3-sdnotify python3-tomli-w
-APT_PACKAGES := libsystemd-dev pkg-config systemd curl $(PACKAGING_APT)
+APT_PACKAGES := libsystemd-dev pkg-config systemd curl
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format setup apt clean deb rpm
+.PHONY: run test lint format setup apt clean
 
 run: setup
 	$(VENV)/bin/hecated $(ARGS)
@@ -48,13 +42,29 @@ $(STAMP): pyproject.toml | apt
 	$(VENV)/bin/pip install -q -e '.[systemd,test]'
 	touch $(STAMP)
 
-# Distro packages into dist/ (docs/packaging.md): the .deb (lintian must report
-# no error) and the RPM, both built from a clean copy of the tree.
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# --- Packaging (docs/packaging.md, packaging/, tests/test_packaging.py) --------------
+# Debian's build tools, lintian, rpmbuild and rpmlint, and the Debian libraries the
+# .deb depends on (also its Build-Depends, for the import check at build time).
+PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-build python3-installer help2man lintian rpm rpmlint \
+	python3-werkzeug python3-watchdog python3-systemd python3-sdnotify python3-tomli-w
+APT_PACKAGES += $(PACKAGING_APT)
+
+# The packaging tests' Python side (kubernetes-validate: the Kubernetes schemas, offline).
+PACKAGING_STAMP := $(VENV)/.packaging-installed
+setup: $(PACKAGING_STAMP)
+$(PACKAGING_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -e '.[packaging]'
+	touch $@
+
+.PHONY: deb rpm
+# Distro packages into dist/: the .deb (lintian must report no error) and the RPM,
+# both built from a clean copy of the tree.
 deb: apt
 	packaging/debian/build.sh --out dist
 
 rpm: apt
 	packaging/rpm/build.sh --out dist
-
-clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
