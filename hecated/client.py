@@ -1,27 +1,62 @@
 """The client SDK: stdlib HTTP over the Unix socket, for plugin daemons and hecatectl.
 
 Deliberately free of heavy dependencies so that a plugin daemon can import it
-without pulling in Werkzeug or watchdog.
+without pulling in Werkzeug or watchdog. A plugin daemon needs three lines::
+
+    from hecated.client import HecateClient
+    paths = HecateClient().register("hecate-exampled", "0.1.0", "An example")
+    db = paths.sqlite_dir / "example.db"
+
+Every answer is a frozen dataclass; every failure is a ``ClientError``:
+``DaemonUnavailableError`` when nothing answers on the socket, ``ApiError``
+(or one of its subclasses, chosen by the API's error code) when the daemon
+answered with an error.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import errno
 import http.client
 import json
 import os
 import socket
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from .layout import Layout, default_root
+from .layout import PID_FILE, SOCKET_NAME, STATE_FILE, Layout, default_root
+
+SEQ_HEADER = "X-Hecate-Seq"
+# What a connect sees while the socket is being (re)created: no file yet, or a
+# file nobody listens on yet. Worth retrying for a moment; anything else is not.
+ACTIVATION_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+NAME_CODES = frozenset({"invalid_name", "name_too_long", "reserved_name"})
 
 
-def default_socket_path() -> Path:
-    """``HECATE_SOCKET_PATH``, else the well-known ``~/.hecate/hecate-daemon/sockets/api.sock``."""
-    env = os.environ.get("HECATE_SOCKET_PATH")
-    return Path(env) if env else Layout.at(default_root()).api_socket
+def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the primary listens, resolved the way the daemon resolves it.
+
+    ``HECATE_SOCKET_PATH``, else ``$HECATE_DATA_DIR/sockets/api.sock``, else the
+    well-known ``~/.hecate/hecate-daemon/sockets/api.sock`` (``$HECATE_HOME``
+    moves ``~/.hecate``).
+    """
+    env = os.environ if environ is None else environ
+    if env.get("HECATE_SOCKET_PATH"):
+        return Path(env["HECATE_SOCKET_PATH"])
+    if env.get("HECATE_DATA_DIR"):
+        return Layout(Path(os.path.expanduser(env["HECATE_DATA_DIR"]))).api_socket
+    if env.get("HECATE_HOME"):
+        return Layout.at(Path(env["HECATE_HOME"])).api_socket
+    return Layout.at(default_root()).api_socket
+
+
+# -- errors ----------------------------------------------------------------------------
 
 
 class ClientError(Exception):
@@ -29,24 +64,257 @@ class ClientError(Exception):
 
 
 class DaemonUnavailableError(ClientError):
-    """Nothing answers on the socket."""
+    """Nothing answers on the socket (or it stopped answering mid-request)."""
+
+    def __init__(self, socket_path: Path, reason: str) -> None:
+        super().__init__(f"hecated is not answering on {socket_path}: {reason}")
+        self.socket_path = socket_path
+        self.reason = reason
+
+
+class DaemonTimeoutError(DaemonUnavailableError):
+    """The daemon accepted the connection but did not answer in time."""
 
 
 class ApiError(ClientError):
-    """The daemon answered with an error; carries its status, code and message."""
+    """The daemon answered with an error; carries its HTTP status, code and message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code}, HTTP {status})")
+        super().__init__(f"{message} ({code})")
         self.status = status
         self.code = code
         self.message = message
 
+    @staticmethod
+    def from_response(status: int, code: str, message: str) -> ApiError:
+        """The most specific class for an error answer, so callers can ``except`` by kind."""
+        cls: type[ApiError] = ApiError
+        if code in NAME_CODES:
+            cls = InvalidNameError
+        elif status == 404:
+            cls = NotFoundError
+        elif status == 409:
+            cls = ConflictError
+        return cls(status, code, message)
+
+
+class InvalidNameError(ApiError):
+    """The name is not a valid plugin name (``invalid_name``, ``name_too_long``, ...)."""
+
+
+class NotFoundError(ApiError):
+    """No such plugin or namespace (HTTP 404)."""
+
+
+class ConflictError(ApiError):
+    """The request clashes with the state (``still_registered``, ``plugin_running``)."""
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
 
 @dataclass(frozen=True)
 class PluginPaths:
+    """The registration answer: a plugin's namespace and its directories.
+
+    ``paths`` is the spec's object as sent (keys ``sqlite``, ``reckon_db``,
+    ``sockets``, ``run``, ``connectors``); the properties hand out ``Path``s.
+    """
+
     name: str
     base_dir: str
     paths: dict[str, str]
+    created: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], created: bool = False) -> PluginPaths:
+        return cls(data["name"], data["base_dir"], dict(data["paths"]), created, data)
+
+    def path(self, key: str) -> Path:
+        return Path(self.paths[key.replace("-", "_")])
+
+    @property
+    def sqlite_dir(self) -> Path:
+        return self.path("sqlite")
+
+    @property
+    def reckon_db_dir(self) -> Path:
+        return self.path("reckon_db")
+
+    @property
+    def sockets_dir(self) -> Path:
+        return self.path("sockets")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path("run")
+
+    @property
+    def connectors_dir(self) -> Path:
+        return self.path("connectors")
+
+    @property
+    def api_socket(self) -> Path:
+        """Where the plugin binds its own API; what ``GET /api/plugins`` advertises."""
+        return self.sockets_dir / SOCKET_NAME
+
+    @property
+    def pid_file(self) -> Path:
+        """The file whose live pid makes the registry say ``running``."""
+        return self.run_dir / PID_FILE
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+
+@dataclass(frozen=True)
+class PluginSummary:
+    """One row of ``GET /api/plugins``."""
+
+    name: str
+    version: str | None
+    description: str | None
+    socket: str
+    status: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PluginSummary:
+        return cls(
+            data["name"],
+            data.get("version"),
+            data.get("description"),
+            data.get("socket", ""),
+            data.get("status", "unknown"),
+            data,
+        )
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """Why a ``plugin.toml`` on disk is not a valid registry entry."""
+
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Everything ``GET /api/plugins/NAME`` says about one plugin."""
+
+    name: str
+    version: str | None
+    description: str | None
+    socket: str
+    status: str
+    base_dir: str
+    paths: dict[str, str]
+    manifest: str
+    registered_at: datetime | None
+    updated_at: datetime | None
+    pid: int | None
+    state: str | None
+    error: ManifestProblem | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PluginInfo:
+        err = data.get("error")
+        return cls(
+            name=data["name"],
+            version=data.get("version"),
+            description=data.get("description"),
+            socket=data.get("socket", ""),
+            status=data.get("status", "unknown"),
+            base_dir=data.get("base_dir", ""),
+            paths=dict(data.get("paths") or {}),
+            manifest=data.get("manifest", ""),
+            registered_at=_time(data.get("registered_at")),
+            updated_at=_time(data.get("updated_at")),
+            pid=data.get("pid"),
+            state=data.get("state"),
+            error=None
+            if not isinstance(err, dict)
+            else ManifestProblem(err.get("file", ""), err.get("line"), err.get("message", "")),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class Health:
+    """``GET /health``: who answers, since when, with how many plugins."""
+
+    status: str
+    version: str
+    pid: int | None
+    plugins: int
+    uptime_seconds: float
+    socket: str
+    data_dir: str
+    seq: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Health:
+        return cls(
+            status=data.get("status", "unknown"),
+            version=data.get("version", ""),
+            pid=data.get("pid"),
+            plugins=int(data.get("plugins", 0)),
+            uptime_seconds=float(data.get("uptime_seconds", 0.0)),
+            socket=data.get("socket", ""),
+            data_dir=data.get("data_dir", ""),
+            seq=data.get("seq"),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    name: str
+    purged: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The plugin list together with the registry's change sequence number.
+
+    ``seq`` is ``None`` when the daemon does not send ``X-Hecate-Seq`` (older
+    daemons); callers then compare lists instead of numbers.
+    """
+
+    seq: int | None
+    plugins: list[PluginSummary]
+
+    def by_name(self) -> dict[str, PluginSummary]:
+        return {p.name: p for p in self.plugins}
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+# -- transport ---------------------------------------------------------------------------
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -65,57 +333,179 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _Retry(Exception):
+    """Internal: this attempt failed in a way that is safe and worth repeating."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
 class HecateClient:
-    def __init__(self, socket_path: Path | str | None = None, timeout: float = 10.0) -> None:
+    """A client of one hecated, one short-lived connection per request.
+
+    ``timeout`` bounds each request once connected. ``connect_retry`` is how
+    long to keep trying while the socket is missing or refuses connections (a
+    daemon starting, restarting or being socket-activated), and while the
+    daemon answers ``503 busy``; it never resends a request the daemon may
+    have acted on, except ``GET``.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        timeout: float = 10.0,
+        connect_retry: float = 2.0,
+    ) -> None:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.timeout = timeout
+        self.connect_retry = connect_retry
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        conn = _UnixConnection(self.socket_path, self.timeout)
-        headers = {}
+    def __repr__(self) -> str:
+        return f"HecateClient({str(self.socket_path)!r})"
+
+    # -- raw requests ------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Response:
+        """One request; returns the decoded answer or raises the matching ``ClientError``."""
+        deadline = time.monotonic() + self.connect_retry
+        delay = 0.02
+        while True:
+            try:
+                resp = self._attempt(method, path, body, timeout or self.timeout)
+            except _Retry as retry:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DaemonUnavailableError(self.socket_path, retry.reason) from None
+                time.sleep(min(retry.delay or delay, left))
+                delay = min(delay * 2, 0.25)
+                continue
+            return _check(resp)
+
+    def _attempt(self, method: str, path: str, body: Any, timeout: float) -> Response:
+        conn = _UnixConnection(self.socket_path, timeout)
+        headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnavailableError(
-                f"hecated is not answering on {self.socket_path}: {exc.strerror}"
-            ) from None
-        except OSError as exc:
-            raise DaemonUnavailableError(f"talking to {self.socket_path} failed: {exc}") from None
+            try:
+                conn.connect()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                if exc.errno in ACTIVATION_ERRNOS:
+                    raise _Retry(reason) from None
+                raise DaemonUnavailableError(self.socket_path, reason) from None
+            try:
+                # A daemon refusing work (503 busy) answers without reading the
+                # request and closes; its answer is still there to be read.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except TimeoutError:
+                raise DaemonTimeoutError(
+                    self.socket_path, f"no answer within {timeout:g} s"
+                ) from None
+            except (ConnectionError, http.client.RemoteDisconnected) as exc:
+                if method == "GET":
+                    raise _Retry(f"connection lost: {exc}") from None
+                raise DaemonUnavailableError(
+                    self.socket_path, f"connection lost during {method} {path}: {exc}"
+                ) from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise DaemonUnavailableError(self.socket_path, f"{method} {path}: {exc}") from None
         finally:
             conn.close()
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:
             raise ClientError(
-                f"the daemon sent something that is not JSON: {raw[:200]!r}"
+                f"the daemon sent something that is not JSON (HTTP {resp.status}): {raw[:200]!r}"
             ) from None
-        if resp.status >= 400:
-            err = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
-            raise ApiError(resp.status, err.get("code", "error"), err.get("message", resp.reason))
-        return payload
+        if resp.status == 503 and _error_code(payload) == "busy":
+            raise _Retry("the daemon is busy", _retry_after(resp.getheader("Retry-After")))
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
+
+    # -- the API ------------------------------------------------------------------------
 
     def register(self, name: str, version: str = "", description: str = "") -> PluginPaths:
+        """Register (or re-register, on every start) and get the namespace's paths."""
         body = {"name": name, "version": version, "description": description}
-        answer = self.request("POST", "/api/plugins/register", body)
-        return PluginPaths(answer["name"], answer["base_dir"], answer["paths"])
+        resp = self.request("POST", "/api/plugins/register", body)
+        return PluginPaths.from_json(resp.body, created=resp.status == 201)
 
-    def list(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/api/plugins")
+    def list(self) -> builtins.list[PluginSummary]:
+        return self.snapshot().plugins
 
-    def get(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/api/plugins/{quote(name, safe='')}")
+    def snapshot(self) -> Snapshot:
+        """The plugin list and the registry's ``seq`` as of that list."""
+        return _snapshot(self.request("GET", "/api/plugins"))
+
+    def get(self, name: str) -> PluginInfo:
+        return PluginInfo.from_json(self.request("GET", _plugin_url(name)).body)
 
     def deregister(self, name: str) -> None:
-        self.request("DELETE", f"/api/plugins/{quote(name, safe='')}")
+        """Remove the registry entry; the namespace and its data stay."""
+        self.request("DELETE", _plugin_url(name))
 
-    def purge(self, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/api/plugins/{quote(name, safe='')}/purge")
+    def purge(self, name: str) -> PurgeResult:
+        """Delete a deregistered plugin's namespace; ``ConflictError`` while registered."""
+        body = self.request("POST", _plugin_url(name) + "/purge").body
+        return PurgeResult(name, body.get("purged", ""), body)
 
-    def health(self) -> dict[str, Any]:
-        return self.request("GET", "/health")
+    def health(self) -> Health:
+        return Health.from_json(self.request("GET", "/health").body)
+
+    def wait_for_change(self, since: int, wait: float = 30.0) -> Snapshot:
+        """Long-poll: the list as soon as the registry's seq passes ``since``.
+
+        Returns after at most about ``wait`` seconds with the (maybe unchanged)
+        list. A daemon that does not know the long poll answers at once; the
+        caller must not assume that an answer means a change.
+        """
+        query = urlencode({"since": int(since), "wait": f"{max(wait, 0):g}"})
+        resp = self.request("GET", f"/api/plugins?{query}", timeout=wait + self.timeout)
+        return _snapshot(resp)
+
+
+def _plugin_url(name: str) -> str:
+    return f"/api/plugins/{quote(name, safe='')}"
+
+
+def _snapshot(resp: Response) -> Snapshot:
+    seq = resp.headers.get(SEQ_HEADER.lower())
+    try:
+        number = int(seq) if seq is not None else None
+    except ValueError:
+        number = None
+    return Snapshot(number, [PluginSummary.from_json(p) for p in resp.body or []])
+
+
+def _error_code(payload: Any) -> str | None:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return payload["error"].get("code")
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return min(float(value), 1.0) if value else None
+    except ValueError:
+        return None
+
+
+def _check(resp: Response) -> Response:
+    if resp.status < 400:
+        return resp
+    err = resp.body.get("error") if isinstance(resp.body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    raise ApiError.from_response(
+        resp.status,
+        str(err.get("code") or f"http_{resp.status}"),
+        str(err.get("message") or f"HTTP {resp.status}"),
+    )

@@ -90,9 +90,15 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
     except UnicodeDecodeError as exc:
         raise ManifestError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        match = _LINE_RE.search(str(exc))
-        line = int(match.group(1)) if match else None
-        msg = _LINE_RE.sub("", str(exc)).strip()
+        text = str(exc)
+        match = _LINE_RE.search(text)
+        if match:
+            line: int | None = int(match.group(1))
+        elif "end of document" in text:
+            line = max(1, data.count(b"\n") + (0 if data.endswith(b"\n") else 1))
+        else:
+            line = None
+        msg = _LINE_RE.sub("", text).replace("(at end of document)", "at end of file").strip()
         raise ManifestError(path, f"invalid TOML: {msg}", line) from None
 
     schema = doc.get("schema", SCHEMA_VERSION)

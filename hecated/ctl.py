@@ -1,0 +1,543 @@
+"""``hecatectl``: everything the API offers, for people and shell scripts.
+
+Built on the SDK (``hecated.client``): one client, not two. Every command
+prints readable text by default and the API's JSON with ``--json``; errors are
+one line on stderr, and the exit code says what kind of failure it was (see
+``Exit``), so scripts can branch on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from . import __version__
+from .client import (
+    ApiError,
+    ClientError,
+    DaemonUnavailableError,
+    HecateClient,
+    NotFoundError,
+    PluginInfo,
+    PluginSummary,
+    Snapshot,
+)
+
+PROG = "hecatectl"
+START_HINT = "start it with `systemctl --user start hecate.socket` (or run `hecated`)"
+# Long enough to ride out a daemon restarting, short enough that "not running" is prompt.
+CONNECT_RETRY = 0.5
+PATH_FIELDS = ("base_dir", "sqlite", "reckon_db", "sockets", "run", "connectors", "socket")
+
+
+class Exit(IntEnum):
+    """Exit codes scripts can rely on."""
+
+    OK = 0
+    ERROR = 1  # the API refused (invalid name, conflict, ...), or doctor found problems
+    USAGE = 2  # bad command line (argparse's own code)
+    NOT_RUNNING = 3  # nothing answers on the socket
+    NOT_FOUND = 4  # no such plugin or namespace
+    INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A failure hecatectl itself detected; printed as one line."""
+
+    def __init__(self, message: str, code: Exit = Exit.ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Talk to hecated, the Hecate plugin registry.",
+        epilog="Exit codes: 0 ok, 1 error (API refused, problems found), 2 usage, "
+        "3 daemon not running, 4 no such plugin.",
+    )
+    _common_options(parser, json=False, socket=None)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        # Also accepted after the command; SUPPRESS keeps them from resetting the global ones.
+        _common_options(p, json=argparse.SUPPRESS, socket=argparse.SUPPRESS)
+        return p
+
+    ls = add("list", "list registered plugins: name, version, status, socket")
+    ls.add_argument("-q", "--quiet", action="store_true", help="print the names only")
+    add("show", "everything about one plugin, with its paths").add_argument("name")
+    paths = add("paths", "a plugin's directories, shell-friendly")
+    paths.add_argument("name")
+    paths.add_argument(
+        "--field",
+        type=lambda s: s.replace("-", "_"),
+        choices=PATH_FIELDS,
+        help="print just this one path",
+    )
+    reg = add("register", "register a plugin (creates its namespace) and print its paths")
+    reg.add_argument("name")
+    reg.add_argument("--version", dest="plugin_version", default="", metavar="V")
+    reg.add_argument("--description", default="", metavar="D")
+    add("deregister", "remove a registry entry (keeps the data)").add_argument("name")
+    purge = add("purge", "delete a deregistered plugin's namespace and all its data")
+    purge.add_argument("name")
+    purge.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add("status", "is hecated running: socket, pid, version, uptime, plugin count")
+    doctor = add("doctor", "check ~/.hecate, sockets, pid files, plugin.toml files, units")
+    doctor.add_argument(
+        "--strict", action="store_true", help="warnings count as problems for the exit code"
+    )
+    watch = add("watch", "print registry changes as they happen (Ctrl-C to stop)")
+    watch.add_argument(
+        "--wait", type=float, default=30.0, metavar="S", help="long-poll seconds (default 30)"
+    )
+    watch.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="poll interval when the daemon has no long poll (default 1)",
+    )
+    watch.add_argument(
+        "--count", type=int, metavar="N", help="exit after N changes (default: run until Ctrl-C)"
+    )
+    comp = add("completion", "print the bash completion script")
+    comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
+    return parser
+
+
+def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
+    parser.add_argument("--json", action="store_true", default=json, help="print JSON")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=socket,
+        help="the daemon's API socket (default: $HECATE_SOCKET_PATH, else "
+        "~/.hecate/hecate-daemon/sockets/api.sock)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = HecateClient(args.socket, connect_retry=CONNECT_RETRY)
+    try:
+        return int(COMMANDS[args.command](client, args) or Exit.OK)
+    except DaemonUnavailableError as exc:
+        return _fail(f"{exc}; {START_HINT}", Exit.NOT_RUNNING)
+    except NotFoundError as exc:
+        return _fail(exc.message, Exit.NOT_FOUND)
+    except ApiError as exc:
+        return _fail(f"{exc.message} ({exc.code})", Exit.ERROR)
+    except CommandError as exc:
+        return _fail(str(exc), exc.code)
+    except ClientError as exc:
+        return _fail(str(exc), Exit.ERROR)
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED
+    except BrokenPipeError:  # `hecatectl list | head`: not an error
+        # Python's advice: point stdout at devnull so the final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
+
+
+def _fail(message: str, code: Exit) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def _json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in pairs) + 1
+    for key, value in pairs:
+        print(f"{(key + ':').ljust(width)}  {'-' if value in (None, '') else value}")
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{s}s")
+    return " ".join(parts)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
+    plugins = client.list()
+    if args.json:
+        _json([p.raw for p in plugins])
+    elif args.quiet:
+        for p in plugins:
+            print(p.name)
+    elif not plugins:
+        print("no plugins registered")
+    else:
+        rows = [("NAME", "VERSION", "STATUS", "SOCKET")]
+        rows += [(p.name, p.version or "-", p.status, p.socket) for p in plugins]
+        _table(rows)
+    return Exit.OK
+
+
+def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
+    info = client.get(args.name)
+    if args.json:
+        _json(info.raw)
+        return Exit.OK
+    status = info.status
+    if info.pid:
+        status += f" (pid {info.pid})"
+    pairs: list[tuple[str, Any]] = [
+        ("name", info.name),
+        ("version", info.version),
+        ("description", info.description),
+        ("status", status),
+        ("state", info.state),
+        ("registered", _when(info.registered_at)),
+        ("updated", _when(info.updated_at)),
+        ("manifest", info.manifest),
+        ("socket", info.socket),
+        ("base_dir", info.base_dir),
+    ]
+    pairs += [(f"  {key}", value) for key, value in info.paths.items()]
+    if info.error:
+        pairs.append(("error", str(info.error)))
+    _fields(pairs)
+    return Exit.OK
+
+
+def _path_fields(info: PluginInfo) -> dict[str, str]:
+    return {"base_dir": info.base_dir, **info.paths, "socket": info.socket}
+
+
+def cmd_paths(client: HecateClient, args: argparse.Namespace) -> Exit:
+    fields = _path_fields(client.get(args.name))
+    if args.field:
+        value = fields[args.field]
+        print(json.dumps(value) if args.json else value)
+    elif args.json:
+        _json(fields)
+    else:
+        for key, value in fields.items():
+            print(f"{key}={shlex.quote(value)}")
+    return Exit.OK
+
+
+def cmd_register(client: HecateClient, args: argparse.Namespace) -> Exit:
+    result = client.register(args.name, args.plugin_version, args.description)
+    if args.json:
+        _json(result.raw)
+        return Exit.OK
+    verb = "registered" if result.created else "re-registered"
+    print(f"{verb} {result.name} {args.plugin_version}".rstrip())
+    _fields([("base_dir", result.base_dir), *((f"  {k}", v) for k, v in result.paths.items())])
+    return Exit.OK
+
+
+def cmd_deregister(client: HecateClient, args: argparse.Namespace) -> Exit:
+    client.deregister(args.name)
+    if args.json:
+        _json({"ok": True})
+    else:
+        print(f"deregistered {args.name}; its data is kept (`{PROG} purge {args.name}` deletes it)")
+    return Exit.OK
+
+
+def cmd_purge(client: HecateClient, args: argparse.Namespace) -> Exit:
+    try:
+        client.get(args.name)
+    except NotFoundError:
+        pass  # the normal case: deregistered; the daemon says whether there is a namespace
+    else:
+        raise CommandError(
+            f"plugin {args.name!r} is still registered; run `{PROG} deregister {args.name}` "
+            "first (still_registered)"
+        )
+    if not args.yes and not _confirm(
+        f"Delete the namespace of {args.name!r} and ALL its data "
+        "(sqlite, reckon-db, sockets, run, connectors)? This cannot be undone. [y/N] "
+    ):
+        raise CommandError("not purged (answer 'y' to confirm, or pass --yes)")
+    result = client.purge(args.name)
+    if args.json:
+        _json(result.raw)
+    else:
+        print(f"purged {args.name}: removed {result.purged}")
+    return Exit.OK
+
+
+def _confirm(prompt: str) -> bool:
+    """Ask on stderr, read stdin: stdout stays clean for --json, and EOF means no."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_status(client: HecateClient, args: argparse.Namespace) -> Exit:
+    try:
+        health = client.health()
+    except DaemonUnavailableError as exc:
+        if args.json:
+            _json({"status": "not_running", "socket": str(client.socket_path), "error": exc.reason})
+        print(
+            f"{PROG}: hecated is not running: nothing answers on {client.socket_path} "
+            f"({exc.reason}); {START_HINT}",
+            file=sys.stderr,
+        )
+        return Exit.NOT_RUNNING
+    if args.json:
+        _json(health.raw)
+        return Exit.OK
+    print(f"hecated {health.version} is running")
+    _fields(
+        [
+            ("  socket", health.socket or client.socket_path),
+            ("  pid", health.pid),
+            ("  uptime", _duration(health.uptime_seconds)),
+            ("  plugins", health.plugins),
+            ("  data dir", health.data_dir),
+        ]
+    )
+    return Exit.OK
+
+
+def cmd_doctor(client: HecateClient, args: argparse.Namespace) -> Exit:
+    from .doctor import diagnose  # reads the disk; only this command needs it
+
+    report = diagnose(client)
+    if args.json:
+        _json(report.to_json())
+    else:
+        report.print_text()
+    failed = report.problems or (args.strict and report.warnings)
+    return Exit.ERROR if failed else Exit.OK
+
+
+def cmd_completion(client: HecateClient, args: argparse.Namespace) -> Exit:
+    print(bash_completion(build_parser()), end="")
+    return Exit.OK
+
+
+# -- watch -----------------------------------------------------------------------------------
+
+
+def diff(
+    old: dict[str, PluginSummary], new: dict[str, PluginSummary]
+) -> list[tuple[str, PluginSummary, PluginSummary | None]]:
+    """What changed between two lists: (event, plugin now, plugin before)."""
+    events: list[tuple[str, PluginSummary, PluginSummary | None]] = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before is None and after is not None:
+            events.append(("added", after, None))
+        elif after is None and before is not None:
+            events.append(("removed", before, before))
+        elif after is not None and before is not None and after.raw != before.raw:
+            events.append(("changed", after, before))
+    return events
+
+
+def _describe(event: str, now: PluginSummary, before: PluginSummary | None) -> str:
+    if event == "changed" and before is not None:
+        moved = [
+            f"{key} {before.raw.get(key)!s} -> {now.raw.get(key)!s}"
+            for key in sorted(now.raw.keys() | before.raw.keys())
+            if now.raw.get(key) != before.raw.get(key)
+        ]
+        return ", ".join(moved)
+    if event == "removed":
+        return "deregistered"
+    return f"{now.version or '-'} {now.status}"
+
+
+def cmd_watch(
+    client: HecateClient,
+    args: argparse.Namespace,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Exit:
+    """Follow the change feed; fall back to polling when the daemon has no long poll.
+
+    The long poll (``GET /api/plugins?since=N&wait=S``) answers once the
+    registry's seq passes N. A daemon that ignores since/wait answers at once:
+    then an answer with no change is followed by a pause of ``--interval``.
+    Either way the lists are compared, so nothing is printed twice.
+    """
+    snap = client.snapshot()
+    seq = snap.seq if snap.seq is not None else 0
+    current = snap.by_name()
+    if args.json:
+        _emit({"event": "snapshot", "seq": snap.seq, "plugins": [p.raw for p in snap.plugins]})
+    else:
+        print(f"watching {len(current)} plugin(s) on {client.socket_path}; Ctrl-C to stop")
+        sys.stdout.flush()
+    seen = 0
+    lost = False
+    while args.count is None or seen < args.count:
+        started = clock()
+        try:
+            snap = client.wait_for_change(seq, args.wait)
+        except DaemonUnavailableError as exc:
+            if not lost:
+                print(f"{PROG}: {exc}; retrying", file=sys.stderr, flush=True)
+                lost = True
+            sleep(args.interval)
+            continue
+        if lost:
+            print(f"{PROG}: hecated answers again", file=sys.stderr, flush=True)
+            lost = False
+        latest = snap.by_name()
+        events = diff(current, latest)
+        for event, plugin, before in events[: None if args.count is None else args.count - seen]:
+            _print_event(args.json, event, plugin, before, snap)
+            seen += 1
+        current = latest
+        if snap.seq is not None:
+            seq = snap.seq
+        if not events and clock() - started < min(args.interval, args.wait):
+            sleep(args.interval)  # answered at once with nothing new: no long poll here
+    return Exit.OK
+
+
+def _print_event(
+    as_json: bool, event: str, plugin: PluginSummary, before: PluginSummary | None, snap: Snapshot
+) -> None:
+    if as_json:
+        record: dict[str, Any] = {"event": event, "seq": snap.seq, "plugin": plugin.raw}
+        if event == "changed" and before is not None:
+            record["before"] = before.raw
+        _emit(record)
+    else:
+        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+        print(f"{stamp}  {event:<8} {plugin.name}  {_describe(event, plugin, before)}")
+        sys.stdout.flush()
+
+
+def _emit(record: dict[str, Any]) -> None:
+    """One JSON object per line, flushed: ``watch --json`` is a stream for scripts."""
+    print(json.dumps(record, ensure_ascii=False), flush=True)
+
+
+# -- bash completion -------------------------------------------------------------------------
+
+
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script generated from the parser, so it cannot drift from it."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, p in sub.choices.items():
+        opts = sorted(o for a in p._actions for o in a.option_strings if o.startswith("--"))
+        takes_name = any(a.dest == "name" for a in p._actions)
+        field = next((a for a in p._actions if a.dest == "field"), None)
+        lines = [f"        {name})"]
+        if field is not None:
+            lines.append(
+                '            if [[ "$prev" == --field ]]; then '
+                f'COMPREPLY=($(compgen -W "{" ".join(field.choices)}" -- "$cur")); return; fi'
+            )
+        lines.append(
+            '            if [[ "$prev" == --socket ]]; then '
+            'COMPREPLY=($(compgen -f -- "$cur")); return; fi'
+        )
+        lines.append(
+            '            if [[ "$cur" == -* ]]; then '
+            f'COMPREPLY=($(compgen -W "{" ".join(opts)}" -- "$cur"))'
+        )
+        if takes_name:
+            lines.append(
+                '            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))'
+            )
+        elif name == "completion":
+            lines.append('            else COMPREPLY=($(compgen -W "bash" -- "$cur"))')
+        lines.append("            fi;;")
+        cases.append("\n".join(lines))
+    globals_ = " ".join(sorted(o for a in parser._actions for o in a.option_strings))
+    commands = " ".join(sub.choices)
+    return f"""# bash completion for {PROG}; generated by `{PROG} completion bash`.
+_hecatectl_names() {{
+    local sock=()
+    local i
+    for ((i = 1; i < ${{#COMP_WORDS[@]}} - 1; i++)); do
+        [[ "${{COMP_WORDS[i]}}" == --socket ]] && sock=(--socket "${{COMP_WORDS[i+1]}}")
+    done
+    {PROG} "${{sock[@]}}" list --quiet 2>/dev/null
+}}
+
+_hecatectl() {{
+    local cur prev cmd i
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    cmd=""
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in
+            --socket) ((i++));;
+            -*) ;;
+            *) cmd="${{COMP_WORDS[i]}}"; break;;
+        esac
+    done
+    case "$cmd" in
+        "")
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "{globals_}" -- "$cur"))
+            else COMPREPLY=($(compgen -W "{commands}" -- "$cur")); fi;;
+{chr(10).join(cases)}
+    esac
+}}
+complete -F _hecatectl {PROG}
+"""
+
+
+COMMANDS: dict[str, Callable[[HecateClient, argparse.Namespace], Exit]] = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "paths": cmd_paths,
+    "register": cmd_register,
+    "deregister": cmd_deregister,
+    "purge": cmd_purge,
+    "status": cmd_status,
+    "doctor": cmd_doctor,
+    "watch": cmd_watch,
+    "completion": cmd_completion,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["Exit", "build_parser", "diff", "main"]

@@ -1,0 +1,241 @@
+"""api.py through Werkzeug's test client: every route and every error shape."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from werkzeug.test import Client
+
+from hecated import __version__
+from hecated.api import MAX_BODY, PEER_KEY, HecateApp, Peer
+from hecated.layout import Layout
+from hecated.registry import Registry
+
+ME = Peer(os.getpid(), os.getuid(), os.getgid())
+
+
+def as_peer(app: HecateApp, peer: Peer | None) -> Client:
+    """A test client whose requests carry ``peer`` as the server would put it in the environ."""
+
+    def wsgi(environ, start_response):
+        if peer is not None:
+            environ[PEER_KEY] = peer
+        return app(environ, start_response)
+
+    return Client(wsgi)
+
+
+@pytest.fixture
+def app(home: Path) -> HecateApp:
+    layout = Layout.at(home / ".hecate")
+    layout.ensure_layout()
+    registry = Registry(layout)
+    registry.scan()
+    return HecateApp(registry)
+
+
+@pytest.fixture
+def client(app: HecateApp) -> Client:
+    return as_peer(app, ME)
+
+
+def _error(resp, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/json"
+    body = resp.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body
+
+
+def test_register_answers_exactly_the_spec_body(client: Client, app: HecateApp) -> None:
+    resp = client.post(
+        "/api/plugins/register",
+        json={"name": "hecate-traderd", "version": "0.1.0", "description": "Trading daemon"},
+    )
+    assert resp.status_code == 201
+    base = app.layout.root / "hecate-traderd"
+    assert resp.get_json() == {
+        "name": "hecate-traderd",
+        "base_dir": str(base),
+        "paths": {
+            "sqlite": str(base / "sqlite"),
+            "reckon_db": str(base / "reckon-db"),
+            "sockets": str(base / "sockets"),
+            "run": str(base / "run"),
+            "connectors": str(base / "connectors"),
+        },
+    }
+    for sub in ("sqlite", "reckon-db", "sockets", "run", "connectors"):
+        assert (base / sub).is_dir()
+
+
+def test_register_with_name_only_as_in_the_bootstrap_flow(client: Client) -> None:
+    resp = client.post("/api/plugins/register", json={"name": "hecate-traderd"})
+    assert resp.status_code == 201
+    listed = client.get("/api/plugins").get_json()
+    assert listed[0]["version"] == "" and listed[0]["description"] == ""
+
+
+def test_reregister_is_200_with_same_body(client: Client) -> None:
+    first = client.post("/api/plugins/register", json={"name": "p", "version": "1"})
+    again = client.post("/api/plugins/register", json={"name": "p", "version": "2"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json() == again.get_json()
+    assert client.get("/api/plugins/p").get_json()["version"] == "2"
+
+
+def test_list_and_get(client: Client, app: HecateApp) -> None:
+    client.post("/api/plugins/register", json={"name": "b", "version": "2", "description": "B"})
+    client.post("/api/plugins/register", json={"name": "a", "version": "1", "description": "A"})
+    listed = client.get("/api/plugins").get_json()
+    assert listed == [
+        {
+            "name": "a",
+            "version": "1",
+            "description": "A",
+            "socket": str(app.layout.root / "a" / "sockets" / "api.sock"),
+            "status": "stopped",
+        },
+        {
+            "name": "b",
+            "version": "2",
+            "description": "B",
+            "socket": str(app.layout.root / "b" / "sockets" / "api.sock"),
+            "status": "stopped",
+        },
+    ]
+    one = client.get("/api/plugins/a").get_json()
+    assert one["paths"]["reckon_db"] == str(app.layout.root / "a" / "reckon-db")
+    assert one["registered_at"] and one["error"] is None and one["pid"] is None
+
+
+def test_deregister_then_purge(client: Client, app: HecateApp) -> None:
+    client.post("/api/plugins/register", json={"name": "p"})
+    assert client.delete("/api/plugins/p").get_json() == {"ok": True}
+    assert (app.layout.root / "p" / "sqlite").is_dir()
+    _error(client.get("/api/plugins/p"), 404, "not_found")
+    _error(client.delete("/api/plugins/p"), 404, "not_found")
+    resp = client.post("/api/plugins/p/purge")
+    assert resp.status_code == 200 and resp.get_json()["ok"] is True
+    assert not (app.layout.root / "p").exists()
+    _error(client.post("/api/plugins/p/purge"), 404, "not_found")
+
+
+def test_purge_of_registered_plugin_is_409(client: Client) -> None:
+    client.post("/api/plugins/register", json={"name": "p"})
+    _error(client.post("/api/plugins/p/purge"), 409, "still_registered")
+
+
+def test_health(client: Client) -> None:
+    client.post("/api/plugins/register", json={"name": "p"})
+    for path in ("/health", "/api/health"):
+        body = client.get(path).get_json()
+        assert body["version"] == __version__
+        assert body["plugins"] == 1
+        assert body["uptime_seconds"] >= 0
+        assert body["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"name": "Bad_Name"}, "invalid_name"),
+        ({"name": "../../etc"}, "invalid_name"),
+        ({"name": "hecate-daemon"}, "reserved_name"),
+        ({"name": "a" * 65}, "name_too_long"),
+        ({"name": 7}, "invalid_name"),
+        ({"version": "1"}, "invalid_field"),
+        ({"name": "p", "version": 1}, "invalid_field"),
+        ({"name": "p", "description": ["x"]}, "invalid_field"),
+        ({"name": "p", "colour": "red"}, "invalid_field"),
+    ],
+)
+def test_bad_registrations_are_400_and_create_nothing(
+    client: Client, app: HecateApp, body: dict, code: str
+) -> None:
+    before = sorted(os.listdir(app.layout.root))
+    _error(client.post("/api/plugins/register", json=body), 400, code)
+    assert sorted(os.listdir(app.layout.root)) == before
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    [
+        (b"{not json", "application/json", 400, "invalid_json"),
+        (b"[1, 2]", "application/json", 400, "invalid_body"),
+        (b'"name"', "application/json", 400, "invalid_body"),
+        (b"\xff\xfe", "application/json", 400, "invalid_json"),
+        (b"[" * 100000, "application/json", 413, "body_too_large"),
+        (b"name=p", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"name": "p"}', "text/plain", 415, "unsupported_media_type"),
+        (b'{"name": "p"}', None, 415, "unsupported_media_type"),
+    ],
+)
+def test_bad_bodies(client: Client, data: bytes, content_type, status: int, code: str) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    _error(client.post("/api/plugins/register", data=data, headers=headers), status, code)
+
+
+def test_deeply_nested_json_is_400_not_500(client: Client) -> None:
+    data = b"[" * 60000 + b"]" * 60000
+    assert len(data) <= MAX_BODY * 2
+    resp = client.post(
+        "/api/plugins/register", data=data[: MAX_BODY - 10], content_type="application/json"
+    )
+    assert resp.status_code in (400, 413)
+
+
+def test_oversized_body_is_413(client: Client) -> None:
+    big = json.dumps({"name": "p", "description": "x" * (MAX_BODY + 1)})
+    _error(
+        client.post("/api/plugins/register", data=big, content_type="application/json"),
+        413,
+        "body_too_large",
+    )
+
+
+def test_unknown_route_and_method(client: Client) -> None:
+    _error(client.get("/nope"), 404, "not_found")
+    resp = client.put("/api/plugins")
+    _error(resp, 405, "method_not_allowed")
+    assert "GET" in resp.headers["Allow"]
+    _error(client.get("/api/plugins/register"), 404, "not_found")
+    _error(client.get("/api/plugins/BAD"), 400, "invalid_name")
+
+
+def test_other_uid_is_403(app: HecateApp) -> None:
+    stranger = as_peer(app, Peer(1, ME.uid + 1, 0))
+    _error(stranger.get("/api/plugins"), 403, "forbidden")
+    _error(stranger.post("/api/plugins/register", json={"name": "p"}), 403, "forbidden")
+    assert not (app.layout.root / "p").exists()
+
+
+def test_missing_peer_credentials_is_403(app: HecateApp) -> None:
+    _error(as_peer(app, None).get("/health"), 403, "forbidden")
+
+
+def test_symlinked_namespace_is_409_and_nothing_written(
+    client: Client, app: HecateApp, home: Path
+) -> None:
+    outside = home / "outside"
+    outside.mkdir()
+    (app.layout.root / "evil").symlink_to(outside)
+    _error(client.post("/api/plugins/register", json={"name": "evil"}), 409, "unsafe_path")
+    assert list(outside.iterdir()) == []
+
+
+def test_invalid_entry_shows_error_with_line(client: Client, app: HecateApp) -> None:
+    ns = app.layout.root / "broken"
+    ns.mkdir()
+    (ns / "plugin.toml").write_text('name = "broken"\n\nversion = [\n')
+    app.registry.refresh("broken")
+    listed = client.get("/api/plugins").get_json()
+    assert listed[0]["status"] == "invalid"
+    detail = client.get("/api/plugins/broken").get_json()
+    assert detail["error"]["file"] == str(ns / "plugin.toml")
+    assert detail["error"]["line"] == 3

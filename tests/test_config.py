@@ -1,0 +1,66 @@
+"""config.py: flag, then environment, then config file, then default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hecated.config import ConfigError, resolve
+
+NO_FLAGS: dict = {}
+
+
+def test_defaults_follow_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(home))
+    config = resolve(NO_FLAGS, {"HOME": str(home)})
+    assert config.data_dir == home / ".hecate" / "hecate-daemon"
+    assert config.layout.api_socket == home / ".hecate/hecate-daemon/sockets/api.sock"
+    assert config.idle_timeout is None
+    assert config.log_level == "info"
+
+
+def test_hecate_home_moves_the_root(home: Path) -> None:
+    config = resolve(NO_FLAGS, {"HECATE_HOME": str(home / "r"), "XDG_CONFIG_HOME": str(home)})
+    assert config.layout.root == home / "r"
+
+
+def test_precedence_flag_env_file(home: Path) -> None:
+    cfg = home / "hecated.toml"
+    cfg.write_text(f'data_dir = "{home}/file/hecate-daemon"\nlog_level = "warning"\n')
+    env = {"HECATE_CONFIG": str(cfg)}
+    assert resolve(NO_FLAGS, env).data_dir == home / "file/hecate-daemon"
+    assert resolve(NO_FLAGS, env).log_level == "warning"
+    env["HECATE_DATA_DIR"] = f"{home}/env/hecate-daemon"
+    assert resolve(NO_FLAGS, env).data_dir == home / "env/hecate-daemon"
+    flags = {"data_dir": f"{home}/flag/hecate-daemon", "log_level": "debug"}
+    config = resolve(flags, env)
+    assert (config.data_dir, config.log_level) == (home / "flag/hecate-daemon", "debug")
+
+
+def test_config_file_in_xdg_config_home_with_section(home: Path) -> None:
+    (home / "hecate").mkdir()
+    (home / "hecate" / "hecated.toml").write_text("[hecated]\nidle_timeout = 300\n")
+    assert resolve(NO_FLAGS, {"XDG_CONFIG_HOME": str(home)}).idle_timeout == 300
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("nonsense = 1\n", "unknown key"),
+        ("log_level = 'loud'\n", "log level"),
+        ("idle_timeout = 'soon'\n", "expected a number"),
+        ("workers = 0\n", "at least 1"),
+        ("data_dir = [\n", "hecated.toml"),
+    ],
+)
+def test_bad_config_is_a_clear_error(home: Path, text: str, fragment: str) -> None:
+    cfg = home / "hecated.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        resolve(NO_FLAGS, {"HECATE_CONFIG": str(cfg)})
+
+
+def test_named_config_file_must_exist(home: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve({"config": str(home / "missing.toml")}, {})

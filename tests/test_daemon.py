@@ -1,0 +1,237 @@
+"""hecated as a real process on a real Unix socket, with a temporary HOME."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import tomllib
+from pathlib import Path
+
+from conftest import HECATED, Daemon, short_tempdir, wait_for
+
+SPEC_SUBDIRS = ["connectors", "reckon-db", "run", "sockets", "sqlite"]
+
+
+def test_layout_on_disk_matches_the_spec(daemon: Daemon) -> None:
+    primary = daemon.data_dir
+    assert sorted(p.name for p in primary.iterdir()) == SPEC_SUBDIRS
+    assert stat.S_ISSOCK(daemon.socket.lstat().st_mode)
+    assert daemon.socket == primary / "sockets" / "api.sock"
+    assert stat.S_IMODE(daemon.socket.lstat().st_mode) == 0o600
+    for d in (daemon.root, primary, *(primary / s for s in SPEC_SUBDIRS)):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert (primary / "run" / "daemon.pid").read_text() == f"{daemon.proc.pid}\n"
+    assert (primary / "run" / "daemon.state").read_text() == "running\n"
+
+    status, _, body = daemon.register("hecate-traderd", "0.1.0", "Trading daemon")
+    assert status == 201
+    ns = daemon.root / "hecate-traderd"
+    assert body["base_dir"] == str(ns)
+    assert sorted(p.name for p in ns.iterdir()) == sorted([*SPEC_SUBDIRS, "plugin.toml"])
+    assert stat.S_IMODE(ns.stat().st_mode) == 0o700
+
+
+def test_plugin_toml_round_trips_through_the_api(daemon: Daemon) -> None:
+    daemon.register("hecate-traderd", "0.1.0", "Trading daemon")
+    doc = tomllib.loads((daemon.root / "hecate-traderd" / "plugin.toml").read_text())
+    assert doc["name"] == "hecate-traderd"
+    assert doc["version"] == "0.1.0"
+    assert doc["description"] == "Trading daemon"
+    assert doc["schema"] == 1
+    assert doc["registered_at"] == doc["updated_at"]
+    _, _, listed = daemon.request("GET", "/api/plugins")
+    assert [(p["name"], p["version"], p["status"]) for p in listed] == [
+        ("hecate-traderd", "0.1.0", "stopped")
+    ]
+
+
+def test_registry_survives_a_restart(home: Path) -> None:
+    d = Daemon(home).start()
+    d.register("a", "1")
+    d.register("b", "2")
+    assert d.stop() == 0
+    d2 = Daemon(home).start()
+    try:
+        _, _, listed = d2.request("GET", "/api/plugins")
+        assert [(p["name"], p["version"]) for p in listed] == [("a", "1"), ("b", "2")]
+    finally:
+        d2.stop()
+
+
+def test_deregister_keeps_data_and_purge_removes_it(daemon: Daemon) -> None:
+    daemon.register("p")
+    db = daemon.root / "p" / "sqlite" / "p.db"
+    db.write_bytes(b"data")
+    assert daemon.request("DELETE", "/api/plugins/p")[:1] == (200,)
+    assert db.read_bytes() == b"data"
+    assert not (daemon.root / "p" / "plugin.toml").exists()
+    status, _, body = daemon.request("POST", "/api/plugins/p/purge")
+    assert status == 200 and body["ok"] is True
+    assert not (daemon.root / "p").exists()
+
+
+def test_bad_input_gets_json_4xx_and_creates_nothing(daemon: Daemon) -> None:
+    before = sorted(os.listdir(daemon.root))
+    cases = [
+        ({"name": "../evil"}, None, 400),
+        ({"name": "hecate-daemon"}, None, 400),
+        (None, b"{oops", 400),
+        (None, b"name=x", 415),
+    ]
+    for body, raw, expected in cases:
+        headers = {"Content-Type": "application/json" if raw != b"name=x" else "text/plain"}
+        status, hdrs, answer = daemon.request(
+            "POST", "/api/plugins/register", body, raw=raw, headers=headers
+        )
+        assert status == expected, answer
+        assert hdrs["Content-Type"] == "application/json"
+        assert set(answer["error"]) == {"code", "message"}
+    assert sorted(os.listdir(daemon.root)) == before
+    assert daemon.proc.poll() is None
+
+
+def test_second_daemon_refuses_to_start(daemon: Daemon, home: Path) -> None:
+    second = subprocess.run(
+        [str(HECATED)], env=daemon.env, capture_output=True, text=True, timeout=30
+    )
+    assert second.returncode == 1
+    assert "already" in second.stderr
+    assert daemon.request("GET", "/health")[0] == 200
+    assert (daemon.data_dir / "run" / "daemon.pid").read_text() == f"{daemon.proc.pid}\n"
+
+
+def test_other_process_answering_on_the_socket_is_not_displaced(home: Path) -> None:
+    sock_path = home / "x.sock"
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(str(sock_path))
+    squatter.listen()
+    try:
+        proc = subprocess.run(
+            [str(HECATED)],
+            env={**Daemon(home).env, "HECATE_SOCKET_PATH": str(sock_path)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 1
+        assert "already answering" in proc.stderr
+        assert stat.S_ISSOCK(sock_path.lstat().st_mode)
+    finally:
+        squatter.close()
+
+
+def test_stale_socket_is_replaced(home: Path) -> None:
+    d = Daemon(home)
+    d.socket.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(d.socket))
+    stale.close()  # the file stays, nothing answers: a crash's leftover
+    d.start()
+    try:
+        assert d.request("GET", "/health")[0] == 200
+    finally:
+        d.stop()
+
+
+def test_a_regular_file_at_the_socket_path_is_never_removed(home: Path) -> None:
+    d = Daemon(home)
+    d.socket.parent.mkdir(parents=True)
+    d.socket.write_text("not a socket")
+    proc = subprocess.run([str(HECATED)], env=d.env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "not a socket" in proc.stderr
+    assert d.socket.read_text() == "not a socket"
+
+
+def test_sigterm_removes_socket_and_pid_file(daemon: Daemon) -> None:
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket.exists()
+    assert not (daemon.data_dir / "run" / "daemon.pid").exists()
+    assert (daemon.data_dir / "run" / "daemon.state").read_text() == "stopped\n"
+
+
+def test_sigint_stops_cleanly_too(daemon: Daemon) -> None:
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not daemon.socket.exists()
+
+
+def test_in_flight_request_finishes_on_sigterm(daemon: Daemon) -> None:
+    body = b'{"name": "late-plugin", "version": "1"}'
+    fds_before = _fd_count(daemon)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(str(daemon.socket))
+    conn.sendall(
+        b"POST /api/plugins/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[:10]
+    )
+    wait_for(lambda: _fd_count(daemon) > fds_before)  # accepted: a worker reads the body
+    daemon.proc.send_signal(signal.SIGTERM)
+    conn.sendall(body[10:])
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    conn.close()
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    assert daemon.proc.wait(15) == 0
+    assert (daemon.root / "late-plugin" / "plugin.toml").exists()
+
+
+def _fd_count(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+
+
+def test_serves_requests_concurrently(daemon: Daemon) -> None:
+    # A client that stalls mid-request must not stop others from being served.
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.connect(str(daemon.socket))
+    stalled.sendall(b"GET /api/plugins HTTP/1.1\r\n")
+    try:
+        results: list[int] = []
+
+        def worker(i: int) -> None:
+            results.append(daemon.register(f"p{i}")[0])
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [201] * 20
+    finally:
+        stalled.close()
+    _, _, listed = daemon.request("GET", "/api/plugins")
+    assert len(listed) == 20
+
+
+def test_socket_path_override(home: Path) -> None:
+    sock = short_tempdir() / "k3s.sock"
+    d = Daemon(home, env={"HECATE_SOCKET_PATH": str(sock)}).start()
+    try:
+        assert d.socket == sock
+        status, _, body = d.register("p")
+        assert status == 201
+        assert body["base_dir"] == str(home / ".hecate" / "p")
+        assert not (d.data_dir / "sockets" / "api.sock").exists()
+    finally:
+        d.stop()
+    assert not sock.exists()
+
+
+def test_data_dir_flag_moves_the_tree(home: Path) -> None:
+    data = home / "srv" / "hecate" / "hecate-daemon"
+    d = Daemon(home, args=["--data-dir", str(data)])
+    d.socket = data / "sockets" / "api.sock"
+    d.start()
+    try:
+        status, _, body = d.register("p")
+        assert status == 201
+        assert body["base_dir"] == str(home / "srv" / "hecate" / "p")
+        assert not (home / ".hecate").exists()
+    finally:
+        d.stop()

@@ -1,0 +1,102 @@
+"""manifest.py: the plugin.toml schema, its parse errors, and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from hecated import manifest
+from hecated.files import opened
+from hecated.manifest import Manifest, ManifestError
+
+T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+
+
+def _dir_fd(path: Path) -> int:
+    path.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_round_trip_keeps_every_field_and_extra_keys(home: Path) -> None:
+    m = Manifest("hecate-traderd", "0.1.0", "Trading daemon", T0, T0, extra={"owner": "ops"})
+    with opened(_dir_fd(home / "ns")) as fd:
+        manifest.write(fd, m)
+        back = manifest.read(fd, "hecate-traderd", "plugin.toml")
+    assert back == m
+
+
+def test_written_file_is_plain_commented_toml(home: Path) -> None:
+    m = Manifest("hecate-traderd", "0.1.0", 'quote " and \\ and\nnewline', T0, T0)
+    with opened(_dir_fd(home / "ns")) as fd:
+        manifest.write(fd, m)
+    text = (home / "ns" / "plugin.toml").read_text()
+    assert text.startswith("# Registry entry of the Hecate plugin daemon 'hecate-traderd'")
+    doc = tomllib.loads(text)
+    assert doc["schema"] == 1
+    assert doc["name"] == "hecate-traderd"
+    assert doc["description"] == m.description
+    assert doc["registered_at"] == T0
+    assert oct((home / "ns" / "plugin.toml").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_atomic_write_leaves_no_temp_file(home: Path) -> None:
+    with opened(_dir_fd(home / "ns")) as fd:
+        for i in range(5):
+            manifest.write(fd, Manifest("p", str(i)))
+    assert sorted(os.listdir(home / "ns")) == ["plugin.toml"]
+
+
+def test_minimal_hand_written_file_is_valid() -> None:
+    m = manifest.parse(b'name = "p"\nversion = "1"\n', "p", "p/plugin.toml")
+    assert (m.name, m.version, m.description, m.registered_at) == ("p", "1", "", None)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment", "line"),
+    [
+        (b'name = "p"\nversion = \n', "invalid TOML", 2),
+        (b'version = "1"\n', "missing required key 'name'", None),
+        (b'name = "p"\n', "missing required key 'version'", None),
+        (b'name = "other"\nversion = "1"\n', "namespace 'p'", None),
+        (b'name = "p"\nversion = 1\n', "'version' must be a string", None),
+        (b'name = "p"\nversion = "1"\nschema = 99\n', "newer", None),
+        (b'name = "p"\nversion = "1"\nregistered_at = "yesterday"\n', "date-time", None),
+        (b"\xff\xfe", "not UTF-8", None),
+    ],
+)
+def test_invalid_files_say_why(data: bytes, fragment: str, line: int | None) -> None:
+    with pytest.raises(ManifestError) as info:
+        manifest.parse(data, "p", "p/plugin.toml")
+    assert fragment in info.value.message
+    assert info.value.line == line
+    assert str(info.value).startswith("p/plugin.toml")
+
+
+def test_symlinked_manifest_is_not_followed(home: Path) -> None:
+    secret = home / "secret"
+    secret.write_text('name = "p"\nversion = "1"\n')
+    ns = home / "ns"
+    ns.mkdir()
+    (ns / "plugin.toml").symlink_to(secret)
+    with opened(_dir_fd(ns)) as fd, pytest.raises(ManifestError, match="symlink"):
+        manifest.read(fd, "p", "ns/plugin.toml")
+
+
+def test_fifo_manifest_does_not_hang(home: Path) -> None:
+    ns = home / "ns"
+    ns.mkdir()
+    os.mkfifo(ns / "plugin.toml")
+    with opened(_dir_fd(ns)) as fd, pytest.raises(ManifestError, match="not a regular file"):
+        manifest.read(fd, "p", "ns/plugin.toml")
+
+
+def test_oversized_manifest_is_refused(home: Path) -> None:
+    ns = home / "ns"
+    ns.mkdir()
+    (ns / "plugin.toml").write_bytes(b"#" * (manifest.MAX_FILE_BYTES + 1))
+    with opened(_dir_fd(ns)) as fd, pytest.raises(ManifestError, match="bytes"):
+        manifest.read(fd, "p", "ns/plugin.toml")

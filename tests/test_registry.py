@@ -1,0 +1,202 @@
+"""registry.py: files are the truth, the index follows them through refresh(name)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from hecated.errors import (
+    InvalidFieldError,
+    InvalidNameError,
+    NotFoundError,
+    PluginRunningError,
+    StillRegisteredError,
+    UnsafePathError,
+)
+from hecated.layout import SUBDIRS, Layout
+from hecated.registry import INVALID, RUNNING, STOPPED, Registry, pid_alive
+
+
+@pytest.fixture
+def registry(home: Path) -> Registry:
+    layout = Layout.at(home / ".hecate")
+    layout.ensure_layout()
+    return Registry(layout)
+
+
+def test_register_creates_namespace_and_manifest(registry: Registry) -> None:
+    entry, created = registry.register("hecate-traderd", "0.1.0", "Trading daemon")
+    assert created
+    ns = registry.layout.namespace("hecate-traderd")
+    assert sorted(p.name for p in ns.iterdir()) == sorted([*SUBDIRS, "plugin.toml"])
+    assert entry.manifest is not None and entry.manifest.version == "0.1.0"
+    assert registry.get("hecate-traderd").status == STOPPED
+
+
+def test_reregister_updates_and_keeps_registered_at(registry: Registry) -> None:
+    first, _ = registry.register("p", "1", "one")
+    second, created = registry.register("p", "2", "two")
+    assert not created
+    assert second.manifest.version == "2" and second.manifest.description == "two"
+    assert second.manifest.registered_at == first.manifest.registered_at
+
+
+def test_reregister_keeps_keys_a_person_added(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    path = registry.layout.manifest_path("p")
+    path.write_text(path.read_text() + 'owner = "ops team"\n')
+    registry.register("p", "2", "")
+    assert 'owner = "ops team"' in path.read_text()
+
+
+def test_deregister_keeps_data(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    data = registry.layout.namespace("p") / "sqlite" / "db.sqlite"
+    data.write_text("precious")
+    registry.deregister("p")
+    assert registry.get("p") is None
+    assert data.read_text() == "precious"
+    assert not registry.layout.manifest_path("p").exists()
+
+
+def test_deregister_unknown_is_not_found(registry: Registry) -> None:
+    with pytest.raises(NotFoundError):
+        registry.deregister("ghost")
+
+
+def test_purge_refuses_registered_then_removes(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    with pytest.raises(StillRegisteredError):
+        registry.purge("p")
+    registry.deregister("p")
+    registry.purge("p")
+    assert not registry.layout.namespace("p").exists()
+    with pytest.raises(NotFoundError):
+        registry.purge("p")
+
+
+def test_purge_does_not_follow_symlinks_inside(registry: Registry, home: Path) -> None:
+    outside = home / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    registry.register("p", "1", "")
+    (registry.layout.namespace("p") / "sqlite" / "link").symlink_to(outside)
+    registry.deregister("p")
+    registry.purge("p")
+    assert (outside / "keep.txt").read_text() == "keep"
+
+
+def test_purge_refuses_symlinked_namespace(registry: Registry, home: Path) -> None:
+    outside = home / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (registry.layout.root / "evil").symlink_to(outside)
+    with pytest.raises(UnsafePathError):
+        registry.purge("evil")
+    assert (outside / "keep.txt").exists()
+
+
+def test_purge_refuses_running_plugin(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    (registry.layout.namespace("p") / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    registry.deregister("p")
+    with pytest.raises(PluginRunningError):
+        registry.purge("p")
+
+
+def test_bad_input_creates_nothing(registry: Registry) -> None:
+    before = sorted(os.listdir(registry.layout.root))
+    for name in ["../escape", "UPPER", "hecate-daemon", ""]:
+        with pytest.raises(InvalidNameError):
+            registry.register(name, "1", "")
+    with pytest.raises(InvalidFieldError):
+        registry.register("p", 1, "")
+    with pytest.raises(InvalidFieldError):
+        registry.register("p", "1", "x" * 5000)
+    assert sorted(os.listdir(registry.layout.root)) == before
+
+
+def test_scan_finds_hand_made_entries_and_reports_invalid(registry: Registry) -> None:
+    root = registry.layout.root
+    (root / "good").mkdir()
+    (root / "good" / "plugin.toml").write_text('name = "good"\nversion = "1"\n')
+    (root / "broken").mkdir()
+    (root / "broken" / "plugin.toml").write_text('name = "broken"\nversion = \n')
+    (root / "no-manifest").mkdir()
+    (root / "Not_A_Name").mkdir()
+    assert registry.scan() == 2
+    assert registry.get("good").status == STOPPED
+    broken = registry.get("broken")
+    assert broken.status == INVALID
+    assert broken.entry.error.line == 2
+    assert registry.get("no-manifest") is None
+
+
+def test_refresh_follows_the_disk(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    path = registry.layout.manifest_path("p")
+    path.write_text(path.read_text().replace('version = "1"', 'version = "9"'))
+    assert registry.get("p").entry.manifest.version == "1"
+    change = registry.refresh("p")
+    assert change is not None and change.seq == registry.seq
+    assert registry.get("p").entry.manifest.version == "9"
+    assert registry.refresh("p") is None  # nothing changed: no new sequence number
+    path.unlink()
+    registry.refresh("p")
+    assert registry.get("p") is None
+
+
+def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    ns = registry.layout.namespace("p")
+    (ns / ".plugin.toml.999999.abcd.tmp").write_text("half")
+    (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").write_text("ours, in flight")
+    registry.scan(clean_temps=True)
+    assert not (ns / ".plugin.toml.999999.abcd.tmp").exists()
+    assert (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").exists()
+
+
+def test_status_running_and_stale_pid(registry: Registry) -> None:
+    registry.register("p", "1", "")
+    run = registry.layout.namespace("p") / "run"
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        (run / "daemon.pid").write_text(f"{proc.pid}\n")
+        (run / "daemon.state").write_text("syncing\n")
+        plugin = registry.get("p")
+        assert (plugin.status, plugin.live.pid, plugin.live.state) == (RUNNING, proc.pid, "syncing")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert registry.get("p").status == STOPPED
+
+
+def test_zombie_is_not_alive() -> None:
+    proc = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+    assert not pid_alive(proc.pid)
+    proc.wait()
+    assert not pid_alive(proc.pid)
+    assert pid_alive(os.getpid())
+
+
+def test_concurrent_registrations_of_one_name_create_once(registry: Registry) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        _, created = registry.register("same", str(i), "")
+        with lock:
+            results.append(created)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert len(registry) == 1
