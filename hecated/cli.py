@@ -27,11 +27,25 @@ def _daemon_parser() -> argparse.ArgumentParser:
             "--idle-timeout", type=float, help="exit after this many idle seconds (0: never)"
         )
         p.add_argument("--workers", type=int, help="worker threads (default 16)")
+    units = sub.add_parser(
+        "install-units",
+        help="install the systemd user units for this installation",
+        description="Write hecate.socket and hecate.service into the systemd user unit "
+        "directory, with ExecStart= pointing at this installation's hecated.",
+    )
+    units.add_argument("--dir", help="where to write them (default $XDG_CONFIG_HOME/systemd/user)")
+    units.add_argument(
+        "--force", action="store_true", help="replace unit files install-units did not write"
+    )
     return parser
 
 
 def hecated_main(argv: Sequence[str] | None = None) -> int:
     args = _daemon_parser().parse_args(argv)
+    if args.command == "install-units":
+        from .units import main as install_units
+
+        return install_units(args.dir, args.force)
     from .config import ConfigError, resolve
     from .daemon import run
 

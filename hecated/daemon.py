@@ -8,23 +8,44 @@ finish before the run files say ``stopped``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .api import HecateApp
 from .config import Config
 from .errors import HecateError
-from .registry import Registry
+from .registry import RUNNING, Registry
 from .runfiles import LockedError, RunFiles
 from .server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
+from .systemd import (
+    ActivationError,
+    ListenFd,
+    Notifier,
+    Supervisor,
+    api_socket,
+    journal_handler,
+    listen_fds,
+    stderr_is_journal,
+    watchdog_timeout,
+)
 
 log = logging.getLogger("hecated")
 
+# Test-only hook, off unless this variable is "1": SIGUSR2 then freezes the
+# serving loop for good, so the end-to-end tests can prove that systemd's
+# watchdog kills a daemon whose loop is stuck. Nothing else reads it.
+TEST_HOOKS_ENV = "HECATED_TEST_HOOKS"
+# Deferred start-up work waits for the first answer, but not longer than this.
+SETTLE_AFTER = 1.0
+
 
 def setup_logging(level: str) -> None:
+    """Plain lines on stderr from the start; ``use_journal`` adds the fields later."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -32,13 +53,40 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def take_socket(config: Config) -> tuple[socket.socket, Path | None]:
-    """The listening socket, and the path we bound (None when it is not ours to unlink)."""
+def use_journal() -> bool:
+    """Structured records to journald, when stderr is the journal (``JOURNAL_STREAM``).
+
+    Called once the first request is answered: until then records go to stderr,
+    which systemd already feeds to the journal (only the fields are missing), and
+    the first answer does not wait for ``systemd.journal`` to import.
+    """
+    handler = journal_handler() if stderr_is_journal() else None
+    if handler is None:
+        return False
+    logging.getLogger().handlers[:] = [handler]
+    log.info("logging to the journal")
+    return True
+
+
+def after_first_answer() -> None:
+    """Start-up work no first request needs: it runs once the first answer has gone out."""
+    use_journal()
+
+
+def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, Path | None]:
+    """The listening socket, and the path we bound (None when it is not ours to unlink).
+
+    A socket systemd passed us belongs to the socket unit: we serve on it and
+    never unlink it, so the next activation finds it where systemd left it.
+    """
     path = config.layout.api_socket
+    if passed:
+        return api_socket(passed, path), None
     return bind_unix(path), path
 
 
 def run(config: Config) -> int:
+    passed = listen_fds()  # once, first: it clears LISTEN_* for anything after it
     setup_logging(config.log_level)
     layout = config.layout
     runfiles = RunFiles(layout)
@@ -49,48 +97,92 @@ def run(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return 1
     try:
-        return _serve(config, runfiles)
+        return _serve(config, runfiles, passed)
     finally:
         runfiles.release()
 
 
-def _serve(config: Config, runfiles: RunFiles) -> int:
+def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
+    notifier = Notifier()
+    notifier.status("loading the index")
     registry = Registry(config.layout)
     count = registry.scan(clean_temps=True)
     try:
-        sock, owned = take_socket(config)
-    except (AlreadyRunningError, SocketPathError, OSError) as exc:
+        sock, owned = take_socket(config, passed)
+    except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        notifier.status(f"cannot start: {exc}")
         return 1
     server = UnixServer(sock, HecateApp(registry), owned_path=owned, workers=config.workers)
+    supervisor = Supervisor(
+        notifier, lambda: server.heartbeat, lambda: status_line(registry), watchdog_timeout()
+    )
+    registry.subscribe(supervisor.changed)
 
     def on_stop(signum: int, _frame: object) -> None:
         log.info("%s: shutting down", signal.Signals(signum).name)
         server.shutdown()
 
     def on_reload(_signum: int, _frame: object) -> None:
-        threading.Thread(target=_rescan, args=(registry,), name="hecated-rescan").start()
+        threading.Thread(target=_rescan, args=(registry, notifier), name="hecated-rescan").start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_reload)
+    frozen = _test_freeze_hook()
+    started = settled = False
+    begun = time.monotonic()
 
     def tick() -> None:
+        nonlocal started, settled
+        if not started:  # the loop has turned once: the socket is being served
+            started = True
+            notifier.ready(status_line(registry))
+            if notifier.enabled:
+                supervisor.start()
+        # Settle once no connection is open (the first answer is out), or after
+        # SETTLE_AFTER when a keep-alive client holds its connection open.
+        if not settled and (server.idle_for() > 0 or time.monotonic() - begun > SETTLE_AFTER):
+            settled = True
+            after_first_answer()
         if config.idle_timeout and server.idle_for() >= config.idle_timeout:
             log.info("idle for %.0f s: exiting until the next connection", config.idle_timeout)
             server.shutdown()
+        if frozen.is_set():
+            log.warning("test hook: freezing the serving loop")
+            threading.Event().wait()
 
     runfiles.set_state("running")
     log.info("serving %d plugin(s) on %s", count, config.layout.api_socket)
     try:
         server.serve(tick)
     finally:
+        notifier.stopping()
+        supervisor.stop()
         runfiles.set_state("stopping")
         server.close()
     log.info("stopped")
     return 0
 
 
-def _rescan(registry: Registry) -> None:
+def status_line(registry: Registry) -> str:
+    """The human line systemctl status shows: "3 plugins registered, 2 running"."""
+    plugins = registry.list()
+    running = sum(1 for p in plugins if p.status == RUNNING)
+    noun = "plugin" if len(plugins) == 1 else "plugins"
+    return f"{len(plugins)} {noun} registered, {running} running"
+
+
+def _test_freeze_hook() -> threading.Event:
+    """See TEST_HOOKS_ENV: an event SIGUSR2 sets, and nothing sets otherwise."""
+    frozen = threading.Event()
+    if os.environ.get(TEST_HOOKS_ENV) == "1":
+        signal.signal(signal.SIGUSR2, lambda _s, _f: frozen.set())
+    return frozen
+
+
+def _rescan(registry: Registry, notifier: Notifier) -> None:
+    notifier.reloading()
     count = registry.scan()
-    log.info("rescanned the tree: %d plugin(s)", count)
+    log.info("rescanned the tree: %d plugin(s)", count, extra={"hecate_action": "rescan"})
+    notifier.ready(status_line(registry))

@@ -1,0 +1,161 @@
+"""The systemd user units, and ``hecated install-units`` for pip and venv installations.
+
+The canonical unit files are ``units/`` in the source tree (what a distro
+package installs into /usr/lib/systemd/user). pyproject.toml maps that same
+directory into the package as ``hecated._units`` (package-dir, no copy, no
+symlink), so a wheel carries the very files a distro ships and this module
+reads them with importlib.resources. Installing rewrites only ``ExecStart=``
+to point at this installation's ``hecated`` and adds a marker line, so a later
+run can tell its own files (replace them, idempotently) from a unit someone
+else wrote (refuse, unless ``--force``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import HecateError
+from .files import atomic_write, opened
+
+UNIT_NAMES = ("hecate.socket", "hecate.service")
+DISTRO_EXEC = "/usr/bin/hecated"
+MARKER = "# Written by `hecated install-units`; re-run it to update, or use a drop-in to change."
+COMMANDS = ("systemctl --user daemon-reload", "systemctl --user enable --now hecate.socket")
+
+
+class InstallError(RuntimeError):
+    """A unit could not be installed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: Path
+    action: str  # "written", "updated", "unchanged", "replaced"
+
+
+def distro_unit(name: str) -> str:
+    """The unit as shipped in ``units/`` (ExecStart=/usr/bin/hecated ...)."""
+    if name not in UNIT_NAMES:
+        raise ValueError(f"unknown unit {name!r}")
+    try:
+        return (resources.files("hecated._units") / name).read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # running from a source tree that was never installed
+        return (Path(__file__).resolve().parent.parent / "units" / name).read_text("utf-8")
+
+
+def this_hecated() -> Path:
+    """The ``hecated`` executable of this installation (the venv's, or the one on PATH)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "hecated":
+        found = argv0 if argv0.parent != Path() else shutil.which("hecated")
+        if found and os.access(found, os.X_OK):
+            return Path(found).absolute()
+    beside = Path(sys.executable).parent / "hecated"
+    if os.access(beside, os.X_OK):
+        return beside.absolute()
+    on_path = shutil.which("hecated")
+    if on_path:
+        return Path(on_path).absolute()
+    raise InstallError("cannot find this installation's hecated executable")
+
+
+def systemd_quote(path: Path) -> str:
+    """One ExecStart= word for ``path``: specifiers (%) and variables ($) escaped."""
+    word = os.fspath(path).replace("%", "%%").replace("$", "$$")
+    if any(c.isspace() or c in "\"'\\;" for c in word):
+        word = '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word
+
+
+def render(name: str, executable: Path) -> str:
+    """The unit ``name`` with ExecStart= pointing at ``executable``, and our marker."""
+    lines = []
+    for line in distro_unit(name).splitlines():
+        if line.startswith("ExecStart=") and DISTRO_EXEC in line:
+            prefix, _, rest = line.partition(DISTRO_EXEC)
+            line = prefix + systemd_quote(executable) + rest
+        lines.append(line)
+    return MARKER + "\n" + "\n".join(lines) + "\n"
+
+
+def user_unit_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "systemd" / "user"
+
+
+def install(directory: Path, executable: Path, force: bool = False) -> list[Outcome]:
+    """Write both units into ``directory``; every check is made before anything is written."""
+    rendered = {name: render(name, executable) for name in UNIT_NAMES}
+    current = {name: _read(directory / name) for name in UNIT_NAMES}
+    foreign = [n for n, text in current.items() if text is not None and not _ours(text)]
+    if foreign and not force:
+        raise InstallError(
+            f"refusing to overwrite {', '.join(str(directory / n) for n in foreign)}: "
+            "not written by hecated install-units (--force replaces it)"
+        )
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    outcomes = []
+    with opened(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as dir_fd:
+        for name in UNIT_NAMES:
+            before = current[name]
+            if before == rendered[name]:
+                action = "unchanged"
+            else:
+                atomic_write(dir_fd, name, rendered[name].encode(), mode=0o644)
+                action = "written" if before is None else "updated" if _ours(before) else "replaced"
+            outcomes.append(Outcome(directory / name, action))
+    return outcomes
+
+
+def hidden_from_service(executable: Path) -> str | None:
+    """The PrivateTmp= directory ``executable`` lives under, if any: the unit cannot run it."""
+    for private in ("/tmp", "/var/tmp"):
+        if executable.resolve().is_relative_to(private):
+            return private
+    return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise InstallError(f"{path} is a directory") from None
+
+
+def _ours(text: str) -> bool:
+    return text.startswith(MARKER + "\n")
+
+
+def main(directory: str | None, force: bool) -> int:
+    """``hecated install-units``: install, then say what to run next."""
+    target = Path(directory).expanduser() if directory else user_unit_dir()
+    try:
+        executable = this_hecated()
+        outcomes = install(target, executable, force)
+    except (InstallError, HecateError, OSError) as exc:
+        print(f"hecated install-units: {exc}", file=sys.stderr)
+        return 1
+    for outcome in outcomes:
+        print(f"{outcome.action}: {outcome.path}")
+    hidden = hidden_from_service(executable)
+    if hidden:
+        print(
+            f"warning: {executable} is under {hidden}, which the service's PrivateTmp=yes "
+            "hides from it; install hecated elsewhere (e.g. ~/.local) or it cannot start",
+            file=sys.stderr,
+        )
+    print("now run:")
+    for command in COMMANDS:
+        print(f"  {command}")
+    if directory and target != user_unit_dir():
+        print(f"(note: systemd --user reads units from {shlex.quote(str(user_unit_dir()))})")
+    return 0
