@@ -24,17 +24,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HECATED, short_tempdir, wait_for
+from conftest import short_tempdir, wait_for
 from packaging_support import (
     APT_LOCK,
     SYS_PATH,
-    UserManager,
     apt_env,
     is_installed,
+    main_pid,
     purge,
     run,
     system_env,
+    user_manager,
 )
+from systemd_support import UserManager
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -201,11 +203,8 @@ def installed(deb: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def manager() -> Iterator[UserManager]:
-    um = UserManager().start()
-    try:
+    with user_manager() as um:
         yield um
-    finally:
-        um.stop()
 
 
 def curl(sock: Path, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
@@ -310,10 +309,6 @@ def test_installed_hecated_standalone(installed: Path) -> None:
 
 @pytest.mark.slow
 @needs_root_debian
-@pytest.mark.skipif(
-    not (REPO / "hecated" / "systemd.py").exists(),
-    reason="socket activation (hecated/systemd.py) lands with the systemd branch",
-)
 def test_socket_activation_from_installed_units(installed: Path, manager: UserManager) -> None:
     """The package's hecate.socket, started by a real user manager, activates /usr/bin/hecated."""
     home = manager.home
@@ -329,7 +324,7 @@ def test_socket_activation_from_installed_units(installed: Path, manager: UserMa
     assert code == 201, (body, manager.service_log())
     assert body["base_dir"] == str(home / ".hecate" / "curl-plugin")
     assert manager.systemctl("is-active", "hecate.service").stdout.strip() == "active"
-    pid = manager.main_pid("hecate.service")
+    pid = main_pid(manager, "hecate.service")
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"/usr/bin/hecated" in cmdline, cmdline
 
@@ -391,41 +386,22 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
 
 
 # -- the wheel: pip install + `hecated install-units` -----------------------------------
-# Written against the systemd branch's contract `hecated install-units --dir DIR`
-# (units with ExecStart rewritten to this installation's hecated). Until that
-# branch is merged, `hecated install-units` does not exist and the test skips.
-
-
-def _has_install_units() -> bool:
-    out = subprocess.run([str(HECATED), "--help"], capture_output=True, text=True).stdout
-    return "install-units" in out
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not Path("/usr/lib/systemd/systemd").exists(), reason="needs systemd (apt: systemd)"
-)
-@pytest.mark.skipif(
-    not _has_install_units(), reason="`hecated install-units` lands with the systemd branch"
+    os.geteuid() != 0 or not Path("/usr/lib/systemd/systemd").exists(),
+    reason="needs root (for /run/systemd/system) and systemd (apt: systemd)",
 )
 def test_wheel_in_fresh_venv_with_install_units(manager: UserManager) -> None:
     work = manager.base / "wheel"  # not under /tmp: the service has PrivateTmp=yes
     work.mkdir()
     try:
-        run(
-            [
-                "/usr/bin/python3",
-                "-m",
-                "build",
-                "--wheel",
-                "--no-isolation",
-                "--skip-dependency-check",
-                "--outdir",
-                str(work / "dist"),
-                str(REPO),
-            ],
-            env={"PATH": SYS_PATH, "HOME": str(work)},
-        )
+        # from a clean copy, so that no build/ or egg-info is left in the checkout
+        run([str(PACKAGING / "source-tree.sh"), str(work / "src")])
+        build = ["/usr/bin/python3", "-m", "build", "--wheel", "--no-isolation"]
+        build += ["--skip-dependency-check", "--outdir", str(work / "dist"), str(work / "src")]
+        run(build, env={"PATH": SYS_PATH, "HOME": str(work)})
         wheel = next((work / "dist").glob(f"hecated-{VERSION}-py3-none-any.whl"))
         venv = work / "venv"
         run(["python3", "-m", "venv", str(venv)], env=dict(os.environ))
@@ -443,7 +419,7 @@ def test_wheel_in_fresh_venv_with_install_units(manager: UserManager) -> None:
         sock = manager.home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
         code, body = curl(sock, "POST", "/api/plugins/register", {"name": "wheel-plugin"})
         assert code == 201, (body, manager.service_log())
-        pid = manager.main_pid("hecate.service")
+        pid = main_pid(manager, "hecate.service")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert str(venv / "bin" / "hecated").encode() in cmdline, cmdline
         run(
