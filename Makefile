@@ -46,10 +46,11 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
 # --- Packaging (docs/packaging.md, packaging/, tests/test_packaging.py) --------------
-# Debian's build tools, lintian, rpmbuild and rpmlint, and the Debian libraries the
-# .deb depends on (also its Build-Depends, for the import check at build time).
+# Debian's build tools, lintian, rpmbuild and rpmlint, makepkg (+ bsdtar), and the
+# Debian libraries the .deb depends on (also its Build-Depends, for the import check at build time).
 PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-build python3-installer help2man lintian rpm rpmlint \
+	pacman-package-manager libarchive-tools \
 	python3-werkzeug python3-watchdog python3-systemd python3-sdnotify python3-tomli-w
 APT_PACKAGES += $(PACKAGING_APT)
 
@@ -60,11 +61,14 @@ $(PACKAGING_STAMP): $(STAMP)
 	$(VENV)/bin/pip install -q -e '.[packaging]'
 	touch $@
 
-.PHONY: deb rpm
-# Distro packages into dist/: the .deb (lintian must report no error) and the RPM,
-# both built from a clean copy of the tree.
+.PHONY: deb rpm arch
+# Distro packages into dist/: the .deb (lintian must report no error), the RPM and
+# the Arch package (Debian's rpmbuild and makepkg), all from a clean copy of the tree.
 deb: apt
 	packaging/debian/build.sh --out dist
 
 rpm: apt
 	packaging/rpm/build.sh --out dist
+
+arch: apt
+	packaging/arch/build.sh --out dist

@@ -385,6 +385,31 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
         subprocess.run(["rm", "-rf", str(out)], check=False)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/makepkg").exists(), reason="apt: pacman-package-manager")
+def test_pkgbuild_runs_through_debian_makepkg() -> None:
+    out = short_tempdir("harch")
+    try:
+        run([str(PACKAGING / "arch" / "build.sh"), "--out", str(out)], timeout=900)
+        (pkg,) = out.glob(f"hecated-{VERSION}-1-any.pkg.tar.*")
+        files = run(["bsdtar", "-tf", str(pkg)]).stdout.split()
+        for path in (
+            "usr/bin/hecated",
+            "usr/bin/hecatectl",
+            "usr/lib/systemd/user/hecate.socket",
+            "usr/lib/systemd/user/hecate.service",
+            "usr/share/man/man1/hecated.1.gz",
+        ):
+            assert path in files, path
+        assert not any("etc/systemd" in f for f in files)  # nothing enabled
+        info = run(["bsdtar", "-xOf", str(pkg), ".PKGINFO"]).stdout
+        assert f"pkgver = {VERSION}-1" in info
+        for dep in ("python-werkzeug", "python-watchdog", "python-systemd", "python-tomli-w"):
+            assert f"depend = {dep}\n" in info, info
+    finally:
+        subprocess.run(["rm", "-rf", str(out)], check=False)
+
+
 # -- the wheel: pip install + `hecated install-units` -----------------------------------
 
 
