@@ -47,7 +47,7 @@ clean:
 
 # --- Packaging (docs/packaging.md, packaging/, tests/test_packaging.py) --------------
 # Debian's build tools, lintian, rpmbuild and rpmlint, makepkg (+ bsdtar), and the
-# Debian libraries the .deb depends on (also its Build-Depends, for the import check at build time).
+# Debian libraries the .deb depends on (also its Build-Depends, for the build's import check).
 PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-build python3-installer help2man lintian rpm rpmlint \
 	pacman-package-manager libarchive-tools \
@@ -72,3 +72,18 @@ rpm: apt
 
 arch: apt
 	packaging/arch/build.sh --out dist
+
+# -- the reliability suite (issue 8), in its own block so it merges cleanly -------------
+# setpriv and mount (util-linux, mount) run the daemon without DAC override, as nobody,
+# and on a small tmpfs; nobody runs Debian's python3 (the venv's may sit under /root).
+APT_PACKAGES += python3 util-linux mount
+
+.PHONY: soak
+# The reliability suite at soak strength (issue 8): far more fuzzed requests, crash
+# rounds and concurrent operations than the CI run of `make test`.
+soak: setup
+	HECATE_FUZZ_EXAMPLES=$${HECATE_FUZZ_EXAMPLES:-5000} \
+	HECATE_CRASH_ROUNDS=$${HECATE_CRASH_ROUNDS:-200} \
+	HECATE_CONCURRENCY_OPS=$${HECATE_CONCURRENCY_OPS:-20000} \
+	$(VENV)/bin/pytest -s -p no:cacheprovider tests/test_fuzz.py tests/test_crash.py \
+		tests/test_concurrency.py

@@ -24,7 +24,7 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import __version__
+from . import __version__, openapi
 from .errors import (
     HecateError,
     InvalidFieldError,
@@ -89,15 +89,25 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>", endpoint="get_plugin", methods=["GET"]),
         Rule("/api/plugins/<name>", endpoint="deregister", methods=["DELETE"]),
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
+        Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
     ],
     strict_slashes=False,
+    # No redirects: a 308 to a merged path helps no client of a Unix socket, and
+    # Werkzeug's redirect would leave here as an error body without a Location.
+    merge_slashes=False,
 )
 
 
 def json_response(
     body: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate from a client's JSON (echoed in a message) has no UTF-8
+        # form; escaped JSON still says exactly what was sent.
+        data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
     return Response(data, status=status, headers=list(headers), mimetype="application/json")
 
 
@@ -128,7 +138,9 @@ class HecateApp:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
-        request.max_content_length = MAX_BODY
+        # One byte over the limit must be readable to be noticed: Werkzeug 3 would
+        # otherwise cut a chunked body at exactly MAX_BODY and hide that it was longer.
+        request.max_content_length = MAX_BODY + 1
         return self.dispatch(request)(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
@@ -174,6 +186,9 @@ class HecateApp:
                 "data_dir": str(self.layout.data_dir),
             }
         )
+
+    def on_openapi(self, request: Request, peer: Peer) -> Response:
+        return json_response(openapi.spec())
 
     def on_list_plugins(self, request: Request, peer: Peer) -> Response:
         return json_response([self._summary(p) for p in self.registry.list()])
@@ -288,7 +303,7 @@ def _json_object(request: Request) -> dict[str, Any]:
             "send a JSON body with 'Content-Type: application/json' "
             f"(got {request.mimetype or 'no content type'!r})"
         )
-    raw = request.get_data(cache=False)
+    raw = _read_at_most(request.stream, MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise RequestEntityTooLarge(f"the body is over {MAX_BODY} bytes")
     try:
@@ -298,6 +313,23 @@ def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return body
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Read until EOF or ``limit`` bytes, whatever the server's stream (chunked or not).
+
+    Bounded by us, not by the Werkzeug version: bookworm's 2.2 does not cap a
+    chunked body, so an unbounded read would let a client fill the memory.
+    """
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _fields(action: str, name: str, peer: Peer | None) -> dict[str, Any]:

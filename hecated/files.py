@@ -84,6 +84,9 @@ def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = Fa
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise UnsafePathError(f"{name!r} is a symlink or not a directory; refusing it") from exc
+        if exc.errno == errno.EACCES:
+            # A directory someone closed (chmod 000): the tree refuses us, say so (not a 500).
+            raise UnsafePathError(f"{name!r} cannot be opened: permission denied") from exc
         raise
     if private:
         _tighten(fd)

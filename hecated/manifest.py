@@ -66,6 +66,11 @@ def check_text(field_name: str, value: object, limit: int) -> str:
         raise InvalidFieldError(f"{field_name!r} is {len(value)} characters; at most {limit}")
     if any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in value):
         raise InvalidFieldError(f"{field_name!r} contains control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON may carry lone surrogates ("\\ud800"); no file can hold them as UTF-8.
+        raise InvalidFieldError(f"{field_name!r} is not valid Unicode text") from None
     return value
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .files import atomic_write, open_dir, opened, read_regular, remove_file
+from .files import (
+    atomic_write,
+    open_dir,
+    opened,
+    read_regular,
+    remove_file,
+    remove_stale_temps,
+)
 from .layout import LOCK_FILE, PID_FILE, STATE_FILE, Layout
 
 
@@ -44,6 +51,9 @@ class RunFiles:
                 raise LockedError(
                     f"another hecated (pid {holder}) is already serving {self.layout.data_dir}"
                 ) from None
+            # Holding the lock, no other writer is alive: temp files here are a crash's.
+            for name in (PID_FILE, STATE_FILE):
+                remove_stale_temps(run_fd, name)
         self._lock_fd = fd
         self.set_state("starting")
         with opened(self._run_fd()) as run_fd:
