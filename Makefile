@@ -7,7 +7,7 @@ VENV   := .venv
 APT_PACKAGES := libsystemd-dev pkg-config systemd curl
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format setup apt clean
+.PHONY: run test lint format setup apt clean bench
 
 run: setup
 	$(VENV)/bin/hecated $(ARGS)
@@ -16,6 +16,11 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Benchmarks beside their baselines (installs nginx-light and etcd-server with apt);
+# writes docs/benchmarks.md. Takes a few minutes.
+bench: setup
+	$(VENV)/bin/python bench/run.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -85,9 +86,19 @@ def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, 
     return bind_unix(path), path
 
 
+def raise_fd_limit(want: int = 8192) -> None:
+    """Lift the soft fd limit toward the hard one: the server keeps up to
+    MAX_CONNECTIONS connections open, each an fd, and 1024 is the usual soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def run(config: Config) -> int:
     passed = listen_fds()  # once, first: it clears LISTEN_* for anything after it
     setup_logging(config.log_level)
+    raise_fd_limit()
     layout = config.layout
     runfiles = RunFiles(layout)
     try:

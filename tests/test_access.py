@@ -32,11 +32,6 @@ from hecated import server
 
 # A liveness bound, not a speed target: several times any sane per-connection deadline.
 PATIENCE = 30.0
-SERVING_LAYER = pytest.mark.xfail(
-    strict=True,
-    reason="the serving layer does not yet serve others while 200 connections are slow or "
-    "idle (docs/reliability.md says why); remove this mark when it does",
-)
 
 # A stdlib-only client run as nobody: prints what happened as one JSON line.
 NOBODY_CLIENT = r"""
@@ -272,7 +267,6 @@ def _threads(pid: int) -> int:
 
 
 @pytest.mark.slow
-@SERVING_LAYER
 def test_slowloris_cannot_starve_other_clients(daemon: Daemon) -> None:
     """200 connections dribbling bytes: an honest client is still answered, threads bounded."""
     assert daemon.proc is not None
@@ -289,7 +283,6 @@ def test_slowloris_cannot_starve_other_clients(daemon: Daemon) -> None:
 
 
 @pytest.mark.slow
-@SERVING_LAYER
 def test_idle_connections_do_not_exhaust_the_daemon(daemon: Daemon) -> None:
     """Connections that send nothing at all, many of them: others are still served."""
     assert daemon.proc is not None

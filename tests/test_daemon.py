@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -161,7 +162,7 @@ def test_sigint_stops_cleanly_too(daemon: Daemon) -> None:
 
 def test_in_flight_request_finishes_on_sigterm(daemon: Daemon) -> None:
     body = b'{"name": "late-plugin", "version": "1"}'
-    fds_before = _fd_count(daemon)
+    sockets_before = _socket_fds(daemon)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(10)
     conn.connect(str(daemon.socket))
@@ -170,7 +171,9 @@ def test_in_flight_request_finishes_on_sigterm(daemon: Daemon) -> None:
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body[:10]
     )
-    wait_for(lambda: _fd_count(daemon) > fds_before)  # accepted: a worker reads the body
+    # accepted: a connection the daemon did not hold before (the readiness probe's
+    # keep-alive connection may close meanwhile, so a plain fd count can stand still)
+    wait_for(lambda: _socket_fds(daemon) - sockets_before)
     daemon.proc.send_signal(signal.SIGTERM)
     conn.sendall(body[10:])
     answer = b""
@@ -182,8 +185,15 @@ def test_in_flight_request_finishes_on_sigterm(daemon: Daemon) -> None:
     assert (daemon.root / "late-plugin" / "plugin.toml").exists()
 
 
-def _fd_count(daemon: Daemon) -> int:
-    return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+def _socket_fds(daemon: Daemon) -> set[str]:
+    fd_dir = f"/proc/{daemon.proc.pid}/fd"
+    found = set()
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{fd_dir}/{fd}")
+            if target.startswith("socket:"):
+                found.add(target)
+    return found
 
 
 def test_serves_requests_concurrently(daemon: Daemon) -> None:

@@ -1,0 +1,614 @@
+"""Every hecated benchmark, each beside a baseline measured in the same run.
+
+    make bench                      # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --smoke --out /tmp/bench.md   # tiny, no baselines
+
+Writes markdown tables to docs/benchmarks.md (or ``--out``): cold start
+(bench/cold_start.py), warm latency/throughput vs nginx, durable registrations
+vs etcd, change visibility (bench/edit_latency.py) vs etcd watch, and scale at
+1,000 and 10,000 plugins. It installs nginx-light and etcd-server with apt when
+they are missing, starts them in temporary directories and stops them by pid.
+Machines here are noisy: read the ratios, which compare figures taken minutes
+apart on the same machine, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import baselines  # noqa: E402
+from procs import (  # noqa: E402
+    Hecated,
+    cpu_split,
+    inotify_watches,
+    make_plugins,
+    median,
+    open_fds,
+    percentile,
+    placement,
+    remove,
+    rss_mb,
+    stop_pid,
+    temp_home,
+)
+from rawhttp import Client, fetch, run_clients  # noqa: E402
+
+REPO = HERE.parent
+DOCS = REPO / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Sizes:
+    """How much of everything: the full run, or a smoke run that only proves the bench works."""
+
+    warm_plugins: int = 100
+    warm_requests: int = 2000  # per configuration, split among the clients
+    registrations: int = 400
+    scale: tuple[int, ...] = (1000, 10000)
+    scale_requests: int = 20
+    cold_rounds: int = 20
+    edit_samples: int = 200
+    watch_samples: int = 200
+    baselines: bool = True
+
+    @classmethod
+    def smoke(cls) -> Sizes:
+        return cls(
+            warm_plugins=5,
+            warm_requests=40,
+            registrations=16,
+            scale=(50,),
+            scale_requests=3,
+            cold_rounds=0,
+            edit_samples=0,
+            watch_samples=0,
+            baselines=False,
+        )
+
+
+# -- formatting -------------------------------------------------------------------------
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f} ms"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def verdict(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Stats:
+    p50: float
+    p99: float
+    rps: float
+
+    @classmethod
+    def of(cls, lat: list[float], wall: float) -> Stats:
+        return cls(median(lat), percentile(lat, 0.99), len(lat) / wall)
+
+
+def measure(make: Callable[[int], Client], clients: int, total: int) -> Stats:
+    _, client_cpus = cpu_split()
+    lat, wall = run_clients(make, clients, max(1, total // clients), client_cpus)
+    return Stats.of(lat, wall)
+
+
+def measure_pair(
+    ours: Callable[[int], Client],
+    base: Callable[[int], Client] | None,
+    clients: int,
+    total: int,
+    rounds: int = 4,
+) -> tuple[Stats, Stats | None]:
+    """Ours and the baseline in alternating rounds, so a burst of noise hits both alike."""
+    _, client_cpus = cpu_split()
+    per = max(1, total // clients // rounds)
+    pooled: dict[str, tuple[list[float], float]] = {"ours": ([], 0.0), "base": ([], 0.0)}
+    for _ in range(rounds):
+        for key, make in (("ours", ours), ("base", base)):
+            if make is None:
+                continue
+            lat, wall = run_clients(make, clients, per, client_cpus)
+            acc, spent = pooled[key]
+            pooled[key] = (acc + lat, spent + wall)
+    a = Stats.of(*pooled["ours"])
+    b = Stats.of(*pooled["base"]) if base is not None else None
+    return a, b
+
+
+# -- 1. cold start ------------------------------------------------------------------------
+
+
+def optional_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return None
+
+
+def section_cold_start(sizes: Sizes) -> str:
+    title = "## 1. Cold start through socket activation\n\n"
+    cold = optional_module("cold_start")
+    if cold is None or not sizes.cold_rounds:
+        why = "smoke run" if cold is not None else "bench/cold_start.py is not on this branch"
+        return title + f"_Skipped: {why}._\n"
+    r = cold.run(sizes.cold_rounds)
+    h, b = r["hecated"], r["bare_child"]
+    x = h["median_ms"] / b["median_ms"]
+    rows = [
+        ["hecated (`systemd-socket-activate … hecated serve`)", h["median_ms"], h["p90_ms"]],
+        ["bare Python accept-and-reply child, started the same way", b["median_ms"], b["p90_ms"]],
+    ]
+    return (
+        title
+        + f"Connect → full response of `GET /api/plugins` while nothing runs; n = {r['n']}.\n\n"
+        + table(["", "median ms", "p90 ms"], [[a, f"{m:.1f}", f"{p:.1f}"] for a, m, p in rows])
+        + f"\n\nRatio (median): **{x:.2f}x** the bare child; target ≤ 4x {verdict(x <= 4)}\n"
+    )
+
+
+# -- 0. the serving layer ----------------------------------------------------------------
+
+
+def section_serving(sizes: Sizes, work: Path) -> str:
+    import serving
+
+    server_cpus, _ = cpu_split()
+    rows = []
+    got: dict[tuple[str, bool, int], Stats] = {}
+    for kind in serving.KINDS:
+        path = str(work / f"serve-{kind}.sock")
+        proc = serving.start(kind, path, server_cpus)
+        try:
+            deadline = time.monotonic() + 20
+            while not serving.probe(path):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{kind} server did not start")
+                time.sleep(0.02)
+            for keep in (False, True) if kind != "bare" else (False,):
+                for clients in (1, 8):
+                    st = measure(
+                        lambda _i, k=keep, p=path: Client(p, "/", k), clients, sizes.warm_requests
+                    )
+                    got[kind, keep, clients] = st
+                    rows.append(
+                        [
+                            kind,
+                            "keep-alive" if keep else "new per request",
+                            str(clients),
+                            us(st.p50),
+                            us(st.p99),
+                            f"{st.rps:,.0f}",
+                        ]
+                    )
+        finally:
+            stop_pid(proc)
+    return (
+        "## 0. Choosing the serving layer\n\n"
+        f"A constant {len(serving.BODY):,}-byte JSON body from a trivial WSGI app on a pre-bound "
+        "Unix socket: Werkzeug's own threaded server (`make_server(threaded=True, fd=...)`, "
+        "what hecated used before; it closes every connection), hecated's `UnixServer` "
+        "(waitress, 4 threads) and a bare Python accept/send loop as the floor. "
+        f"{sizes.warm_requests} requests per row, {placement()}.\n\n"
+        + table(["server", "connection", "clients", "p50", "p99", "req/s"], rows)
+        + "\n\n"
+        + _serving_gain(got)
+    )
+
+
+def _serving_gain(got: dict[tuple[str, bool, int], Stats]) -> str:
+    """What the switch from Werkzeug's server to waitress bought, in this run."""
+    lines = []
+    for keep, clients in ((False, 1), (True, 1), (False, 8), (True, 8)):
+        w, z = got["waitress", keep, clients], got["werkzeug", keep, clients]
+        lines.append(
+            f"- {'keep-alive' if keep else 'new connection'}, {clients} client(s): p50 "
+            f"{z.p50 / w.p50:.1f}x lower, {w.rps / z.rps:.1f}x the requests/s"
+        )
+    return "waitress against Werkzeug's threaded server, this run:\n\n" + "\n".join(lines) + "\n"
+
+
+# -- 2. warm latency and throughput -------------------------------------------------------
+
+
+def section_warm(sizes: Sizes, work: Path) -> str:
+    server_cpus, _ = cpu_split()
+    home = work / "warm"
+    home.mkdir()
+    names = make_plugins(home, sizes.warm_plugins)
+    one = names[len(names) // 2]
+    daemon = Hecated(home, server_cpus).start()
+    nginx = None
+    try:
+        daemon.wait_answer()
+        paths = {"list": "/api/plugins", "one": f"/api/plugins/{one}"}
+        bodies = {}
+        bodies = {key: fetch(daemon.socket, path) for key, path in paths.items()}
+        if sizes.baselines:
+            baselines.ensure_installed(["nginx"])
+            ndir = work / "nginx"
+            ndir.mkdir()
+            nginx = baselines.Nginx(ndir, server_cpus).start(
+                {"list.json": bodies["list"], "one.json": bodies["one"]}
+            )
+        rows = []
+        for key, label in (
+            ("list", f"GET /api/plugins ({sizes.warm_plugins} plugins)"),
+            ("one", "GET /api/plugins/{name}"),
+        ):
+            for keep in (False, True):
+                for clients in (1, 8):
+                    ours, base = measure_pair(
+                        lambda _i, p=paths[key], k=keep: Client(daemon.socket, p, k),
+                        None
+                        if nginx is None
+                        else (lambda _i, p=f"/{key}.json", k=keep: Client(nginx.socket, p, k)),
+                        clients,
+                        sizes.warm_requests,
+                    )
+                    rows.append(_warm_row(label, len(bodies[key]), keep, clients, ours, base))
+    finally:
+        daemon.stop()
+        if nginx is not None:
+            nginx.stop()
+    return (
+        "## 2. Warm latency and throughput over the Unix socket\n\n"
+        f"Raw-socket client (one `sendall`, read to Content-Length; not `http.client`), "
+        f"{sizes.warm_requests} requests per row, in 4 rounds alternating with the "
+        f"baseline's, each after a warm-up; {placement()}. "
+        "Baseline: nginx-light, one worker, serving the same JSON bytes from a file on a Unix "
+        "socket. Targets: p50 ≤ 5x nginx's p50, p99 ≤ 3x our own p50.\n\n"
+        + table(
+            [
+                "request",
+                "bytes",
+                "connection",
+                "clients",
+                "hecated p50",
+                "hecated p99",
+                "hecated req/s",
+                "nginx p50",
+                "nginx p99",
+                "nginx req/s",
+                "p50 vs nginx (≤ 5x)",
+                "p99 / p50 (≤ 3x)",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+
+
+def _warm_row(label, size, keep, clients, ours: Stats, base: Stats | None) -> list[str]:
+    tail = ours.p99 / ours.p50
+    row = [
+        label,
+        f"{size:,}",
+        "keep-alive" if keep else "new per request",
+        str(clients),
+        us(ours.p50),
+        us(ours.p99),
+        f"{ours.rps:,.0f}",
+    ]
+    tail_cell = f"{tail:.1f}x {verdict(tail <= 3)}"
+    if base is None:
+        row += ["-", "-", "-", "-"]
+    else:
+        x = ours.p50 / base.p50
+        row += [us(base.p50), us(base.p99), f"{base.rps:,.0f}", f"{x:.1f}x {verdict(x <= 5)}"]
+        tail_cell += f" (nginx {base.p99 / base.p50:.1f}x)"
+    return [*row, tail_cell]
+
+
+# -- 3. durable registrations -------------------------------------------------------------
+
+
+def registration_body(client: int) -> Callable[[int], bytes]:
+    def body(i: int) -> bytes:
+        return json.dumps(
+            {"name": f"reg-{client}-{i}", "version": "1.0.0", "description": "a plugin"}
+        ).encode()
+
+    return body
+
+
+def section_registrations(sizes: Sizes, work: Path) -> str:
+    server_cpus, _ = cpu_split()
+    rows = []
+    etcd = None
+    try:
+        if sizes.baselines:
+            baselines.ensure_installed(["etcd"])
+            edir = work / "etcd"
+            edir.mkdir()
+            etcd = baselines.Etcd(edir, server_cpus).start()
+        for clients in (1, 8):
+            home = work / f"reg{clients}"
+            home.mkdir()
+            daemon = Hecated(home, server_cpus).start()
+            try:
+                daemon.wait_answer()
+                ours = measure(
+                    lambda i, sock=daemon.socket: Client(
+                        sock,
+                        "/api/plugins/register",
+                        True,
+                        expect=201,
+                        method="POST",
+                        body_of=registration_body(i),
+                    ),
+                    clients,
+                    sizes.registrations,
+                )
+            finally:
+                daemon.stop()
+                remove(home)
+            base = None
+            if etcd is not None:
+                base = measure(
+                    lambda i: Client(
+                        etcd.address,
+                        "/v3/kv/put",
+                        True,
+                        method="POST",
+                        body_of=lambda n, c=i: baselines.put_body(
+                            f"plugins/reg-{c}-{n}", registration_body(c)(n)
+                        ),
+                    ),
+                    clients,
+                    sizes.registrations,
+                )
+            row = [str(clients), f"{ours.rps:,.0f}", ms(ours.p50), ms(ours.p99)]
+            if base is None:
+                row += ["-", "-", "-", "-"]
+            else:
+                x = ours.rps / base.rps
+                row += [
+                    f"{base.rps:,.0f}",
+                    ms(base.p50),
+                    ms(base.p99),
+                    f"{x:.2f}x {verdict(x >= 1)}",
+                ]
+            rows.append(row)
+    finally:
+        if etcd is not None:
+            etcd.stop()
+    return (
+        "## 3. Durable registration throughput\n\n"
+        f"`POST /api/plugins/register` of new names, keep-alive, {sizes.registrations} per row; "
+        "each answered registration is on disk (file fsynced, renamed, directory fsynced). "
+        "Baseline: etcd (Debian's etcd-server, one member, data dir in a temp dir, "
+        "HTTP/JSON gateway on loopback TCP) doing `PUT` of the same JSON payload under a "
+        "new key, same client concurrency; etcd answers a put once its WAL is fsynced. "
+        f"{placement()}. Target: ≥ etcd.\n\n"
+        + table(
+            [
+                "clients",
+                "hecated reg/s",
+                "hecated p50",
+                "hecated p99",
+                "etcd put/s",
+                "etcd p50",
+                "etcd p99",
+                "hecated vs etcd (≥ 1x)",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+
+
+# -- 4. change visibility -----------------------------------------------------------------
+
+
+def section_visibility(sizes: Sizes, work: Path) -> str:
+    title = "## 4. Change visibility\n\n"
+    parts = []
+    edit = optional_module("edit_latency")
+    if edit is None or not sizes.edit_samples:
+        why = "smoke run" if edit is not None else "bench/edit_latency.py is not on this branch"
+        parts.append(f"_hecated figures skipped: {why}._\n")
+    else:
+        r = edit.run(samples=sizes.edit_samples, plugins=1000, counts=())
+        rows = []
+        for kind, res in r["latency"].items():
+            raw, api = res["raw_inotify"], res["api"]
+            rows.append(
+                [
+                    kind,
+                    f"{raw['median_ms']:.2f}",
+                    f"{raw['p99_ms']:.2f}",
+                    f"{api['median_ms']:.2f}",
+                    f"{api['p99_ms']:.2f}",
+                    verdict(api["p99_ms"] <= 50),
+                ]
+            )
+        parts.append(
+            f"Hand edit of a `plugin.toml` in a tree of {r['plugins_in_tree']} plugins → a "
+            "long poll on `GET /api/plugins?since=N` answers with it "
+            f"({sizes.edit_samples} samples per kind), beside this process's own inotify watch "
+            "on the same directory.\n\n"
+            + table(
+                ["edit", "raw inotify p50 ms", "p99 ms", "API p50 ms", "API p99 ms", "p99 ≤ 50 ms"],
+                rows,
+            )
+            + "\n"
+        )
+    if sizes.baselines and sizes.watch_samples:
+        server_cpus, _ = cpu_split()
+        baselines.ensure_installed(["etcd"])
+        edir = work / "etcd-watch"
+        edir.mkdir()
+        etcd = baselines.Etcd(edir, server_cpus).start()
+        try:
+            lat = baselines.etcd_watch_latency(etcd.address, sizes.watch_samples)
+        finally:
+            etcd.stop()
+        parts.append(
+            "\nBaseline: etcd put → event on an open watch (put start to event received, "
+            f"durable put included), {sizes.watch_samples} samples: "
+            f"p50 **{ms(median(lat))}**, p99 **{ms(percentile(lat, 0.99))}**.\n"
+        )
+    return title + "".join(parts)
+
+
+# -- 5. scale -----------------------------------------------------------------------------
+
+
+def section_scale(sizes: Sizes, work: Path) -> str:
+    server_cpus, _ = cpu_split()
+    rows = []
+    for count in sizes.scale:
+        home = work / f"scale{count}"
+        home.mkdir()
+        make_plugins(home, count)
+        daemon = Hecated(home, server_cpus).start()
+        try:
+            first = daemon.wait_answer()
+            client = Client(daemon.socket, "/api/plugins", keep_alive=False)
+            size = client.one(None, bytearray())[1]
+            lat = client.run(sizes.scale_requests)
+            pid = daemon.proc.pid
+            rss, fds, watches = rss_mb(pid), open_fds(pid), inotify_watches(pid)
+        finally:
+            daemon.stop()
+            remove(home)
+        big = count >= 10000
+        rows.append(
+            [
+                f"{count:,}",
+                ms(first) + (f" {verdict(first <= 1)}" if big else ""),
+                ms(median(lat)) + (f" {verdict(median(lat) <= 0.1)}" if big else ""),
+                ms(percentile(lat, 0.99)),
+                f"{size / 1024:,.0f} KiB",
+                f"{rss:.1f} MB" + (f" {verdict(rss <= 80)}" if big else ""),
+                str(watches),
+                str(fds),
+            ]
+        )
+    return (
+        "## 5. Scale\n\n"
+        "Plugins registered on disk before start (namespace, five data dirs, `plugin.toml`). "
+        "Start = spawn of `hecated` → first complete answer to `GET /api/plugins`; list latency "
+        f"over {sizes.scale_requests} requests, new connection each; RSS, inotify watches and "
+        f"open fds from /proc after the requests. {placement()}. "
+        "Targets at 10,000: start ≤ 1 s, list ≤ 100 ms, RSS ≤ 80 MB.\n\n"
+        + table(
+            [
+                "plugins",
+                "start → first answer",
+                "list p50",
+                "list p99",
+                "list size",
+                "RSS",
+                "inotify watches",
+                "open fds",
+            ],
+            rows,
+        )
+        + "\n"
+    )
+
+
+# -- the whole run ------------------------------------------------------------------------
+
+
+SECTIONS: list[tuple[str, Callable]] = [
+    ("serving", section_serving),
+    ("cold start", lambda sizes, work: section_cold_start(sizes)),
+    ("warm", section_warm),
+    ("registrations", section_registrations),
+    ("visibility", section_visibility),
+    ("scale", section_scale),
+]
+
+
+def header(sizes: Sizes) -> str:
+    return (
+        "# Benchmarks\n\n"
+        f"_Generated by `make bench` (`bench/run.py`) on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.node()}, "
+        f"{len(__import__('os').sched_getaffinity(0))} CPUs, Python {platform.python_version()}, "
+        f"waitress {_version('waitress')}, load average at start "
+        f"{' / '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}. "
+        "Each figure stands beside its baseline measured in the same run; this VM is noisy, "
+        "so compare ratios, not absolute numbers._\n\n"
+    )
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, no baselines")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {DOCS}")
+    parser.add_argument("--only", default="", help="comma-separated section names")
+    parser.add_argument("--note", type=Path, default=HERE / "NOTE.md", help="appended as is")
+    args = parser.parse_args(argv)
+    sizes = Sizes.smoke() if args.smoke else Sizes()
+    out = args.out or DOCS
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    work = temp_home("hbench")
+    parts = [header(sizes)]
+    failed = False
+    try:
+        for name, fn in SECTIONS:
+            if only and name not in only:
+                continue
+            t0 = time.monotonic()
+            print(f"bench: {name} …", file=sys.stderr, flush=True)
+            try:
+                parts.append(fn(sizes, work))
+            except Exception:
+                failed = True
+                traceback.print_exc()
+                parts.append(
+                    f"## {name}\n\n_Failed in this run:_\n\n```\n{traceback.format_exc()}```\n"
+                )
+            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    finally:
+        remove(work)
+    if args.note.exists() and not args.smoke:
+        parts.append(args.note.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    print(f"bench: wrote {out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
