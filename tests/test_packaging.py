@@ -229,9 +229,9 @@ def check_namespace(root: Path, name: str) -> None:
 def test_deb_contents_and_metadata(deb: Path) -> None:
     info = run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Depends"]).stdout
     assert f"Version: {VERSION}\n" in info
-    for dep in ("python3-werkzeug", "python3-watchdog", "python3-systemd", "python3-sdnotify"):
+    for dep in ("python3-werkzeug", "python3-waitress", "python3-watchdog", "python3-systemd"):
         assert dep in info, info
-    assert "python3-tomli-w" in info
+    assert "python3-tomli-w" in info and "python3-sdnotify" in info
     files = run(["dpkg-deb", "-c", str(deb)]).stdout
     for path in (
         "./usr/bin/hecated",
@@ -242,7 +242,7 @@ def test_deb_contents_and_metadata(deb: Path) -> None:
     ):
         assert re.search(rf" {re.escape(path)}$", files, re.M), path
     # no vendored copies of the libraries Debian ships
-    assert not re.search(r"dist-packages/(werkzeug|watchdog|tomli_w|sdnotify)/", files)
+    assert not re.search(r"dist-packages/(werkzeug|waitress|watchdog|tomli_w|sdnotify)/", files)
 
 
 @pytest.mark.slow
@@ -260,8 +260,8 @@ def test_installed_package_uses_debian_python_and_libraries(installed: Path) -> 
             [
                 "/usr/bin/python3",
                 "-c",
-                "import hecated, werkzeug, watchdog, tomli_w, sdnotify, systemd.daemon;"
-                "print(hecated.__file__, werkzeug.__file__, watchdog.__file__)",
+                "import hecated, werkzeug, waitress, watchdog, tomli_w, sdnotify, systemd.daemon;"
+                "print(hecated.__file__, werkzeug.__file__, waitress.__file__, watchdog.__file__)",
             ],
             env=env,
         ).stdout.split()
