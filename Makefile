@@ -50,6 +50,35 @@ $(STAMP): pyproject.toml | apt
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 
+# --- Packaging (docs/packaging.md, packaging/, tests/test_packaging.py) --------------
+# Debian's build tools, lintian, rpmbuild and rpmlint, makepkg (+ bsdtar), and the
+# Debian libraries the .deb depends on (also its Build-Depends, for the build's import check).
+PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-build python3-installer help2man lintian rpm rpmlint \
+	pacman-package-manager libarchive-tools \
+	python3-werkzeug python3-waitress python3-watchdog python3-systemd python3-sdnotify \
+	python3-tomli-w
+APT_PACKAGES += $(PACKAGING_APT)
+
+# The packaging tests' Python side (kubernetes-validate: the Kubernetes schemas, offline).
+PACKAGING_STAMP := $(VENV)/.packaging-installed
+setup: $(PACKAGING_STAMP)
+$(PACKAGING_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -e '.[packaging]'
+	touch $@
+
+.PHONY: deb rpm arch
+# Distro packages into dist/: the .deb (lintian must report no error), the RPM and
+# the Arch package (Debian's rpmbuild and makepkg), all from a clean copy of the tree.
+deb: apt
+	packaging/debian/build.sh --out dist
+
+rpm: apt
+	packaging/rpm/build.sh --out dist
+
+arch: apt
+	packaging/arch/build.sh --out dist
+
 # -- the reliability suite (issue 8), in its own block so it merges cleanly -------------
 # setpriv and mount (util-linux, mount) run the daemon without DAC override, as nobody,
 # and on a small tmpfs; nobody runs Debian's python3 (the venv's may sit under /root).
