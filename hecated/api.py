@@ -300,7 +300,7 @@ class HecateApp:
             peer.uid if peer else "?",
             extra=_fields("purge", name, peer),
         )
-        return json_response({"ok": True, "purged": str(self.layout.namespace(name))})
+        return json_response({"ok": True, "purged": self.layout.namespace_str(name)})
 
     # -- shapes -------------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class HecateApp:
         """The spec's registration answer, exactly: name, base_dir, paths."""
         return {
             "name": name,
-            "base_dir": str(self.layout.namespace(name)),
+            "base_dir": self.layout.namespace_str(name),
             "paths": self.layout.paths(name),
         }
 
@@ -318,7 +318,7 @@ class HecateApp:
             "name": plugin.name,
             "version": m.version if m else None,
             "description": m.description if m else None,
-            "socket": str(self.layout.plugin_socket(plugin.name)),
+            "socket": self.layout.plugin_socket_str(plugin.name),
             "status": plugin.status,
         }
 
@@ -327,7 +327,7 @@ class HecateApp:
         return {
             **self._summary(plugin),
             **self._paths(plugin.name),
-            "manifest": str(self.layout.manifest_path(plugin.name)),
+            "manifest": self.layout.manifest_str(plugin.name),
             "registered_at": _isoformat(m.registered_at) if m else None,
             "updated_at": _isoformat(m.updated_at) if m else None,
             "pid": plugin.live.pid,

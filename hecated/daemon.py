@@ -117,7 +117,7 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
     notifier = Notifier()
     notifier.status("loading the index")
     registry = Registry(config.layout)
-    count = registry.scan(clean_temps=True)
+    count = registry.scan()
     try:
         sock, owned = take_socket(config, passed)
     except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
@@ -162,9 +162,12 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
         if not settled and (server.idle_for() > 0 or time.monotonic() - begun > SETTLE_AFTER):
             settled = True
             after_first_answer()
-            # The watcher too: the first answer never waits for thousands of
-            # inotify watches; its own rescan covers edits made until then.
-            threading.Thread(target=watching.start, name="hecated-watch", daemon=True).start()
+            # The rest too: the first answer never waits for a listdir per namespace
+            # or for thousands of inotify watches (the watcher's own rescan covers
+            # edits made until then).
+            threading.Thread(
+                target=_settle, args=(registry, watching), name="hecated-settle", daemon=True
+            ).start()
         if config.idle_timeout and server.idle_for() >= config.idle_timeout:
             log.info("idle for %.0f s: exiting until the next connection", config.idle_timeout)
             server.shutdown()
@@ -223,6 +226,19 @@ class _Watching:
             self._stopped = True
             if self.watcher is not None:
                 self.watcher.stop()
+
+
+def _settle(registry: Registry, watching: _Watching) -> None:
+    """Start-up work that waits for the first answer, in the order it matters.
+
+    Crashed writers' temp files go first (a registration racing this is safe:
+    our own temp files carry our pid and are never touched), then the watcher
+    starts.
+    """
+    removed = registry.clean_temps()
+    if removed:
+        log.info("removed %d temp file(s) left by a crashed writer", removed)
+    watching.start()
 
 
 def status_line(registry: Registry) -> str:

@@ -24,6 +24,8 @@ MAX_FILE_BYTES = 64 * 1024
 VERSION_MAX = 64
 DESCRIPTION_MAX = 1024
 KNOWN_KEYS = frozenset({"schema", "name", "version", "description", "registered_at", "updated_at"})
+# Control characters but tab and newline: refused in free text.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _LINE_RE = re.compile(r"\(at line (\d+)(?:, column (\d+))?\)")
 
 
@@ -64,7 +66,7 @@ def check_text(field_name: str, value: object, limit: int) -> str:
         raise InvalidFieldError(f"{field_name!r} must be a string")
     if len(value) > limit:
         raise InvalidFieldError(f"{field_name!r} is {len(value)} characters; at most {limit}")
-    if any((ord(c) < 32 and c not in "\t\n") or ord(c) == 127 for c in value):
+    if _CONTROL_RE.search(value):  # one C-level pass: per-character Python was 20% of a scan
         raise InvalidFieldError(f"{field_name!r} contains control characters")
     try:
         value.encode("utf-8")

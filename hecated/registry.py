@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -151,48 +151,57 @@ class Registry:
         """Rebuild the whole index from the tree; returns the number of entries.
 
         The safety net behind the incremental refreshes: at start, on SIGHUP, and
-        whenever a watcher may have missed events.
+        whenever a watcher may have missed events. The root is opened once for
+        the whole scan (not once per name), each name read under its writer lock.
+        With ``clean_temps``, crashed writers' temp files go too.
         """
-        names = set(self._names_on_disk(clean_temps))
-        with self._lock:
-            names.update(self._plugins)
-        for name in sorted(names):
-            self.refresh(name)
-        with self._lock:
-            return len(self._plugins)
-
-    def _names_on_disk(self, clean_temps: bool) -> Iterable[str]:
         try:
             root_fd = open_root(self.layout.root, create=False)
         except FileNotFoundError:
-            return []
-        with opened(root_fd):
-            names = [n for n in os.listdir(root_fd) if self.layout.is_plugin_name(n)]
-            if clean_temps:
-                for name in names:
+            root_fd = None
+        try:
+            names = set()
+            if root_fd is not None:
+                names.update(n for n in os.listdir(root_fd) if self.layout.is_plugin_name(n))
+            with self._lock:
+                names.update(self._plugins)
+            for name in sorted(names):
+                with self._name_lock(name):
+                    entry, live = self._read(name, root_fd)
+                    self._apply(name, entry, live)
+            if clean_temps and root_fd is not None:
+                for name in sorted(names):
                     self._clean_temps(root_fd, name)
-        return names
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
+        with self._lock:
+            return len(self._plugins)
 
     @staticmethod
-    def _clean_temps(root_fd: int, name: str) -> None:
+    def _clean_temps(root_fd: int, name: str) -> int:
         try:
             with opened(open_dir(root_fd, name)) as ns_fd:
-                remove_stale_temps(ns_fd, MANIFEST_NAME)
+                return remove_stale_temps(ns_fd, MANIFEST_NAME)
         except (OSError, UnsafePathError):
-            pass
+            return 0
 
     def _name_lock(self, name: str) -> threading.Lock:
         return self._stripes[hash(name) % len(self._stripes)]
 
-    def _read(self, name: str) -> tuple[Entry | None, Liveness]:
-        path = str(self.layout.manifest_path(name))
+    def _read(self, name: str, root_fd: int | None = -1) -> tuple[Entry | None, Liveness]:
+        """Read ``name`` from disk: below ``root_fd`` when the caller holds the root open
+        (a scan), else through a fresh open of the root; ``None``: there is no root."""
+        path = self.layout.manifest_str(name)
         stopped = Liveness(STOPPED)
         try:
-            ns_fd = self.layout.open_namespace(name)
+            if root_fd is None:
+                return None, stopped
+            ns_fd = self.layout.open_namespace(name) if root_fd < 0 else open_dir(root_fd, name)
         except FileNotFoundError:
             return None, stopped
         except UnsafePathError as exc:
-            error = ManifestError(str(self.layout.namespace(name)), exc.message)
+            error = ManifestError(self.layout.namespace_str(name), exc.message)
             return Entry(name, error=error), stopped
         except OSError as exc:
             return Entry(name, error=ManifestError(path, exc.strerror or str(exc))), stopped
@@ -207,6 +216,23 @@ class Registry:
             if found is None:
                 return None, stopped
             return Entry(name, manifest=found), self._liveness(ns_fd)
+
+    def clean_temps(self) -> int:
+        """Remove crashed writers' temp files from every namespace; returns how many.
+
+        Safe beside live writes: a temp file named with our own pid is never
+        removed (``remove_stale_temps``), and every temp of ours carries it.
+        """
+        removed = 0
+        try:
+            root_fd = open_root(self.layout.root, create=False)
+        except OSError:
+            return 0
+        with opened(root_fd):
+            for name in sorted(os.listdir(root_fd)):
+                if self.layout.is_plugin_name(name):
+                    removed += self._clean_temps(root_fd, name)
+        return removed
 
     def _apply(self, name: str, entry: Entry | None, live: Liveness) -> Change | None:
         plugin = None if entry is None else Plugin(entry, live)
@@ -295,7 +321,7 @@ class Registry:
         description = check_text("description", description, DESCRIPTION_MAX)
         with self._name_lock(name):
             with opened(self.layout.open_namespace(name, create=True)) as ns_fd:
-                path = str(self.layout.manifest_path(name))
+                path = self.layout.manifest_str(name)
                 try:
                     existing = manifest.read(ns_fd, name, path)
                 except ManifestError:
