@@ -117,7 +117,16 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
     notifier = Notifier()
     notifier.status("loading the index")
     registry = Registry(config.layout)
+    cached = registry.load_cache()
+    began = time.monotonic()
     count = registry.scan()
+    log.debug(
+        "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid)",
+        count,
+        (time.monotonic() - began) * 1000,
+        registry.cache.hits,
+        cached,
+    )
     try:
         sock, owned = take_socket(config, passed)
     except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
@@ -186,6 +195,7 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
         registry.close()  # long polls answer now, so the workers can finish
         watching.stop()
         server.close()
+        registry.save_cache()
     log.info("stopped")
     return 0
 
@@ -232,12 +242,13 @@ def _settle(registry: Registry, watching: _Watching) -> None:
     """Start-up work that waits for the first answer, in the order it matters.
 
     Crashed writers' temp files go first (a registration racing this is safe:
-    our own temp files carry our pid and are never touched), then the watcher
-    starts.
+    our own temp files carry our pid and are never touched), then the
+    manifest cache is saved for the next start, then the watcher starts.
     """
     removed = registry.clean_temps()
     if removed:
         log.info("removed %d temp file(s) left by a crashed writer", removed)
+    registry.save_cache()
     watching.start()
 
 

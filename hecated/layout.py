@@ -22,6 +22,8 @@ SOCKET_NAME = "api.sock"
 PID_FILE = "daemon.pid"
 STATE_FILE = "daemon.state"
 LOCK_FILE = "daemon.lock"
+# The primary's cache of parsed manifests (in its run/), see manifestcache.py.
+INDEX_CACHE_FILE = "manifests.cache.json"
 DIR_MODE = 0o700
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")

@@ -28,8 +28,9 @@ from .errors import (
     UnsafePathError,
 )
 from .files import open_dir, open_root, opened, read_regular, remove_file, remove_stale_temps
-from .layout import MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
+from .layout import INDEX_CACHE_FILE, MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
 from .manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, ManifestError, check_text
+from .manifestcache import ManifestCache, key_of, now_ns
 from .procwatch import ProcessWatcher
 
 log = logging.getLogger("hecated.registry")
@@ -131,6 +132,8 @@ class Registry:
         self._stripes = tuple(threading.Lock() for _ in range(64))
         self._listeners: list[Callable[[Change], None]] = []
         self._procs = ProcessWatcher(self._on_exit, pid_alive)
+        # Parsed manifests by file identity, for scans only (see manifestcache.py).
+        self.cache = ManifestCache()
 
     # -- the one path ----------------------------------------------------------------
 
@@ -169,6 +172,7 @@ class Registry:
                 with self._name_lock(name):
                     entry, live = self._read(name, root_fd)
                     self._apply(name, entry, live)
+            self.cache.retain(names)
             if clean_temps and root_fd is not None:
                 for name in sorted(names):
                     self._clean_temps(root_fd, name)
@@ -207,7 +211,10 @@ class Registry:
             return Entry(name, error=ManifestError(path, exc.strerror or str(exc))), stopped
         with opened(ns_fd):
             try:
-                found = manifest.read(ns_fd, name, path)
+                if root_fd < 0:
+                    found = manifest.read(ns_fd, name, path)
+                else:
+                    found = self._read_cached(ns_fd, name, path)
             except ManifestError as exc:
                 return Entry(name, error=exc), self._liveness(ns_fd)
             except OSError as exc:
@@ -216,6 +223,53 @@ class Registry:
             if found is None:
                 return None, stopped
             return Entry(name, manifest=found), self._liveness(ns_fd)
+
+    def _read_cached(self, ns_fd: int, name: str, path: str) -> Manifest | None:
+        """``manifest.read``, skipped when the file is the very one parsed before.
+
+        The file's key is taken before and after the read; the parse is
+        remembered only when both agree (nobody replaced it meanwhile).
+        """
+        try:
+            before = key_of(os.stat(MANIFEST_NAME, dir_fd=ns_fd, follow_symlinks=False))
+        except OSError:
+            before = None
+        hit = self.cache.get(name, before)
+        if hit is not None:
+            return hit
+        started = now_ns()
+        try:
+            found = manifest.read(ns_fd, name, path)
+        except BaseException:
+            self.cache.put(name, None, None, started)
+            raise
+        try:
+            after = key_of(os.stat(MANIFEST_NAME, dir_fd=ns_fd, follow_symlinks=False))
+        except OSError:
+            after = None
+        self.cache.put(name, before if before == after else None, found, started)
+        return found
+
+    def load_cache(self) -> int:
+        """Take the manifest cache a previous run saved; 0 entries when there is none."""
+        try:
+            with opened(self._run_fd()) as run_fd:
+                return self.cache.load(run_fd, INDEX_CACHE_FILE)
+        except (OSError, UnsafePathError):
+            return 0
+
+    def save_cache(self) -> bool:
+        """Save the manifest cache (atomically) if it changed; a failure only costs speed."""
+        try:
+            with opened(self._run_fd()) as run_fd:
+                return self.cache.save(run_fd, INDEX_CACHE_FILE)
+        except (OSError, UnsafePathError, StorageError) as exc:
+            log.warning("cannot save the manifest cache: %s", exc)
+            return False
+
+    def _run_fd(self) -> int:
+        with opened(self.layout.open_namespace(self.layout.primary_name)) as ns_fd:
+            return open_dir(ns_fd, "run")
 
     def clean_temps(self) -> int:
         """Remove crashed writers' temp files from every namespace; returns how many.

@@ -18,7 +18,7 @@ from .files import (
     remove_file,
     remove_stale_temps,
 )
-from .layout import LOCK_FILE, PID_FILE, STATE_FILE, Layout
+from .layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, STATE_FILE, Layout
 
 
 class LockedError(RuntimeError):
@@ -52,7 +52,7 @@ class RunFiles:
                     f"another hecated (pid {holder}) is already serving {self.layout.data_dir}"
                 ) from None
             # Holding the lock, no other writer is alive: temp files here are a crash's.
-            for name in (PID_FILE, STATE_FILE):
+            for name in (PID_FILE, STATE_FILE, INDEX_CACHE_FILE):
                 remove_stale_temps(run_fd, name)
         self._lock_fd = fd
         self.set_state("starting")
