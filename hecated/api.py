@@ -8,6 +8,7 @@ cache needs. Every error, from a bad route to a full disk, leaves as
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -102,6 +103,33 @@ URL_MAP = Map(
     # Werkzeug's redirect would leave here as an error body without a Location.
     merge_slashes=False,
 )
+
+
+# Bodies above this go out through the server's wsgi.file_wrapper (see bytes_response).
+BIG_BODY = 64 * 1024
+
+
+def bytes_response(request: Request, body: bytes, headers: list[tuple[str, str]]) -> Response:
+    """A JSON body already encoded (the cached list), sent without copying it.
+
+    Handed over as bytes, waitress copies a body into its output buffer and,
+    past 1 MB, on into a temp file: at 10,000 plugins (2 MB) that is two copies
+    a request, made on worker threads whose malloc arenas keep the memory (RSS
+    grew 37 MB over 20 requests). Through ``wsgi.file_wrapper`` it sends
+    straight from the cached bytes (``BytesIO`` shares them, it does not copy).
+    """
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    if wrapper is None or len(body) < BIG_BODY:
+        return Response(body, status=200, headers=headers, mimetype="application/json")
+    response = Response(
+        wrapper(io.BytesIO(body)),
+        status=200,
+        headers=headers,
+        mimetype="application/json",
+        direct_passthrough=True,
+    )
+    response.content_length = len(body)
+    return response
 
 
 def json_response(
@@ -210,9 +238,7 @@ class HecateApp:
         if wait is not None and wait > 0:
             self.registry.wait(self.registry.seq if since is None else since, min(wait, MAX_WAIT))
         seq, body = self._encoded_list()
-        return Response(
-            body, status=200, headers=[(SEQ_HEADER, str(seq))], mimetype="application/json"
-        )
+        return bytes_response(request, body, [(SEQ_HEADER, str(seq))])
 
     def _encoded_list(self) -> tuple[int, bytes]:
         """The list as JSON, encoded once per ``seq``, and then only the entries that changed.
