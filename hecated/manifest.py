@@ -8,6 +8,7 @@ TOML with a comment saying what the file is, and keys nobody defined here
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from .errors import InvalidFieldError, UnsafePathError
-from .files import atomic_write, read_regular
+from .files import Sync, atomic_write, read_regular
 from .layout import MANIFEST_NAME
 
 SCHEMA_VERSION = 1
@@ -177,5 +178,5 @@ def read(ns_fd: int, name: str, path: str) -> Manifest | None:
     return parse(data, name, path)
 
 
-def write(ns_fd: int, manifest: Manifest) -> None:
-    atomic_write(ns_fd, MANIFEST_NAME, dumps(manifest))
+def write(ns_fd: int, manifest: Manifest, sync: Sync = os.fsync) -> None:
+    atomic_write(ns_fd, MANIFEST_NAME, dumps(manifest), sync=sync)

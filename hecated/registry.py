@@ -27,7 +27,15 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .files import open_dir, open_root, opened, read_regular, remove_file, remove_stale_temps
+from .files import (
+    GroupCommit,
+    open_dir,
+    open_root,
+    opened,
+    read_regular,
+    remove_file,
+    remove_stale_temps,
+)
 from .layout import INDEX_CACHE_FILE, MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
 from .manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, ManifestError, check_text
 from .manifestcache import ManifestCache, key_of, now_ns
@@ -132,6 +140,8 @@ class Registry:
         self._stripes = tuple(threading.Lock() for _ in range(64))
         self._listeners: list[Callable[[Change], None]] = []
         self._procs = ProcessWatcher(self._on_exit, pid_alive)
+        # Concurrent registrations share their syncs (files.GroupCommit).
+        self.commit = GroupCommit()
         # Parsed manifests by file identity, for scans only (see manifestcache.py).
         self.cache = ManifestCache()
 
@@ -387,7 +397,7 @@ class Registry:
                     new = existing.updated(version, description, now)
                     if new.registered_at is None:
                         new = replace(new, registered_at=now)
-                manifest.write(ns_fd, new)
+                manifest.write(ns_fd, new, sync=self.commit.sync)
             self._refresh_locked(name)
         with self._lock:
             plugin = self._plugins.get(name)
