@@ -105,6 +105,10 @@ URL_MAP = Map(
 )
 
 
+# One encoder for every list fragment: json.dumps with options builds a new one per call,
+# a fifth of encoding the list's 10,000 fragments at start.
+_FRAGMENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 # Bodies above this go out through the server's wsgi.file_wrapper (see bytes_response).
 BIG_BODY = 64 * 1024
 
@@ -256,9 +260,7 @@ class HecateApp:
             for plugin in plugins:
                 hit = fragments.get(plugin.name)
                 if hit is None or hit[0] is not plugin:
-                    data = json.dumps(
-                        self._summary(plugin), ensure_ascii=False, separators=(",", ":")
-                    )
+                    data = _FRAGMENT.encode(self._summary(plugin))
                     hit = fragments[plugin.name] = (plugin, data.encode())
                 parts.append(hit[1])
             if len(fragments) > len(plugins):  # names went away
