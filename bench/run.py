@@ -512,6 +512,12 @@ def section_scale(sizes: Sizes, work: Path) -> str:
             one = Client(daemon.socket, f"/api/plugins/{names[len(names) // 2]}", False)
             detail = one.run(sizes.scale_requests)
             pid = daemon.proc.pid
+            # The watcher starts after the first answer: wait until every namespace and
+            # run/ is watched, then read the figures of the daemon as it runs for good.
+            deadline = time.monotonic() + 60
+            while inotify_watches(pid) < 2 * count and time.monotonic() < deadline:
+                time.sleep(0.05)
+            watching = time.perf_counter() - daemon.started
             rss, fds, watches = rss_mb(pid), open_fds(pid), inotify_watches(pid)
         finally:
             daemon.stop()
@@ -528,6 +534,7 @@ def section_scale(sizes: Sizes, work: Path) -> str:
                 f"{count:,}",
                 ms(first) + (f" {verdict(first <= 1)}" if big else ""),
                 ms(again) + (f" {verdict(again <= 1)}" if big else ""),
+                ms(watching),
                 ms(median(lat)) + (f" {verdict(median(lat) <= 0.1)}" if big else ""),
                 ms(percentile(lat, 0.99)),
                 ms(median(detail)) + (f" {verdict(median(detail) <= 0.1)}" if big else ""),
@@ -544,14 +551,16 @@ def section_scale(sizes: Sizes, work: Path) -> str:
         "it never saw (every `plugin.toml` parsed) and again after a clean stop (restart: "
         "unchanged manifests come from the cache the first run saved); list latency "
         f"and the detail of one plugin over {sizes.scale_requests} requests each, new "
-        "connection each; RSS, inotify watches and "
-        f"open fds from /proc after the requests. {placement()}. "
+        "connection each, right after the first answer (while the watcher starts); then "
+        "the wait until the watcher has every namespace and `run/` watched; RSS, "
+        f"inotify watches and open fds from /proc once it has. {placement()}. "
         "Targets at 10,000: start ≤ 1 s, list and detail ≤ 100 ms, RSS ≤ 80 MB.\n\n"
         + table(
             [
                 "plugins",
                 "start → first answer",
                 "restart → first answer",
+                "start → all watches in place",
                 "list p50",
                 "list p99",
                 "`GET /api/plugins/{name}` p50",
