@@ -297,37 +297,19 @@ class HecateApp:
         entry, created = self.registry.register(
             body["name"], body.get("version", ""), body.get("description", "")
         )
-        log.info(
-            "%s plugin %s %s by pid %s uid %s",
-            "registered" if created else "re-registered",
-            entry.name,
-            entry.manifest.version if entry.manifest else "",
-            peer.pid if peer else "?",
-            peer.uid if peer else "?",
-            extra=_fields("register", entry.name, peer),
-        )
+        version = entry.manifest.version if entry.manifest else ""
+        verb = "registered" if created else "re-registered"
+        _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")
         return json_response(self._paths(entry.name), 201 if created else 200)
 
     def on_deregister(self, request: Request, peer: Peer, name: str) -> Response:
         self.registry.deregister(name)
-        log.info(
-            "deregistered plugin %s by pid %s uid %s (data kept)",
-            name,
-            peer.pid if peer else "?",
-            peer.uid if peer else "?",
-            extra=_fields("deregister", name, peer),
-        )
+        _audit(logging.INFO, "deregister", name, peer, f"deregistered plugin {name} (data kept)")
         return json_response({"ok": True})
 
     def on_purge(self, request: Request, peer: Peer, name: str) -> Response:
         self.registry.purge(name)
-        log.warning(
-            "purged the namespace of %s by pid %s uid %s",
-            name,
-            peer.pid if peer else "?",
-            peer.uid if peer else "?",
-            extra=_fields("purge", name, peer),
-        )
+        _audit(logging.WARNING, "purge", name, peer, f"purged the namespace of {name}")
         return json_response({"ok": True, "purged": self.layout.namespace_str(name)})
 
     # -- shapes -------------------------------------------------------------------------
@@ -439,9 +421,17 @@ def _read_at_most(stream: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _fields(action: str, name: str, peer: Peer | None) -> dict[str, Any]:
-    """Structured fields for the journal (journal.py picks them off the log record)."""
-    fields: dict[str, Any] = {"hecate_action": action, "hecate_plugin": name}
-    if peer is not None:
-        fields.update(hecate_peer_pid=peer.pid, hecate_peer_uid=peer.uid)
-    return fields
+def _audit(level: int, action: str, name: str, peer: Peer, what: str) -> None:
+    """Log a registry change with who made it; the fields feed the journal (systemd.py)."""
+    fields = _fields(action, name, peer)
+    log.log(level, "%s by pid %d uid %d", what, peer.pid, peer.uid, extra=fields)
+
+
+def _fields(action: str, name: str, peer: Peer) -> dict[str, Any]:
+    """Structured fields for the journal (systemd.py turns them into PLUGIN= and friends)."""
+    return {
+        "hecate_action": action,
+        "hecate_plugin": name,
+        "hecate_peer_pid": peer.pid,
+        "hecate_peer_uid": peer.uid,
+    }

@@ -240,6 +240,7 @@ PATHS: dict[str, Any] = {
             {
                 "200": _json(_ref("PluginList"), "The plugins, sorted by name", SEQ_HEADER),
                 "400": _resp("BadRequest"),
+                "503": _resp("Busy"),
             },
             parameters=[
                 {
@@ -253,7 +254,8 @@ PATHS: dict[str, Any] = {
                     "name": "wait",
                     "in": "query",
                     "required": False,
-                    "description": "With since: at most this many seconds to wait.",
+                    "description": "Long-poll: wait at most this many seconds (capped at 60) "
+                    "for seq to pass since, or without since for the next change.",
                     "schema": {"type": "number", "minimum": 0},
                 },
             ],
