@@ -16,17 +16,29 @@ def _daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hecated {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the daemon (the default)")
-    for p in (parser, serve):
+    # The options go on both, so `hecated --log-level debug serve` and `hecated serve
+    # --log-level debug` both work; the subcommand's copies default to SUPPRESS so that
+    # they never overwrite what was given before the subcommand with None.
+    for p, default in ((parser, None), (serve, argparse.SUPPRESS)):
         p.add_argument(
-            "--data-dir", help="the primary's data dir (default ~/.hecate/hecate-daemon)"
+            "--data-dir",
+            default=default,
+            help="the primary's data dir (default ~/.hecate/hecate-daemon)",
         )
-        p.add_argument("--socket", dest="socket_path", help="API socket path")
-        p.add_argument("--config", help="config file (default ~/.config/hecate/hecated.toml)")
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+        p.add_argument("--socket", dest="socket_path", default=default, help="API socket path")
         p.add_argument(
-            "--idle-timeout", type=float, help="exit after this many idle seconds (0: never)"
+            "--config", default=default, help="config file (default ~/.config/hecate/hecated.toml)"
         )
-        p.add_argument("--workers", type=int, help="worker threads (default 16)")
+        p.add_argument(
+            "--log-level", default=default, choices=["debug", "info", "warning", "error"]
+        )
+        p.add_argument(
+            "--idle-timeout",
+            type=float,
+            default=default,
+            help="exit after this many idle seconds (0: never)",
+        )
+        p.add_argument("--workers", type=int, default=default, help="worker threads (default 16)")
     units = sub.add_parser(
         "install-units",
         help="install the systemd user units for this installation",

@@ -152,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python's advice: point stdout at devnull so the final flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return Exit.OK
+    except OSError as exc:  # e.g. doctor meeting a directory it may not read: one line
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", Exit.ERROR)
 
 
 def _fail(message: str, code: Exit) -> int:

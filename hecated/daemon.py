@@ -147,9 +147,14 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
         log.info("%s: shutting down", signal.Signals(signum).name)
         server.shutdown()
 
+    reloading = threading.Lock()  # SIGHUPs that arrive during a rescan join it
+
     def on_reload(_signum: int, _frame: object) -> None:
         threading.Thread(
-            target=_rescan, args=(watching, registry, notifier), name="hecated-rescan"
+            target=_rescan,
+            args=(reloading, watching, registry, notifier),
+            name="hecated-rescan",
+            daemon=True,
         ).start()
 
     signal.signal(signal.SIGTERM, on_stop)
@@ -231,6 +236,10 @@ class _Watching:
         watcher = self.watcher
         return watcher.rescan() if watcher is not None else self.registry.scan()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
@@ -268,8 +277,22 @@ def _test_freeze_hook() -> threading.Event:
     return frozen
 
 
-def _rescan(watching: _Watching, registry: Registry, notifier: Notifier) -> None:
-    notifier.reloading()
-    count = watching.rescan()
-    log.info("rescanned the tree: %d plugin(s)", count, extra={"hecate_action": "rescan"})
-    notifier.ready(status_line(registry))
+def _rescan(
+    reloading: threading.Lock, watching: _Watching, registry: Registry, notifier: Notifier
+) -> None:
+    """SIGHUP: RELOADING=1, the tree rescanned, READY=1 whatever happened in between."""
+    if not reloading.acquire(blocking=False):
+        return  # a rescan is running; it covers this signal too
+    try:
+        if watching.stopped:
+            return  # shutting down: no READY=1 after STOPPING=1
+        notifier.reloading()
+        try:
+            count = watching.rescan()
+            log.info("rescanned the tree: %d plugin(s)", count, extra={"hecate_action": "rescan"})
+        except Exception:
+            log.exception("rescanning the tree failed")
+        finally:
+            notifier.ready(status_line(registry))
+    finally:
+        reloading.release()

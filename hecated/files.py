@@ -56,15 +56,23 @@ def open_root(root: Path, create: bool = True) -> int:
         except OSError as exc:
             raise _storage(exc, str(root)) from exc
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    _tighten(fd)
+    if create:  # a read never changes modes: doctor must still see a chmod someone made
+        _tighten(fd)
     return fd
 
 
 def _tighten(fd: int) -> None:
-    """Directories we own are private to their user: drop group/other bits."""
-    st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+    """Directories we own are private to their user: drop group/other bits.
+
+    On failure the fd is closed before the error goes up: callers only own it on success.
+    """
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = False) -> int:
@@ -185,7 +193,10 @@ def remove_file(dir_fd: int, name: str) -> bool:
         raise UnsafePathError(f"{name} is a directory") from exc
     except OSError as exc:
         raise _storage(exc, name) from exc
-    os.fsync(dir_fd)
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise _storage(exc, name) from exc
     return True
 
 

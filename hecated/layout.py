@@ -154,7 +154,7 @@ class Layout:
             raise InvalidNameError("name must be a non-empty string")
         if len(name) > NAME_MAX:
             raise NameTooLongError(f"name is {len(name)} characters; at most {NAME_MAX} allowed")
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise InvalidNameError(
                 f"invalid name {name!r}: use lowercase letters, digits and single hyphens, "
                 "starting with a letter (e.g. 'hecate-traderd')"

@@ -108,6 +108,10 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
             line = None
         msg = _LINE_RE.sub("", text).replace("(at end of document)", "at end of file").strip()
         raise ManifestError(path, f"invalid TOML: {msg}", line) from None
+    except RecursionError:
+        raise ManifestError(path, "invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ManifestError(path, f"invalid TOML: {exc}") from None
 
     schema = doc.get("schema", SCHEMA_VERSION)
     if not isinstance(schema, int) or isinstance(schema, bool):

@@ -230,6 +230,10 @@ class Registry:
             except OSError as exc:
                 error = ManifestError(path, exc.strerror or str(exc))
                 return Entry(name, error=error), self._liveness(ns_fd)
+            except Exception as exc:  # one strange file must never stop a scan or a start
+                log.exception("reading %s failed", path)
+                error = ManifestError(path, f"cannot be read: {exc}")
+                return Entry(name, error=error), self._liveness(ns_fd)
             if found is None:
                 return None, stopped
             return Entry(name, manifest=found), self._liveness(ns_fd)
@@ -323,10 +327,13 @@ class Registry:
 
     def _track(self, name: str, plugin: Plugin | None) -> None:
         """Hold a pidfd on a running plugin's process, so its exit is a change too."""
-        if plugin is not None and plugin.live.status == RUNNING and plugin.live.pid:
-            self._procs.track(name, plugin.live.pid)
-        else:
-            self._procs.untrack(name)
+        try:
+            if plugin is not None and plugin.live.status == RUNNING and plugin.live.pid:
+                self._procs.track(name, plugin.live.pid)
+            else:
+                self._procs.untrack(name)
+        except OSError as exc:  # e.g. out of fds: the next refresh of this name tries again
+            log.warning("cannot watch the process of plugin %s: %s", name, exc)
 
     def _on_exit(self, name: str) -> None:
         self.refresh(name)
@@ -384,23 +391,27 @@ class Registry:
         version = check_text("version", version, VERSION_MAX)
         description = check_text("description", description, DESCRIPTION_MAX)
         with self._name_lock(name):
-            with opened(self.layout.open_namespace(name, create=True)) as ns_fd:
-                path = self.layout.manifest_str(name)
-                try:
-                    existing = manifest.read(ns_fd, name, path)
-                except ManifestError:
-                    existing = None  # a broken hand edit is replaced by a valid entry
-                now = self._clock()
-                if existing is None:
-                    new = Manifest(name, version, description, registered_at=now, updated_at=now)
-                else:
-                    new = existing.updated(version, description, now)
-                    if new.registered_at is None:
-                        new = replace(new, registered_at=now)
-                manifest.write(ns_fd, new, sync=self.commit.sync)
-            self._refresh_locked(name)
-        with self._lock:
-            plugin = self._plugins.get(name)
+            try:
+                with opened(self.layout.open_namespace(name, create=True)) as ns_fd:
+                    path = self.layout.manifest_str(name)
+                    try:
+                        existing = manifest.read(ns_fd, name, path)
+                    except ManifestError:
+                        existing = None  # a broken hand edit is replaced by a valid entry
+                    now = self._clock()
+                    if existing is None:
+                        new = Manifest(
+                            name, version, description, registered_at=now, updated_at=now
+                        )
+                    else:
+                        new = existing.updated(version, description, now)
+                        if new.registered_at is None:
+                            new = replace(new, registered_at=now)
+                    manifest.write(ns_fd, new, sync=self.commit.sync)
+            finally:
+                self._refresh_locked(name)  # even after a failure: the index follows the disk
+            with self._lock:
+                plugin = self._plugins.get(name)
         if plugin is None or plugin.entry.manifest is None:
             raise StorageError(f"the entry of {name!r} changed while it was written; retry")
         return plugin.entry, existing is None
@@ -410,43 +421,50 @@ class Registry:
         name = self.layout.check_plugin_name(name)
         with self._name_lock(name):
             try:
-                ns_fd = self.layout.open_namespace(name)
-            except FileNotFoundError:
-                raise NotFoundError(f"plugin {name!r} is not registered") from None
-            with opened(ns_fd):
-                if not remove_file(ns_fd, MANIFEST_NAME):
-                    raise NotFoundError(f"plugin {name!r} is not registered")
-            self._refresh_locked(name)
+                try:
+                    ns_fd = self.layout.open_namespace(name)
+                except FileNotFoundError:
+                    raise NotFoundError(f"plugin {name!r} is not registered") from None
+                with opened(ns_fd):
+                    if not remove_file(ns_fd, MANIFEST_NAME):
+                        raise NotFoundError(f"plugin {name!r} is not registered")
+            finally:
+                self._refresh_locked(name)
 
     def purge(self, name: object) -> None:
         """Delete a deregistered plugin's namespace and all its data: explicit cleanup."""
         name = self.layout.check_plugin_name(name)
         with self._name_lock(name):
             try:
-                root_fd = open_root(self.layout.root, create=False)
+                self._purge_locked(name)
+            finally:
+                self._refresh_locked(name)  # a half-done purge still shows as it is
+
+    def _purge_locked(self, name: str) -> None:
+        try:
+            root_fd = open_root(self.layout.root, create=False)
+        except FileNotFoundError:
+            raise NotFoundError(f"no namespace {name!r}") from None
+        with opened(root_fd):
+            try:
+                ns_fd = open_dir(root_fd, name)
             except FileNotFoundError:
                 raise NotFoundError(f"no namespace {name!r}") from None
-            with opened(root_fd):
-                try:
-                    ns_fd = open_dir(root_fd, name)
-                except FileNotFoundError:
-                    raise NotFoundError(f"no namespace {name!r}") from None
-                with opened(ns_fd):
-                    if _exists(ns_fd, MANIFEST_NAME):
-                        raise StillRegisteredError(
-                            f"plugin {name!r} is still registered; deregister it before purging"
-                        )
-                    if self._liveness(ns_fd).status == RUNNING:
-                        raise PluginRunningError(
-                            f"plugin {name!r} is running (run/{PID_FILE} names a live process)"
-                        )
-                try:
-                    # rmtree on a dir fd never follows a symlink found inside the tree.
-                    shutil.rmtree(name, dir_fd=root_fd)
-                    os.fsync(root_fd)
-                except OSError as exc:
-                    raise StorageError(f"cannot remove namespace {name!r}: {exc.strerror}") from exc
-            self._refresh_locked(name)
+            with opened(ns_fd):
+                if _exists(ns_fd, MANIFEST_NAME):
+                    raise StillRegisteredError(
+                        f"plugin {name!r} is still registered; deregister it before purging"
+                    )
+                if self._liveness(ns_fd).status == RUNNING:
+                    raise PluginRunningError(
+                        f"plugin {name!r} is running (run/{PID_FILE} names a live process)"
+                    )
+            try:
+                # rmtree on a dir fd never follows a symlink found inside the tree.
+                shutil.rmtree(name, dir_fd=root_fd)
+                os.fsync(root_fd)
+            except OSError as exc:
+                raise StorageError(f"cannot remove namespace {name!r}: {exc.strerror}") from exc
 
     # -- reads: from the index --------------------------------------------------------------
 

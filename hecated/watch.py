@@ -155,7 +155,11 @@ class TreeEmitter(EventEmitter):
             self._establish()
             return
         try:
-            ready = select.select([self._fd, self._wake_r], [], [], timeout)[0]
+            # poll, not select: the fd limit is raised, and select() fails past fd 1023.
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
             if self._fd not in ready:
                 return
             data = os.read(self._fd, 64 * 1024)

@@ -64,3 +64,13 @@ def test_bad_config_is_a_clear_error(home: Path, text: str, fragment: str) -> No
 def test_named_config_file_must_exist(home: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         resolve({"config": str(home / "missing.toml")}, {})
+
+
+def test_flags_before_and_after_serve_both_count() -> None:
+    from hecated.cli import _daemon_parser
+
+    parser = _daemon_parser()
+    before = vars(parser.parse_args(["--log-level", "debug", "--data-dir", "/x", "serve"]))
+    after = vars(parser.parse_args(["serve", "--log-level", "debug"]))
+    assert (before["log_level"], before["data_dir"]) == ("debug", "/x")
+    assert after["log_level"] == "debug"

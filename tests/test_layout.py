@@ -64,6 +64,7 @@ def test_valid_names(home: Path, name: str) -> None:
         "a b",
         "é",
         "a\x00b",
+        "evil\n",
         42,
         None,
     ],

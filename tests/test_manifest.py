@@ -66,6 +66,8 @@ def test_minimal_hand_written_file_is_valid() -> None:
         (b'name = "p"\nversion = "1"\nschema = 99\n', "newer", None),
         (b'name = "p"\nversion = "1"\nregistered_at = "yesterday"\n', "date-time", None),
         (b"\xff\xfe", "not UTF-8", None),
+        (b"a = " + b"[" * 20000, "nested too deeply", None),
+        (b"a = " + b"9" * 5000, "invalid TOML", None),
     ],
 )
 def test_invalid_files_say_why(data: bytes, fragment: str, line: int | None) -> None:
