@@ -251,7 +251,7 @@ def _settle(registry: Registry, watching: _Watching) -> None:
     """Start-up work that waits for the first answer, in the order it matters.
 
     Crashed writers' temp files go first (a registration racing this is safe:
-    our own temp files carry our pid and are never touched), then the
+    our own temp files carry files.OWNER and are never touched), then the
     manifest cache is saved for the next start, then the watcher starts.
     """
     removed = registry.clean_temps()

@@ -23,21 +23,23 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_SUFFIX = ".tmp"
 
 
+# Who wrote a temp file: this process's pid plus a token of this run, so that a
+# crashed predecessor that had the same pid (PID 1 in a container) is not taken for us.
+OWNER = f"{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def _temp_name(name: str) -> str:
-    return f".{name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
+    return f".{name}.{OWNER}.{os.urandom(4).hex()}{TEMP_SUFFIX}"
 
 
 def is_temp_name(entry: str, name: str) -> bool:
     return entry.startswith(f".{name}.") and entry.endswith(TEMP_SUFFIX)
 
 
-def temp_owner_pid(entry: str) -> int | None:
-    """The pid embedded in a temp file's name, to tell our own writes from a crash's."""
+def temp_owner(entry: str) -> str | None:
+    """The writer embedded in a temp file's name, to tell our own writes from a crash's."""
     parts = entry.split(".")
-    try:
-        return int(parts[-3])
-    except (IndexError, ValueError):
-        return None
+    return parts[-3] if len(parts) >= 4 else None
 
 
 def _storage(exc: OSError, what: str) -> StorageError:
@@ -208,7 +210,7 @@ def remove_stale_temps(dir_fd: int, name: str) -> int:
     except OSError:
         return 0
     for entry in entries:
-        if is_temp_name(entry, name) and temp_owner_pid(entry) != os.getpid():
+        if is_temp_name(entry, name) and temp_owner(entry) != OWNER:
             _unlink_quietly(dir_fd, entry)
             removed += 1
     return removed

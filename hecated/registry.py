@@ -288,8 +288,8 @@ class Registry:
     def clean_temps(self) -> int:
         """Remove crashed writers' temp files from every namespace; returns how many.
 
-        Safe beside live writes: a temp file named with our own pid is never
-        removed (``remove_stale_temps``), and every temp of ours carries it.
+        Safe beside live writes: a temp file named with this run's owner (pid and
+        token, ``files.OWNER``) is never removed, and every temp of ours carries it.
         """
         removed = 0
         try:

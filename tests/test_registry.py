@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
+from hecated import files
 from hecated.errors import (
     InvalidFieldError,
     InvalidNameError,
@@ -158,10 +159,13 @@ def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Registry) -> None:
     registry.register("p", "1", "")
     ns = registry.layout.namespace("p")
     (ns / ".plugin.toml.999999.abcd.tmp").write_text("half")
-    (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").write_text("ours, in flight")
+    # A crashed predecessor with our pid (PID 1 in a container) is still a crash.
+    (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").write_text("same pid, earlier run")
+    (ns / f".plugin.toml.{files.OWNER}.abcd.tmp").write_text("ours, in flight")
     registry.scan(clean_temps=True)
     assert not (ns / ".plugin.toml.999999.abcd.tmp").exists()
-    assert (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").exists()
+    assert not (ns / f".plugin.toml.{os.getpid()}.abcd.tmp").exists()
+    assert (ns / f".plugin.toml.{files.OWNER}.abcd.tmp").exists()
 
 
 def test_status_running_and_stale_pid(registry: Registry) -> None:
