@@ -83,6 +83,7 @@ _HEADER = struct.Struct("iIII")
 
 DEBOUNCE = 0.002  # a save's events arrive within microseconds of each other
 CLOSE_WAIT = 0.5  # after IN_MODIFY, wait this long for the writer's close
+MAX_DEFER = 2 * CLOSE_WAIT  # a name's refresh is never put off longer than this
 DELETE_GRACE = 0.1  # vim: plugin.toml moved away, a new one written at once
 
 
@@ -367,6 +368,7 @@ class Refresher:
         self.debounce = debounce
         self._cond = threading.Condition()
         self._due: dict[str, float] = {}
+        self._first: dict[str, float] = {}  # when the pending events of a name began
         self._heap: list[_Due] = []
         self._deleted_at: dict[str, float] = {}
         self._rescan = False
@@ -394,8 +396,11 @@ class Refresher:
                 self._deleted_at.setdefault(name, now)
             at = now + (CLOSE_WAIT if kind == "modified" else self.debounce)
             current = self._due.get(name)
+            first = self._first.setdefault(name, now)
             if kind == "modified" and current is not None:
-                at = max(at, current)
+                # Wait on for the writer's close, but a writer that never closes (a log
+                # kept open) must not hold the name's refresh off for ever.
+                at = min(max(at, current), first + MAX_DEFER)
             self._due[name] = at
             heapq.heappush(self._heap, _Due(at, name))
             self._idle = False
@@ -421,6 +426,7 @@ class Refresher:
                 if self._rescan:
                     self._rescan = False
                     self._due.clear()
+                    self._first.clear()
                     self._heap.clear()
                     self._deleted_at.clear()
                     return ""
@@ -438,6 +444,7 @@ class Refresher:
                     continue
                 heapq.heappop(self._heap)
                 del self._due[head.name]
+                self._first.pop(head.name, None)
                 deleted = self._deleted_at.pop(head.name, None)
                 if deleted is not None and not self._manifest_exists(head.name):
                     grace = deleted + DELETE_GRACE

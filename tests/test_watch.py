@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,32 @@ def test_ten_thousand_plugins(home: Path) -> None:
             write_in_place(root / f"p{i}" / "plugin.toml", manifest_text(f"p{i}", "3"))
         assert watcher.settle(timeout=120)
         assert index_of(reg) == fresh_scan(reg.layout)
+
+
+def test_a_writer_that_never_closes_cannot_hold_off_the_refresh(home: Path) -> None:
+    """A plugin appending to run/daemon.state without ever closing it: each write is an
+    IN_MODIFY with no IN_CLOSE_WRITE after it. The refresh may wait for a close, but
+    not for ever: the state shows while the writer is still writing."""
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        stop = threading.Event()
+
+        def writer() -> None:
+            with open(ns / "run" / "daemon.state", "w") as fh:
+                n = 0
+                while not stop.wait(0.05):
+                    n += 1
+                    fh.seek(0)
+                    fh.write(f"busy-{n:06d}\n")
+                    fh.flush()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            wait_for(lambda: (reg.get("alpha").live.state or "").startswith("busy-"))
+            assert t.is_alive()  # seen while the writer still writes, not after its close
+        finally:
+            stop.set()
+            t.join()
