@@ -40,20 +40,21 @@ NAME_CODES = frozenset({"invalid_name", "name_too_long", "reserved_name"})
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the primary listens, resolved the way the daemon resolves it.
-
-    ``HECATE_SOCKET_PATH``, else ``$HECATE_DATA_DIR/sockets/api.sock``, else the
-    well-known ``~/.hecate/hecate-daemon/sockets/api.sock`` (``$HECATE_HOME``
-    moves ``~/.hecate``).
+    """Where the primary listens, resolved the way the daemon resolves it (config.py):
+    ``HECATE_SOCKET_PATH``, ``HECATE_DATA_DIR`` / ``HECATE_HOME``, the config file's
+    ``socket_path`` / ``data_dir``, else the well-known
+    ``~/.hecate/hecate-daemon/sockets/api.sock``. A config file the daemon would
+    refuse is passed over here: the client then tries the well-known path.
     """
+    from .config import ConfigError, resolve  # stdlib and layout only: the SDK stays light
+
     env = os.environ if environ is None else environ
-    if env.get("HECATE_SOCKET_PATH"):
-        return Path(env["HECATE_SOCKET_PATH"])
-    if env.get("HECATE_DATA_DIR"):
-        return Layout(Path(os.path.expanduser(env["HECATE_DATA_DIR"]))).api_socket
-    if env.get("HECATE_HOME"):
-        return Layout.at(Path(env["HECATE_HOME"])).api_socket
-    return Layout.at(default_root()).api_socket
+    try:
+        return resolve({}, env).layout.api_socket
+    except ConfigError:
+        if env.get("HECATE_SOCKET_PATH"):
+            return Path(env["HECATE_SOCKET_PATH"])
+        return Layout.at(default_root()).api_socket
 
 
 # -- errors ----------------------------------------------------------------------------

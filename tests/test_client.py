@@ -338,3 +338,13 @@ def test_a_silent_daemon_times_out(fake_server) -> None:
         HecateClient(sock, timeout=0.5, connect_retry=0).health()
     assert isinstance(info.value, DaemonUnavailableError)
     assert "no answer within 0.5 s" in str(info.value)
+
+
+def test_default_socket_path_follows_the_daemons_config_file(home: Path) -> None:
+    cfg = home / "hecated.toml"
+    cfg.write_text(f'socket_path = "{home}/from-config.sock"\n')
+    assert default_socket_path({"HECATE_CONFIG": str(cfg)}) == home / "from-config.sock"
+    env = {"HECATE_CONFIG": str(cfg), "HECATE_SOCKET_PATH": f"{home}/env.sock"}
+    assert default_socket_path(env) == home / "env.sock"
+    cfg.write_text("not toml [\n")  # the daemon would refuse it: the client falls back
+    assert default_socket_path({"HECATE_CONFIG": str(cfg), "HOME": str(home)}).name == "api.sock"
