@@ -107,7 +107,9 @@ def diagnose(client: HecateClient) -> Report:
             f"hecated is not running: nothing answers on {client.socket_path} ({reason})",
             START_HINT,
         )
-    _check_socket(report, client.socket_path, answering=health is not None)
+    # When /health failed, probe the socket itself: a hung daemon, or systemd holding the
+    # socket while the service starts, still accepts, and that socket is not stale.
+    _check_socket(report, client.socket_path, answering=True if health is not None else None)
     if _check_root(report, layout.root):
         for name in sorted(os.listdir(layout.root)):
             _check_namespace(report, layout, name, answering=health is not None)
