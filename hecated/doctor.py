@@ -21,14 +21,11 @@ from .layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
 from .manifest import MAX_FILE_BYTES, ManifestError, parse
 from .registry import pid_alive
 from .server import _answers as socket_answers  # the daemon's own stale-socket test
+from .units import COMMANDS, UNIT_NAMES, user_unit_dir
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
-UNITS = ("hecate.socket", "hecate.service")
 START_HINT = "systemctl --user start hecate.socket (or run `hecated`)"
-INSTALL_HINT = (
-    "hecated install-units && systemctl --user daemon-reload && "
-    "systemctl --user enable --now hecate.socket"
-)
+INSTALL_HINT = " && ".join(("hecated install-units", *COMMANDS))
 
 
 @dataclass(frozen=True)
@@ -402,9 +399,8 @@ def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bo
 
 
 def unit_dirs() -> list[Path]:
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return [
-        Path(config) / "systemd" / "user",
+        user_unit_dir(),
         Path("/etc/systemd/user"),
         Path("/usr/local/lib/systemd/user"),
         Path("/usr/lib/systemd/user"),
@@ -414,7 +410,7 @@ def unit_dirs() -> list[Path]:
 def _check_units(report: Report) -> None:
     dirs = unit_dirs()
     missing = []
-    for unit in UNITS:
+    for unit in UNIT_NAMES:
         found = next((d / unit for d in dirs if (d / unit).is_file()), None)
         if found:
             report.add(OK, "units", f"{unit} is installed: {found}", path=found)
