@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hecated.layout import SUBDIRS
-from hecated.manifest import Manifest, dumps
+from hecated.core.layout import SUBDIRS
+from hecated.core.manifest import Manifest, dumps
 
 HECATED = Path(sys.executable).parent / "hecated"
 

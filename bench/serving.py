@@ -2,7 +2,7 @@
 
 Each serves a constant 17 KB JSON body on the same kind of pre-bound Unix
 socket, pinned to the server CPU, so the only difference is the server: this
-is the measurement the choice of waitress rests on (see hecated/server.py).
+is the measurement the choice of waitress rests on (see hecated/http/server.py).
 
     .venv/bin/python bench/serving.py <kind> <socket>   # serve (used by run.py)
 """
@@ -27,7 +27,7 @@ def app(environ: dict, start_response) -> list[bytes]:
 
 
 def serve(kind: str, path: str) -> None:
-    from hecated.server import UnixServer, bind_unix
+    from hecated.http.server import UnixServer, bind_unix
 
     sock = bind_unix(Path(path))
     if kind == "werkzeug":  # Werkzeug's own threaded server on the pre-bound socket

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from hecated import __version__
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -55,11 +55,11 @@ def _daemon_parser() -> argparse.ArgumentParser:
 def hecated_main(argv: Sequence[str] | None = None) -> int:
     args = _daemon_parser().parse_args(argv)
     if args.command == "install-units":
-        from .units import main as install_units
+        from hecated.tools.units import main as install_units
 
         return install_units(args.dir, args.force)
-    from .config import ConfigError, resolve
-    from .daemon import run
+    from hecated.core.config import ConfigError, resolve
+    from hecated.daemon import run
 
     try:
         config = resolve(vars(args))

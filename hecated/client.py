@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .layout import PID_FILE, SOCKET_NAME, STATE_FILE, Layout, default_root
+from hecated.core.layout import PID_FILE, SOCKET_NAME, STATE_FILE, Layout, default_root
 
 SEQ_HEADER = "X-Hecate-Seq"
 # What a connect sees while the socket is being (re)created: no file yet, or a
@@ -46,7 +46,10 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     ``~/.hecate/hecate-daemon/sockets/api.sock``. A config file the daemon would
     refuse is passed over here: the client then tries the well-known path.
     """
-    from .config import ConfigError, resolve  # stdlib and layout only: the SDK stays light
+    from hecated.core.config import (  # stdlib and layout only: the SDK stays light
+        ConfigError,
+        resolve,
+    )
 
     env = os.environ if environ is None else environ
     try:

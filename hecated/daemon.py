@@ -17,13 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .api import HecateApp
-from .config import Config
-from .errors import HecateError
-from .registry import RUNNING, Registry
-from .runfiles import LockedError, RunFiles
-from .server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
-from .systemd import (
+from hecated.adapters.systemd import (
     ActivationError,
     ListenFd,
     Notifier,
@@ -34,6 +28,12 @@ from .systemd import (
     stderr_is_journal,
     watchdog_timeout,
 )
+from hecated.core.config import Config
+from hecated.core.errors import HecateError
+from hecated.core.registry import RUNNING, Registry
+from hecated.core.runfiles import LockedError, RunFiles
+from hecated.http.app import HecateApp
+from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 
 log = logging.getLogger("hecated")
 
@@ -216,7 +216,7 @@ class _Watching:
         self._stopped = False
 
     def start(self) -> None:
-        from .watch import Watcher  # watchdog loads off the cold-start path
+        from hecated.adapters.watch import Watcher  # watchdog loads off the cold-start path
 
         with self._lock:
             if self._stopped:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import HECATED, http_request, wait_for
 
-from hecated.units import hidden_from_service
+from hecated.tools.units import hidden_from_service
 
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")

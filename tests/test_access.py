@@ -28,7 +28,7 @@ import pytest
 from conftest import Daemon, http_request, short_tempdir
 from rel_support import AS_NOBODY, needs_root, nobody_python, raw_exchange, stop
 
-from hecated import server
+from hecated.http import server
 
 # A liveness bound, not a speed target: several times any sane per-connection deadline.
 PATIENCE = 30.0

@@ -10,9 +10,9 @@ import pytest
 from werkzeug.test import Client
 
 from hecated import __version__
-from hecated.api import MAX_BODY, PEER_KEY, HecateApp, Peer
-from hecated.layout import Layout
-from hecated.registry import Registry
+from hecated.core.layout import Layout
+from hecated.core.registry import Registry
+from hecated.http.app import MAX_BODY, PEER_KEY, HecateApp, Peer
 
 ME = Peer(os.getpid(), os.getuid(), os.getgid())
 

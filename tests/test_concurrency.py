@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, http_request
 
-from hecated import manifest
-from hecated.layout import MANIFEST_NAME, SUBDIRS, Layout
-from hecated.registry import Registry
+from hecated.core import manifest
+from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
+from hecated.core.registry import Registry
 
 CLIENTS = 32
 OPERATIONS = int(os.environ.get("HECATE_CONCURRENCY_OPS", "1000"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hecated.config import ConfigError, resolve
+from hecated.core.config import ConfigError, resolve
 
 NO_FLAGS: dict = {}
 

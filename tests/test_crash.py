@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, http_request, wait_for
 
-from hecated import manifest
-from hecated.layout import PRIMARY_NAME, Layout
+from hecated.core import manifest
+from hecated.core.layout import PRIMARY_NAME, Layout
 
 ROUNDS = int(os.environ.get("HECATE_CRASH_ROUNDS", "20"))
 WRITERS = 8

@@ -14,7 +14,7 @@ import pytest
 from conftest import HECATECTL, Daemon, short_tempdir, wait_for
 from ctl_support import ROOT, LineReader, clean_env, ctl, one_line_error, stop
 
-from hecated.ctl import Exit
+from hecated.tools.ctl import Exit
 
 START_HINT = "systemctl --user start hecate.socket"
 

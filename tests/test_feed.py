@@ -11,10 +11,10 @@ import pytest
 from conftest import Daemon, wait_for
 from watch_support import manifest_text, write_rename_over
 
-from hecated.api import HecateApp
-from hecated.errors import BusyError
-from hecated.layout import Layout
-from hecated.registry import Registry
+from hecated.core.errors import BusyError
+from hecated.core.layout import Layout
+from hecated.core.registry import Registry
+from hecated.http.app import HecateApp
 
 
 def seq_of(headers: dict) -> int:

@@ -33,9 +33,11 @@ from jsonschema import Draft202012Validator
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
-from hecated import api, manifest, openapi
-from hecated.layout import MANIFEST_NAME, NAME_RE, PRIMARY_NAME, SUBDIRS, Layout
-from hecated.registry import Registry
+from hecated.core import manifest
+from hecated.core.layout import MANIFEST_NAME, NAME_RE, PRIMARY_NAME, SUBDIRS, Layout
+from hecated.core.registry import Registry
+from hecated.http import app as api
+from hecated.http import openapi
 
 SPEC = openapi.spec()
 EXAMPLES = int(os.environ.get("HECATE_FUZZ_EXAMPLES", "250"))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hecated import manifest
-from hecated.files import GroupCommit, atomic_write
-from hecated.layout import Layout
-from hecated.registry import Registry
+from hecated.core import manifest
+from hecated.core.files import GroupCommit, atomic_write
+from hecated.core.layout import Layout
+from hecated.core.registry import Registry
 
 
 class RecordingSync:
@@ -170,7 +170,7 @@ def test_concurrent_registrations_through_the_grouped_path(tmp_path: Path) -> No
 def test_kernels_whose_syncfs_hides_errors_fall_back_to_fsync(
     release: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hecated import files
+    from hecated.core import files
 
     monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", release, "", "")))
     assert files._load_syncfs() is None

@@ -18,7 +18,7 @@ import pytest
 from conftest import Daemon, short_tempdir, wait_for
 from rel_support import WITHOUT_DAC, PrefixedDaemon, needs_root, raw_exchange, snapshot, stop, tmpfs
 
-from hecated.layout import Layout
+from hecated.core.layout import Layout
 
 VALID = 'schema = 1\nname = "{name}"\nversion = "6.6.6"\ndescription = "planted"\n'
 

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hecated.errors import InvalidNameError, NameTooLongError, ReservedNameError, UnsafePathError
-from hecated.layout import NAME_MAX, SUBDIRS, Layout
+from hecated.core.errors import (
+    InvalidNameError,
+    NameTooLongError,
+    ReservedNameError,
+    UnsafePathError,
+)
+from hecated.core.layout import NAME_MAX, SUBDIRS, Layout
 
 
 def test_primary_paths_follow_the_spec(home: Path) -> None:

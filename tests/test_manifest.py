@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hecated import manifest
-from hecated.files import opened
-from hecated.manifest import Manifest, ManifestError
+from hecated.core import manifest
+from hecated.core.files import opened
+from hecated.core.manifest import Manifest, ManifestError
 
 T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 

@@ -11,9 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from werkzeug.test import Client
 
-from hecated import api, openapi
-from hecated.layout import Layout
-from hecated.registry import Registry
+from hecated.core.layout import Layout
+from hecated.core.registry import Registry
+from hecated.http import app as api
+from hecated.http import openapi
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}  # Werkzeug adds HEAD to every GET rule
 
@@ -45,7 +46,7 @@ def documented() -> set[tuple[str, str]]:
 
 def test_every_route_is_documented() -> None:
     missing = routed() - documented()
-    assert not missing, f"routes missing from hecated/openapi.py: {sorted(missing)}"
+    assert not missing, f"routes missing from hecated/http/openapi.py: {sorted(missing)}"
 
 
 def test_every_documented_operation_is_routed_except_pending() -> None:

@@ -9,8 +9,8 @@ import pytest
 from conftest import wait_for
 from watch_support import dead_pid
 
-from hecated.procwatch import ProcessWatcher
-from hecated.registry import pid_alive
+from hecated.core.procwatch import ProcessWatcher
+from hecated.core.registry import pid_alive
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from hecated import files
-from hecated.errors import (
+from hecated.core import files
+from hecated.core.errors import (
     InvalidFieldError,
     InvalidNameError,
     NotFoundError,
@@ -20,8 +20,8 @@ from hecated.errors import (
     StillRegisteredError,
     UnsafePathError,
 )
-from hecated.layout import SUBDIRS, Layout
-from hecated.registry import INVALID, RUNNING, STOPPED, Registry, pid_alive
+from hecated.core.layout import SUBDIRS, Layout
+from hecated.core.registry import INVALID, RUNNING, STOPPED, Registry, pid_alive
 
 
 @pytest.fixture

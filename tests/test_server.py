@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, short_tempdir, wait_for
 
-from hecated.api import PEER_KEY
-from hecated.server import UnixServer, bind_unix
+from hecated.http.app import PEER_KEY
+from hecated.http.server import UnixServer, bind_unix
 
 
 def echo_app(environ: dict, start_response: Callable) -> list[bytes]:

@@ -28,7 +28,7 @@ from systemd_support import (
     stop_pid,
 )
 
-from hecated.systemd import (
+from hecated.adapters.systemd import (
     MESSAGE_IDS,
     ActivationError,
     ListenFd,
@@ -84,7 +84,7 @@ def preregister(home: Path, *names: str) -> None:
 
 
 def test_journal_fields_come_from_the_api_extras() -> None:
-    record = logging.LogRecord("hecated.api", logging.INFO, __file__, 1, "x", (), None)
+    record = logging.LogRecord("hecated.http.app", logging.INFO, __file__, 1, "x", (), None)
     for key, value in {
         "hecate_action": "purge",
         "hecate_plugin": "alpha",

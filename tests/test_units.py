@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import HECATED
 
-from hecated import units
+from hecated.tools import units
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "units"

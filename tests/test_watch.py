@@ -26,8 +26,8 @@ from watch_support import (
     write_vim_style,
 )
 
-from hecated.layout import Layout
-from hecated.watch import Watcher
+from hecated.adapters.watch import Watcher
+from hecated.core.layout import Layout
 
 # -- in-process: a registry and its watcher over a real tree ---------------------------
 
@@ -90,7 +90,7 @@ def test_one_save_is_one_refresh(home: Path) -> None:
 
 def test_broken_toml_is_invalid_with_its_line_then_valid_again(home: Path, caplog) -> None:
     root = home / ".hecate"
-    caplog.set_level(logging.INFO, "hecated.registry")
+    caplog.set_level(logging.INFO, "hecated.core.registry")
     with watching(root) as (reg, watcher):
         ns = make_plugin(root, "alpha")
         assert watcher.settle()
@@ -250,7 +250,7 @@ def test_overflow_rebuilds_and_rescans(home: Path) -> None:
         assert version_of(reg, "alpha") == "1.0"  # missed, as designed for this test
         import struct
 
-        from hecated.watch import IN
+        from hecated.adapters.watch import IN
 
         emitter._handle(struct.pack("iIII", -1, IN.IN_Q_OVERFLOW, 0, 0))
         assert watcher.settle()
@@ -420,7 +420,7 @@ def test_watcher_on_missing_parent_waits(home: Path) -> None:
     """A root whose parent does not exist yet: the watcher retries instead of failing."""
     root = home / "later" / ".hecate"
     layout = Layout.at(root)
-    from hecated.registry import Registry
+    from hecated.core.registry import Registry
 
     reg = Registry(layout)
     watcher = Watcher(reg, timeout=0.1).start()

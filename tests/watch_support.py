@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hecated.layout import Layout
-from hecated.registry import Registry
-from hecated.watch import Watcher
+from hecated.adapters.watch import Watcher
+from hecated.core.layout import Layout
+from hecated.core.registry import Registry
 
 
 def manifest_text(name: str, version: str = "1.0", description: str = "") -> str:

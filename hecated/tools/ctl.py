@@ -19,8 +19,8 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
-from . import __version__
-from .client import (
+from hecated import __version__
+from hecated.client import (
     ApiError,
     ClientError,
     DaemonUnavailableError,
@@ -340,7 +340,7 @@ def cmd_status(client: HecateClient, args: argparse.Namespace) -> Exit:
 
 
 def cmd_doctor(client: HecateClient, args: argparse.Namespace) -> Exit:
-    from .doctor import diagnose  # reads the disk; only this command needs it
+    from hecated.tools.doctor import diagnose  # reads the disk; only this command needs it
 
     report = diagnose(client)
     if args.json:

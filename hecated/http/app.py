@@ -26,8 +26,8 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import __version__, openapi
-from .errors import (
+from hecated import __version__
+from hecated.core.errors import (
     BusyError,
     HecateError,
     InvalidFieldError,
@@ -38,9 +38,10 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .registry import Plugin, Registry
+from hecated.core.registry import Plugin, Registry
+from hecated.http import openapi
 
-log = logging.getLogger("hecated.api")
+log = logging.getLogger("hecated.http.app")
 
 MAX_BODY = 64 * 1024
 PEER_KEY = "hecated.peer"

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from . import manifest
-from .errors import (
+from hecated.core import manifest
+from hecated.core.errors import (
     BusyError,
     NotFoundError,
     PluginRunningError,
@@ -27,7 +27,7 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .files import (
+from hecated.core.files import (
     GroupCommit,
     open_dir,
     open_root,
@@ -36,12 +36,12 @@ from .files import (
     remove_file,
     remove_stale_temps,
 )
-from .layout import INDEX_CACHE_FILE, MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
-from .manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, ManifestError, check_text
-from .manifestcache import ManifestCache, key_of, now_ns
-from .procwatch import ProcessWatcher
+from hecated.core.layout import INDEX_CACHE_FILE, MANIFEST_NAME, PID_FILE, STATE_FILE, Layout
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, ManifestError, check_text
+from hecated.core.manifestcache import ManifestCache, key_of, now_ns
+from hecated.core.procwatch import ProcessWatcher
 
-log = logging.getLogger("hecated.registry")
+log = logging.getLogger("hecated.core.registry")
 
 RUNNING = "running"
 STOPPED = "stopped"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .files import (
+from hecated.core.files import (
     atomic_write,
     open_dir,
     opened,
@@ -18,7 +18,7 @@ from .files import (
     remove_file,
     remove_stale_temps,
 )
-from .layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, STATE_FILE, Layout
+from hecated.core.layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, STATE_FILE, Layout
 
 
 class LockedError(RuntimeError):

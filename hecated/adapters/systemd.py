@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("hecated.systemd")
+log = logging.getLogger("hecated.adapters.systemd")
 
 LISTEN_FDS_START = 3
 # The name hecate.socket gives its fd (FileDescriptorName=api); a socket unit

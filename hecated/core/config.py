@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .layout import Layout, default_root
+from hecated.core.layout import Layout, default_root
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers"}

@@ -18,7 +18,7 @@ import select
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("hecated.procwatch")
+log = logging.getLogger("hecated.core.procwatch")
 
 
 class ProcessWatcher:

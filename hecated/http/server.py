@@ -41,9 +41,9 @@ from waitress.channel import HTTPChannel
 from waitress.server import UnixWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from .api import PEER_KEY, Peer
+from hecated.http.app import PEER_KEY, Peer
 
-log = logging.getLogger("hecated.server")
+log = logging.getLogger("hecated.http.server")
 # waitress warns on every queued task ("Task queue depth is N"): noise, not news.
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 

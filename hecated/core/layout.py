@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from .errors import InvalidNameError, NameTooLongError, ReservedNameError
-from .files import open_dir, open_root, opened
+from hecated.core.errors import InvalidNameError, NameTooLongError, ReservedNameError
+from hecated.core.files import open_dir, open_root, opened
 
 PRIMARY_NAME = "hecate-daemon"
 SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", "sockets", "run", "connectors")

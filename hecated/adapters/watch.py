@@ -65,10 +65,10 @@ from watchdog.observers.inotify_c import (
     inotify_rm_watch,
 )
 
-from .layout import MANIFEST_NAME, PID_FILE, STATE_FILE
-from .registry import Registry
+from hecated.core.layout import MANIFEST_NAME, PID_FILE, STATE_FILE
+from hecated.core.registry import Registry
 
-log = logging.getLogger("hecated.watch")
+log = logging.getLogger("hecated.adapters.watch")
 
 RUN_DIR = "run"
 RUN_FILES = frozenset({PID_FILE, STATE_FILE})

@@ -15,13 +15,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .client import DaemonUnavailableError, HecateClient
-from .config import ConfigError, resolve
-from .layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
-from .manifest import MAX_FILE_BYTES, ManifestError, parse
-from .registry import pid_alive
-from .server import _answers as socket_answers  # the daemon's own stale-socket test
-from .units import COMMANDS, UNIT_NAMES, user_unit_dir
+from hecated.client import DaemonUnavailableError, HecateClient
+from hecated.core.config import ConfigError, resolve
+from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
+from hecated.core.manifest import MAX_FILE_BYTES, ManifestError, parse
+from hecated.core.registry import pid_alive
+from hecated.http.server import _answers as socket_answers  # the daemon's own stale-socket test
+from hecated.tools.units import COMMANDS, UNIT_NAMES, user_unit_dir
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
 START_HINT = "systemctl --user start hecate.socket (or run `hecated`)"
@@ -119,7 +119,7 @@ def _layout() -> tuple[Layout, str | None]:
     try:
         return resolve({}).layout, None
     except ConfigError as exc:
-        from .layout import default_root
+        from hecated.core.layout import default_root
 
         return Layout.at(default_root()), f"hecated's configuration is invalid: {exc}"
 

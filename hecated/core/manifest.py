@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from .errors import InvalidFieldError, UnsafePathError
-from .files import Sync, atomic_write, read_regular
-from .layout import MANIFEST_NAME
+from hecated.core.errors import InvalidFieldError, UnsafePathError
+from hecated.core.files import Sync, atomic_write, read_regular
+from hecated.core.layout import MANIFEST_NAME
 
 SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024

@@ -23,9 +23,9 @@ import threading
 import time
 from datetime import datetime
 
-from .errors import UnsafePathError
-from .files import atomic_write, read_regular
-from .manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, check_text
+from hecated.core.errors import UnsafePathError
+from hecated.core.files import atomic_write, read_regular
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, check_text
 
 log = logging.getLogger("hecated.cache")
 

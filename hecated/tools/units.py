@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import HecateError
-from .files import atomic_write, opened
+from hecated.core.errors import HecateError
+from hecated.core.files import atomic_write, opened
 
 UNIT_NAMES = ("hecate.socket", "hecate.service")
 DISTRO_EXEC = "/usr/bin/hecated"
@@ -46,7 +46,7 @@ def distro_unit(name: str) -> str:
     try:
         return (resources.files("hecated._units") / name).read_text(encoding="utf-8")
     except ModuleNotFoundError:  # running from a source tree that was never installed
-        return (Path(__file__).resolve().parent.parent / "units" / name).read_text("utf-8")
+        return (Path(__file__).resolve().parents[2] / "units" / name).read_text("utf-8")
 
 
 def this_hecated() -> Path:

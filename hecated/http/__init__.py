@@ -1,0 +1,1 @@
+"""The edge: the Werkzeug app, the waitress serving layer and the OpenAPI description."""

@@ -1,0 +1,1 @@
+"""Programs for people: hecatectl, its doctor, and install-units."""
