@@ -354,3 +354,13 @@ def test_post_rescan_counts_what_is_on_disk_now(daemon: Daemon) -> None:
     status, _, body = daemon.request("POST", "/api/rescan")
     assert (status, body) == (200, {"ok": True, "plugins": 1})
     wait_for(lambda: "rescanned the tree (pass 1): 1 plugin(s)" in daemon.log())
+
+
+def test_sighup_and_post_rescan_run_the_same_passes(daemon: Daemon) -> None:
+    """One rescan: a SIGHUP's pass and an HTTP request's pass are numbered in one series."""
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "rescanned the tree (pass 1): 0 plugin(s)" in daemon.log())
+    assert daemon.register("after-hup")[0] == 201
+    status, _, body = daemon.request("POST", "/api/rescan")
+    assert (status, body) == (200, {"ok": True, "plugins": 1})
+    assert "rescanned the tree (pass 2): 1 plugin(s)" in daemon.log()
