@@ -166,15 +166,16 @@ class HecateApp:
         registry: Registry,
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rescan: Callable[[], int] | None = None,
     ) -> None:
         self.registry = registry
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self._clock = clock
         self._started = clock()
-        # The whole tree again: the daemon swaps in its watcher's rescan, which
-        # also rebuilds the watches.
-        self.rescan: Callable[[], int] = registry.scan
+        # The whole tree again: the daemon hands in its coalesced rescan (the one
+        # SIGHUP uses, which also rebuilds the watches); alone, a plain scan.
+        self.rescan: Callable[[], int] = rescan or registry.scan
         self._list_cache: tuple[int, bytes] | None = None
         self._fragments: dict[str, tuple[Plugin, bytes]] = {}
         self._fragments_lock = threading.Lock()
