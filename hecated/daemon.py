@@ -190,10 +190,12 @@ def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
             threading.Event().wait()
 
     runfiles.set_state("running")
+    app.set_status("healthy")  # /health: status healthy, ready true
     log.info("serving %d plugin(s) on %s", count, config.layout.api_socket)
     try:
         server.serve(tick)
     finally:
+        app.set_status("stopping")
         notifier.stopping()
         supervisor.stop()
         runfiles.set_state("stopping")

@@ -10,7 +10,6 @@ no TCP socket at all.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import select
@@ -230,10 +229,7 @@ def _post(path: Path, body, headers: dict[str, str], chunked: bool = False):
 def test_a_client_sending_8_mib_reads_the_413_before_the_close(served, chunked: bool) -> None:
     """Lingering close: http.client finishes sending, then reads the answer (no EPIPE)."""
     s = served()
-    if chunked:
-        body = (b"x" * 65536 for _ in range(EIGHT_MIB // 65536))
-    else:
-        body = b"x" * EIGHT_MIB
+    body = (b"x" * 65536 for _ in range(EIGHT_MIB // 65536)) if chunked else b"x" * EIGHT_MIB
     status, headers, answer = _post(
         s.path, body, {"Content-Type": "application/json"}, chunked=chunked
     )
