@@ -126,6 +126,7 @@ class _ErrorTask(ErrorTask):
 
     def execute(self) -> None:
         error = self.request.error
+        self.channel.linger_on_close = True  # the refused request may still be arriving
         code = code_of_status(error.code)
         body = encode(error_body(code, f"{error.reason}: {error.body}"))
         self.status = f"{error.code} {error.reason}"
@@ -143,12 +144,14 @@ class _ErrorTask(ErrorTask):
 class _Channel(HTTPChannel):
     """One connection: its peer is read once, when it is accepted, from the kernel.
 
-    A connection that is to close once its answer is out (a refusal, or a
-    client's ``Connection: close``) closes the lingering way: the answer is
-    flushed, our half is shut (the client reads EOF after the answer), and what
-    the client still sends is read and thrown away until it closes its half, or
-    ``linger_bytes``/``linger_seconds`` run out. Closing at once would make the
-    kernel reset a client still sending its body, which then never reads the 413.
+    A connection closed after one of the serving layer's own refusals (body or
+    headers too large, a malformed request) closes the lingering way: the answer
+    is flushed, our half is shut (the client reads EOF after the answer), and
+    what the client still sends is read and thrown away until it closes its
+    half, or ``linger_bytes``/``linger_seconds`` run out. Closing at once would
+    make the kernel reset a client still sending its body, which then never
+    reads the 413. Other closes (``Connection: close`` after a request read
+    whole) stay as waitress makes them.
     """
 
     task_class = _Task
@@ -159,6 +162,7 @@ class _Channel(HTTPChannel):
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
         self.peer = Peer.of(sock)
         self.request_started = 0.0
+        self.linger_on_close = False
         self.lingering_since: float | None = None
         self.linger_left = 0
         super().__init__(server, sock, addr, adj, map)
@@ -170,7 +174,7 @@ class _Channel(HTTPChannel):
             if self.will_close:
                 self.handle_close()
             return
-        if self.close_when_flushed and not self.will_close:
+        if self.linger_on_close and self.close_when_flushed and not self.will_close:
             # As waitress does (no task runs once close_when_flushed is set), then linger.
             _, failed = self._flush_exception(self._flush_some)
             if failed:
@@ -190,7 +194,9 @@ class _Channel(HTTPChannel):
             return
         self.lingering_since = time.monotonic()
         self.linger_left = self.linger_bytes
-        self.request = None  # whatever the parser made of the unread body: discarded
+        if self.request is not None:  # whatever the parser made of the unread body
+            self.request.close()
+            self.request = None
 
     def readable(self) -> bool:
         if self.lingering_since is not None:
