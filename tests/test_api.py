@@ -12,6 +12,7 @@ from werkzeug.test import Client
 from hecated import __version__
 from hecated.core.layout import Layout
 from hecated.core.registry import Registry
+from hecated.http import openapi
 from hecated.http.app import HecateApp
 from hecated.protocol import MAX_BODY, PEER_ENVIRON_KEY, Peer
 
@@ -194,6 +195,8 @@ def test_busy_long_polls_get_503_with_retry_after(client: Client, app: HecateApp
     resp = client.get(f"/api/plugins?since={app.registry.seq}&wait=5")
     _error(resp, 503, "busy")
     assert resp.headers["Retry-After"] == "1"
+    promised = openapi.spec()["components"]["responses"]["Busy"]["headers"]
+    assert set(promised) == {"Retry-After"}  # what the description promises is sent
 
 
 def test_rescan_answers_with_the_seq(client: Client, app: HecateApp) -> None:
