@@ -204,6 +204,7 @@ class Lifecycle:
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry)
         self.server: UnixServer | None = None
+        self.app: HecateApp | None = None
         self.supervisor: Supervisor | None = None
         self.plugins_at_start = 0
         self._began = 0.0
@@ -220,6 +221,8 @@ class Lifecycle:
             return 1
         assert self.server is not None
         self.runfiles.set_state("running")
+        assert self.app is not None
+        self.app.set_status("healthy")  # /health: status healthy, ready true
         log.info("serving %d plugin(s) on %s", self.plugins_at_start, self.config.layout.api_socket)
         try:
             self.server.serve(self.tick)
@@ -249,7 +252,7 @@ class Lifecycle:
             self.notifier.status(f"cannot start: {exc}")
             return False
         registry.max_waiters = config.max_waiters
-        app = HecateApp(registry, rescan=self.rescan)
+        self.app = app = HecateApp(registry, rescan=self.rescan)
         self.server = server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
@@ -286,6 +289,8 @@ class Lifecycle:
     def shutdown(self) -> None:
         """In order: tell the manager, stop answering long polls, stop the adapters,
         finish the requests in flight, keep the cache for the next start."""
+        if self.app is not None:
+            self.app.set_status("stopping")
         with self._notify_lock:
             self._stopping = True
             self.notifier.stopping()

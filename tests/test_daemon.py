@@ -94,7 +94,7 @@ def test_bad_input_gets_json_4xx_and_creates_nothing(daemon: Daemon) -> None:
         )
         assert status == expected, answer
         assert hdrs["Content-Type"] == "application/json"
-        assert set(answer["error"]) == {"code", "message"}
+        assert set(answer) == {"ok", "error", "code"} and answer["ok"] is False
     assert sorted(os.listdir(daemon.root)) == before
     assert daemon.proc.poll() is None
 
