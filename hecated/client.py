@@ -31,12 +31,18 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from hecated.core.layout import PID_FILE, SOCKET_NAME, STATE_FILE, Layout, default_root
+from hecated.protocol import (
+    NAME_CODES,
+    RETRY_AFTER_HEADER,
+    SEQ_HEADER,
+    Code,
+    HealthStatus,
+    parse_error,
+)
 
-SEQ_HEADER = "X-Hecate-Seq"
 # What a connect sees while the socket is being (re)created: no file yet, or a
 # file nobody listens on yet. Worth retrying for a moment; anything else is not.
 ACTIVATION_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
-NAME_CODES = frozenset({"invalid_name", "name_too_long", "reserved_name"})
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -128,7 +134,7 @@ def _time(value: Any) -> datetime | None:
 
 @dataclass(frozen=True)
 class PluginPaths:
-    """The registration answer: a plugin's namespace and its directories.
+    """The registration answer (beside its ``ok``): a plugin's namespace and its directories.
 
     ``paths`` is the spec's object as sent (keys ``sqlite``, ``reckon_db``,
     ``sockets``, ``run``, ``connectors``); the properties hand out ``Path``s.
@@ -262,13 +268,18 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Health:
-    """``GET /health``: who answers, since when, with how many plugins."""
+    """``GET /health``: is the daemon serving (``status``, ``ready``), since when, and
+    how each plugin is (``plugins``: name -> ``ok``, ``stopped``, ``degraded`` or a
+    short reason)."""
 
     status: str
+    ready: bool
+    service: str
     version: str
+    uptime_seconds: int
+    plugins: dict[str, str]
+    plugin_count: int
     pid: int | None
-    plugins: int
-    uptime_seconds: float
     socket: str
     data_dir: str
     seq: int | None = None
@@ -276,12 +287,19 @@ class Health:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Health:
+        plugins = data.get("plugins")
+        plugins = {str(k): str(v) for k, v in plugins.items()} if isinstance(plugins, dict) else {}
+        count = data.get("plugin_count")
+        status = data.get("status", "unknown")
         return cls(
-            status=data.get("status", "unknown"),
+            status=status,
+            ready=bool(data.get("ready", status == HealthStatus.HEALTHY)),
+            service=data.get("service", ""),
             version=data.get("version", ""),
+            uptime_seconds=int(data.get("uptime_seconds", 0)),
+            plugins=plugins,
+            plugin_count=int(count) if isinstance(count, int) else len(plugins),
             pid=data.get("pid"),
-            plugins=int(data.get("plugins", 0)),
-            uptime_seconds=float(data.get("uptime_seconds", 0.0)),
             socket=data.get("socket", ""),
             data_dir=data.get("data_dir", ""),
             seq=data.get("seq"),
@@ -431,8 +449,9 @@ class HecateClient:
             raise ClientError(
                 f"the daemon sent something that is not JSON (HTTP {resp.status}): {raw[:200]!r}"
             ) from None
-        if resp.status == 503 and _error_code(payload) == "busy":
-            raise _Retry("the daemon is busy", _retry_after(resp.getheader("Retry-After")))
+        error = parse_error(payload) if resp.status >= 400 else None
+        if resp.status == 503 and error is not None and error[0] == Code.BUSY:
+            raise _Retry("the daemon is busy", _retry_after(resp.getheader(RETRY_AFTER_HEADER)))
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, payload)
 
     # -- the API ------------------------------------------------------------------------
@@ -490,12 +509,6 @@ def _snapshot(resp: Response) -> Snapshot:
     return Snapshot(number, [PluginSummary.from_json(p) for p in resp.body or []])
 
 
-def _error_code(payload: Any) -> str | None:
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        return payload["error"].get("code")
-    return None
-
-
 def _retry_after(value: str | None) -> float | None:
     try:
         return min(float(value), 1.0) if value else None
@@ -506,10 +519,7 @@ def _retry_after(value: str | None) -> float | None:
 def _check(resp: Response) -> Response:
     if resp.status < 400:
         return resp
-    err = resp.body.get("error") if isinstance(resp.body, dict) else None
-    err = err if isinstance(err, dict) else {}
+    code, message = parse_error(resp.body) or ("", "")
     raise ApiError.from_response(
-        resp.status,
-        str(err.get("code") or f"http_{resp.status}"),
-        str(err.get("message") or f"HTTP {resp.status}"),
+        resp.status, code or f"http_{resp.status}", message or f"HTTP {resp.status}"
     )

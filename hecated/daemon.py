@@ -1,20 +1,23 @@
 """The composition root: wires layout, registry, API and server into a running daemon.
 
-Nothing here is clever. It orders start-up so that the index is loaded before
-the first request is accepted, and shut-down so that requests in flight
-finish before the run files say ``stopped``.
+Nothing here is clever. One object, ``Lifecycle`` (shaped like uvicorn's
+``Server``), owns the daemon's life: ``startup`` loads the index before the
+first request is accepted, ``tick`` runs on every turn of the serving loop,
+the signal handlers only ask for things, ``rescan`` is the one way the tree is
+read again (SIGHUP and ``POST /api/rescan`` alike), and ``shutdown`` lets
+requests in flight finish before the run files say ``stopped``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hecated.adapters.systemd import (
@@ -26,23 +29,15 @@ from hecated.adapters.systemd import (
     journal_handler,
     listen_fds,
     stderr_is_journal,
-    watchdog_timeout,
 )
 from hecated.core.config import Config
-from hecated.core.errors import HecateError
+from hecated.core.errors import BusyError, HecateError
 from hecated.core.registry import RUNNING, Registry
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.app import HecateApp
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 
 log = logging.getLogger("hecated")
-
-# Test-only hook, off unless this variable is "1": SIGUSR2 then freezes the
-# serving loop for good, so the end-to-end tests can prove that systemd's
-# watchdog kills a daemon whose loop is stuck. Nothing else reads it.
-TEST_HOOKS_ENV = "HECATED_TEST_HOOKS"
-# Deferred start-up work waits for the first answer, but not longer than this.
-SETTLE_AFTER = 1.0
 
 
 def setup_logging(level: str) -> None:
@@ -54,24 +49,19 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def use_journal() -> bool:
+def use_journal(journal_stream: str) -> bool:
     """Structured records to journald, when stderr is the journal (``JOURNAL_STREAM``).
 
     Called once the first request is answered: until then records go to stderr,
     which systemd already feeds to the journal (only the fields are missing), and
     the first answer does not wait for ``systemd.journal`` to import.
     """
-    handler = journal_handler() if stderr_is_journal() else None
+    handler = journal_handler() if stderr_is_journal(journal_stream) else None
     if handler is None:
         return False
     logging.getLogger().handlers[:] = [handler]
     log.info("logging to the journal")
     return True
-
-
-def after_first_answer() -> None:
-    """Start-up work no first request needs: it runs once the first answer has gone out."""
-    use_journal()
 
 
 def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, Path | None]:
@@ -108,109 +98,288 @@ def run(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return 1
     try:
-        return _serve(config, runfiles, passed)
+        return Lifecycle(config, runfiles, passed).run()
     finally:
         runfiles.release()
 
 
-def _serve(config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> int:
-    notifier = Notifier()
-    notifier.status("loading the index")
-    registry = Registry(config.layout)
-    cached = registry.load_cache()
-    began = time.monotonic()
-    count = registry.scan()
-    log.debug(
-        "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid)",
-        count,
-        (time.monotonic() - began) * 1000,
-        registry.cache.hits,
-        cached,
-    )
-    try:
-        sock, owned = take_socket(config, passed)
-    except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
-        log.error("cannot start: %s", exc)
-        notifier.status(f"cannot start: {exc}")
-        return 1
-    # Long polls may take at most half the workers: the rest keep answering.
-    registry.max_waiters = max(1, config.workers // 2)
-    app = HecateApp(registry)
-    server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
-    watching = _Watching(registry, app)
-    supervisor = Supervisor(
-        notifier, lambda: server.heartbeat, lambda: status_line(registry), watchdog_timeout()
-    )
-    registry.subscribe(supervisor.changed)
+class Rescans:
+    """Rescans of the tree, one at a time, none dropped: the pending-flag pattern.
 
-    def on_stop(signum: int, _frame: object) -> None:
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        server.shutdown()
+    Whoever wants the tree read again (SIGHUP, ``POST /api/rescan``) calls
+    ``request``: it never blocks, so a signal handler may call it. Requests that
+    arrive while a pass runs leave work pending, and the one thread that runs
+    passes runs exactly one more when it finishes, however many arrived. The
+    pending flag is a count (``requested > covered``) rather than a bool, so a
+    caller who waits learns the result of a pass that started after its request,
+    never one that was already half-way through the tree when it asked.
+    """
 
-    reloading = threading.Lock()  # SIGHUPs that arrive during a rescan join it
+    def __init__(self, run_pass: Callable[[], int]) -> None:
+        self._run_pass = run_pass
+        # Reentrant: a signal handler runs on the main thread, perhaps inside close().
+        self._cond = threading.Condition(threading.RLock())
+        self._requested = 0  # requests so far
+        self._covered = 0  # requests the last finished pass started after
+        self._outcome: tuple[int, BaseException | None] = (0, None)
+        self._closed = False
+        self.passes = 0
+        self._thread = threading.Thread(target=self._run, name="hecated-rescan", daemon=True)
 
-    def on_reload(_signum: int, _frame: object) -> None:
-        threading.Thread(
-            target=_rescan,
-            args=(reloading, watching, registry, notifier),
-            name="hecated-rescan",
-            daemon=True,
-        ).start()
+    @property
+    def pending(self) -> bool:
+        """Some request is not yet covered by a finished pass."""
+        with self._cond:
+            return self._requested > self._covered
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_reload)
-    frozen = _test_freeze_hook()
-    started = settled = False
-    begun = time.monotonic()
+    def start(self) -> None:
+        """Start running passes (requests made before this wait for it)."""
+        self._thread.start()
 
-    def tick() -> None:
-        nonlocal started, settled
-        if not started:  # the loop has turned once: the socket is being served
-            started = True
-            notifier.ready(status_line(registry))
-            if notifier.enabled:
-                supervisor.start()
-        # Settle once no connection is open (the first answer is out), or after
-        # SETTLE_AFTER when a keep-alive client holds its connection open.
-        if not settled and (server.idle_for() > 0 or time.monotonic() - begun > SETTLE_AFTER):
-            settled = True
-            after_first_answer()
-            # The rest too: the first answer never waits for a listdir per namespace
-            # or for thousands of inotify watches (the watcher's own rescan covers
-            # edits made until then).
-            threading.Thread(
-                target=_settle, args=(registry, watching), name="hecated-settle", daemon=True
-            ).start()
-        if config.idle_timeout and server.idle_for() >= config.idle_timeout:
-            log.info("idle for %.0f s: exiting until the next connection", config.idle_timeout)
+    def request(self) -> int:
+        """Ask for a pass that starts after now; returns the ticket ``wait`` takes."""
+        with self._cond:
+            self._requested += 1
+            self._cond.notify_all()
+            return self._requested
+
+    def wait(self, ticket: int, timeout: float | None = None) -> int:
+        """The plugin count of a pass that started after ``ticket`` was issued.
+
+        Raises what that pass raised, or ``BusyError`` when the daemon stops first.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._covered >= ticket or self._closed, timeout)
+            if self._covered < ticket:
+                raise BusyError("the daemon is shutting down: the tree was not rescanned")
+            count, error = self._outcome
+        if error is not None:
+            raise error
+        return count
+
+    def __call__(self) -> int:
+        """Request a pass and wait for it: what ``POST /api/rescan`` runs."""
+        return self.wait(self.request())
+
+    def close(self, timeout: float = 10.0) -> None:
+        """No pass starts after this one; waiters not covered are told so."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._requested > self._covered or self._closed)
+                if self._closed:
+                    return
+                covering = self._requested
+                self.passes += 1
+            try:
+                outcome: tuple[int, BaseException | None] = (self._run_pass(), None)
+            except Exception as exc:  # the waiters get it; the next request tries again
+                outcome = (0, exc)
+            with self._cond:
+                self._covered = covering
+                self._outcome = outcome
+                self._cond.notify_all()
+
+
+class Lifecycle:
+    """The daemon's life, owned in one place: startup, the loop's tick, signals, shutdown.
+
+    The serving loop (``UnixServer.serve``) runs on the main thread and calls
+    ``tick`` on every turn; everything slow happens on other threads. The
+    signal handlers only ask (stop, rescan) and never block.
+    """
+
+    def __init__(self, config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> None:
+        self.config = config
+        self.runfiles = runfiles
+        self.passed = passed
+        self.notifier = Notifier(config.notify)
+        self.registry = Registry(config.layout)
+        self.rescans = Rescans(self._rescan_pass)
+        self.watching = _Watching(self.registry)
+        self.server: UnixServer | None = None
+        self.app: HecateApp | None = None
+        self.supervisor: Supervisor | None = None
+        self.plugins_at_start = 0
+        self._began = 0.0
+        self._ready = False  # READY=1 sent: the loop has turned once
+        self._deferred = False  # the after-first-answer work has been started
+        self._stopping = False  # STOPPING=1 sent: no READY=1 may follow
+        self._notify_lock = threading.Lock()
+
+    # -- the whole life -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a signal or the idle timeout; 0 after a clean stop, 1 if never started."""
+        if not self.startup():
+            return 1
+        assert self.server is not None
+        self.runfiles.set_state("running")
+        assert self.app is not None
+        self.app.set_status("healthy")  # /health: status healthy, ready true
+        log.info("serving %d plugin(s) on %s", self.plugins_at_start, self.config.layout.api_socket)
+        try:
+            self.server.serve(self.tick)
+        finally:
+            self.shutdown()
+        log.info("stopped")
+        return 0
+
+    def startup(self) -> bool:
+        """The index loaded, the socket taken, the parts built, the signals handled."""
+        config, registry = self.config, self.registry
+        self.notifier.status("loading the index")
+        cached = registry.load_cache()
+        began = time.monotonic()
+        self.plugins_at_start = registry.scan()
+        log.debug(
+            "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid)",
+            self.plugins_at_start,
+            (time.monotonic() - began) * 1000,
+            registry.cache.hits,
+            cached,
+        )
+        try:
+            sock, owned = take_socket(config, self.passed)
+        except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            self.notifier.status(f"cannot start: {exc}")
+            return False
+        registry.max_waiters = config.max_waiters
+        self.app = app = HecateApp(registry, rescan=self.rescan)
+        self.server = server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
+        self.supervisor = Supervisor(
+            self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
+        )
+        registry.subscribe(self.supervisor.changed)
+        self.rescans.start()
+        signal.signal(signal.SIGTERM, self.handle_exit)
+        signal.signal(signal.SIGINT, self.handle_exit)
+        signal.signal(signal.SIGHUP, self.handle_reload)
+        self._began = time.monotonic()
+        return True
+
+    def tick(self) -> None:
+        """One turn of the serving loop: readiness, deferred start-up work, idle exit."""
+        server = self.server
+        assert server is not None and self.supervisor is not None
+        if not self._ready:  # the loop has turned once: the socket is being served
+            self._ready = True
+            self.notifier.ready(self.status_line())
+            if self.notifier.enabled:
+                self.supervisor.start()  # pings only while this loop's heartbeat is fresh
+        # Once no connection is open (the first answer is out), or after defer_at_most
+        # when a keep-alive client holds its connection open.
+        if not self._deferred and (
+            server.idle_for() > 0 or time.monotonic() - self._began > self.config.defer_at_most
+        ):
+            self._deferred = True
+            self._after_first_answer()
+        idle = self.config.idle_timeout
+        if idle and server.idle_for() >= idle:
+            log.info("idle for %.0f s: exiting until the next connection", idle)
             server.shutdown()
-        if frozen.is_set():
-            log.warning("test hook: freezing the serving loop")
-            threading.Event().wait()
 
-    runfiles.set_state("running")
-    log.info("serving %d plugin(s) on %s", count, config.layout.api_socket)
-    try:
-        server.serve(tick)
-    finally:
-        notifier.stopping()
-        supervisor.stop()
-        runfiles.set_state("stopping")
-        registry.close()  # long polls answer now, so the workers can finish
-        watching.stop()
-        server.close()
-        registry.save_cache()
-    log.info("stopped")
-    return 0
+    def shutdown(self) -> None:
+        """In order: tell the manager, stop answering long polls, stop the adapters,
+        finish the requests in flight, keep the cache for the next start."""
+        if self.app is not None:
+            self.app.set_status("stopping")
+        with self._notify_lock:
+            self._stopping = True
+            self.notifier.stopping()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        self.runfiles.set_state("stopping")
+        self.registry.close()  # long polls answer now, so the workers can finish
+        self.rescans.close()  # a pass under way finishes; waiters not covered get 503
+        self.watching.stop()  # adapters stop here, beside the watcher
+        if self.server is not None:
+            self.server.close()
+        self.registry.save_cache()
+
+    # -- signals: they ask, they never block ----------------------------------------------
+
+    def handle_exit(self, signum: int, _frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        if self.server is not None:
+            self.server.shutdown()
+
+    def handle_reload(self, _signum: int, _frame: object) -> None:
+        """SIGHUP (``systemctl reload``): a rescan, run on the rescan thread."""
+        self.rescans.request()
+
+    # -- the one rescan -------------------------------------------------------------------
+
+    def rescan(self) -> int:
+        """Rescan the tree with a pass that starts after this call; the plugin count.
+
+        ``POST /api/rescan`` calls this; SIGHUP asks for the same pass without
+        waiting. Calls that arrive during a pass share the next one.
+        """
+        return self.rescans()
+
+    def _rescan_pass(self) -> int:
+        """One pass, on the rescan thread: RELOADING=1, the tree read, READY=1."""
+        with self._notify_lock:
+            announce = self._ready and not self._stopping
+            if announce:
+                self.notifier.reloading()
+        try:
+            count = self.watching.rescan()
+        except Exception:
+            log.exception("rescanning the tree failed")
+            raise
+        finally:
+            with self._notify_lock:
+                if announce and not self._stopping:  # never READY=1 after STOPPING=1
+                    self.notifier.ready(self.status_line())
+        log.info(
+            "rescanned the tree (pass %d): %d plugin(s)",
+            self.rescans.passes,
+            count,
+            extra={"hecate_action": "rescan"},
+        )
+        return count
+
+    # -- after the first answer -------------------------------------------------------------
+
+    def _after_first_answer(self) -> None:
+        """Start-up work no first request needs, started once the first answer is out.
+
+        The journal first (records until then went to stderr, which systemd feeds
+        to the journal anyway); the rest on a thread, so the first answer never
+        waits for a listdir per namespace or for thousands of inotify watches (the
+        watcher's own rescan covers edits made until then).
+        """
+        use_journal(self.config.journal_stream)
+        threading.Thread(target=self._deferred_work, name="hecated-deferred", daemon=True).start()
+
+    def _deferred_work(self) -> None:
+        """In the order it matters: crashed writers' temp files (a registration racing
+        this is safe: our own temp files carry files.OWNER and are never touched),
+        the manifest cache for the next start, then the adapters (the watcher)."""
+        removed = self.registry.clean_temps()
+        if removed:
+            log.info("removed %d temp file(s) left by a crashed writer", removed)
+        self.registry.save_cache()
+        self.watching.start()  # adapters start here, beside the watcher
+
+    def status_line(self) -> str:
+        return status_line(self.registry)
 
 
 class _Watching:
     """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
 
-    def __init__(self, registry: Registry, app: HecateApp) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.app = app
         self.watcher = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -226,7 +395,6 @@ class _Watching:
             except Exception:
                 log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
                 return
-            self.app.rescan = self.watcher.rescan
         log.info(
             "watching %s (%d inotify watches)", self.registry.layout.root, self.watcher.watch_count
         )
@@ -236,29 +404,11 @@ class _Watching:
         watcher = self.watcher
         return watcher.rescan() if watcher is not None else self.registry.scan()
 
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
-
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
             if self.watcher is not None:
                 self.watcher.stop()
-
-
-def _settle(registry: Registry, watching: _Watching) -> None:
-    """Start-up work that waits for the first answer, in the order it matters.
-
-    Crashed writers' temp files go first (a registration racing this is safe:
-    our own temp files carry files.OWNER and are never touched), then the
-    manifest cache is saved for the next start, then the watcher starts.
-    """
-    removed = registry.clean_temps()
-    if removed:
-        log.info("removed %d temp file(s) left by a crashed writer", removed)
-    registry.save_cache()
-    watching.start()
 
 
 def status_line(registry: Registry) -> str:
@@ -267,32 +417,3 @@ def status_line(registry: Registry) -> str:
     running = sum(1 for p in plugins if p.status == RUNNING)
     noun = "plugin" if len(plugins) == 1 else "plugins"
     return f"{len(plugins)} {noun} registered, {running} running"
-
-
-def _test_freeze_hook() -> threading.Event:
-    """See TEST_HOOKS_ENV: an event SIGUSR2 sets, and nothing sets otherwise."""
-    frozen = threading.Event()
-    if os.environ.get(TEST_HOOKS_ENV) == "1":
-        signal.signal(signal.SIGUSR2, lambda _s, _f: frozen.set())
-    return frozen
-
-
-def _rescan(
-    reloading: threading.Lock, watching: _Watching, registry: Registry, notifier: Notifier
-) -> None:
-    """SIGHUP: RELOADING=1, the tree rescanned, READY=1 whatever happened in between."""
-    if not reloading.acquire(blocking=False):
-        return  # a rescan is running; it covers this signal too
-    try:
-        if watching.stopped:
-            return  # shutting down: no READY=1 after STOPPING=1
-        notifier.reloading()
-        try:
-            count = watching.rescan()
-            log.info("rescanned the tree: %d plugin(s)", count, extra={"hecate_action": "rescan"})
-        except Exception:
-            log.exception("rescanning the tree failed")
-        finally:
-            notifier.ready(status_line(registry))
-    finally:
-        reloading.release()

@@ -39,6 +39,26 @@ def needs(condition: bool, why: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not condition, reason=why)
 
 
+# hecated exactly as shipped, started through a wrapper that adds the one thing the
+# daemon itself never does: SIGUSR2 freezes the main thread, which is the serving
+# loop (Python runs signal handlers there), for good. The supervisor thread runs on,
+# so the watchdog tests see hecated's own heartbeat check withhold the pings. The
+# wrapper lives here, not in hecated/: nothing in the shipped daemon can freeze it.
+FREEZE_ON_SIGUSR2 = (
+    "import signal, sys, threading; "
+    "from hecated.cli import hecated_main; "
+    "signal.signal(signal.SIGUSR2, lambda *_: threading.Event().wait()); "
+    "sys.exit(hecated_main())"
+)
+FREEZABLE_HECATED = [str(HECATED.parent / "python"), "-c", FREEZE_ON_SIGUSR2]
+
+
+def freezable_exec_start() -> str:
+    """An ``ExecStart=`` line running the freezable wrapper (systemd's own quoting)."""
+    python, flag, code = FREEZABLE_HECATED
+    return f'{python} {flag} "{code}" serve'
+
+
 needs_socket_activate = needs(bool(SOCKET_ACTIVATE), "systemd-socket-activate is not installed")
 needs_user_manager = needs(
     SYSTEMD.exists() and bool(SYSTEMCTL) and os.geteuid() == 0,
@@ -259,8 +279,11 @@ def socket_activate(
     args: list[str],
     env: dict[str, str],
     names: str | None = None,
+    command: list[str] | None = None,
 ) -> subprocess.Popen:
-    """``systemd-socket-activate -l SOCK... [--fdname=A:B] [-E K=V...] -- hecated ARGS``."""
+    """``systemd-socket-activate -l SOCK... [--fdname=A:B] [-E K=V...] -- hecated ARGS``.
+
+    ``command`` replaces ``hecated`` (the freezable wrapper, say)."""
     cmd = [str(SOCKET_ACTIVATE)]
     for sock in sockets if isinstance(sockets, list) else [sockets]:
         cmd += ["-l", str(sock)]
@@ -269,7 +292,8 @@ def socket_activate(
     for key, value in {"HOME": str(home), **env}.items():
         cmd += ["-E", f"{key}={value}"]
     with (home / "activate.log").open("ab") as log:
-        return subprocess.Popen([*cmd, "--", str(HECATED), *args], stdout=log, stderr=log)
+        program = command or [str(HECATED)]
+        return subprocess.Popen([*cmd, "--", *program, *args], stdout=log, stderr=log)
 
 
 def tcp_inodes() -> set[str]:

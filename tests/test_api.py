@@ -12,7 +12,9 @@ from werkzeug.test import Client
 from hecated import __version__
 from hecated.core.layout import Layout
 from hecated.core.registry import Registry
-from hecated.http.app import MAX_BODY, PEER_KEY, HecateApp, Peer
+from hecated.http import openapi
+from hecated.http.app import HecateApp
+from hecated.protocol import MAX_BODY, PEER_ENVIRON_KEY, Peer
 
 ME = Peer(os.getpid(), os.getuid(), os.getgid())
 
@@ -22,7 +24,7 @@ def as_peer(app: HecateApp, peer: Peer | None) -> Client:
 
     def wsgi(environ, start_response):
         if peer is not None:
-            environ[PEER_KEY] = peer
+            environ[PEER_ENVIRON_KEY] = peer
         return app(environ, start_response)
 
     return Client(wsgi)
@@ -46,9 +48,10 @@ def _error(resp, status: int, code: str) -> dict:
     assert resp.status_code == status, resp.get_data(as_text=True)
     assert resp.mimetype == "application/json"
     body = resp.get_json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert set(body) == {"ok", "error", "code"}
+    assert body["ok"] is False
+    assert body["code"] == code
+    assert isinstance(body["error"], str) and body["error"]
     return body
 
 
@@ -60,6 +63,7 @@ def test_register_answers_exactly_the_spec_body(client: Client, app: HecateApp) 
     assert resp.status_code == 201
     base = app.layout.root / "hecate-traderd"
     assert resp.get_json() == {
+        "ok": True,
         "name": "hecate-traderd",
         "base_dir": str(base),
         "paths": {
@@ -131,14 +135,75 @@ def test_purge_of_registered_plugin_is_409(client: Client) -> None:
     _error(client.post("/api/plugins/p/purge"), 409, "still_registered")
 
 
-def test_health(client: Client) -> None:
+def test_health(client: Client, app: HecateApp) -> None:
     client.post("/api/plugins/register", json={"name": "p"})
+    app.set_status("healthy")
     for path in ("/health", "/api/health"):
         body = client.get(path).get_json()
+        assert (body["status"], body["ready"], body["service"]) == ("healthy", True, "hecate")
         assert body["version"] == __version__
-        assert body["plugins"] == 1
-        assert body["uptime_seconds"] >= 0
+        assert body["plugins"] == {"p": "stopped"}
+        assert body["plugin_count"] == 1
+        assert type(body["uptime_seconds"]) is int and body["uptime_seconds"] >= 0
         assert body["pid"] == os.getpid()
+        assert body["seq"] == app.registry.seq
+        assert body["socket"] == str(app.layout.api_socket)
+        assert body["data_dir"] == str(app.layout.data_dir)
+
+
+def test_health_follows_the_daemons_phase(client: Client, app: HecateApp) -> None:
+    """hecate-web waits for status healthy and ready; before and after, it is told so."""
+    seen = []
+    for phase in (None, "healthy", "stopping"):
+        if phase is not None:
+            app.set_status(phase)
+        body = client.get("/health").get_json()
+        seen.append((body["status"], body["ready"]))
+    assert seen == [("starting", False), ("healthy", True), ("stopping", False)]
+    with pytest.raises(ValueError):
+        app.set_status("ok")
+
+
+def test_uptime_is_whole_seconds(home: Path) -> None:
+    """hecate-tui decodes uptime_seconds into an int: 1.401 would fail it."""
+    now = [100.0]
+    layout = Layout.at(home / ".hecate")
+    layout.ensure_layout()
+    app = HecateApp(Registry(layout), clock=lambda: now[0])
+    now[0] += 1.9
+    assert as_peer(app, ME).get("/health").get_json()["uptime_seconds"] == 1
+
+
+def test_health_says_how_each_plugin_is(client: Client, app: HecateApp) -> None:
+    client.post("/api/plugins/register", json={"name": "quiet"})
+    client.post("/api/plugins/register", json={"name": "busy"})
+    (app.layout.root / "busy" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    app.registry.refresh("busy")
+    broken = app.layout.root / "broken"
+    broken.mkdir()
+    (broken / "plugin.toml").write_text('name = "broken"\n\nversion = [\n')
+    app.registry.refresh("broken")
+    plugins = client.get("/health").get_json()["plugins"]
+    assert plugins["quiet"] == "stopped"
+    assert plugins["busy"] == "ok"
+    assert plugins["broken"].startswith("invalid plugin.toml line 3: ")
+    assert len(plugins["broken"]) <= 120
+
+
+def test_busy_long_polls_get_503_with_retry_after(client: Client, app: HecateApp) -> None:
+    app.registry.max_waiters = 0
+    resp = client.get(f"/api/plugins?since={app.registry.seq}&wait=5")
+    _error(resp, 503, "busy")
+    assert resp.headers["Retry-After"] == "1"
+    promised = openapi.spec()["components"]["responses"]["Busy"]["headers"]
+    assert set(promised) == {"Retry-After"}  # what the description promises is sent
+
+
+def test_rescan_answers_with_the_seq(client: Client, app: HecateApp) -> None:
+    client.post("/api/plugins/register", json={"name": "p"})
+    resp = client.post("/api/rescan")
+    assert resp.get_json() == {"ok": True, "plugins": 1}
+    assert resp.headers["X-Hecate-Seq"] == str(app.registry.seq)
 
 
 @pytest.mark.parametrize(

@@ -89,11 +89,13 @@ def test_list_get_health(client: HecateClient, daemon: Daemon) -> None:
 
     health = client.health()
     assert isinstance(health, Health)
-    assert health.status == "ok"
+    assert (health.status, health.ready, health.service) == ("healthy", True, "hecate")
     assert health.pid == daemon.proc.pid
-    assert health.plugins == 1
+    assert health.plugins == {"hecate-traderd": "stopped"}
+    assert health.plugin_count == 1
     assert health.socket == str(daemon.socket)
-    assert health.uptime_seconds >= 0
+    assert isinstance(health.uptime_seconds, int) and health.uptime_seconds >= 0
+    assert isinstance(health.raw["uptime_seconds"], int)  # on the wire too (hecate-tui)
 
 
 def test_status_follows_the_pid_file(client: HecateClient) -> None:
@@ -301,8 +303,15 @@ def test_a_non_json_answer_is_a_client_error(fake_server) -> None:
     assert "not JSON" in str(info.value)
 
 
-def test_an_unknown_error_code_is_a_plain_api_error(fake_server) -> None:
-    body = b'{"error":{"code":"teapot","message":"short and stout"}}'
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"ok":false,"error":"short and stout","code":"teapot"}',
+        b'{"error":{"code":"teapot","message":"short and stout"}}',  # hecated before 0.2
+    ],
+    ids=["envelope", "old-shape"],
+)
+def test_an_unknown_error_code_is_a_plain_api_error(fake_server, body: bytes) -> None:
     sock = fake_server([_http("418 I'm a teapot", body)])
     with pytest.raises(ApiError) as info:
         HecateClient(sock).list()
@@ -314,9 +323,20 @@ def test_an_unknown_error_code_is_a_plain_api_error(fake_server) -> None:
     )
 
 
+def test_an_error_without_the_envelope_still_says_its_status(fake_server) -> None:
+    sock = fake_server([_http("500 Internal Server Error", b'{"something": "else"}')])
+    with pytest.raises(ApiError) as info:
+        HecateClient(sock).list()
+    assert (info.value.status, info.value.code, info.value.message) == (
+        500,
+        "http_500",
+        "HTTP 500",
+    )
+
+
 def test_busy_is_retried(fake_server) -> None:
-    busy = b'{"error":{"code":"busy","message":"too many connections; retry shortly"}}'
-    ok = b'{"name":"hecate-x","base_dir":"/b","paths":{"sqlite":"/b/sqlite"}}'
+    busy = b'{"ok":false,"error":"too many connections; retry shortly","code":"busy"}'
+    ok = b'{"ok":true,"name":"hecate-x","base_dir":"/b","paths":{"sqlite":"/b/sqlite"}}'
     sock = fake_server(
         [_http("503 Service Unavailable", busy, "Retry-After: 0\r\n"), _http("201 Created", ok)]
     )
@@ -325,7 +345,7 @@ def test_busy_is_retried(fake_server) -> None:
 
 
 def test_busy_for_too_long_is_unavailable(fake_server) -> None:
-    busy = b'{"error":{"code":"busy","message":"too many connections; retry shortly"}}'
+    busy = b'{"ok":false,"error":"too many connections; retry shortly","code":"busy"}'
     sock = fake_server([_http("503 Service Unavailable", busy)] * 50)
     with pytest.raises(DaemonUnavailableError) as info:
         HecateClient(sock, connect_retry=0).health()

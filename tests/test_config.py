@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from hecated.core.config import ConfigError, resolve
+from hecated.core.config import ConfigError, resolve, watchdog_timeout
 
 NO_FLAGS: dict = {}
 
@@ -74,3 +75,33 @@ def test_flags_before_and_after_serve_both_count() -> None:
     after = vars(parser.parse_args(["serve", "--log-level", "debug"]))
     assert (before["log_level"], before["data_dir"]) == ("debug", "/x")
     assert after["log_level"] == "debug"
+
+
+def test_watchdog_timeout_is_for_this_process_only() -> None:
+    assert watchdog_timeout({"WATCHDOG_USEC": "3000000"}) == 3.0
+    assert watchdog_timeout({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())}) == 3.0
+    assert watchdog_timeout({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_timeout({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_timeout({"WATCHDOG_USEC": "soon"}) is None
+    assert watchdog_timeout({}) is None
+
+
+def test_what_the_service_manager_says_is_resolved_once(home: Path) -> None:
+    """NOTIFY_SOCKET, WATCHDOG_* and JOURNAL_STREAM are read here, not deep in the daemon."""
+    env = {
+        "XDG_CONFIG_HOME": str(home),
+        "NOTIFY_SOCKET": "/run/user/1000/systemd/notify",
+        "WATCHDOG_USEC": "30000000",
+        "WATCHDOG_PID": str(os.getpid()),
+        "JOURNAL_STREAM": "8:12345",
+    }
+    config = resolve(NO_FLAGS, env)
+    assert (config.notify, config.watchdog, config.journal_stream) == (True, 30.0, "8:12345")
+    bare = resolve(NO_FLAGS, {"XDG_CONFIG_HOME": str(home)})
+    assert (bare.notify, bare.watchdog, bare.journal_stream) == (False, None, "")
+
+
+def test_long_polls_get_at_most_half_the_workers(home: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(home)}
+    assert resolve({"workers": 16}, env).max_waiters == 8
+    assert resolve({"workers": 1}, env).max_waiters == 1

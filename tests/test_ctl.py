@@ -80,12 +80,28 @@ def test_status(daemon: Daemon) -> None:
     assert f"socket:    {daemon.socket}" in result.out
     assert "plugins:   1" in result.out
     assert "uptime:" in result.out
+    assert "status:    healthy\n" in result.out
 
     answer = ctl(daemon.home, "status", "--json").json()
-    assert answer["status"] == "ok"
+    assert (answer["status"], answer["ready"]) == ("healthy", True)
     assert answer["pid"] == daemon.proc.pid
-    assert answer["plugins"] == 1
+    assert answer["plugins"] == {"hecate-traderd": "stopped"}
+    assert answer["plugin_count"] == 1
     assert answer["socket"] == str(daemon.socket)
+
+
+def test_status_names_the_plugins_that_need_a_look(daemon: Daemon) -> None:
+    daemon.register("hecate-fine")
+    ns = daemon.root / "hecate-broken"
+    ns.mkdir()
+    tmp = ns / ".plugin.toml.new"
+    tmp.write_text('name = "hecate-broken"\nversion "1"\n')
+    tmp.rename(ns / "plugin.toml")  # whole at once: the watcher never sees half a file
+    assert daemon.request("POST", "/api/rescan")[0] == 200  # synchronous: no guessing
+    assert daemon.request("GET", "/api/plugins/hecate-broken")[2]["status"] == "invalid"
+    out = ctl(daemon.home, "status").out
+    assert "  hecate-broken: invalid plugin.toml line 2: " in out
+    assert "hecate-fine" not in out  # stopped is no news
 
 
 def test_list(daemon: Daemon) -> None:
@@ -208,7 +224,7 @@ def test_register_and_reregister(daemon: Daemon) -> None:
     again = ctl(daemon.home, "register", "hecate-traderd", "--version", "0.2.0", "--json")
     assert again.code == 0
     answer = again.json()
-    assert answer["name"] == "hecate-traderd"
+    assert (answer["ok"], answer["name"]) == (True, "hecate-traderd")
     assert answer["paths"]["run"] == str(daemon.root / "hecate-traderd/run")
     assert daemon.request("GET", "/api/plugins/hecate-traderd")[2]["version"] == "0.2.0"
     assert ctl(daemon.home, "register", "hecate-traderd").out.startswith("re-registered")

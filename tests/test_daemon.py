@@ -12,7 +12,11 @@ import threading
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import HECATED, Daemon, short_tempdir, wait_for
+
+from hecated.core.errors import BusyError
+from hecated.daemon import Rescans
 
 SPEC_SUBDIRS = ["connectors", "reckon-db", "run", "sockets", "sqlite"]
 
@@ -90,7 +94,7 @@ def test_bad_input_gets_json_4xx_and_creates_nothing(daemon: Daemon) -> None:
         )
         assert status == expected, answer
         assert hdrs["Content-Type"] == "application/json"
-        assert set(answer["error"]) == {"code", "message"}
+        assert set(answer) == {"ok", "error", "code"} and answer["ok"] is False
     assert sorted(os.listdir(daemon.root)) == before
     assert daemon.proc.poll() is None
 
@@ -245,3 +249,118 @@ def test_data_dir_flag_moves_the_tree(home: Path) -> None:
         assert not (home / ".hecate").exists()
     finally:
         d.stop()
+
+
+# -- the one rescan: coalesced, none dropped (issue 13) ------------------------------------
+
+
+class GatedScan:
+    """A rescan pass that holds until the test lets it go: pass N returns N."""
+
+    def __init__(self) -> None:
+        self.entered: list[threading.Event] = [threading.Event() for _ in range(8)]
+        self.release: list[threading.Event] = [threading.Event() for _ in range(8)]
+        self.fail: set[int] = set()
+        self.calls = 0
+
+    def __call__(self) -> int:
+        n = self.calls
+        self.calls += 1
+        self.entered[n].set()
+        assert self.release[n].wait(30), f"pass {n + 1} was never released"
+        if n + 1 in self.fail:
+            raise OSError(f"pass {n + 1} failed")
+        return n + 1
+
+
+def entered(scan: GatedScan, n: int) -> None:
+    assert scan.entered[n - 1].wait(30), f"pass {n} never started"
+
+
+def test_a_rescan_asked_for_during_a_rescan_runs_once_more() -> None:
+    scan = GatedScan()
+    rescans = Rescans(scan)
+    rescans.start()
+    try:
+        first = rescans.request()  # SIGHUP's way: never blocks
+        entered(scan, 1)
+        second, third = rescans.request(), rescans.request()  # both during pass 1
+        assert rescans.pending
+        scan.release[0].set()
+        assert rescans.wait(first, 30) == 1
+        entered(scan, 2)  # not dropped: the pending flag makes it run again
+        scan.release[1].set()
+        assert (rescans.wait(second, 30), rescans.wait(third, 30)) == (2, 2)
+        assert not rescans.pending
+        assert (rescans.passes, scan.calls) == (2, 2), "two requests in one pass: one more pass"
+    finally:
+        for gate in scan.release:
+            gate.set()
+        rescans.close()
+
+
+def test_an_http_caller_gets_the_count_of_a_pass_that_started_after_it_asked() -> None:
+    scan = GatedScan()
+    rescans = Rescans(scan)
+    rescans.start()
+    answers: list[int] = []
+    try:
+        rescans.request()
+        entered(scan, 1)  # a pass is half-way through the tree when the request comes
+        ticket = rescans.request()  # what rescans() does: ask, then wait for a pass
+        caller = threading.Thread(target=lambda: answers.append(rescans.wait(ticket, 30)))
+        caller.start()
+        scan.release[0].set()
+        entered(scan, 2)
+        assert answers == [], "answered from the pass that began before the request"
+        scan.release[1].set()
+        caller.join(30)
+        assert answers == [2]
+    finally:
+        for gate in scan.release:
+            gate.set()
+        rescans.close()
+
+
+def test_a_failed_pass_fails_its_callers_and_the_next_request_runs_again() -> None:
+    scan = GatedScan()
+    scan.fail.add(1)
+    for gate in scan.release:
+        gate.set()
+    rescans = Rescans(scan)
+    rescans.start()
+    try:
+        with pytest.raises(OSError, match="pass 1 failed"):
+            rescans()
+        assert rescans() == 2
+    finally:
+        rescans.close()
+
+
+def test_a_caller_waiting_at_shutdown_gets_busy_not_a_hang() -> None:
+    scan = GatedScan()
+    rescans = Rescans(scan)  # never started: no pass will cover the request
+    ticket = rescans.request()
+    rescans.close()
+    with pytest.raises(BusyError):
+        rescans.wait(ticket, 30)
+    assert scan.calls == 0
+
+
+def test_post_rescan_counts_what_is_on_disk_now(daemon: Daemon) -> None:
+    ns = daemon.root / "by-hand"
+    ns.mkdir(mode=0o700)
+    (ns / "plugin.toml").write_text('name = "by-hand"\nversion = "1"\n')
+    status, _, body = daemon.request("POST", "/api/rescan")
+    assert (status, body) == (200, {"ok": True, "plugins": 1})
+    wait_for(lambda: "rescanned the tree (pass 1): 1 plugin(s)" in daemon.log())
+
+
+def test_sighup_and_post_rescan_run_the_same_passes(daemon: Daemon) -> None:
+    """One rescan: a SIGHUP's pass and an HTTP request's pass are numbered in one series."""
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "rescanned the tree (pass 1): 0 plugin(s)" in daemon.log())
+    assert daemon.register("after-hup")[0] == 201
+    status, _, body = daemon.request("POST", "/api/rescan")
+    assert (status, body) == (200, {"ok": True, "plugins": 1})
+    assert "rescanned the tree (pass 2): 1 plugin(s)" in daemon.log()

@@ -56,7 +56,7 @@ def one_waits_one_is_busy(daemon: Daemon, since: int) -> Poll:
     assert len(done) == 1, [p.result for p in polls]
     status, _headers, body = done[0].result
     assert status == 503, (status, body)
-    assert body["error"]["code"] == "busy"
+    assert body["code"] == "busy"
     (waiting,) = [p for p in polls if p is not done[0]]
     assert waiting.is_alive()  # held: nothing changed
     return waiting
@@ -114,7 +114,7 @@ def test_since_from_a_previous_run_answers_at_once(daemon: Daemon) -> None:
 def test_bad_parameters_are_a_json_400(daemon: Daemon, query: str) -> None:
     status, _, body = daemon.request("GET", f"/api/plugins?{query}")
     assert status == 400
-    assert body["error"]["code"] == "invalid_parameter"
+    assert body["code"] == "invalid_parameter"
 
 
 def stop_daemon(d: Daemon) -> None:
@@ -139,7 +139,7 @@ def test_waiters_are_bounded_and_shutdown_does_not_wait_for_them(home: Path) -> 
         # A third client is refused as well while the first waits.
         status, _, body = d.request("GET", f"/api/plugins?since={seq_of(headers)}&wait=60")
         assert status == 503
-        assert body["error"]["code"] == "busy"
+        assert body["code"] == "busy"
         started = time.monotonic()
         assert d.stop(timeout=20) == 0
         first.join(10)
@@ -177,12 +177,13 @@ def test_list_is_encoded_once_per_seq(home: Path) -> None:
 
 
 def test_sighup_rescans_and_keeps_serving(daemon: Daemon) -> None:
-    """Only a SIGHUP logs "rescanned the tree: N" (the watcher's own start-up read of
-    the tree says something else), so the count moves because of the signal."""
+    """Only a rescan pass (SIGHUP, POST /api/rescan) logs "rescanned the tree (pass N)"
+    (the watcher's own start-up read of the tree says something else), so the count
+    moves because of the signal."""
     wait_for(lambda: "watching" in daemon.log())
     daemon.register("alpha")
-    assert daemon.log().count("rescanned the tree: ") == 0
+    assert daemon.log().count("rescanned the tree (pass ") == 0
     daemon.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "rescanned the tree: 1 plugin(s)" in daemon.log())
-    assert daemon.log().count("rescanned the tree: ") == 1
+    wait_for(lambda: "rescanned the tree (pass 1): 1 plugin(s)" in daemon.log())
+    assert daemon.log().count("rescanned the tree (pass ") == 1
     assert daemon.request("GET", "/health")[0] == 200

@@ -34,10 +34,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
 from hecated.core import manifest
-from hecated.core.layout import MANIFEST_NAME, NAME_RE, PRIMARY_NAME, SUBDIRS, Layout
+from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.core.registry import Registry
 from hecated.http import app as api
 from hecated.http import openapi
+from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 
 SPEC = openapi.spec()
 EXAMPLES = int(os.environ.get("HECATE_FUZZ_EXAMPLES", "250"))
@@ -169,14 +170,14 @@ class Harness:
 
     def send(self, call: Call) -> tuple[int, dict[str, str], bytes]:
         peers = {
-            "owner": api.Peer(os.getpid(), os.getuid(), os.getgid()),
-            "stranger": api.Peer(1, os.getuid() + 4242, 4242),
+            "owner": Peer(os.getpid(), os.getuid(), os.getgid()),
+            "stranger": Peer(1, os.getuid() + 4242, 4242),
             "none": None,
         }
 
         def with_peer(environ: dict, start_response: Any) -> Any:
             if peers[call.peer] is not None:
-                environ[api.PEER_KEY] = peers[call.peer]
+                environ[PEER_ENVIRON_KEY] = peers[call.peer]
             return self.app(environ, start_response)
 
         headers = {"Content-Type": call.content_type} if call.content_type else {}
@@ -211,13 +212,30 @@ def _validate(schema: dict[str, Any], instance: Any) -> None:
     Draft202012Validator(root).validate(instance)
 
 
-def _response_schema(op: dict[str, Any], status: int) -> dict[str, Any]:
+def _response(op: dict[str, Any], status: int) -> dict[str, Any]:
     responses = op["responses"]
     assert str(status) in responses, f"status {status} is not documented for {op['operationId']}"
     resp = responses[str(status)]
     if "$ref" in resp:
         resp = SPEC["components"]["responses"][resp["$ref"].rsplit("/", 1)[1]]
-    return resp["content"]["application/json"]["schema"]
+    return resp
+
+
+def _response_schema(op: dict[str, Any], status: int) -> dict[str, Any]:
+    return _response(op, status)["content"]["application/json"]["schema"]
+
+
+def check_headers(op: dict[str, Any], status: int, headers: dict[str, str]) -> None:
+    """Every header the spec promises for this answer is sent, and matches its schema."""
+    for name, spec in _response(op, status).get("headers", {}).items():
+        if spec.get("required"):
+            assert name in headers, f"{op['operationId']} {status}: no {name} header"
+        if name in headers:
+            value: Any = headers[name]
+            if spec["schema"].get("type") == "integer":
+                assert value.isdigit(), (name, value)
+                value = int(value)
+            _validate(spec["schema"], value)
 
 
 def check(h: Harness, call: Call) -> None:
@@ -236,11 +254,12 @@ def check(h: Harness, call: Call) -> None:
         _validate({"$ref": "#/components/schemas/Error"}, body)
         if op is not None:
             _response_schema(op, status)
+            check_headers(op, status, headers)
         return
     assert op is not None, f"{call}: {status} on an undocumented operation"
     _validate(_response_schema(op, status), body)
-    if "X-Hecate-Seq" in headers:
-        assert headers["X-Hecate-Seq"].isdigit()
+    check_headers(op, status, headers)
+    h.stats[f"headers {op['operationId']}"] += bool(_response(op, status).get("headers"))
 
 
 def check_tree(h: Harness) -> None:
@@ -322,7 +341,7 @@ def test_lone_surrogates_are_a_400_not_a_500(harness: Harness, body: bytes) -> N
     call = Call("POST", "/api/plugins/register", {}, body, "application/json", "owner")
     status, _, data = harness.send(call)
     assert status == 400, data
-    assert json.loads(data)["error"]["code"] == "invalid_field"
+    assert json.loads(data)["code"] == "invalid_field"
 
 
 @pytest.mark.parametrize(

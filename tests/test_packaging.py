@@ -303,7 +303,7 @@ def test_installed_hecated_standalone(installed: Path) -> None:
         code, health = curl(sock, "GET", "/health")
         assert code == 200 and health["version"] == VERSION, health
         code, error = curl(sock, "GET", "/api/no-such-thing")  # Werkzeug 2.2's error path
-        assert code == 404 and error["error"]["code"], error
+        assert code == 404 and error["code"] == "not_found" and error["ok"] is False, error
         code, body = curl(sock, "POST", "/api/plugins/register", {"name": "curl-plugin"})
         assert code == 201, body
         run(["/usr/bin/hecatectl", "register", "ctl-plugin", "--version", "2.0"], env=env)

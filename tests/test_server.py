@@ -9,6 +9,7 @@ no TCP socket at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -20,14 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, short_tempdir, wait_for
+from conftest import Daemon, UnixHTTPConnection, short_tempdir, wait_for
 
-from hecated.http.app import PEER_KEY
 from hecated.http.server import UnixServer, bind_unix
+from hecated.protocol import PEER_ENVIRON_KEY, RETRY_AFTER_HEADER, error_body
 
 
 def echo_app(environ: dict, start_response: Callable) -> list[bytes]:
-    peer = environ.get(PEER_KEY)
+    peer = environ.get(PEER_ENVIRON_KEY)
     body = json.dumps({"path": environ["PATH_INFO"], "peer": list(peer) if peer else None})
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body.encode()]
@@ -190,7 +191,9 @@ def test_oversized_request_line_is_refused_and_others_are_served(served) -> None
         status, headers, body = read_response(sock)
     assert 400 <= status < 500
     assert headers["content-type"] == "application/json"
-    assert json.loads(body)["error"]["code"] in ("bad_request", "headers_too_large")
+    answer = json.loads(body)
+    assert answer["code"] in ("bad_request", "headers_too_large")
+    assert answer == error_body(answer["code"], answer["error"]) and answer["error"]
     with s.connect() as sock:
         assert get(sock)[0] == 200
 
@@ -201,7 +204,87 @@ def test_oversized_body_is_refused_in_the_api_error_shape(served) -> None:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
         status, headers, body = read_response(sock)
     assert (status, headers["content-type"]) == (413, "application/json")
-    assert json.loads(body)["error"]["code"] == "body_too_large"
+    answer = json.loads(body)
+    assert answer == {"ok": False, "error": answer["error"], "code": "body_too_large"}
+    assert RETRY_AFTER_HEADER.lower() not in headers  # only busy asks for a retry
+
+
+EIGHT_MIB = 8 * 1024 * 1024
+
+
+def _post(path: Path, body, headers: dict[str, str], chunked: bool = False):
+    """What Python's own HTTP client sees when it sends a body over the limit."""
+    conn = UnixHTTPConnection(path, timeout=30)
+    try:
+        conn.request(
+            "POST", "/api/plugins/register", body=body, headers=headers, encode_chunked=chunked
+        )
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_sending_8_mib_reads_the_413_before_the_close(served, chunked: bool) -> None:
+    """Lingering close: http.client finishes sending, then reads the answer (no EPIPE)."""
+    s = served()
+    body = (b"x" * 65536 for _ in range(EIGHT_MIB // 65536)) if chunked else b"x" * EIGHT_MIB
+    status, headers, answer = _post(
+        s.path, body, {"Content-Type": "application/json"}, chunked=chunked
+    )
+    assert (status, answer["code"], answer["ok"]) == (413, "body_too_large", False)
+    assert headers["Connection"].lower() == "close"
+    wait_for(lambda: s.server.active_connections == 0)  # and then the connection is closed
+    with s.connect() as sock:
+        assert get(sock)[0] == 200
+
+
+def test_a_client_sending_huge_headers_reads_the_431(served) -> None:
+    s = served()
+    status, _, answer = _post(s.path, b"{}", {"X-Big": "b" * (1 << 20)})
+    assert (status, answer["code"]) == (431, "headers_too_large")
+
+
+def test_lingering_is_bounded_in_bytes(served) -> None:
+    """A refused client that never stops sending is cut off after linger_bytes."""
+    s = served(linger_bytes=1 << 20)
+    with s.connect(timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+        status, _, _ = read_response(sock)
+        assert status == 413
+        sent, cut = 0, False
+        while sent < 64 << 20:  # far past the bound: the server must hang up first
+            try:
+                sent += sock.send(b"y" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+                break
+        assert cut, f"still reading after {sent} bytes"
+        assert sent >= 1 << 20  # and not before the bound
+
+
+def test_lingering_is_bounded_in_time(served) -> None:
+    """A refused client that keeps its connection open without closing is let go."""
+    s = served(linger_seconds=0.5, poll_interval=0.05)
+    with s.connect(timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+        assert read_response(sock)[0] == 413
+        assert sock.recv(1024) == b""  # our half is shut once the answer is out
+        wait_for(lambda: s.server.active_connections == 0, timeout=20)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"y")
+
+
+@pytest.mark.slow
+def test_the_daemon_answers_an_8_mib_registration_with_413(daemon: Daemon) -> None:
+    """The issue's case, over the real daemon's socket: a JSON 413, not a broken pipe."""
+    body = json.dumps({"name": "big", "description": "x" * EIGHT_MIB}).encode()
+    status, _, answer = _post(daemon.socket, body, {"Content-Type": "application/json"})
+    assert status == 413
+    assert answer == {"ok": False, "error": answer["error"], "code": "body_too_large"}
+    assert not (daemon.root / "big").exists()
+    assert daemon.request("GET", "/health")[0] == 200
 
 
 def test_connection_count_and_idle_time(served) -> None:

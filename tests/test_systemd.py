@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, http_request, wait_for
 from systemd_support import (
+    FREEZABLE_HECATED,
     NotifyListener,
     assert_no_tcp,
     fake_journal,
@@ -37,7 +38,6 @@ from hecated.adapters.systemd import (
     api_socket,
     journal_fields,
     stderr_is_journal,
-    watchdog_timeout,
 )
 
 
@@ -105,18 +105,10 @@ def test_journal_fields_come_from_the_api_extras() -> None:
 
 def test_stderr_is_journal_only_when_dev_and_inode_match() -> None:
     st = os.fstat(2)
-    assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
-    assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
-    assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})
-    assert not stderr_is_journal({})
-
-
-def test_watchdog_timeout_is_for_this_process_only() -> None:
-    assert watchdog_timeout({"WATCHDOG_USEC": "3000000"}) == 3.0
-    assert watchdog_timeout({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())}) == 3.0
-    assert watchdog_timeout({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"}) is None
-    assert watchdog_timeout({"WATCHDOG_USEC": "0"}) is None
-    assert watchdog_timeout({}) is None
+    assert stderr_is_journal(f"{st.st_dev}:{st.st_ino}")
+    assert not stderr_is_journal(f"{st.st_dev}:{st.st_ino + 1}")
+    assert not stderr_is_journal("garbage")
+    assert not stderr_is_journal("")
 
 
 def test_supervisor_pings_only_while_the_loop_turns(
@@ -125,7 +117,7 @@ def test_supervisor_pings_only_while_the_loop_turns(
     listener = NotifyListener(home)
     monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
     beat = [time.monotonic()]
-    supervisor = Supervisor(Notifier(), lambda: beat[0], lambda: "1 plugin registered", 0.2)
+    supervisor = Supervisor(Notifier(True), lambda: beat[0], lambda: "1 plugin registered", 0.2)
     supervisor.start()
     try:
         listener.wait_for("WATCHDOG=1")
@@ -246,16 +238,13 @@ def test_notify_ready_status_watchdog_reload_stopping(home: Path, procs: list) -
 def test_a_stuck_loop_stops_the_watchdog_pings(home: Path, procs: list) -> None:
     listener = NotifyListener(home)
     sock = api_path(home)
-    env = {
-        "NOTIFY_SOCKET": str(listener.path),
-        "WATCHDOG_USEC": "1000000",
-        "HECATED_TEST_HOOKS": "1",
-    }
-    proc = socket_activate(sock, home, ["serve"], env)
+    env = {"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
+    # The shipped daemon behind a wrapper whose SIGUSR2 freezes the serving loop.
+    proc = socket_activate(sock, home, ["serve"], env, command=FREEZABLE_HECATED)
     procs.append(proc)
     assert first_request(home, sock)[0] == 200
     listener.wait_for("WATCHDOG=1")
-    proc.send_signal(signal.SIGUSR2)  # test hook: freeze the serving loop
+    proc.send_signal(signal.SIGUSR2)  # the wrapper freezes the serving loop
     wait_for(lambda: "withholding the watchdog ping" in activation_log(home))
     listener.drain()
     pings = [m for m in iter(lambda: listener.receive(1.5), None) if "WATCHDOG=1" in m]

@@ -146,9 +146,9 @@ def api_socket(fds: list[ListenFd], expected: Path) -> socket.socket:
 class Notifier:
     """``sd_notify`` through ``sdnotify``; a no-op when the manager did not ask for it."""
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+    def __init__(self, enabled: bool) -> None:
+        """``enabled``: the manager set ``NOTIFY_SOCKET`` (``Config.notify``)."""
+        self.enabled = enabled
         self._notifier: Any = None
         self._lock = threading.Lock()
         self._status: str | None = None
@@ -181,19 +181,6 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
-
-
-def watchdog_timeout(environ: dict[str, str] | None = None) -> float | None:
-    """The manager's watchdog timeout in seconds, if it set one for this process."""
-    env = os.environ if environ is None else environ
-    try:
-        usec = int(env.get("WATCHDOG_USEC", ""))
-    except ValueError:
-        return None
-    pid = env.get("WATCHDOG_PID")
-    if usec <= 0 or (pid and pid != str(os.getpid())):
-        return None
-    return usec / 1_000_000
 
 
 class Supervisor(threading.Thread):
@@ -265,11 +252,13 @@ class Supervisor(threading.Thread):
 # -- the journal -------------------------------------------------------------------------
 
 
-def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
-    """True when systemd connected our stderr to the journal (``JOURNAL_STREAM``)."""
-    env = os.environ if environ is None else environ
-    value = env.get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
+def stderr_is_journal(journal_stream: str) -> bool:
+    """True when systemd connected our stderr to the journal.
+
+    ``journal_stream`` is ``JOURNAL_STREAM`` (``Config.journal_stream``): the
+    device and inode of the stream systemd gave us, which stderr must still be.
+    """
+    dev, _, ino = journal_stream.partition(":")
     try:
         st = os.fstat(2)
         return (int(dev), int(ino)) == (st.st_dev, st.st_ino)

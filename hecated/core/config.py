@@ -2,6 +2,12 @@
 
 Mirrors the spec's ``{hecate, [{data_dir, "~/.hecate/hecate-daemon"}]}``: the
 primary's data dir is the one setting that places everything else.
+
+What the service manager tells us through the environment (``NOTIFY_SOCKET``,
+``WATCHDOG_USEC``/``WATCHDOG_PID``, ``JOURNAL_STREAM``) is read here too, once,
+so that no other module looks at ``os.environ`` for a setting. The one
+exception is ``LISTEN_FDS``: not a setting but a hand-over of file
+descriptors, which the systemd adapter takes (and clears) at start.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from hecated.core.layout import Layout, default_root
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers"}
+# Start-up work no first request needs waits for the first answer, but not longer
+# than this: a keep-alive client may hold the first connection open for ever.
+DEFER_AT_MOST = 1.0
 
 
 class ConfigError(ValueError):
@@ -31,10 +40,20 @@ class Config:
     idle_timeout: float | None = None
     workers: int = 16
     config_file: Path | None = None
+    # From the service manager, not from the user: see the module's docstring.
+    notify: bool = False  # NOTIFY_SOCKET is set: sd_notify has somewhere to go
+    watchdog: float | None = None  # WatchdogSec= in seconds, when it is meant for us
+    journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
+    defer_at_most: float = DEFER_AT_MOST
 
     @property
     def layout(self) -> Layout:
         return Layout(self.data_dir, self.socket_path)
+
+    @property
+    def max_waiters(self) -> int:
+        """Long polls may take at most half the workers: the rest keep answering."""
+        return max(1, self.workers // 2)
 
 
 def default_config_file(environ: Mapping[str, str]) -> Path:
@@ -111,7 +130,26 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         idle_timeout=idle if idle else None,
         workers=workers,
         config_file=path if from_file or file_path else None,
+        notify=bool(env.get("NOTIFY_SOCKET")),
+        watchdog=watchdog_timeout(env),
+        journal_stream=env.get("JOURNAL_STREAM", ""),
     )
+
+
+def watchdog_timeout(environ: Mapping[str, str], pid: int | None = None) -> float | None:
+    """The manager's watchdog timeout in seconds, if it set one for this process.
+
+    ``WATCHDOG_PID`` names the process the timeout is for; a child that inherited
+    the variables (or a process started by one) must not think it is watched.
+    """
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    watched = environ.get("WATCHDOG_PID")
+    if usec <= 0 or (watched and watched != str(os.getpid() if pid is None else pid)):
+        return None
+    return usec / 1_000_000
 
 
 def _number(value: Any, source: str) -> float:

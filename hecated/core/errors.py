@@ -1,16 +1,19 @@
 """The registry's failures, each with a stable machine-readable code.
 
-The core raises these; the edge (api.py) alone decides which HTTP status each
-code deserves, so the core never learns about HTTP.
+The core raises these; the codes (and the HTTP status of each) are the wire
+contract's (``hecated.protocol``), so the core names a failure and never
+learns about HTTP.
 """
 
 from __future__ import annotations
+
+from hecated.protocol import Code
 
 
 class HecateError(Exception):
     """Base of every error a client may be told about."""
 
-    code = "error"
+    code: str = "error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -18,46 +21,46 @@ class HecateError(Exception):
 
 
 class InvalidNameError(HecateError):
-    code = "invalid_name"
+    code = Code.INVALID_NAME
 
 
 class NameTooLongError(InvalidNameError):
-    code = "name_too_long"
+    code = Code.NAME_TOO_LONG
 
 
 class ReservedNameError(InvalidNameError):
-    code = "reserved_name"
+    code = Code.RESERVED_NAME
 
 
 class InvalidFieldError(HecateError):
-    code = "invalid_field"
+    code = Code.INVALID_FIELD
 
 
 class UnsafePathError(HecateError):
     """A path in the tree is a symlink, or not the kind of file it must be."""
 
-    code = "unsafe_path"
+    code = Code.UNSAFE_PATH
 
 
 class NotFoundError(HecateError):
-    code = "not_found"
+    code = Code.NOT_FOUND
 
 
 class StillRegisteredError(HecateError):
-    code = "still_registered"
+    code = Code.STILL_REGISTERED
 
 
 class PluginRunningError(HecateError):
-    code = "plugin_running"
+    code = Code.PLUGIN_RUNNING
 
 
 class StorageError(HecateError):
     """The disk refused a write (full, read-only, permissions)."""
 
-    code = "storage_error"
+    code = Code.STORAGE_ERROR
 
 
 class BusyError(HecateError):
     """Too many requests are already waiting; retry shortly (not the request's fault)."""
 
-    code = "busy"
+    code = Code.BUSY

@@ -7,15 +7,14 @@ else asks it for paths, so the layout can evolve here alone.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from hecated.core.errors import InvalidNameError, NameTooLongError, ReservedNameError
 from hecated.core.files import open_dir, open_root, opened
+from hecated.protocol import NAME_MAX, NAME_RE, PRIMARY_NAME, SUN_PATH_MAX  # the contract's rules
 
-PRIMARY_NAME = "hecate-daemon"
 SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", "sockets", "run", "connectors")
 MANIFEST_NAME = "plugin.toml"
 SOCKET_NAME = "api.sock"
@@ -25,11 +24,6 @@ LOCK_FILE = "daemon.lock"
 # The primary's cache of parsed manifests (in its run/), see manifestcache.py.
 INDEX_CACHE_FILE = "manifests.cache.json"
 DIR_MODE = 0o700
-
-NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-NAME_MAX = 64
-# sun_path is 108 bytes including the terminating NUL.
-SUN_PATH_MAX = 107
 
 
 def json_key(subdir: str) -> str:

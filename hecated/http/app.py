@@ -2,8 +2,10 @@
 
 This is the edge. It turns requests into registry calls and registry answers
 (and failures) into JSON; it holds no state of its own beyond what a response
-cache needs. Every error, from a bad route to a full disk, leaves as
-``{"error": {"code": ..., "message": ...}}`` with the status that fits it.
+cache needs and the daemon's phase for ``/health``. Every error, from a bad
+route to a full disk, leaves as the ecosystem's envelope
+``{"ok": false, "error": "<message>", "code": "<code>"}`` (``hecated.protocol``)
+with the status that fits it; successful writes carry ``"ok": true``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from werkzeug.exceptions import (
     Forbidden,
@@ -27,63 +29,40 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from hecated import __version__
-from hecated.core.errors import (
-    BusyError,
-    HecateError,
-    InvalidFieldError,
-    InvalidNameError,
-    NotFoundError,
-    PluginRunningError,
-    StillRegisteredError,
-    StorageError,
-    UnsafePathError,
-)
-from hecated.core.registry import Plugin, Registry
+from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
+from hecated.core.registry import INVALID, RUNNING, STOPPED, Plugin, Registry
 from hecated.http import openapi
+from hecated.protocol import (
+    MAX_BODY,
+    PEER_ENVIRON_KEY,
+    PLUGIN_DEGRADED,
+    PLUGIN_OK,
+    PLUGIN_REASON_MAX,
+    PLUGIN_STOPPED,
+    SEQ_HEADER,
+    SERVICE,
+    Code,
+    HealthStatus,
+    Peer,
+    code_of_status,
+    encode,
+    error_body,
+    error_headers,
+    status_of,
+)
 
 log = logging.getLogger("hecated.http.app")
 
-MAX_BODY = 64 * 1024
-PEER_KEY = "hecated.peer"
-SEQ_HEADER = "X-Hecate-Seq"
 MAX_WAIT = 60.0  # seconds a long poll may hold a worker; longer asks are capped
 REGISTER_FIELDS = frozenset({"name", "version", "description"})
 
-STATUS_OF: dict[type[HecateError], int] = {
-    InvalidNameError: 400,
-    InvalidFieldError: 400,
-    NotFoundError: 404,
-    StillRegisteredError: 409,
-    PluginRunningError: 409,
-    UnsafePathError: 409,
-    StorageError: 507,
-    BusyError: 503,
-}
-
-HTTP_CODES: dict[int, str] = {
-    400: "bad_request",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
-
-
-class Peer(NamedTuple):
-    """The connecting process, as the kernel vouches for it (``SO_PEERCRED``)."""
-
-    pid: int
-    uid: int
-    gid: int
-
 
 class ApiError(HTTPException):
-    """An HTTP error with our own machine-readable code."""
+    """An HTTP error with our own machine-readable code; its status is the code's."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
-        self.code = status
+        self.code = status_of(code)
         self.error_code = code
 
 
@@ -140,18 +119,14 @@ def bytes_response(request: Request, body: bytes, headers: list[tuple[str, str]]
 def json_response(
     body: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()
 ) -> Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n"
-    try:
-        data = text.encode()
-    except UnicodeEncodeError:
-        # A lone surrogate from a client's JSON (echoed in a message) has no UTF-8
-        # form; escaped JSON still says exactly what was sent.
-        data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
-    return Response(data, status=status, headers=list(headers), mimetype="application/json")
+    return Response(encode(body), status=status, headers=list(headers), mimetype="application/json")
 
 
-def error_response(status: int, code: str, message: str, headers=()) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+def error_response(
+    status: int, code: str, message: str, headers: Iterable[tuple[str, str]] = ()
+) -> Response:
+    """The envelope, with the headers its code always carries (Retry-After on busy)."""
+    return json_response(error_body(code, message), status, [*headers, *error_headers(code)])
 
 
 def _isoformat(value: Any) -> str | None:
@@ -166,18 +141,27 @@ class HecateApp:
         registry: Registry,
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rescan: Callable[[], int] | None = None,
     ) -> None:
         self.registry = registry
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self._clock = clock
         self._started = clock()
-        # The whole tree again: the daemon swaps in its watcher's rescan, which
-        # also rebuilds the watches.
-        self.rescan: Callable[[], int] = registry.scan
+        # The whole tree again: the daemon hands in its coalesced rescan (the one
+        # SIGHUP uses, which also rebuilds the watches); alone, a plain scan.
+        self.rescan: Callable[[], int] = rescan or registry.scan
         self._list_cache: tuple[int, bytes] | None = None
         self._fragments: dict[str, tuple[Plugin, bytes]] = {}
         self._fragments_lock = threading.Lock()
+        self._health_cache: tuple[int, dict[str, str]] | None = None
+        self.phase = HealthStatus.STARTING
+
+    def set_status(self, phase: HealthStatus | str) -> None:
+        """What ``/health`` says the daemon is doing: the daemon sets ``healthy`` once it
+        serves and ``stopping`` when it begins to shut down (one attribute write: safe
+        from any thread)."""
+        self.phase = HealthStatus(phase)
 
     # -- WSGI -------------------------------------------------------------------------
 
@@ -194,21 +178,20 @@ class HecateApp:
             endpoint, args = URL_MAP.bind_to_environ(request.environ).match()
             return getattr(self, f"on_{endpoint}")(request, peer, **args)
         except HecateError as exc:
-            return error_response(_status_of(exc), exc.code, exc.message)
+            return error_response(status_of(exc.code), exc.code, exc.message)
         except ApiError as exc:
             return error_response(exc.code or 400, exc.error_code, exc.description or "")
         except HTTPException as exc:
             status = exc.code or 500
             allow = [(k, v) for k, v in exc.get_headers(request.environ) if k.lower() == "allow"]
-            code = HTTP_CODES.get(status, "http_error")
-            return error_response(status, code, _describe(exc, request), allow)
+            return error_response(status, code_of_status(status), _describe(exc, request), allow)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            return error_response(500, "internal_error", "internal error; see the daemon's log")
+            return error_response(500, Code.INTERNAL_ERROR, "internal error; see the daemon's log")
 
     def _check_peer(self, request: Request) -> Peer | None:
         """Only the user who owns the daemon may talk to it, whatever the socket's mode."""
-        peer = request.environ.get(PEER_KEY)
+        peer = request.environ.get(PEER_ENVIRON_KEY)
         if not isinstance(peer, Peer):
             raise Forbidden("the peer's credentials could not be read; refusing")
         if peer.uid != self.owner_uid:
@@ -220,18 +203,36 @@ class HecateApp:
     # -- endpoints --------------------------------------------------------------------
 
     def on_health(self, request: Request, peer: Peer) -> Response:
+        """The ecosystem's health shape (hecate-web, hecate-tui), then hecated's extras.
+
+        ``uptime_seconds`` is whole seconds: hecate-tui decodes it into an ``int``.
+        """
+        seq, plugins = self._plugin_health()
+        phase = self.phase
         return json_response(
             {
-                "status": "ok",
+                "status": phase,
+                "ready": phase == HealthStatus.HEALTHY,
+                "service": SERVICE,
                 "version": __version__,
+                "uptime_seconds": int(self._clock() - self._started),
+                "plugins": plugins,
+                "plugin_count": len(plugins),
+                "seq": seq,
                 "pid": os.getpid(),
-                "plugins": len(self.registry),
-                "seq": self.registry.seq,
-                "uptime_seconds": round(self._clock() - self._started, 3),
                 "socket": str(self.layout.api_socket),
                 "data_dir": str(self.layout.data_dir),
             }
         )
+
+    def _plugin_health(self) -> tuple[int, dict[str, str]]:
+        """name -> ok | degraded | stopped | a short reason, built once per ``seq``."""
+        cached = self._health_cache
+        if cached is not None and cached[0] == self.registry.seq:
+            return cached
+        seq, plugins = self.registry.snapshot()
+        self._health_cache = (seq, {p.name: _plugin_word(p) for p in plugins})
+        return self._health_cache
 
     def on_openapi(self, request: Request, peer: Peer) -> Response:
         return json_response(openapi.spec())
@@ -273,13 +274,14 @@ class HecateApp:
 
     def on_rescan(self, request: Request, peer: Peer) -> Response:
         count = self.rescan()
+        seq = self.registry.seq
         log.info(
             "rescanned the tree on request of pid %s: %d plugin(s)",
             peer.pid if peer else "?",
             count,
             extra=_fields("rescan", "", peer),
         )
-        return json_response({"ok": True, "plugins": count})
+        return json_response({"ok": True, "plugins": count}, headers=[(SEQ_HEADER, str(seq))])
 
     def on_get_plugin(self, request: Request, peer: Peer, name: str) -> Response:
         self.layout.check_plugin_name(name)
@@ -301,7 +303,7 @@ class HecateApp:
         version = entry.manifest.version if entry.manifest else ""
         verb = "registered" if created else "re-registered"
         _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")
-        return json_response(self._paths(entry.name), 201 if created else 200)
+        return json_response({"ok": True, **self._paths(entry.name)}, 201 if created else 200)
 
     def on_deregister(self, request: Request, peer: Peer, name: str) -> Response:
         self.registry.deregister(name)
@@ -349,11 +351,24 @@ class HecateApp:
         }
 
 
-def _status_of(exc: HecateError) -> int:
-    for cls, status in STATUS_OF.items():
-        if isinstance(exc, cls):
-            return status
-    return 500
+def _plugin_word(plugin: Plugin) -> str:
+    """A plugin in the health answer: running -> ok, stopped -> stopped, an invalid
+    plugin.toml -> why (short), any other live state (unhealthy, starting) -> degraded."""
+    status = plugin.status
+    if status == RUNNING:
+        return PLUGIN_OK
+    if status == STOPPED:
+        return PLUGIN_STOPPED
+    if status == INVALID:
+        err = plugin.entry.error
+        reason = "invalid plugin.toml"
+        if err is not None:
+            where = f" line {err.line}" if err.line else ""
+            reason = f"invalid plugin.toml{where}: {err.message}"
+        if len(reason) > PLUGIN_REASON_MAX:
+            reason = reason[: PLUGIN_REASON_MAX - 1] + "\u2026"
+        return reason
+    return PLUGIN_DEGRADED
 
 
 def _describe(exc: HTTPException, request: Request) -> str:
@@ -375,8 +390,7 @@ def _query_number(request: Request, key: str, kind: type, low: float, high: floa
         value = None
     if value is None or value != value or value < low or value in (float("inf"),):
         raise ApiError(
-            400,
-            "invalid_parameter",
+            Code.INVALID_PARAMETER,
             f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g} (got {raw!r})",
         )
     if high is not None and value > high:
@@ -399,9 +413,9 @@ def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise ApiError(Code.INVALID_JSON, f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+        raise ApiError(Code.INVALID_BODY, "the body must be a JSON object")
     return body
 
 

@@ -13,8 +13,22 @@ import copy
 from typing import Any
 
 from hecated import __version__
-
-NAME_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX
+from hecated.protocol import (
+    BUSY_RETRY_AFTER,
+    MAX_BODY,
+    NAME_MAX,
+    NAME_PATTERN,
+    PLUGIN_DEGRADED,
+    PLUGIN_OK,
+    PLUGIN_STOPPED,
+    RETRY_AFTER_HEADER,
+    SEQ_HEADER,
+    SERVICE,
+    SUN_PATH_MAX,
+    Code,
+    HealthStatus,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -25,9 +39,18 @@ def _resp(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-SEQ_HEADER = {
-    "X-Hecate-Seq": {
+SEQ_HEADERS = {
+    SEQ_HEADER: {
         "description": "The registry's change sequence number when the answer was made.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+RETRY_HEADERS = {
+    RETRY_AFTER_HEADER: {
+        "description": f"Seconds to wait before retrying ({BUSY_RETRY_AFTER}).",
+        "required": True,
         "schema": {"type": "integer", "minimum": 0},
     }
 }
@@ -35,45 +58,67 @@ SEQ_HEADER = {
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
-        "description": "Every error, from a bad route to a full disk, has this shape.",
-        "required": ["error"],
+        "description": "Every error, from a bad route to a full disk, has this shape: the "
+        "Hecate ecosystem's envelope.",
+        "required": ["ok", "error", "code"],
         "additionalProperties": False,
         "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "additionalProperties": False,
-                "properties": {
-                    "code": {
-                        "type": "string",
-                        "pattern": "^[a-z][a-z_]*$",
-                        "description": "Stable machine-readable code, e.g. invalid_name, "
-                        "not_found, storage_error, forbidden, busy.",
-                    },
-                    "message": {"type": "string"},
-                },
-            }
+            "ok": {"type": "boolean", "enum": [False]},
+            "error": {"type": "string", "description": "What went wrong, for people."},
+            "code": {
+                "type": "string",
+                "enum": [str(code) for code in Code],
+                "description": "Stable machine-readable code, e.g. invalid_name, "
+                "not_found, storage_error, forbidden, busy.",
+            },
         },
     },
     "Name": {
         "type": "string",
         "pattern": NAME_PATTERN,
         "minLength": 1,
-        "maxLength": 64,
+        "maxLength": NAME_MAX,
         "description": "Lowercase, hyphenated daemon name; its socket path must also fit "
-        "in a Unix socket address (107 bytes).",
+        f"in a Unix socket address ({SUN_PATH_MAX} bytes).",
     },
     "Status": {"type": "string", "enum": ["running", "stopped", "invalid"]},
     "Health": {
         "type": "object",
-        "required": ["status", "version", "pid", "plugins"],
+        "description": "The ecosystem's health shape (hecate-web, hecate-tui), then "
+        "hecated's own extras.",
+        "required": [
+            "status",
+            "ready",
+            "service",
+            "version",
+            "uptime_seconds",
+            "plugins",
+            "plugin_count",
+            "seq",
+            "pid",
+            "socket",
+            "data_dir",
+        ],
         "properties": {
-            "status": {"type": "string", "enum": ["ok"]},
+            "status": {
+                "type": "string",
+                "enum": [str(s) for s in HealthStatus],
+                "description": "healthy while serving; starting before, stopping after.",
+            },
+            "ready": {"type": "boolean", "description": "true exactly when healthy"},
+            "service": {"type": "string", "enum": [SERVICE]},
             "version": {"type": "string"},
-            "pid": {"type": "integer"},
-            "plugins": {"type": "integer", "minimum": 0},
+            "uptime_seconds": {"type": "integer", "minimum": 0},
+            "plugins": {
+                "type": "object",
+                "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED}, "
+                f"{PLUGIN_DEGRADED} (alive but not answering as it should), or a short "
+                "reason (an invalid plugin.toml).",
+                "additionalProperties": {"type": "string", "minLength": 1},
+            },
+            "plugin_count": {"type": "integer", "minimum": 0},
             "seq": {"type": "integer", "minimum": 0},
-            "uptime_seconds": {"type": "number", "minimum": 0},
+            "pid": {"type": "integer"},
             "socket": {"type": "string"},
             "data_dir": {"type": "string"},
         },
@@ -84,9 +129,19 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "name": _ref("Name"),
-            "version": {"type": "string", "maxLength": 64},
-            "description": {"type": "string", "maxLength": 1024},
+            "version": {"type": "string", "maxLength": VERSION_MAX},
+            "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
         },
+    },
+    "Registered": {
+        "allOf": [
+            _ref("Paths"),
+            {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean", "enum": [True]}},
+            },
+        ]
     },
     "Paths": {
         "type": "object",
@@ -166,11 +221,14 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
+def _error(description: str, headers: dict | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": _ref("Error")}},
     }
+    if headers:
+        out["headers"] = headers
+    return out
 
 
 RESPONSES: dict[str, Any] = {
@@ -182,16 +240,17 @@ RESPONSES: dict[str, Any] = {
         "The tree refuses the operation: a symlink or non-directory in the way "
         "(unsafe_path), still registered, or the plugin is running."
     ),
-    "TooLarge": _error("The request body is over 64 KiB."),
+    "TooLarge": _error(f"The request body is over {MAX_BODY // 1024} KiB."),
     "UnsupportedMediaType": _error("The body is not sent as application/json."),
     "Storage": _error("The disk refused the write (full, read-only, permissions)."),
-    "Busy": _error("Every worker is busy; retry after the Retry-After seconds."),
+    "Busy": _error(
+        "Too many long polls already wait; retry after the Retry-After seconds.", RETRY_HEADERS
+    ),
 }
 
 COMMON_ERRORS = {
     "403": _resp("Forbidden"),
     "405": _resp("MethodNotAllowed"),
-    "503": _resp("Busy"),
 }
 
 NAME_PARAM = {
@@ -221,7 +280,11 @@ def _op(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> di
     }
 
 
-_health = _op("health", "Liveness and counters", {"200": _json(_ref("Health"), "Healthy")})
+_health = _op(
+    "health",
+    "Is the daemon serving (status, ready), and how is each plugin",
+    {"200": _json(_ref("Health"), "The daemon's health")},
+)
 
 PATHS: dict[str, Any] = {
     "/health": {"get": _health},
@@ -238,7 +301,7 @@ PATHS: dict[str, Any] = {
             "list_plugins",
             "List registered plugins; with since, long-poll for a change",
             {
-                "200": _json(_ref("PluginList"), "The plugins, sorted by name", SEQ_HEADER),
+                "200": _json(_ref("PluginList"), "The plugins, sorted by name", SEQ_HEADERS),
                 "400": _resp("BadRequest"),
                 "503": _resp("Busy"),
             },
@@ -266,8 +329,8 @@ PATHS: dict[str, Any] = {
             "register",
             "Register (or re-register) a plugin daemon and create its namespace",
             {
-                "200": _json(_ref("Paths"), "Re-registered: the entry was updated"),
-                "201": _json(_ref("Paths"), "Registered: a new entry"),
+                "200": _json(_ref("Registered"), "Re-registered: the entry was updated"),
+                "201": _json(_ref("Registered"), "Registered: a new entry"),
                 "400": _resp("BadRequest"),
                 "409": _resp("Conflict"),
                 "413": _resp("TooLarge"),
@@ -321,7 +384,7 @@ PATHS: dict[str, Any] = {
         "post": _op(
             "rescan",
             "Rebuild the index from the tree",
-            {"200": _json(_ref("Rescanned"), "Rescanned", SEQ_HEADER)},
+            {"200": _json(_ref("Rescanned"), "Rescanned", SEQ_HEADERS)},
         )
     },
 }
@@ -333,8 +396,9 @@ SPEC: dict[str, Any] = {
         "version": __version__,
         "description": "The primary Hecate daemon's API, served over the Unix socket "
         "~/.hecate/hecate-daemon/sockets/api.sock (never TCP). Only the user who owns "
-        "the daemon may use it. Every error is {error: {code, message}} with a 4xx "
-        "(507 for a full disk, 503 when busy); never a 5xx for bad input.",
+        "the daemon may use it. Every error is {ok: false, error: <message>, code: <code>} "
+        "with a 4xx (507 for a full disk, 503 when busy); never a 5xx for bad input. "
+        "Successful writes carry ok: true.",
     },
     "servers": [{"url": "http://localhost", "description": "over the Unix socket"}],
     "paths": PATHS,

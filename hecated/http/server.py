@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import socket
 import stat
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,13 +37,20 @@ from waitress.channel import HTTPChannel
 from waitress.server import UnixWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from hecated.http.app import PEER_KEY, Peer
+from hecated.protocol import (
+    PEER_ENVIRON_KEY,
+    Peer,
+    accepts,
+    code_of_status,
+    encode,
+    error_body,
+    error_headers,
+)
 
 log = logging.getLogger("hecated.http.server")
 # waitress warns on every queued task ("Task queue depth is N"): noise, not news.
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
-_PEERCRED = struct.Struct("3i")
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024  # api.py refuses anything over 64 KB with a JSON 413
 STALLED_AFTER = 2.0  # on shutdown, a half-sent request silent this long is dropped
@@ -53,13 +58,11 @@ STALLED_AFTER = 2.0  # on shutdown, a half-sent request silent this long is drop
 # what must stay bounded is the time one request may take to arrive (slowloris).
 MAX_CONNECTIONS = 1000
 REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last
-# What waitress itself refuses, before the app sees it, in the API's error shape.
-PROTOCOL_ERRORS = {
-    400: "bad_request",
-    413: "body_too_large",
-    431: "headers_too_large",
-    500: "internal_error",
-}
+# Lingering close (nginx's lingering_close): after refusing a request whose bytes are
+# still arriving, keep reading and discarding them, so the client finishes sending and
+# reads the answer instead of a broken pipe; for at most this long and this much.
+LINGER_SECONDS = 10.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 class AlreadyRunningError(RuntimeError):
@@ -68,26 +71,6 @@ class AlreadyRunningError(RuntimeError):
 
 class SocketPathError(RuntimeError):
     """The socket path is occupied by something that is not a socket."""
-
-
-def peer_credentials(conn: socket.socket) -> Peer | None:
-    try:
-        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError:
-        return None
-    return Peer(*_PEERCRED.unpack(raw))
-
-
-def _answers(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(os.fspath(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
@@ -104,7 +87,7 @@ def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise SocketPathError(f"{path} exists and is not a socket; not removing it")
-        if _answers(path):
+        if accepts(path):
             raise AlreadyRunningError(f"another daemon is already answering on {path}")
         log.info("removing stale socket %s", path)
         path.unlink()
@@ -128,7 +111,7 @@ class _Task(WSGITask):
 
     def get_environment(self) -> dict[str, Any]:
         environ = super().get_environment()
-        environ[PEER_KEY] = self.channel.peer
+        environ[PEER_ENVIRON_KEY] = self.channel.peer
         # Nothing may build URLs from the socket's path.
         environ["SERVER_NAME"] = "localhost"
         environ["SERVER_PORT"] = "0"
@@ -136,15 +119,17 @@ class _Task(WSGITask):
 
 
 class _ErrorTask(ErrorTask):
-    """Waitress's refusals (malformed request, header or body too large) as our JSON errors."""
+    """Waitress's refusals (malformed request, header or body too large) in the API's
+    envelope, built by the same function as the app's errors."""
 
     def execute(self) -> None:
         error = self.request.error
-        code = PROTOCOL_ERRORS.get(error.code, "bad_request")
-        message = f"{error.reason}: {error.body}"
-        body = json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+        self.channel.linger_on_close = True  # the refused request may still be arriving
+        code = code_of_status(error.code)
+        body = encode(error_body(code, f"{error.reason}: {error.body}"))
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
+        self.response_headers.extend(error_headers(code))
         if hasattr(self, "set_close_on_finish"):  # waitress >= 3
             self.set_close_on_finish()
         else:
@@ -155,15 +140,84 @@ class _ErrorTask(ErrorTask):
 
 
 class _Channel(HTTPChannel):
-    """One connection: its peer is read once, when it is accepted, from the kernel."""
+    """One connection: its peer is read once, when it is accepted, from the kernel.
+
+    A connection closed after one of the serving layer's own refusals (body or
+    headers too large, a malformed request) closes the lingering way: the answer
+    is flushed, our half is shut (the client reads EOF after the answer), and
+    what the client still sends is read and thrown away until it closes its
+    half, or ``linger_bytes``/``linger_seconds`` run out. Closing at once would
+    make the kernel reset a client still sending its body, which then never
+    reads the 413. Other closes (``Connection: close`` after a request read
+    whole) stay as waitress makes them.
+    """
 
     task_class = _Task
     error_task_class = _ErrorTask
+    linger_seconds = LINGER_SECONDS
+    linger_bytes = LINGER_BYTES
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
-        self.peer = peer_credentials(sock)
+        self.peer = Peer.of(sock)
         self.request_started = 0.0
+        self.linger_on_close = False
+        self.lingering_since: float | None = None
+        self.linger_left = 0
         super().__init__(server, sock, addr, adj, map)
+
+    # -- lingering close ----------------------------------------------------------------
+
+    def handle_write(self) -> None:
+        if self.lingering_since is not None:  # nothing left to send: only a forced close
+            if self.will_close:
+                self.handle_close()
+            return
+        if self.linger_on_close and self.close_when_flushed and not self.will_close:
+            # As waitress does (no task runs once close_when_flushed is set), then linger.
+            _, failed = self._flush_exception(self._flush_some)
+            if failed:
+                self.handle_close()
+            elif not self.total_outbufs_len:
+                self.close_when_flushed = False
+                self._linger()
+            return
+        super().handle_write()
+
+    def _linger(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.will_close = True
+            self.handle_close()
+            return
+        self.lingering_since = time.monotonic()
+        self.linger_left = self.linger_bytes
+        if self.request is not None:  # whatever the parser made of the unread body
+            self.request.close()
+            self.request = None
+
+    def readable(self) -> bool:
+        if self.lingering_since is not None:
+            return not self.will_close
+        return super().readable()
+
+    def handle_read(self) -> None:
+        if self.lingering_since is None:
+            super().handle_read()
+            return
+        try:
+            data = self.recv(self.adj.recv_bytes)  # b"" at EOF: wasyncore closed us already
+        except OSError:
+            self.handle_close()
+            return
+        self.last_activity = time.time()
+        self.linger_left -= len(data)
+        if data and (self.linger_left <= 0 or self.lingered_out(time.monotonic())):
+            self.handle_close()
+
+    def lingered_out(self, now: float) -> bool:
+        """Lingering for longer than ``linger_seconds``: close whatever the client does."""
+        return self.lingering_since is not None and now - self.lingering_since > self.linger_seconds
 
     def received(self, data: bytes) -> bool:
         receiving = self.request is not None
@@ -211,6 +265,8 @@ class UnixServer:
         workers: int = 16,
         max_connections: int = MAX_CONNECTIONS,
         request_deadline: float = REQUEST_DEADLINE,
+        linger_seconds: float = LINGER_SECONDS,
+        linger_bytes: int = LINGER_BYTES,
         poll_interval: float = 0.5,
         channel_timeout: int = 30,
         grace: float = 30.0,
@@ -218,8 +274,10 @@ class UnixServer:
         """``workers`` threads run the app; at most ``max_connections`` connections
         are open (beyond that waitress stops accepting and the kernel's backlog holds
         them); a request must arrive whole within ``request_deadline`` s of its first
-        byte; connections idle for ``channel_timeout`` s are closed; ``close`` waits
-        at most ``grace`` s for requests in flight."""
+        byte; connections idle for ``channel_timeout`` s are closed; a refused client
+        still sending is read (and ignored) for at most ``linger_seconds`` s and
+        ``linger_bytes`` bytes; ``close`` waits at most ``grace`` s for requests in
+        flight."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
@@ -246,6 +304,9 @@ class UnixServer:
             bind_socket=False,
         )
         self._server.last_activity = time.monotonic()
+        # This server's lingering bounds, on a subclass of its own (tests shrink them).
+        bounds = {"linger_seconds": linger_seconds, "linger_bytes": linger_bytes}
+        self._server.channel_class = type("_Channel", (_Channel,), bounds)
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
         self.poll_interval = poll_interval
@@ -272,8 +333,13 @@ class UnixServer:
 
     def _drop_overdue(self, now: float) -> None:
         for channel in list(self._server.active_channels.values()):
-            if channel.overdue(now, self.request_deadline) and not channel.will_close:
+            if channel.will_close:
+                continue
+            if channel.overdue(now, self.request_deadline):
                 log.info("closing a connection whose request did not arrive in time")
+                channel.will_close = True
+            elif channel.lingered_out(now):
+                log.info("closing a refused connection whose client kept sending")
                 channel.will_close = True
 
     def shutdown(self) -> None:

@@ -30,6 +30,7 @@ from hecated.client import (
     PluginSummary,
     Snapshot,
 )
+from hecated.protocol import PLUGIN_OK, PLUGIN_STOPPED
 
 PROG = "hecatectl"
 START_HINT = "start it with `systemctl --user start hecate.socket` (or run `hecated`)"
@@ -329,13 +330,18 @@ def cmd_status(client: HecateClient, args: argparse.Namespace) -> Exit:
     print(f"hecated {health.version} is running")
     _fields(
         [
+            ("  status", health.status + ("" if health.ready else " (not ready)")),
             ("  socket", health.socket or client.socket_path),
             ("  pid", health.pid),
             ("  uptime", _duration(health.uptime_seconds)),
-            ("  plugins", health.plugins),
+            ("  plugins", health.plugin_count),
             ("  data dir", health.data_dir),
         ]
     )
+    # Only what needs a look: a plugin that runs fine or is simply stopped is no news.
+    for name, word in sorted(health.plugins.items()):
+        if word not in (PLUGIN_OK, PLUGIN_STOPPED):
+            print(f"  {name}: {word}")
     return Exit.OK
 
 

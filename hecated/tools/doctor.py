@@ -20,7 +20,7 @@ from hecated.core.config import ConfigError, resolve
 from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
 from hecated.core.manifest import MAX_FILE_BYTES, ManifestError, parse
 from hecated.core.registry import pid_alive
-from hecated.http.server import _answers as socket_answers  # the daemon's own stale-socket test
+from hecated.protocol import accepts  # the daemon's own stale-socket test
 from hecated.tools.units import COMMANDS, UNIT_NAMES, user_unit_dir
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
@@ -383,7 +383,7 @@ def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bo
         )
         fine = False
     if answering is None:
-        answering = socket_answers(path)
+        answering = accepts(path)
     if not answering:
         report.add(
             PROBLEM if not plugin else WARNING,
