@@ -91,10 +91,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> Any:
         time.sleep(interval)
 
 
+_made: list[Daemon] = []  # every Daemon of the running test, for the finalizer below
+
+
 class Daemon:
     """A hecated subprocess started the way a user starts it, with its own HOME."""
 
     def __init__(self, home: Path, args: list[str] | None = None, env: dict | None = None) -> None:
+        _made.append(self)
         self.home = home
         self.args = args or []
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
@@ -137,6 +141,15 @@ class Daemon:
             {"name": name, "version": version, "description": description},
         )
 
+    def kill(self) -> None:
+        """SIGKILL by pid, whatever state a failed test left it in (finalizers only)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(15)
+        stderr = getattr(self, "_stderr", None)
+        if stderr is not None:
+            stderr.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -144,6 +157,21 @@ class Daemon:
         code = self.proc.wait(timeout)
         self._stderr.close()
         return code
+
+
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails before its own ``finally`` (or a start that never became ready)
+    must not leave a hecated running: each one it made is killed by pid here, after the
+    test's other fixtures have stopped theirs the gentle way."""
+    _made.clear()
+    try:
+        yield
+    finally:
+        made = list(_made)
+        _made.clear()
+        for d in made:
+            d.kill()
 
 
 @pytest.fixture

@@ -85,6 +85,11 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait(timeout)
 
 
+RUN_SYSTEM = Path("/run/systemd/system")
+_RUNNING: list[UserManager] = []  # managers started and not yet stopped, in this process
+_MADE_RUN_SYSTEM: list[Path] = []  # RUN_SYSTEM, when a manager of ours made it
+
+
 class UserManager:
     """A private ``systemd --user`` with its own HOME and XDG_RUNTIME_DIR."""
 
@@ -112,7 +117,20 @@ class UserManager:
         return self.home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
 
     def start(self) -> UserManager:
-        Path("/run/systemd/system").mkdir(parents=True, exist_ok=True)
+        # systemd --user wants to see a booted system; made here, removed by the last
+        # manager of this process to stop, if it was not there before.
+        _RUNNING.append(self)
+        if not RUN_SYSTEM.exists():
+            RUN_SYSTEM.mkdir(parents=True)
+            _MADE_RUN_SYSTEM.append(RUN_SYSTEM)
+        try:
+            self._spawn()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [str(SYSTEMD), "--user", "--log-target=console", "--log-level=info"],
@@ -124,7 +142,6 @@ class UserManager:
                 start_new_session=True,
             )
         wait_for(self._running, timeout=60, interval=0.05)
-        return self
 
     def _running(self) -> bool:
         assert self.proc is not None
@@ -206,6 +223,11 @@ class UserManager:
                 self.systemctl("stop", "hecate.socket", "hecate.service", check=False)
             stop_pid(self.proc, timeout=20)
         shutil.rmtree(self.base, ignore_errors=True)
+        if self in _RUNNING:
+            _RUNNING.remove(self)
+        if not _RUNNING and _MADE_RUN_SYSTEM:
+            with contextlib.suppress(OSError):
+                _MADE_RUN_SYSTEM.pop().rmdir()
 
 
 # Where the service's output goes in the tests: no journald runs here, and a
@@ -298,6 +320,20 @@ def assert_no_tcp(pid: int) -> None:
     assert not socket_inodes(pid) & tcp_inodes(), f"pid {pid} holds a TCP socket"
 
 
+def journal_listening(path: Path) -> bool:
+    """Whether a live socket (a real journald, or another run's stand-in) is bound there."""
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(os.fspath(path))
+    except OSError:
+        return False  # ECONNREFUSED: a socket file nobody is bound to any more
+    finally:
+        probe.close()
+    return True
+
+
 @contextlib.contextmanager
 def fake_journal() -> Iterator[socket.socket | None]:
     """A datagram listener at /run/systemd/journal/socket, if no journald owns it.
@@ -307,9 +343,10 @@ def fake_journal() -> Iterator[socket.socket | None]:
     """
     directory = Path("/run/systemd/journal")
     path = directory / "socket"
-    if path.exists() or os.geteuid() != 0:
+    if os.geteuid() != 0 or journal_listening(path):
         yield None
         return
+    path.unlink(missing_ok=True)  # a leftover of a killed run: nobody reads it
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -43,20 +43,40 @@ def test_list_carries_seq_and_health_says_it(daemon: Daemon) -> None:
     assert daemon.request("GET", "/health")[2]["seq"] == seq_of(headers)
 
 
-def test_long_poll_answers_on_a_change(daemon: Daemon) -> None:
-    _, headers, _ = daemon.request("GET", "/api/plugins")
-    seq = seq_of(headers)
-    poll = Poll(daemon, f"since={seq}&wait=30")
-    poll.start()
-    time.sleep(0.2)
-    assert poll.is_alive()  # nothing changed: still waiting
-    daemon.register("alpha")
-    poll.join(10)
-    assert not poll.is_alive()
-    status, headers, body = poll.result
-    assert status == 200
-    assert seq_of(headers) > seq
-    assert [p["name"] for p in body] == ["alpha"]
+def one_waits_one_is_busy(daemon: Daemon, since: int) -> Poll:
+    """Two long polls on a daemon that lets one client wait: returns the one waiting.
+
+    The other must be refused with 503 ``busy``, and that refusal is the proof
+    (from outside, without sleeping) that the first is held as a waiter.
+    """
+    polls = [Poll(daemon, f"since={since}&wait=60") for _ in range(2)]
+    for poll in polls:
+        poll.start()
+    done = wait_for(lambda: [p for p in polls if not p.is_alive()])
+    assert len(done) == 1, [p.result for p in polls]
+    status, _headers, body = done[0].result
+    assert status == 503, (status, body)
+    assert body["code"] == "busy"
+    (waiting,) = [p for p in polls if p is not done[0]]
+    assert waiting.is_alive()  # held: nothing changed
+    return waiting
+
+
+def test_long_poll_answers_on_a_change(home: Path) -> None:
+    d = Daemon(home, ["--workers", "2"]).start()  # at most one waiter
+    try:
+        _, headers, _ = d.request("GET", "/api/plugins")
+        seq = seq_of(headers)
+        poll = one_waits_one_is_busy(d, seq)
+        d.register("alpha")
+        poll.join(10)
+        assert not poll.is_alive()
+        status, headers, body = poll.result
+        assert status == 200
+        assert seq_of(headers) > seq
+        assert [p["name"] for p in body] == ["alpha"]
+    finally:
+        stop_daemon(d)
 
 
 def test_long_poll_sees_hand_edits(daemon: Daemon) -> None:
@@ -97,6 +117,11 @@ def test_bad_parameters_are_a_json_400(daemon: Daemon, query: str) -> None:
     assert body["code"] == "invalid_parameter"
 
 
+def stop_daemon(d: Daemon) -> None:
+    if d.proc and d.proc.poll() is None:
+        d.stop()
+
+
 def test_rescan(daemon: Daemon) -> None:
     daemon.register("alpha")
     status, _, body = daemon.request("POST", "/api/rescan")
@@ -110,10 +135,8 @@ def test_waiters_are_bounded_and_shutdown_does_not_wait_for_them(home: Path) -> 
     d = Daemon(home, ["--workers", "2"]).start()  # at most one waiter
     try:
         _, headers, _ = d.request("GET", "/api/plugins")
-        first = Poll(d, f"since={seq_of(headers)}&wait=60")
-        first.start()
-        wait_for(lambda: d.request("GET", "/health")[0] == 200 and first.is_alive())
-        time.sleep(0.2)
+        first = one_waits_one_is_busy(d, seq_of(headers))
+        # A third client is refused as well while the first waits.
         status, _, body = d.request("GET", f"/api/plugins?since={seq_of(headers)}&wait=60")
         assert status == 503
         assert body["code"] == "busy"
@@ -123,8 +146,7 @@ def test_waiters_are_bounded_and_shutdown_does_not_wait_for_them(home: Path) -> 
         assert not first.is_alive()
         assert time.monotonic() - started < 20
     finally:
-        if d.proc and d.proc.poll() is None:
-            d.stop()
+        stop_daemon(d)
 
 
 def test_registry_wait_is_released_by_close(home: Path) -> None:
@@ -155,8 +177,13 @@ def test_list_is_encoded_once_per_seq(home: Path) -> None:
 
 
 def test_sighup_rescans_and_keeps_serving(daemon: Daemon) -> None:
+    """Only a rescan pass (SIGHUP, POST /api/rescan) logs "rescanned the tree (pass N)"
+    (the watcher's own start-up read of the tree says something else), so the count
+    moves because of the signal."""
     wait_for(lambda: "watching" in daemon.log())
-    before = daemon.log().count("rescanned the tree")
+    daemon.register("alpha")
+    assert daemon.log().count("rescanned the tree (pass ") == 0
     daemon.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: daemon.log().count("rescanned the tree") > before)
+    wait_for(lambda: "rescanned the tree (pass 1): 1 plugin(s)" in daemon.log())
+    assert daemon.log().count("rescanned the tree (pass ") == 1
     assert daemon.request("GET", "/health")[0] == 200

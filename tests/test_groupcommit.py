@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from hecated.core import manifest
 from hecated.core.files import GroupCommit, atomic_write
@@ -19,9 +20,17 @@ from hecated.core.registry import Registry
 class RecordingSync:
     """A real ``os.fsync`` of the leader's fd that records when each round began and ended."""
 
-    def __init__(self, delay: float = 0.005, fail_rounds: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        delay: float = 0.005,
+        fail_rounds: frozenset[int] = frozenset(),
+        hold_round: int | None = None,
+    ) -> None:
         self.delay = delay
         self.fail_rounds = fail_rounds
+        self.hold_round = hold_round  # this round waits inside the sync until released
+        self.held = threading.Event()
+        self.release = threading.Event()
         self.clock = 0
         self.lock = threading.Lock()
         self.rounds: list[tuple[int, int]] = []  # (began, ended) on self.tick's clock
@@ -33,9 +42,13 @@ class RecordingSync:
 
     def __call__(self, fd: int) -> None:
         began = self.tick()
+        number = len(self.rounds) + 1  # rounds run one at a time
         os.fsync(fd)
-        time.sleep(self.delay)  # a slow disk: writers pile up behind the leader
-        number = len(self.rounds) + 1
+        if number == self.hold_round:
+            self.held.set()
+            assert self.release.wait(30), "the test never released the held round"
+        else:
+            time.sleep(self.delay)  # a slow disk: writers pile up behind the leader
         self.rounds.append((began, self.tick()))
         if number in self.fail_rounds:
             raise OSError(errno.EIO, "injected write-back error")
@@ -75,8 +88,17 @@ def test_every_caller_returns_after_a_sync_that_began_after_its_call(tmp_path: P
     assert commit.rounds == len(recorder.rounds)
 
 
+def waiting_for(commit: GroupCommit, fd: int, target: int) -> int:
+    """How many callers wait for round ``target`` of ``fd``'s filesystem (white-box)."""
+    group = commit._groups.get(os.fstat(fd).st_dev)
+    if group is None:
+        return 0
+    with group._cond:
+        return group._waiting.get(target, 0)
+
+
 def test_a_failed_sync_fails_every_caller_it_covered_and_only_those(tmp_path: Path) -> None:
-    recorder = RecordingSync(delay=0.02, fail_rounds=frozenset({2}))
+    recorder = RecordingSync(delay=0, fail_rounds=frozenset({2}), hold_round=1)
     commit = GroupCommit(syncfs=recorder)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     results: list[str] = []
@@ -93,11 +115,13 @@ def test_a_failed_sync_fails_every_caller_it_covered_and_only_those(tmp_path: Pa
 
     try:
         first = threading.Thread(target=writer)
-        first.start()  # leads round 1
-        time.sleep(0.005)
+        first.start()
+        assert recorder.held.wait(10)  # it leads round 1, held inside the sync
         followers = [threading.Thread(target=writer) for _ in range(5)]
         for t in followers:
             t.start()  # all wait behind round 1, covered by round 2 (which fails)
+        wait_for(lambda: waiting_for(commit, fd, 2) == 5)
+        recorder.release.set()
         for t in [first, *followers]:
             t.join(10)
         commit.sync(fd)  # round 3 succeeds: the error went to its own callers only

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, short_tempdir, wait_for
+from conftest import Daemon, short_tempdir
 from rel_support import WITHOUT_DAC, PrefixedDaemon, needs_root, raw_exchange, snapshot, stop, tmpfs
 
 from hecated.core.layout import Layout
@@ -44,8 +43,12 @@ def hdaemon(home: Path) -> Iterator[Daemon]:
 
 
 def rescan(daemon: Daemon) -> None:
-    """SIGHUP: the daemon rescans the tree (a watcher would do the same per name)."""
-    daemon.proc.send_signal(signal.SIGHUP)
+    """The synchronous rescan: when it answers, the index holds what the tree holds.
+
+    (SIGHUP rescans too, but nothing says when it is done; a watcher would do the
+    same per name.)"""
+    status, _, body = daemon.request("POST", "/api/rescan")
+    assert status == 200 and body["ok"], body
 
 
 def listed(daemon: Daemon) -> dict[str, dict]:
@@ -84,7 +87,7 @@ def test_namespace_that_is_a_symlink_out_of_the_tree(hdaemon: Daemon, outside: P
     before = snapshot(outside)
     (hdaemon.root / "evil").symlink_to(outside)
     rescan(hdaemon)
-    entry = wait_for(lambda: listed(hdaemon).get("evil"))
+    entry = listed(hdaemon)["evil"]
     assert entry["status"] == "invalid"  # reported, never followed
     status, _, detail = hdaemon.request("GET", "/api/plugins/evil")
     assert status == 200 and "symlink" in detail["error"]["message"]
@@ -130,7 +133,7 @@ def test_plugin_toml_that_is_a_symlink(hdaemon: Daemon, outside: Path) -> None:
     before = snapshot(outside)
     (ns / "plugin.toml").symlink_to(outside / "linked.toml")
     rescan(hdaemon)
-    entry = wait_for(lambda: listed(hdaemon).get("linked"))
+    entry = listed(hdaemon)["linked"]
     assert entry["status"] == "invalid" and entry["version"] is None  # not read through
 
     # Registering replaces the link with a real file; the target is untouched.
@@ -168,14 +171,18 @@ def test_a_100_mb_plugin_toml_is_refused_unread(hdaemon: Daemon) -> None:
     kept = keep_entry(hdaemon)
     Layout.at(hdaemon.root).ensure_namespace("huge")
     path = hdaemon.root / "huge" / "plugin.toml"
-    with path.open("wb") as fh:  # valid TOML all the way: only its size is wrong
+    # Written beside the tree and renamed in: the test is about size, not about a
+    # writer caught half way (a partial file would be small, valid and "stopped").
+    staged = hdaemon.home / "huge.toml"
+    with staged.open("wb") as fh:  # valid TOML all the way: only its size is wrong
         fh.write(VALID.format(name="huge").encode() + b"#")
         chunk = b"x" * (1 << 20)
         for _ in range(100):
             fh.write(chunk)
         fh.write(b"\n")
+    os.replace(staged, path)
     rescan(hdaemon)
-    entry = wait_for(lambda: listed(hdaemon).get("huge"))
+    entry = listed(hdaemon)["huge"]
     assert entry["status"] == "invalid"
     detail = hdaemon.request("GET", "/api/plugins/huge")[2]
     assert "bytes" in detail["error"]["message"]
@@ -210,7 +217,7 @@ def test_unreadable_files_and_directories(home: Path) -> None:
         (home / ".hecate" / "shut").chmod(0)
         (home / ".hecate" / "frozen").chmod(0o500)
         rescan(daemon)
-        entries = wait_for(lambda: "shut" in listed(daemon) and listed(daemon))
+        entries = listed(daemon)
         assert entries["shut"]["status"] == "invalid"
         assert entries["locked"]["status"] == "invalid"
         detail = daemon.request("GET", "/api/plugins/locked")[2]

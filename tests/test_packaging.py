@@ -191,14 +191,28 @@ def deb() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", str(out)], check=False)
 
 
+def install(deb: Path) -> None:
+    run(["apt-get", *APT_LOCK, "install", "-y", str(deb)], env=apt_env(), timeout=900)
+
+
 @pytest.fixture(scope="module")
-def installed(deb: Path) -> Iterator[Path]:
-    purge("hecated")  # a leftover of an interrupted run
+def package_cleanup(deb: Path) -> Iterator[Path]:
+    """Purged before the module's first install (a leftover of an interrupted run) and
+    after its last test, whatever the tests did in between."""
+    purge("hecated")
     try:
-        run(["apt-get", *APT_LOCK, "install", "-y", str(deb)], env=apt_env(), timeout=900)
         yield deb
     finally:
         purge("hecated")
+
+
+@pytest.fixture
+def installed(package_cleanup: Path) -> Path:
+    """The package, installed: each test that needs it owns that precondition, so a test
+    that purges it (test_purge_removes_the_package) cannot break one that runs later."""
+    if not is_installed("hecated"):
+        install(package_cleanup)
+    return package_cleanup
 
 
 @pytest.fixture

@@ -306,7 +306,9 @@ def test_loop_stamps_heartbeat_and_runs_tick(served) -> None:
 
 def test_shutdown_from_another_thread_wakes_the_loop_at_once(served) -> None:
     s = served(poll_interval=3600)  # only the wake-up can end serve() in time
-    wait_for(lambda: s.ticks >= 0 and s.thread.is_alive())
+    with s.connect() as sock:  # an answer, then a tick: the loop is turning
+        assert get(sock, close=True)[0] == 200
+    wait_for(lambda: s.ticks >= 1 and s.thread.is_alive())
     s.server.shutdown()
     s.thread.join(10)
     assert not s.thread.is_alive()

@@ -26,7 +26,7 @@ from watch_support import (
     write_vim_style,
 )
 
-from hecated.adapters.watch import Watcher
+from hecated.adapters.watch import IN, Change, Watcher, file_change
 from hecated.core.layout import Layout
 
 # -- in-process: a registry and its watcher over a real tree ---------------------------
@@ -94,7 +94,9 @@ def test_broken_toml_is_invalid_with_its_line_then_valid_again(home: Path, caplo
     with watching(root) as (reg, watcher):
         ns = make_plugin(root, "alpha")
         assert watcher.settle()
-        write_in_place(ns / "plugin.toml", BROKEN)
+        # Saved whole (renamed in): no refresh can catch a writer half way, so every
+        # record about this file is about this breakage.
+        write_rename_over(ns / "plugin.toml", BROKEN)
         assert watcher.settle()
         write_rename_over(ns / "plugin.toml", BROKEN)  # the same breakage saved again
         assert watcher.settle()
@@ -102,12 +104,12 @@ def test_broken_toml_is_invalid_with_its_line_then_valid_again(home: Path, caplo
         assert plugin is not None and plugin.status == "invalid"
         assert plugin.entry.error.line == 2
         assert plugin.entry.error.path == str(ns / "plugin.toml")
-        # Only this tree's records of this breakage: a watcher of an earlier test may still
-        # be winding down, and on a starved machine a refresh may catch the file truncated
-        # mid-write (0.5 s without the writer's close) and log that state too.
-        mine = f"{ns / 'plugin.toml'}:2: invalid TOML"
+        # Only this tree's records: a watcher of an earlier test may still be winding down.
+        mine = str(ns / "plugin.toml")
         invalid_logs = [r for r in caplog.records if mine in r.getMessage()]
-        assert len(invalid_logs) == 1  # the same breakage saved twice: logged once
+        assert len(invalid_logs) == 1, [r.getMessage() for r in invalid_logs]
+        assert ":2: invalid TOML" in invalid_logs[0].getMessage()  # logged once, with its line
+        # Fixed in place (truncate, write, close): settle() returns after the close's refresh.
         write_in_place(ns / "plugin.toml", manifest_text("alpha", "4.0"))
         assert watcher.settle()
         assert reg.get("alpha").status == "stopped"
@@ -250,13 +252,60 @@ def test_overflow_rebuilds_and_rescans(home: Path) -> None:
         assert version_of(reg, "alpha") == "1.0"  # missed, as designed for this test
         import struct
 
-        from hecated.adapters.watch import IN
-
         emitter._handle(struct.pack("iIII", -1, IN.IN_Q_OVERFLOW, 0, 0))
         assert watcher.settle()
         assert watcher.refresher.rescans == rescans + 1
         assert version_of(reg, "alpha") == "7.0"
         assert watcher.watch_count == 4
+
+
+def test_settle_is_a_barrier_not_a_pause(home: Path) -> None:
+    """settle() returns only once the events made before it are read and refreshed.
+
+    The emitter is held (its lock taken) so it cannot handle what the kernel
+    queued: a settle() that merely waited for a quiet moment would return with
+    the old version; the barrier cannot return until the edit is in the index.
+    """
+    root = home / ".hecate"
+    with watching(root) as (reg, watcher):
+        ns = make_plugin(root, "alpha")
+        assert watcher.settle()
+        emitter = watcher.emitter
+        outcome: list = []
+        with emitter._lock:
+            write_rename_over(ns / "plugin.toml", manifest_text("alpha", "2.0"))
+            waiter = threading.Thread(
+                target=lambda: outcome.append((watcher.settle(), version_of(reg, "alpha")))
+            )
+            waiter.start()
+            # Long enough for a sleep-based settle() to have returned; the barrier is held.
+            waiter.join(0.3)
+            assert outcome == []
+        waiter.join(30)
+        assert outcome == [(True, "2.0")]
+
+
+def test_settle_after_stop_says_no(home: Path) -> None:
+    root = home / ".hecate"
+    with watching(root) as (_reg, watcher):
+        assert watcher.settle()
+    assert watcher.settle(timeout=1) is False
+
+
+@pytest.mark.parametrize(
+    ("mask", "change"),
+    [
+        (IN.IN_CREATE, Change.WRITING),
+        (IN.IN_MODIFY, Change.WRITING),
+        (IN.IN_ATTRIB, Change.WRITING),
+        (IN.IN_CLOSE_WRITE, Change.COMPLETE),
+        (IN.IN_MOVED_TO, Change.COMPLETE),
+        (IN.IN_DELETE, Change.GONE),
+        (IN.IN_MOVED_FROM, Change.GONE),
+    ],
+)
+def test_each_file_event_has_one_meaning(mask: int, change) -> None:
+    assert file_change(mask) is change
 
 
 # -- the invariant: after any sequence of file operations, index == fresh scan ---------

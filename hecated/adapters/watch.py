@@ -17,7 +17,13 @@ directories. So this module plugs one ``TreeEmitter`` into a watchdog
 ``BaseObserver``: one thread, one inotify instance, exactly the watches above,
 with a mask that leaves out open/access/close-nowrite events. It uses only
 what watchdog 2.2.1 and 7.x both have (``inotify_c``'s ctypes bindings and
-constants, ``EventEmitter``, ``BaseObserver``, the event classes).
+constants, ``EventEmitter``, ``BaseObserver``, ``FileSystemEvent``).
+
+One vocabulary from the raw event to the refresh: the emitter turns an inotify
+mask into a ``Change`` (WRITING, COMPLETE, GONE, RESCAN) once, and the
+refresher schedules by it. "Settle" means one thing here: ``Watcher.settle()``,
+a barrier (every event made before the call read, dispatched, and its refresh
+done), built on a marker written into the same inotify queue.
 
 Moves are not paired (no 0.5 s wait for a matching ``IN_MOVED_TO``): a move is
 a deletion here and a creation there, and each name involved is refreshed.
@@ -31,12 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import errno
 import heapq
 import logging
 import os
 import select
+import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,17 +53,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver, EventEmitter
 from watchdog.observers.inotify_c import (
     InotifyConstants as IN,
@@ -87,11 +86,41 @@ MAX_DEFER = 2 * CLOSE_WAIT  # a name's refresh is never put off longer than this
 DELETE_GRACE = 0.1  # vim: plugin.toml moved away, a new one written at once
 
 
-class RescanEvent(FileSystemEvent):
-    """Events may have been lost (queue overflow, watch errors): rebuild from the tree."""
+class Change(enum.Enum):
+    """What an inotify event means for the refresh of one name: the watcher's one vocabulary.
 
-    event_type = "rescan"
+    The emitter decides it once, from the raw mask; the refresher schedules by it.
+    """
+
+    WRITING = enum.auto()  # created or modified in place: wait for the writer's close
+    COMPLETE = enum.auto()  # closed after writing, moved in, a namespace came: read soon
+    GONE = enum.auto()  # deleted or moved away (moves are not paired): read after a grace
+    RESCAN = enum.auto()  # events may have been lost (overflow, errors): rebuild from the tree
+
+
+class TreeEvent(FileSystemEvent):
+    """A watchdog event carrying a ``Change`` for a plugin name ("" for a rescan).
+
+    ``event_type`` spells the change so that watchdog's queue, which drops an
+    event equal to the one just before it, only folds true repeats.
+    """
+
+    def __init__(self, src_path: str, name: str, change: Change) -> None:
+        super().__init__(src_path)
+        self.name = name
+        self.change = change
+        self.event_type = f"hecate-{change.name.lower()}"
+
+
+class BarrierEvent(FileSystemEvent):
+    """Every inotify event read before marker ``seq`` has been queued ahead of this one."""
+
     is_directory = True
+
+    def __init__(self, src_path: str, seq: int) -> None:
+        super().__init__(src_path)
+        self.seq = seq
+        self.event_type = f"hecate-barrier-{seq}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +134,9 @@ class Place:
 class TreeEmitter(EventEmitter):
     """A watchdog emitter for the ``~/.hecate`` tree: one inotify fd, only the needed watches.
 
-    Emits ordinary watchdog events (created, deleted, modified, closed) for the
-    paths that matter, and a ``RescanEvent`` whenever events may have been lost.
+    Emits a ``TreeEvent`` (a name and its ``Change``) for the paths that matter,
+    a ``Change.RESCAN`` whenever events may have been lost, and a ``BarrierEvent``
+    for each marker ``settle()`` writes into the inotify stream.
     """
 
     def __init__(self, event_queue, watch, timeout=1.0, event_filter=None, *, is_plugin_name):
@@ -119,6 +149,12 @@ class TreeEmitter(EventEmitter):
         self._places: dict[int, Place] = {}
         self._wds: dict[Place, int] = {}
         self._lock = threading.Lock()
+        # Markers: a private directory whose file creations travel through the same
+        # inotify queue as every other event, so reading marker N proves that all
+        # events made before it were read. Made on the first ``mark()`` only.
+        self._marker_dir: Path | None = None
+        self._marker_wd = -1
+        self._marker_seq = 0
 
     # -- watchdog's hooks ---------------------------------------------------------------
 
@@ -135,6 +171,10 @@ class TreeEmitter(EventEmitter):
             fd, self._fd = self._fd, -1
             self._places.clear()
             self._wds.clear()
+            self._marker_wd = -1
+            marker_dir, self._marker_dir = self._marker_dir, None
+        if marker_dir is not None:
+            shutil.rmtree(marker_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")  # end the select() now, not at its timeout
         if fd != -1:
@@ -152,9 +192,8 @@ class TreeEmitter(EventEmitter):
         if self._fd == -1:
             return
         if Place("parent") not in self._wds:  # the parent itself is missing: retry
-            time.sleep(min(timeout, 1.0))
+            timeout = min(timeout, 1.0)  # markers are still read meanwhile
             self._establish()
-            return
         try:
             # poll, not select: the fd limit is raised, and select() fails past fd 1023.
             poller = select.poll()
@@ -182,6 +221,31 @@ class TreeEmitter(EventEmitter):
     def watch_count(self) -> int:
         with self._lock:
             return len(self._wds)
+
+    def mark(self) -> int | None:
+        """Write marker ``seq`` into the inotify stream; its ``BarrierEvent`` follows
+        every event made before this call. None when the emitter is not running."""
+        with self._lock:
+            if self._fd == -1:
+                return None
+            if self._marker_wd == -1:
+                if self._marker_dir is None:
+                    self._marker_dir = Path(tempfile.mkdtemp(prefix="hecated-marker-"))
+                wd = inotify_add_watch(
+                    self._fd, os.fsencode(self._marker_dir), IN.IN_CREATE | _SAFE
+                )
+                if wd == -1:
+                    return None
+                self._marker_wd = wd
+            self._marker_seq += 1
+            seq = self._marker_seq
+            path = self._marker_dir / str(seq)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+                os.unlink(path)
+            except OSError:
+                return None
+            return seq
 
     def _add(self, place: Place, path: Path, mask: int) -> bool:
         wd = inotify_add_watch(self._fd, os.fsencode(path), mask)
@@ -240,7 +304,7 @@ class TreeEmitter(EventEmitter):
                 return
             self._watch_root()
         if notify:
-            self.queue_event(RescanEvent(os.fsdecode(self.root)))
+            self.queue_event(TreeEvent(os.fsdecode(self.root), "", Change.RESCAN))
 
     def _watch_root(self) -> None:
         if not self._add(Place("root"), self.root, ROOT_MASK):
@@ -256,8 +320,9 @@ class TreeEmitter(EventEmitter):
     # -- events -------------------------------------------------------------------------
 
     def _handle(self, data: bytes) -> None:
-        out: list[FileSystemEvent] = []
+        out: list[TreeEvent] = []
         rescan = False
+        marker = 0
         with self._lock:
             offset = 0
             while offset + _HEADER.size <= len(data):
@@ -268,6 +333,13 @@ class TreeEmitter(EventEmitter):
                 if mask & IN.IN_Q_OVERFLOW:
                     log.warning("inotify queue overflowed; rebuilding watches and rescanning")
                     rescan = True
+                    marker = self._marker_seq  # markers may be lost: the rescan covers them
+                    continue
+                if wd == self._marker_wd and wd != -1:
+                    if mask & IN.IN_IGNORED:
+                        self._marker_wd = -1
+                    elif name.isdigit():
+                        marker = max(marker, int(name))
                     continue
                 place = self._places.get(wd)
                 if place is None:
@@ -282,8 +354,13 @@ class TreeEmitter(EventEmitter):
             self.queue_event(event)
         if rescan:
             self._establish()
+        if marker:
+            self.queue_event(BarrierEvent(os.fsdecode(self.root), marker))
 
-    def _on_event(self, place: Place, mask: int, name: str, out: list) -> bool:
+    def _emit(self, out: list[TreeEvent], path: Path, name: str, change: Change) -> None:
+        out.append(TreeEvent(os.fsdecode(path), name, change))
+
+    def _on_event(self, place: Place, mask: int, name: str, out: list[TreeEvent]) -> bool:
         """Keep the watches in step and say what changed; True when a rescan is due."""
         gone = bool(mask & (IN.IN_DELETE | IN.IN_MOVED_FROM))
         came = bool(mask & (IN.IN_CREATE | IN.IN_MOVED_TO))
@@ -306,15 +383,15 @@ class TreeEmitter(EventEmitter):
         if place.kind == "root":
             if not self._is_plugin_name(name):
                 return False
-            path = os.fsdecode(self.root / name)
+            path = self.root / name
             if is_dir and came:
                 self._watch_namespace(name)
-                out.append(DirCreatedEvent(path))
+                self._emit(out, path, name, Change.COMPLETE)
             elif is_dir and gone:
                 self._unwatch_namespace(name)
-                out.append(DirDeletedEvent(path))
-            else:
-                out.append(FileModifiedEvent(path))  # a file where a namespace would be
+                self._emit(out, path, name, Change.GONE)
+            else:  # a file where a namespace would be, or a namespace's mode changed
+                self._emit(out, path, name, Change.COMPLETE)
             return False
         base = self._path_of(place)
         if place.kind == "ns" and name == RUN_DIR:
@@ -322,31 +399,27 @@ class TreeEmitter(EventEmitter):
                 self._add(Place("run", place.name), base / RUN_DIR, FILES_MASK)
             elif gone:
                 self._remove(Place("run", place.name))
-            out.append(DirCreatedEvent(os.fsdecode(base / RUN_DIR)))
+            self._emit(out, base / RUN_DIR, place.name, Change.COMPLETE)  # pid files come/go
             return False
         wanted = MANIFEST_NAME if place.kind == "ns" else None
         if (wanted and name != wanted) or (place.kind == "run" and name not in RUN_FILES):
             return False
-        out.append(_file_event(os.fsdecode(base / name), mask))
+        self._emit(out, base / name, place.name, file_change(mask))
         return False
 
 
-def _file_event(path: str, mask: int) -> FileSystemEvent:
-    """The emitter's vocabulary, in watchdog's event classes.
+def file_change(mask: int) -> Change:
+    """What an event on ``plugin.toml`` or a ``run/`` file means.
 
     Created and modified mean a writer may still be at work (wait for its
     close); closed and moved-in mean the file is complete; deleted covers
     moved-away too (moves are not paired).
     """
     if mask & (IN.IN_DELETE | IN.IN_MOVED_FROM):
-        return FileDeletedEvent(path)
-    if mask & IN.IN_CLOSE_WRITE:
-        return FileClosedEvent(path)
-    if mask & IN.IN_MOVED_TO:
-        return FileMovedEvent("", path)  # from somewhere we need not know
-    if mask & IN.IN_CREATE:
-        return FileCreatedEvent(path)
-    return FileModifiedEvent(path)  # written or attributes changed
+        return Change.GONE
+    if mask & (IN.IN_CLOSE_WRITE | IN.IN_MOVED_TO):
+        return Change.COMPLETE
+    return Change.WRITING  # created, written or attributes changed
 
 
 def ctypes_errno() -> int:
@@ -373,7 +446,8 @@ class Refresher:
         self._deleted_at: dict[str, float] = {}
         self._rescan = False
         self._stop = False
-        self._idle = True
+        self._idle = True  # nothing due and no refresh running
+        self._barrier = 0  # the last marker whose events have all been noted
         self.refreshes = 0
         self.rescans = 0
         self._thread = threading.Thread(target=self._run, name="hecated-refresher", daemon=True)
@@ -388,16 +462,20 @@ class Refresher:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def touch(self, name: str, kind: str) -> None:
-        """Note an event on ``name``: ``kind`` is "settled", "modified" or "deleted"."""
+    def touch(self, name: str, change: Change) -> None:
+        """Schedule the refresh of ``name`` as ``change`` asks (a rescan for RESCAN)."""
+        if change is Change.RESCAN:
+            self.request_rescan()
+            return
         now = time.monotonic()
         with self._cond:
-            if kind == "deleted":
+            if change is Change.GONE:
                 self._deleted_at.setdefault(name, now)
-            at = now + (CLOSE_WAIT if kind == "modified" else self.debounce)
+            writing = change is Change.WRITING
+            at = now + (CLOSE_WAIT if writing else self.debounce)
             current = self._due.get(name)
             first = self._first.setdefault(name, now)
-            if kind == "modified" and current is not None:
+            if writing and current is not None:
                 # Wait on for the writer's close, but a writer that never closes (a log
                 # kept open) must not hold the name's refresh off for ever.
                 at = min(max(at, current), first + MAX_DEFER)
@@ -412,13 +490,24 @@ class Refresher:
             self._idle = False
             self._cond.notify_all()
 
-    def settled(self, timeout: float) -> bool:
-        """Wait until nothing is pending (tests and benchmarks use it)."""
+    def reached(self, seq: int) -> None:
+        """Every event before marker ``seq`` has been noted (called in event order)."""
+        with self._cond:
+            self._barrier = max(self._barrier, seq)
+            self._cond.notify_all()
+
+    def wait_done(self, seq: int, timeout: float) -> bool:
+        """Wait until marker ``seq`` has been reached and every refresh due is done."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._barrier >= seq and self._idle, timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is due and no refresh runs."""
         with self._cond:
             return self._cond.wait_for(lambda: self._idle, timeout)
 
-    def _next(self) -> str | None:
-        """The next name due, waiting for it; "" for a rescan; None to stop."""
+    def _next(self) -> str | Change | None:
+        """The next name due, waiting for it; ``Change.RESCAN`` for a rescan; None to stop."""
         with self._cond:
             while True:
                 if self._stop:
@@ -429,7 +518,7 @@ class Refresher:
                     self._first.clear()
                     self._heap.clear()
                     self._deleted_at.clear()
-                    return ""
+                    return Change.RESCAN
                 now = time.monotonic()
                 while self._heap and self._due.get(self._heap[0].name) != self._heap[0].at:
                     heapq.heappop(self._heap)  # superseded
@@ -464,46 +553,37 @@ class Refresher:
 
     def _run(self) -> None:
         while True:
-            name = self._next()
-            if name is None:
+            job = self._next()
+            if job is None:
                 return
             try:
-                if name == "":
+                if job is Change.RESCAN:
                     count = self.registry.scan()
                     self.rescans += 1
-                    log.info("rescanned the tree: %d plugin(s)", count)
+                    # Not "rescanned the tree", which is what SIGHUP and POST /api/rescan
+                    # log: a reader of the log can tell a reload from the watcher's work.
+                    log.info("watcher: watches (re)built, tree read: %d plugin(s)", count)
                 else:
-                    self.registry.refresh(name)
+                    self.registry.refresh(job)
                     self.refreshes += 1
             except Exception:
+                name = job if isinstance(job, str) else ""
                 log.exception("refreshing %r failed; rescanning", name or "the tree")
                 if name:
                     self.request_rescan()
 
 
 class RegistryHandler(FileSystemEventHandler):
-    """Maps the emitter's events to names of the registry."""
+    """Hands the emitter's events to the refresher: changes per name, and barriers."""
 
-    def __init__(self, root: Path, refresher: Refresher) -> None:
-        self.root = root
+    def __init__(self, refresher: Refresher) -> None:
         self.refresher = refresher
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        if isinstance(event, RescanEvent):
-            self.refresher.request_rescan()
-            return
-        path = Path(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
-        try:
-            name = path.relative_to(self.root).parts[0]
-        except (ValueError, IndexError):
-            return
-        if isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
-            kind = "deleted"
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)) and path.parent != self.root:
-            kind = "modified"  # a writer may be at work: its close settles it
-        else:
-            kind = "settled"
-        self.refresher.touch(name, kind)
+        if isinstance(event, TreeEvent):
+            self.refresher.touch(event.name, event.change)
+        elif isinstance(event, BarrierEvent):
+            self.refresher.reached(event.seq)
 
 
 class Watcher:
@@ -515,7 +595,7 @@ class Watcher:
         self.refresher = Refresher(registry, debounce)
         emitter_class = partial(TreeEmitter, is_plugin_name=registry.layout.is_plugin_name)
         self.observer = BaseObserver(emitter_class, timeout=timeout)
-        self.handler = RegistryHandler(self.root, self.refresher)
+        self.handler = RegistryHandler(self.refresher)
         self.observer.schedule(self.handler, os.fspath(self.root))
 
     def start(self) -> Watcher:
@@ -545,14 +625,18 @@ class Watcher:
         emitter = self.emitter
         return 0 if emitter is None else emitter.watch_count
 
-    def settle(self, timeout: float = 10.0, quiet: float = 0.05) -> bool:
-        """Wait until events stop arriving and every refresh is done (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.observer.event_queue.join()
-            if not self.refresher.settled(max(0.0, deadline - time.monotonic())):
-                return False
-            time.sleep(quiet)
-            if self.observer.event_queue.unfinished_tasks == 0 and self.refresher.settled(0):
-                return True
-        return False
+    def settle(self, timeout: float = 30.0) -> bool:
+        """A barrier: True once every event made before this call has been read and
+        dispatched, and every refresh it scheduled (and any other then due) is done.
+
+        "Settled" means that and nothing else in this module. A marker file created
+        in a private directory goes through the same inotify queue as the tree's
+        events, so its arrival proves the ones before it were read; a queue overflow
+        stands in for lost markers, the rescan it causes covering them. Tests and
+        benchmarks use it; False when the watcher is not running or on timeout.
+        """
+        emitter = self.emitter
+        seq = None if emitter is None else emitter.mark()
+        if seq is None:
+            return False
+        return self.refresher.wait_done(seq, timeout)
