@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, short_tempdir, wait_for
+from watch_support import write_rename_over
 
 from hecated.client import (
     ApiError,
@@ -111,8 +111,12 @@ def test_status_follows_the_pid_file(client: HecateClient) -> None:
 def test_an_invalid_manifest_comes_with_file_and_line(client: HecateClient, daemon: Daemon) -> None:
     client.register("hecate-broken")
     manifest = daemon.root / "hecate-broken/plugin.toml"
-    manifest.write_text('name = "hecate-broken"\nversion "1"\n')
-    os.kill(daemon.proc.pid, signal.SIGHUP)  # rescan (a watcher would see it by itself)
+    # Saved whole (by rename), so the only states are the old entry and the broken one;
+    # the synchronous rescan (the watcher would see it too) then a wait for the end
+    # state, which the registry publishes once the file has stopped changing.
+    write_rename_over(manifest, 'name = "hecate-broken"\nversion "1"\n')
+    status, _, _ = daemon.request("POST", "/api/rescan")
+    assert status == 200
     info = wait_for(lambda: (i := client.get("hecate-broken")).error and i, timeout=20)
     assert info.status == "invalid"
     assert info.error.file == str(manifest)

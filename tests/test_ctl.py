@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import HECATECTL, Daemon, short_tempdir, wait_for
 from ctl_support import ROOT, LineReader, clean_env, ctl, one_line_error, stop
+from watch_support import write_rename_over
 
 from hecated.tools.ctl import Exit
 
@@ -158,8 +159,12 @@ def test_show(daemon: Daemon) -> None:
 
 def test_show_an_invalid_plugin_toml_names_file_and_line(daemon: Daemon) -> None:
     daemon.register("hecate-broken")
-    (daemon.root / "hecate-broken/plugin.toml").write_text('name = "hecate-broken"\nversion = \n')
-    os.kill(daemon.proc.pid, signal.SIGHUP)  # rescan; a daemon with a watcher needs no telling
+    # Saved whole (by rename): the only states are the old entry and the broken one.
+    write_rename_over(
+        daemon.root / "hecate-broken/plugin.toml", 'name = "hecate-broken"\nversion = \n'
+    )
+    status, _, _ = daemon.request("POST", "/api/rescan")  # synchronous; the watcher sees it too
+    assert status == 200
 
     def invalid() -> str | None:
         result = ctl(daemon.home, "show", "hecate-broken")
