@@ -99,13 +99,13 @@ def test_install_honours_xdg_config_home_and_dir(home: Path) -> None:
 
 def test_install_is_idempotent(home: Path) -> None:
     first = units.install(home, HECATED)
-    assert [o.action for o in first] == ["written", "written"]
-    before = {p.name: p.stat().st_mtime_ns for p in home.iterdir()}
+    assert [o.action for o in first] == ["written", "written", "written"]
+    before = {p.name: p.lstat().st_mtime_ns for p in home.iterdir()}
     again = units.install(home, HECATED)
-    assert [o.action for o in again] == ["unchanged", "unchanged"]
-    assert {p.name: p.stat().st_mtime_ns for p in home.iterdir()} == before
+    assert [o.action for o in again] == ["unchanged", "unchanged", "unchanged"]
+    assert {p.name: p.lstat().st_mtime_ns for p in home.iterdir()} == before
     moved = units.install(home, Path("/elsewhere/bin/hecated"))
-    assert [o.action for o in moved] == ["unchanged", "updated"]
+    assert [o.action for o in moved] == ["unchanged", "updated", "unchanged"]
 
 
 def test_install_refuses_a_unit_it_did_not_write(home: Path) -> None:
@@ -149,3 +149,45 @@ def test_install_warns_when_the_executable_is_hidden_by_private_tmp() -> None:
     assert units.hidden_from_service(Path("/tmp/venv/bin/hecated")) == "/tmp"
     assert units.hidden_from_service(Path("/var/tmp/x/hecated")) == "/var/tmp"
     assert units.hidden_from_service(Path("/usr/bin/hecated")) is None
+
+
+def test_install_makes_hecate_daemon_an_alias_of_hecate_service(home: Path) -> None:
+    result = install_units("--dir", str(home))
+    assert result.returncode == 0, result.stderr
+    alias = home / "hecate-daemon.service"
+    assert f"written: {alias}" in result.stdout.splitlines()
+    # a relative symlink in the same directory: systemd's way of giving a unit a second name
+    assert alias.is_symlink() and os.readlink(alias) == "hecate.service"
+    assert alias.read_text() == (home / "hecate.service").read_text()
+    assert sorted(p.name for p in home.iterdir()) == [
+        "hecate-daemon.service",
+        "hecate.service",
+        "hecate.socket",
+    ], "no temp link is left behind"
+
+
+def test_install_refuses_a_foreign_hecate_daemon_unit(home: Path) -> None:
+    theirs = "[Service]\nExecStart=/usr/bin/some-other-daemon\n"
+    (home / "hecate-daemon.service").write_text(theirs)
+    result = install_units("--dir", str(home))
+    assert result.returncode == 1
+    assert "hecate-daemon.service" in result.stderr and "Traceback" not in result.stderr
+    assert (home / "hecate-daemon.service").read_text() == theirs
+    assert not (home / "hecate.service").exists(), "nothing is written when one is refused"
+    # a symlink elsewhere is not ours either
+    (home / "hecate-daemon.service").unlink()
+    (home / "hecate-daemon.service").symlink_to("/usr/lib/systemd/user/other.service")
+    assert install_units("--dir", str(home)).returncode == 1
+    forced = install_units("--dir", str(home), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"replaced: {home / 'hecate-daemon.service'}" in forced.stdout.splitlines()
+    assert os.readlink(home / "hecate-daemon.service") == "hecate.service"
+
+
+def test_install_with_a_directory_in_the_alias_place_fails_cleanly(home: Path) -> None:
+    (home / "hecate-daemon.service").mkdir()
+    result = install_units("--dir", str(home), "--force")
+    assert result.returncode == 1
+    assert "hecate-daemon.service is a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (home / "hecate.service").exists(), "checked before anything is written"

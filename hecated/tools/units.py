@@ -8,10 +8,19 @@ reads them with importlib.resources. Installing rewrites only ``ExecStart=``
 to point at this installation's ``hecated`` and adds a marker line, so a later
 run can tell its own files (replace them, idempotently) from a unit someone
 else wrote (refuse, unless ``--force``).
+
+``hecate-daemon.service`` is an alias of ``hecate.service``: the Hecate
+ecosystem's plugin units say ``Requires=``/``After=hecate-daemon.service`` and
+its CLI runs ``systemctl --user ... hecate-daemon`` (docs/ecosystem.md). The
+alias is a symlink beside the unit (``hecate-daemon.service -> hecate.service``),
+which systemd reads as a second name of the same unit whether or not it is
+enabled; ``Alias=`` would need ``[Install]`` and enabling, and the service is
+static. Distro packages ship the same symlink.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -24,6 +33,8 @@ from hecated.core.errors import HecateError
 from hecated.core.files import atomic_write, opened
 
 UNIT_NAMES = ("hecate.socket", "hecate.service")
+# Second names of a unit: alias -> the unit file it is a symlink to (same directory).
+ALIASES: dict[str, str] = {"hecate-daemon.service": "hecate.service"}
 DISTRO_EXEC = "/usr/bin/hecated"
 MARKER = "# Written by `hecated install-units`; re-run it to update, or use a drop-in to change."
 COMMANDS = ("systemctl --user daemon-reload", "systemctl --user enable --now hecate.socket")
@@ -91,10 +102,16 @@ def user_unit_dir(environ: dict[str, str] | None = None) -> Path:
 
 
 def install(directory: Path, executable: Path, force: bool = False) -> list[Outcome]:
-    """Write both units into ``directory``; every check is made before anything is written."""
+    """Write both units and the alias symlinks into ``directory``.
+
+    Every check is made before anything is written, so a refusal leaves the
+    directory exactly as it was.
+    """
     rendered = {name: render(name, executable) for name in UNIT_NAMES}
     current = {name: _read(directory / name) for name in UNIT_NAMES}
     foreign = [n for n, text in current.items() if text is not None and not _ours(text)]
+    aliases = {alias: _alias_state(directory / alias, target) for alias, target in ALIASES.items()}
+    foreign += [alias for alias, state in aliases.items() if state == "foreign"]
     if foreign and not force:
         raise InstallError(
             f"refusing to overwrite {', '.join(str(directory / n) for n in foreign)}: "
@@ -111,7 +128,39 @@ def install(directory: Path, executable: Path, force: bool = False) -> list[Outc
                 atomic_write(dir_fd, name, rendered[name].encode(), mode=0o644)
                 action = "written" if before is None else "updated" if _ours(before) else "replaced"
             outcomes.append(Outcome(directory / name, action))
+        for alias, target in ALIASES.items():
+            state = aliases[alias]
+            if state != "ours":
+                _atomic_symlink(dir_fd, target, alias)
+            action = {"ours": "unchanged", "absent": "written"}.get(state, "replaced")
+            outcomes.append(Outcome(directory / alias, action))
     return outcomes
+
+
+def _alias_state(path: Path, target: str) -> str:
+    """``ours`` (a symlink to ``target``), ``absent``, or ``foreign`` (anything else there)."""
+    try:
+        link = os.readlink(path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError:  # EINVAL: not a symlink
+        if path.is_dir():
+            raise InstallError(f"{path} is a directory") from None
+        return "foreign"
+    return "ours" if link == target else "foreign"
+
+
+def _atomic_symlink(dir_fd: int, target: str, name: str) -> None:
+    """Point ``name`` at ``target`` in one rename, durably (a temp link, rename, fsync dir)."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    try:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
 
 
 def hidden_from_service(executable: Path) -> str | None:
