@@ -3,14 +3,15 @@
 The Hecate ecosystem's plugin units say ``Requires=hecate-daemon.service`` and
 ``After=hecate-daemon.service``, and its CLI runs ``systemctl --user ... hecate-daemon``
 (docs/ecosystem.md). ``hecated install-units`` makes that name a symlink to
-``hecate.service``; here a plugin unit written the ecosystem's way (running
+``hecate.service``
+(in the user's data unit directory); here a plugin unit written the ecosystem's way (running
 examples/hecate-exampled.py) is started by a real user manager, with nothing
 else started first.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,9 +54,11 @@ def manager() -> Iterator[UserManager]:
 
 @pytest.fixture
 def um(manager: UserManager) -> Iterator[UserManager]:
+    shutil.rmtree(data_unit_dir(manager), ignore_errors=True)
     manager.reset()
     yield manager
     manager.systemctl("stop", PLUGIN, check=False)
+    shutil.rmtree(data_unit_dir(manager), ignore_errors=True)
     manager.reset()
 
 
@@ -63,6 +66,11 @@ def install_plugin_unit(um: UserManager) -> None:
     text = PLUGIN_UNIT.format(python=sys.executable, script=EXAMPLED)
     (um.unit_dir / PLUGIN).write_text(text)
     um.systemctl("daemon-reload")
+
+
+def data_unit_dir(um: UserManager) -> Path:
+    """~/.local/share/systemd/user: where install-units puts the alias (units.py says why)."""
+    return um.home / ".local" / "share" / "systemd" / "user"
 
 
 def monotonic(um: UserManager, unit: str, prop: str) -> int:
@@ -78,8 +86,11 @@ def test_plugin_unit_requiring_hecate_daemon_starts_after_hecated_is_ready(
     um: UserManager,
 ) -> None:
     um.install()
-    alias = um.unit_dir / ALIAS
-    assert alias.is_symlink() and os.readlink(alias) == "hecate.service"
+    alias = data_unit_dir(um) / ALIAS
+    assert alias.is_symlink() and alias.resolve() == (um.unit_dir / "hecate.service").resolve()
+    # still static: an alias in the data dir does not count as enabling it
+    assert um.systemctl("is-enabled", "hecate.service", check=False).stdout.strip() == "static"
+    assert um.systemctl("is-enabled", ALIAS, check=False).stdout.strip() == "alias"
     install_plugin_unit(um)
     assert um.prop("hecate.service", "ActiveState") == "inactive"
 
@@ -121,7 +132,7 @@ def test_without_the_alias_such_a_plugin_unit_cannot_start(um: UserManager) -> N
         if (shared / ALIAS).exists():  # e.g. the .deb, installed by test_packaging meanwhile
             pytest.skip(f"{shared / ALIAS} is installed system-wide: no manager lacks the name")
     um.install()
-    (um.unit_dir / ALIAS).unlink()
+    (data_unit_dir(um) / ALIAS).unlink()
     install_plugin_unit(um)
     result = um.systemctl("start", PLUGIN, check=False)
     assert result.returncode != 0
@@ -129,7 +140,7 @@ def test_without_the_alias_such_a_plugin_unit_cannot_start(um: UserManager) -> N
     assert um.prop("hecate.service", "ActiveState") == "inactive"
     # install-units puts it back, idempotently, and the same unit now starts
     out = um.run(str(HECATED), "install-units")
-    assert f"written: {um.unit_dir / ALIAS}" in out.stdout.splitlines()
+    assert f"written: {data_unit_dir(um) / ALIAS}" in out.stdout.splitlines()
     um.systemctl("daemon-reload")
     um.systemctl("start", PLUGIN)
     assert um.prop("hecate.service", "ActiveState") == "active", um.service_log()

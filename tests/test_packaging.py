@@ -334,6 +334,8 @@ def test_socket_activation_from_installed_units(installed: Path, manager: UserMa
     # the ecosystem's name is the same unit, not a second service
     assert manager.prop("hecate-daemon.service", "Id") == "hecate.service"
     assert main_pid(manager, "hecate-daemon.service") == pid
+    # an alias in the vendor dir does not enable anything: the service stays static
+    assert manager.systemctl("is-enabled", "hecate.service", check=False).stdout.strip() == "static"
 
     ctl_env = system_env(home)
     run(["/usr/bin/hecatectl", "register", "ctl-plugin", "--version", "2.0"], env=ctl_env)

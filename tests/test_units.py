@@ -80,7 +80,7 @@ def test_systemd_quote_escapes_specifiers_and_variables() -> None:
 
 
 def test_install_writes_both_units_and_says_what_to_run(home: Path) -> None:
-    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": ""})
+    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
     assert result.returncode == 0, result.stderr
     target = home / ".config" / "systemd" / "user"
     service = (target / "hecate.service").read_text()
@@ -91,8 +91,11 @@ def test_install_writes_both_units_and_says_what_to_run(home: Path) -> None:
 
 
 def test_install_honours_xdg_config_home_and_dir(home: Path) -> None:
-    assert install_units(env={"XDG_CONFIG_HOME": str(home / "cfg")}).returncode == 0
+    # (XDG_DATA_HOME too: the default install also links the alias there, units.py)
+    env = {"XDG_CONFIG_HOME": str(home / "cfg"), "XDG_DATA_HOME": str(home / "data")}
+    assert install_units(env=env).returncode == 0
     assert (home / "cfg" / "systemd" / "user" / "hecate.service").is_file()
+    assert (home / "data" / "systemd" / "user" / "hecate-daemon.service").is_file()
     assert install_units("--dir", str(home / "elsewhere")).returncode == 0
     assert (home / "elsewhere" / "hecate.socket").is_file()
 
@@ -191,3 +194,23 @@ def test_install_with_a_directory_in_the_alias_place_fails_cleanly(home: Path) -
     assert "hecate-daemon.service is a directory" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (home / "hecate.service").exists(), "checked before anything is written"
+
+
+def test_default_install_puts_the_alias_in_the_user_data_unit_dir(home: Path) -> None:
+    """Not beside the unit in ~/.config (a config dir), where systemctl would call the
+    static service ``indirect``: in ~/.local/share/systemd/user, also on the search path."""
+    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    config = home / ".config" / "systemd" / "user"
+    alias = home / ".local" / "share" / "systemd" / "user" / "hecate-daemon.service"
+    assert f"written: {alias}" in result.stdout.splitlines()
+    assert not (config / "hecate-daemon.service").exists()
+    assert os.readlink(alias) == "../../../../.config/systemd/user/hecate.service"
+    assert alias.resolve() == (config / "hecate.service").resolve()
+    again = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
+    assert f"unchanged: {alias}" in again.stdout.splitlines()
+    # $XDG_DATA_HOME is honoured like $XDG_CONFIG_HOME
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "c"), "XDG_DATA_HOME": str(home / "d")}
+    assert install_units(env=env).returncode == 0
+    moved = home / "d" / "systemd" / "user" / "hecate-daemon.service"
+    assert moved.resolve() == (home / "c" / "systemd" / "user" / "hecate.service").resolve()
