@@ -14,8 +14,22 @@ What every plugin daemon does, in order:
    state ``stopped``. (After a SIGKILL the pid file stays behind, but it names
    a dead process, so the registry still says ``stopped``.)
 
-Its API: ``GET /`` answers ``{"name", "pid", "hits"}``, counting requests in
-the SQLite file so the count survives restarts.
+Its API is what the Hecate ecosystem's own plugin daemons serve on their
+socket (hecate-traderd and friends; see docs/ecosystem.md), so hecate-web and
+hecated treat it like one of them:
+
+- ``GET /health``: 200 ``{"ok": true, "app", "version", "node"}`` -- 2xx is "alive";
+- ``GET /manifest``: ``{"name", "version", "display_name", "icon", "description",
+  "tag"}``; ``name`` is the short name (``example`` for ``hecate-exampled``, as
+  ``trader`` is for ``hecate-traderd``), ``icon`` an emoji, ``tag`` the custom
+  element the UI mounts;
+- ``GET /ui/component.js``: an ES module defining that custom element (a UI drops
+  a plugin whose module is missing);
+- ``GET /``: ``{"name", "pid", "hits"}``, counting requests in the SQLite file so
+  the count survives restarts.
+
+Anything else answers the ecosystem's error shape, ``{"ok": false, "error": ...}``
+(404, or 405 for a method other than GET/HEAD).
 
 Run it:  python3 examples/hecate-exampled.py [--name NAME] [--socket PATH]
 """
@@ -34,6 +48,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -41,6 +56,8 @@ from hecated.client import ClientError, HecateClient, PluginPaths
 
 NAME = "hecate-exampled"
 VERSION = "0.1.0"
+DESCRIPTION = "Example plugin daemon for Hecate"
+ICON = "\N{TEST TUBE}"
 log = logging.getLogger(NAME)
 
 
@@ -79,21 +96,104 @@ class Store:
         self._db.close()
 
 
+def short_name(name: str) -> str:
+    """The manifest's name: ``hecate-app-{x}d`` and ``hecate-{x}d`` are plugin ``x``.
+
+    The real plugins do the same (``trader`` in the namespace ``hecate-traderd``
+    or ``hecate-app-traderd``); any other namespace name is used as it is.
+    """
+    for prefix in ("hecate-app-", "hecate-"):
+        if name.startswith(prefix) and name.endswith("d") and len(name) > len(prefix) + 1:
+            return name[len(prefix) : -1]
+    return name
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``GET /manifest`` says; hecate-web mounts ``tag`` from ``/ui/component.js``."""
+
+    name: str
+    version: str
+    display_name: str
+    icon: str
+    description: str
+    tag: str
+
+    @classmethod
+    def for_namespace(cls, namespace: str) -> Manifest:
+        short = short_name(namespace)
+        return cls(
+            name=short,
+            version=VERSION,
+            display_name=short.replace("-", " ").title(),
+            icon=ICON,
+            description=DESCRIPTION,
+            tag=f"{short}-studio",  # a custom element's name needs a hyphen
+        )
+
+    def component_js(self) -> str:
+        """A tiny custom element, defined once even if the module is loaded twice."""
+        title = json.dumps(f"{self.icon} {self.display_name}")
+        return (
+            f"// {self.tag}: the UI of the Hecate plugin {self.name!r} (hecate-exampled)\n"
+            f"class ExampleStudio extends HTMLElement {{\n"
+            f"  connectedCallback() {{\n"
+            f"    const h = document.createElement('h2');\n"
+            f"    h.textContent = {title};\n"
+            f"    const p = document.createElement('p');\n"
+            f"    p.textContent = {json.dumps(self.description)};\n"
+            f"    this.replaceChildren(h, p);\n"
+            f"  }}\n"
+            f"}}\n"
+            f"if (!customElements.get({json.dumps(self.tag)})) {{\n"
+            f"  customElements.define({json.dumps(self.tag)}, ExampleStudio);\n"
+            f"}}\n"
+        )
+
+
 class Handler(BaseHTTPRequestHandler):
     server: UnixHTTPServer
 
     def do_GET(self) -> None:
-        body = {
-            "name": self.server.plugin_name,
-            "pid": os.getpid(),
-            "hits": self.server.store.hit(),
-        }
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            self._json(200, self.server.health())
+        elif path == "/manifest":
+            self._json(200, asdict(self.server.manifest))
+        elif path == "/ui/component.js":
+            self._send(200, "text/javascript; charset=utf-8", self.server.component_js)
+        elif path == "/":
+            body = {
+                "name": self.server.plugin_name,
+                "pid": os.getpid(),
+                "hits": self.server.store.hit(),
+            }
+            self._json(200, body)
+        else:
+            self._json(404, {"ok": False, "error": "not_found"})
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _refuse(self) -> None:
+        self._json(405, {"ok": False, "error": "method_not_allowed"}, allow="GET, HEAD")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def _json(self, status: int, body: dict, allow: str | None = None) -> None:
         data = (json.dumps(body) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self._send(status, "application/json", data, allow)
+
+    def _send(self, status: int, ctype: str, data: bytes, allow: str | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Access-Control-Allow-Origin", "*")  # as the real plugins answer
+        if allow:
+            self.send_header("Allow", allow)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def address_string(self) -> str:
         return "unix"
@@ -108,12 +208,19 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
     def __init__(self, path: Path, store: Store, plugin_name: str) -> None:
         self.store = store
         self.plugin_name = plugin_name
+        self.manifest = Manifest.for_namespace(plugin_name)
+        self.component_js = self.manifest.component_js().encode()
+        self.node = f"{plugin_name}@{socket.gethostname()}"
         _remove_stale_socket(path)
         old = os.umask(0o177)  # the socket is 0600 from its first moment
         try:
             super().__init__(os.fspath(path), Handler)
         finally:
             os.umask(old)
+
+    def health(self) -> dict[str, object]:
+        """Liveness in the shape hecate-traderd answers (``ok``, ``app``, ``version``, ``node``)."""
+        return {"ok": True, "app": self.plugin_name, "version": VERSION, "node": self.node}
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -134,7 +241,7 @@ def _remove_stale_socket(path: Path) -> None:
 def run(name: str, socket_path: str | None, wait: float) -> int:
     client = HecateClient(socket_path, connect_retry=wait)  # hecated may be starting too
     try:
-        paths: PluginPaths = client.register(name, VERSION, "Example plugin daemon for Hecate")
+        paths: PluginPaths = client.register(name, VERSION, DESCRIPTION)
     except ClientError as exc:
         log.error("cannot register with hecated: %s", exc)
         return 1

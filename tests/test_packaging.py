@@ -255,6 +255,9 @@ def test_deb_contents_and_metadata(deb: Path) -> None:
         "./usr/share/man/man1/hecated.1.gz",
     ):
         assert re.search(rf" {re.escape(path)}$", files, re.M), path
+    # the ecosystem's name for the primary: an alias symlink beside the unit
+    alias = "./usr/lib/systemd/user/hecate-daemon.service -> hecate.service"
+    assert re.search(rf"^l.* {re.escape(alias)}$", files, re.M), files
     # no vendored copies of the libraries Debian ships
     assert not re.search(r"dist-packages/(werkzeug|waitress|watchdog|tomli_w|sdnotify)/", files)
 
@@ -284,6 +287,7 @@ def test_installed_package_uses_debian_python_and_libraries(installed: Path) -> 
         assert not Path("/etc/systemd/user/sockets.target.wants/hecate.socket").exists()
         service = unit(USER_UNITS / "hecate.service")
         assert service["Service"]["ExecStart"].split()[0] == "/usr/bin/hecated"
+        assert os.readlink(USER_UNITS / "hecate-daemon.service") == "hecate.service"
     finally:
         subprocess.run(["rm", "-rf", str(home)], check=False)
 
@@ -341,6 +345,11 @@ def test_socket_activation_from_installed_units(installed: Path, manager: UserMa
     pid = main_pid(manager, "hecate.service")
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"/usr/bin/hecated" in cmdline, cmdline
+    # the ecosystem's name is the same unit, not a second service
+    assert manager.prop("hecate-daemon.service", "Id") == "hecate.service"
+    assert main_pid(manager, "hecate-daemon.service") == pid
+    # an alias in the vendor dir does not enable anything: the service stays static
+    assert manager.systemctl("is-enabled", "hecate.service", check=False).stdout.strip() == "static"
 
     ctl_env = system_env(home)
     run(["/usr/bin/hecatectl", "register", "ctl-plugin", "--version", "2.0"], env=ctl_env)
@@ -387,6 +396,9 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
         ):
             assert path in files, path
         assert any(f.endswith("/hecated/core/registry.py") for f in files)
+        links = run(["rpm", "-qp", "--qf", "[%{FILENAMES} -> %{FILELINKTOS}\n]", rpm]).stdout
+        alias = "/usr/lib/systemd/user/hecate-daemon.service -> hecate.service"
+        assert alias in links.splitlines(), links
         requires = run(["rpm", "-qpR", rpm]).stdout
         for dep in ("python3-werkzeug >= 2.2", "python3-watchdog", "python3-systemd"):
             assert dep in requires, requires
@@ -416,6 +428,9 @@ def test_pkgbuild_runs_through_debian_makepkg() -> None:
         ):
             assert path in files, path
         assert not any("etc/systemd" in f for f in files)  # nothing enabled
+        listing = run(["bsdtar", "-tvf", str(pkg)]).stdout
+        alias = "usr/lib/systemd/user/hecate-daemon.service -> hecate.service"
+        assert re.search(rf"^l.* {re.escape(alias)}$", listing, re.M), listing
         info = run(["bsdtar", "-xOf", str(pkg), ".PKGINFO"]).stdout
         assert f"pkgver = {VERSION}-1" in info
         for dep in ("python-werkzeug", "python-watchdog", "python-systemd", "python-tomli-w"):

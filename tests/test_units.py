@@ -80,7 +80,7 @@ def test_systemd_quote_escapes_specifiers_and_variables() -> None:
 
 
 def test_install_writes_both_units_and_says_what_to_run(home: Path) -> None:
-    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": ""})
+    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
     assert result.returncode == 0, result.stderr
     target = home / ".config" / "systemd" / "user"
     service = (target / "hecate.service").read_text()
@@ -91,21 +91,24 @@ def test_install_writes_both_units_and_says_what_to_run(home: Path) -> None:
 
 
 def test_install_honours_xdg_config_home_and_dir(home: Path) -> None:
-    assert install_units(env={"XDG_CONFIG_HOME": str(home / "cfg")}).returncode == 0
+    # (XDG_DATA_HOME too: the default install also links the alias there, units.py)
+    env = {"XDG_CONFIG_HOME": str(home / "cfg"), "XDG_DATA_HOME": str(home / "data")}
+    assert install_units(env=env).returncode == 0
     assert (home / "cfg" / "systemd" / "user" / "hecate.service").is_file()
+    assert (home / "data" / "systemd" / "user" / "hecate-daemon.service").is_file()
     assert install_units("--dir", str(home / "elsewhere")).returncode == 0
     assert (home / "elsewhere" / "hecate.socket").is_file()
 
 
 def test_install_is_idempotent(home: Path) -> None:
     first = units.install(home, HECATED)
-    assert [o.action for o in first] == ["written", "written"]
-    before = {p.name: p.stat().st_mtime_ns for p in home.iterdir()}
+    assert [o.action for o in first] == ["written", "written", "written"]
+    before = {p.name: p.lstat().st_mtime_ns for p in home.iterdir()}
     again = units.install(home, HECATED)
-    assert [o.action for o in again] == ["unchanged", "unchanged"]
-    assert {p.name: p.stat().st_mtime_ns for p in home.iterdir()} == before
+    assert [o.action for o in again] == ["unchanged", "unchanged", "unchanged"]
+    assert {p.name: p.lstat().st_mtime_ns for p in home.iterdir()} == before
     moved = units.install(home, Path("/elsewhere/bin/hecated"))
-    assert [o.action for o in moved] == ["unchanged", "updated"]
+    assert [o.action for o in moved] == ["unchanged", "updated", "unchanged"]
 
 
 def test_install_refuses_a_unit_it_did_not_write(home: Path) -> None:
@@ -149,3 +152,65 @@ def test_install_warns_when_the_executable_is_hidden_by_private_tmp() -> None:
     assert units.hidden_from_service(Path("/tmp/venv/bin/hecated")) == "/tmp"
     assert units.hidden_from_service(Path("/var/tmp/x/hecated")) == "/var/tmp"
     assert units.hidden_from_service(Path("/usr/bin/hecated")) is None
+
+
+def test_install_makes_hecate_daemon_an_alias_of_hecate_service(home: Path) -> None:
+    result = install_units("--dir", str(home))
+    assert result.returncode == 0, result.stderr
+    alias = home / "hecate-daemon.service"
+    assert f"written: {alias}" in result.stdout.splitlines()
+    # a relative symlink in the same directory: systemd's way of giving a unit a second name
+    assert alias.is_symlink() and os.readlink(alias) == "hecate.service"
+    assert alias.read_text() == (home / "hecate.service").read_text()
+    assert sorted(p.name for p in home.iterdir()) == [
+        "hecate-daemon.service",
+        "hecate.service",
+        "hecate.socket",
+    ], "no temp link is left behind"
+
+
+def test_install_refuses_a_foreign_hecate_daemon_unit(home: Path) -> None:
+    theirs = "[Service]\nExecStart=/usr/bin/some-other-daemon\n"
+    (home / "hecate-daemon.service").write_text(theirs)
+    result = install_units("--dir", str(home))
+    assert result.returncode == 1
+    assert "hecate-daemon.service" in result.stderr and "Traceback" not in result.stderr
+    assert (home / "hecate-daemon.service").read_text() == theirs
+    assert not (home / "hecate.service").exists(), "nothing is written when one is refused"
+    # a symlink elsewhere is not ours either
+    (home / "hecate-daemon.service").unlink()
+    (home / "hecate-daemon.service").symlink_to("/usr/lib/systemd/user/other.service")
+    assert install_units("--dir", str(home)).returncode == 1
+    forced = install_units("--dir", str(home), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"replaced: {home / 'hecate-daemon.service'}" in forced.stdout.splitlines()
+    assert os.readlink(home / "hecate-daemon.service") == "hecate.service"
+
+
+def test_install_with_a_directory_in_the_alias_place_fails_cleanly(home: Path) -> None:
+    (home / "hecate-daemon.service").mkdir()
+    result = install_units("--dir", str(home), "--force")
+    assert result.returncode == 1
+    assert "hecate-daemon.service is a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (home / "hecate.service").exists(), "checked before anything is written"
+
+
+def test_default_install_puts_the_alias_in_the_user_data_unit_dir(home: Path) -> None:
+    """Not beside the unit in ~/.config (a config dir), where systemctl would call the
+    static service ``indirect``: in ~/.local/share/systemd/user, also on the search path."""
+    result = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    config = home / ".config" / "systemd" / "user"
+    alias = home / ".local" / "share" / "systemd" / "user" / "hecate-daemon.service"
+    assert f"written: {alias}" in result.stdout.splitlines()
+    assert not (config / "hecate-daemon.service").exists()
+    assert os.readlink(alias) == "../../../../.config/systemd/user/hecate.service"
+    assert alias.resolve() == (config / "hecate.service").resolve()
+    again = install_units(env={"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_DATA_HOME": ""})
+    assert f"unchanged: {alias}" in again.stdout.splitlines()
+    # $XDG_DATA_HOME is honoured like $XDG_CONFIG_HOME
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "c"), "XDG_DATA_HOME": str(home / "d")}
+    assert install_units(env=env).returncode == 0
+    moved = home / "d" / "systemd" / "user" / "hecate-daemon.service"
+    assert moved.resolve() == (home / "c" / "systemd" / "user" / "hecate.service").resolve()
