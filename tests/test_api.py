@@ -10,8 +10,8 @@ import pytest
 from werkzeug.test import Client
 
 from hecated import __version__
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 from hecated.http import openapi
 from hecated.http.app import HecateApp
 from hecated.protocol import MAX_BODY, PEER_ENVIRON_KEY, Peer

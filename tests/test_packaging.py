@@ -372,7 +372,7 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
             "/usr/lib/systemd/user/hecate.service",
         ):
             assert path in files, path
-        assert any(f.endswith("/hecated/core/registry.py") for f in files)
+        assert any(f.endswith("/hecated/core/index.py") for f in files)
         requires = run(["rpm", "-qpR", rpm]).stdout
         for dep in ("python3-werkzeug >= 2.2", "python3-watchdog", "python3-systemd"):
             assert dep in requires, requires
