@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hecated.adapters.liveness import Prober
 from hecated.adapters.systemd import (
     ActivationError,
     ListenFd,
@@ -32,7 +33,7 @@ from hecated.adapters.systemd import (
 )
 from hecated.core.config import Config
 from hecated.core.errors import BusyError, HecateError
-from hecated.core.registry import RUNNING, Registry
+from hecated.core.index import RUNNING, Registry
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.app import HecateApp
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
@@ -201,6 +202,7 @@ class Lifecycle:
         self.passed = passed
         self.notifier = Notifier(config.notify)
         self.registry = Registry(config.layout)
+        Prober(self.registry)  # liveness: pid files and pidfds; closed by registry.close()
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry)
         self.server: UnixServer | None = None

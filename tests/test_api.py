@@ -10,8 +10,9 @@ import pytest
 from werkzeug.test import Client
 
 from hecated import __version__
+from hecated.adapters.liveness import Prober
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 from hecated.http import openapi
 from hecated.http.app import HecateApp
 from hecated.protocol import MAX_BODY, PEER_ENVIRON_KEY, Peer
@@ -35,6 +36,7 @@ def app(home: Path) -> HecateApp:
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
     registry = Registry(layout)
+    Prober(registry)  # liveness, as the daemon composes them
     registry.scan()
     return HecateApp(registry)
 

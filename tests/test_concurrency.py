@@ -19,8 +19,8 @@ import pytest
 from conftest import Daemon, http_request
 
 from hecated.core import manifest
+from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
-from hecated.core.registry import Registry
 
 CLIENTS = 32
 OPERATIONS = int(os.environ.get("HECATE_CONCURRENCY_OPS", "1000"))

@@ -12,8 +12,8 @@ from conftest import Daemon, wait_for
 from watch_support import manifest_text, write_rename_over
 
 from hecated.core.errors import BusyError
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 from hecated.http.app import HecateApp
 
 

@@ -34,8 +34,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
 from hecated.core import manifest
+from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
-from hecated.core.registry import Registry
 from hecated.http import app as api
 from hecated.http import openapi
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer

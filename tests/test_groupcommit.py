@@ -13,8 +13,8 @@ from conftest import wait_for
 
 from hecated.core import manifest
 from hecated.core.files import GroupCommit, atomic_write
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 
 
 class RecordingSync:

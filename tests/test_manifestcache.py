@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hecated.core.index import Registry
 from hecated.core.layout import INDEX_CACHE_FILE, Layout
 from hecated.core.manifest import Manifest, dumps, now_utc
-from hecated.core.registry import Registry
 
 
 def _write(layout: Layout, name: str, version: str, extra: dict | None = None) -> Path:

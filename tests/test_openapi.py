@@ -13,8 +13,8 @@ from werkzeug.test import Client
 
 from hecated import protocol
 from hecated.core import errors
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 from hecated.http import app as api
 from hecated.http import openapi
 

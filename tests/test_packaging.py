@@ -395,7 +395,7 @@ def test_rpm_builds_with_debian_rpmbuild() -> None:
             "/usr/lib/systemd/user/hecate.service",
         ):
             assert path in files, path
-        assert any(f.endswith("/hecated/core/registry.py") for f in files)
+        assert any(f.endswith("/hecated/core/index.py") for f in files)
         links = run(["rpm", "-qp", "--qf", "[%{FILENAMES} -> %{FILELINKTOS}\n]", rpm]).stdout
         alias = "/usr/lib/systemd/user/hecate-daemon.service -> hecate.service"
         assert alias in links.splitlines(), links

@@ -9,8 +9,7 @@ import pytest
 from conftest import wait_for
 from watch_support import dead_pid
 
-from hecated.core.procwatch import ProcessWatcher
-from hecated.core.registry import pid_alive
+from hecated.adapters.liveness import ProcessWatcher, pid_alive
 
 
 @pytest.fixture

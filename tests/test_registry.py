@@ -1,4 +1,5 @@
-"""registry.py: files are the truth, the index follows them through refresh(name)."""
+"""core/index.py over core/store.py: files are the truth, the index follows them through
+refresh(name); liveness published into it by adapters/liveness."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
+from hecated.adapters.liveness import Prober
 from hecated.core import files
 from hecated.core.errors import (
     InvalidFieldError,
@@ -20,8 +22,9 @@ from hecated.core.errors import (
     StillRegisteredError,
     UnsafePathError,
 )
+from hecated.core.index import INVALID, RUNNING, STOPPED, Registry
 from hecated.core.layout import SUBDIRS, Layout
-from hecated.core.registry import INVALID, RUNNING, STOPPED, Registry, pid_alive
+from hecated.core.store import pid_alive
 
 
 @pytest.fixture
@@ -29,8 +32,9 @@ def registry(home: Path) -> Iterator[Registry]:
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
     reg = Registry(layout)
+    Prober(reg)  # as the daemon composes them
     yield reg
-    reg.close()  # its process watcher's thread, if a plugin was seen running
+    reg.close()  # and the prober's process watcher thread, if a plugin was seen running
 
 
 def test_register_creates_namespace_and_manifest(registry: Registry) -> None:

@@ -90,7 +90,7 @@ def test_one_save_is_one_refresh(home: Path) -> None:
 
 def test_broken_toml_is_invalid_with_its_line_then_valid_again(home: Path, caplog) -> None:
     root = home / ".hecate"
-    caplog.set_level(logging.INFO, "hecated.core.registry")
+    caplog.set_level(logging.INFO, "hecated.core.index")
     with watching(root) as (reg, watcher):
         ns = make_plugin(root, "alpha")
         assert watcher.settle()
@@ -469,7 +469,7 @@ def test_watcher_on_missing_parent_waits(home: Path) -> None:
     """A root whose parent does not exist yet: the watcher retries instead of failing."""
     root = home / "later" / ".hecate"
     layout = Layout.at(root)
-    from hecated.core.registry import Registry
+    from hecated.core.index import Registry
 
     reg = Registry(layout)
     watcher = Watcher(reg, timeout=0.1).start()

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hecated.adapters.liveness import Prober
 from hecated.adapters.watch import Watcher
+from hecated.core.index import Registry
 from hecated.core.layout import Layout
-from hecated.core.registry import Registry
 
 
 def manifest_text(name: str, version: str = "1.0", description: str = "") -> str:
@@ -59,6 +60,7 @@ def dead_pid() -> int:
 def fresh_scan(layout: Layout) -> dict:
     """What the index should hold: a new registry's scan of the same tree."""
     reg = Registry(layout)
+    Prober(reg)
     try:
         reg.scan()
         return {p.name: p for p in reg.list()}
@@ -77,6 +79,7 @@ def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watche
     if create:
         layout.ensure_layout()
     reg = Registry(layout)
+    Prober(reg)
     reg.scan()
     watcher = Watcher(reg).start()
     try:

@@ -64,8 +64,8 @@ from watchdog.observers.inotify_c import (
     inotify_rm_watch,
 )
 
+from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, PID_FILE, STATE_FILE
-from hecated.core.registry import Registry
 
 log = logging.getLogger("hecated.adapters.watch")
 

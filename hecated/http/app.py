@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 
 from hecated import __version__
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
-from hecated.core.registry import INVALID, RUNNING, STOPPED, Plugin, Registry
+from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin, Registry
 from hecated.http import openapi
 from hecated.protocol import (
     MAX_BODY,

@@ -19,7 +19,7 @@ from hecated.client import DaemonUnavailableError, HecateClient
 from hecated.core.config import ConfigError, resolve
 from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
 from hecated.core.manifest import MAX_FILE_BYTES, ManifestError, parse
-from hecated.core.registry import pid_alive
+from hecated.core.store import pid_alive
 from hecated.protocol import accepts  # the daemon's own stale-socket test
 from hecated.tools.units import COMMANDS, UNIT_NAMES, user_unit_dir
 

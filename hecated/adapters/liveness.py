@@ -1,11 +1,16 @@
-"""Learning of a plugin process's exit the moment it happens, without polling each pid.
+"""Liveness: what the index shows as a plugin's ``status``, ``pid`` and ``state``.
 
-A pid file says nothing when its process dies: no file event follows a
-``kill -9``. So for every plugin seen running, we hold a pidfd
-(``os.pidfd_open``) and one thread polls them all; a pidfd turns readable
-when its process exits, and the registry is told which key to refresh. On a
-kernel without pidfds (before 5.3) the thread falls back to re-checking the
-tracked pids every ``fallback_interval`` seconds.
+The core holds ``Liveness`` values; this adapter finds them and publishes them
+into the index (``index.attach`` / ``index.set_liveness``). Today it reads a
+plugin's ``run/daemon.pid`` and ``run/daemon.state``, and holds a pidfd on every
+process seen running, so an exit (a ``kill -9`` leaves no file event) is
+learnt the moment it happens. This is the room for the next probes (issue 12:
+a connect to ``sockets/api.sock``, ``GET /manifest``): ``Prober.probe`` is
+what one look at a plugin finds, ``reprobe`` runs it off the request path and
+publishes the result.
+
+On a kernel without pidfds (before 5.3) the process watcher falls back to
+re-checking the tracked pids every ``fallback_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +23,17 @@ import select
 import threading
 from collections.abc import Callable
 
-log = logging.getLogger("hecated.core.procwatch")
+from hecated.core.errors import UnsafePathError
+from hecated.core.files import open_dir, opened, read_regular
+from hecated.core.index import RUNNING, STOPPED, Entry, Index, Liveness
+from hecated.core.layout import STATE_FILE
+from hecated.core.store import RUN_DIR, pid_alive, read_pid
+
+__all__ = ["STATE_MAX", "Prober", "ProcessWatcher", "pid_alive", "probe_run_dir"]
+
+STATE_MAX = 4096
+
+log = logging.getLogger("hecated.adapters.liveness")
 
 
 class ProcessWatcher:
@@ -165,3 +180,73 @@ class ProcessWatcher:
                     self._on_exit(key)
                 except Exception:
                     log.exception("refreshing %s after its process exited failed", key)
+
+
+def probe_run_dir(ns_fd: int) -> Liveness:
+    """What a namespace's ``run/`` says: a live pid makes it running; its state line."""
+    pid = read_pid(ns_fd)
+    try:
+        with opened(open_dir(ns_fd, RUN_DIR)) as run_fd:
+            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+    except (OSError, UnsafePathError):
+        raw = None
+    state = raw.decode("utf-8", "replace").strip() if raw else None
+    alive = pid is not None and pid_alive(pid)
+    return Liveness(RUNNING if alive else STOPPED, pid if alive else None, state)
+
+
+class Prober:
+    """Finds each plugin's liveness and publishes it into the index.
+
+    Attached to the index, it is asked on every refresh (``refreshed``), under
+    the name's lock, so a new entry and its status are published as one
+    change, exactly as before the split. What it learns later, a process exit
+    through its pidfd, it publishes itself (``reprobe``), on the process
+    watcher's thread, never on a request's.
+    """
+
+    def __init__(self, index: Index, fallback_interval: float = 2.0) -> None:
+        self.index = index
+        self.layout = index.layout
+        self.procs = ProcessWatcher(self.reprobe, pid_alive, fallback_interval)
+        index.attach(self)
+
+    def probe(self, name: str) -> Liveness:
+        """One look at ``name`` now (cheap: two small file reads and a kill(pid, 0))."""
+        try:
+            with opened(self.layout.open_namespace(name)) as ns_fd:
+                return probe_run_dir(ns_fd)
+        except (OSError, UnsafePathError):
+            return Liveness(STOPPED)
+
+    def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
+        """The index refreshed ``name`` (it holds the name's lock): its liveness now."""
+        if entry is None:
+            self._track(name, None)
+            return None
+        live = self.probe(name)
+        self._track(name, live)
+        return live
+
+    def reprobe(self, name: str) -> None:
+        """Probe ``name`` again and publish what changed (a process exit, a probe due)."""
+        with self.index.name_lock(name):
+            if self.index.get(name) is None:
+                self._track(name, None)
+                return
+            live = self.probe(name)
+            self._track(name, live)
+            self.index.set_liveness(name, live)
+
+    def _track(self, name: str, live: Liveness | None) -> None:
+        """Hold a pidfd on a running plugin's process, so its exit is a change too."""
+        try:
+            if live is not None and live.status == RUNNING and live.pid:
+                self.procs.track(name, live.pid)
+            else:
+                self.procs.untrack(name)
+        except OSError as exc:  # e.g. out of fds: the next refresh of this name tries again
+            log.warning("cannot watch the process of plugin %s: %s", name, exc)
+
+    def close(self) -> None:
+        self.procs.close()

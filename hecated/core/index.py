@@ -1,0 +1,407 @@
+"""The index: an in-memory view of the ``plugin.toml`` files, and its change feed.
+
+Files are the truth. Every change, whether it comes from the API or from a
+person's editor, ends in ``refresh(name)``: re-read that one name (store.py)
+and put what was read into the index. Because there is only that one path,
+the index and the tree cannot disagree for long, and a watcher (adapters/watch)
+keeps the index current by calling ``refresh`` on the names it sees move.
+
+Liveness is not read here. An adapter (adapters/liveness) attaches itself as
+the ``LivenessSource``: every refresh asks it for the name's liveness (so a
+new entry and its status are one change), and it publishes what it learns
+later (a process exit, a probe) with ``set_liveness``. The core imports no
+adapter; the adapter calls in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from hecated.core import manifest
+from hecated.core.errors import BusyError, NotFoundError
+from hecated.core.files import GroupCommit
+from hecated.core.layout import Layout
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
+from hecated.core.manifestcache import ManifestCache
+from hecated.core.store import Entry, Found, Root, Store
+
+log = logging.getLogger("hecated.core.index")
+
+RUNNING = "running"
+STOPPED = "stopped"
+INVALID = "invalid"
+MAX_WAITERS = 8
+
+__all__ = [
+    "INVALID",
+    "RUNNING",
+    "STOPPED",
+    "Change",
+    "Entry",
+    "Index",
+    "Liveness",
+    "LivenessSource",
+    "Plugin",
+    "Registry",
+]
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What is known about a plugin's process: published into the index by an adapter.
+
+    ``status`` is ``running`` or ``stopped``; the next probes (issue 12: the
+    plugin's socket, its ``/manifest``) add their findings here.
+    """
+
+    status: str
+    pid: int | None = None
+    state: str | None = None
+
+
+NOT_PROBED = Liveness(STOPPED)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    entry: Entry
+    live: Liveness
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def status(self) -> str:
+        return INVALID if self.entry.manifest is None else self.live.status
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of the index, numbered so a client can ask for what came after."""
+
+    seq: int
+    name: str
+    entry: Entry | None
+    live: Liveness | None = None
+
+
+class LivenessSource(Protocol):
+    """What the index asks on every refresh; implemented by adapters/liveness."""
+
+    def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
+        """Called under ``name``'s lock as ``entry`` is published: its liveness now
+        (None: keep what the index holds). ``entry`` None: the name is gone."""
+
+    def close(self) -> None: ...
+
+
+class Index:
+    """Thread-safe index of the registered plugins, fed by single-name refreshes.
+
+    Requests answer from memory; a status change (a pid file written, a process
+    gone) is a change like any other, with its own ``seq``.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        clock: Callable[[], datetime] = manifest.now_utc,
+        max_waiters: int = MAX_WAITERS,
+        store: Store | None = None,
+    ):
+        self.layout = layout
+        self.store = store or Store(layout)
+        self._clock = clock
+        self._plugins: dict[str, Plugin] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._seq = 0
+        self._closed = False
+        self.max_waiters = max_waiters
+        self._waiters = 0
+        # Writers of one name are serialised; different names proceed in parallel.
+        # Re-entrant: a liveness source may publish from inside a refresh.
+        self._stripes = tuple(threading.RLock() for _ in range(64))
+        self._listeners: list[Callable[[Change], None]] = []
+        self._source: LivenessSource | None = None
+        self._rereads: dict[str, threading.Timer] = {}
+        self._rereads_lock = threading.Lock()
+
+    @property
+    def cache(self) -> ManifestCache:
+        return self.store.cache
+
+    @property
+    def commit(self) -> GroupCommit:
+        return self.store.commit
+
+    def attach(self, source: LivenessSource) -> None:
+        """Let ``source`` give every refresh its liveness; closed with the index."""
+        self._source = source
+
+    def subscribe(self, listener: Callable[[Change], None]) -> None:
+        """Call ``listener`` after every change of the index (from any thread)."""
+        self._listeners.append(listener)
+
+    @contextmanager
+    def name_lock(self, name: str) -> Iterator[None]:
+        """Hold ``name``'s writer lock: a probe and its publication are then one step."""
+        with self._stripes[hash(name) % len(self._stripes)]:
+            yield
+
+    # -- the one path ----------------------------------------------------------------
+
+    def refresh(self, name: str) -> Change | None:
+        """Re-read ``name`` from disk and bring the index in step with it."""
+        with self.name_lock(name), self.store.root() as root:
+            return self._refresh_locked(name, root)
+
+    def _refresh_locked(self, name: str, root: Root, cached: bool = False) -> Change | None:
+        found = self.store.read(name, root, cached)
+        return self._publish(name, found)
+
+    def _publish(self, name: str, found: Found) -> Change | None:
+        if found.reread_in is not None:
+            # Still being written: keep what we had, say nothing, look again later.
+            self._reread_later(name, found.reread_in)
+            old = self.get(name)
+            entry = None if old is None else old.entry
+            if old is None:
+                return None
+        else:
+            entry = found.entry
+        return self._apply(name, entry, self._liveness_of(name, entry))
+
+    def _liveness_of(self, name: str, entry: Entry | None) -> Liveness:
+        live = None
+        if self._source is not None:
+            try:
+                live = self._source.refreshed(name, entry)
+            except Exception:  # a probe is never worth the index
+                log.exception("probing the liveness of %s failed", name)
+        if live is None:
+            old = self.get(name)
+            live = NOT_PROBED if old is None else old.live
+        return live
+
+    def scan(self, clean_temps: bool = False) -> int:
+        """Rebuild the whole index from the tree; returns the number of entries.
+
+        The safety net behind the incremental refreshes: at start, on SIGHUP, and
+        whenever a watcher may have missed events. The root is opened once for
+        the whole scan (not once per name), each name read under its writer lock.
+        With ``clean_temps``, crashed writers' temp files go too.
+        """
+        with self.store.root() as root:
+            names = set(root.names())
+            with self._lock:
+                names.update(self._plugins)
+            for name in sorted(names):
+                with self.name_lock(name):
+                    self._refresh_locked(name, root, cached=True)
+            self.cache.retain(names)
+            if clean_temps:
+                self.store.clean_temps(root, sorted(names))
+        with self._lock:
+            return len(self._plugins)
+
+    def _reread_later(self, name: str, delay: float) -> None:
+        """One pending re-read per name, however often a half-written file is met."""
+        with self._rereads_lock:
+            if self._closed or name in self._rereads:
+                return
+            timer = threading.Timer(delay, self._reread, (name,))
+            timer.daemon = True
+            timer.name = f"hecated-reread-{name}"
+            self._rereads[name] = timer
+        timer.start()
+
+    def _reread(self, name: str) -> None:
+        with self._rereads_lock:
+            self._rereads.pop(name, None)
+            if self._closed:
+                return
+        try:
+            self.refresh(name)
+        except Exception:
+            log.exception("re-reading %s failed", name)
+
+    @property
+    def pending_rereads(self) -> set[str]:
+        with self._rereads_lock:
+            return set(self._rereads)
+
+    def _apply(self, name: str, entry: Entry | None, live: Liveness) -> Change | None:
+        plugin = None if entry is None else Plugin(entry, live)
+        with self._lock:
+            old = self._plugins.get(name)
+            if old == plugin:
+                return None
+            if plugin is None:
+                del self._plugins[name]
+            else:
+                self._plugins[name] = plugin
+            self._seq += 1
+            change = Change(self._seq, name, entry, None if plugin is None else live)
+            self._changed.notify_all()
+        if entry is not None and entry.error is not None:
+            if old is None or old.entry != entry:
+                log.warning("plugin %s is invalid: %s", name, entry.error)
+        elif entry is not None and old is not None and old.entry.error is not None:
+            log.info("plugin %s is valid again", name)
+        self._tell(change)
+        return change
+
+    def set_liveness(self, name: str, live: Liveness) -> Change | None:
+        """Publish ``name``'s liveness; a change (new ``seq``) only when it differs.
+
+        For adapters that learn something between refreshes (a process exit);
+        call it under ``name_lock(name)`` with the probe, so an older finding can
+        never overwrite a newer one. A name not in the index is ignored.
+        """
+        with self.name_lock(name), self._lock:
+            old = self._plugins.get(name)
+            if old is None or old.live == live:
+                return None
+            self._plugins[name] = Plugin(old.entry, live)
+            self._seq += 1
+            change = Change(self._seq, name, old.entry, live)
+            self._changed.notify_all()
+        self._tell(change)
+        return change
+
+    def _tell(self, change: Change) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    # -- the change feed -------------------------------------------------------------------
+
+    def wait(self, since: int, timeout: float) -> int:
+        """Block until ``seq`` passes ``since`` (or ``timeout``, or ``close``); return ``seq``.
+
+        At most ``max_waiters`` callers wait at once, so long polls can never
+        take every worker thread of the server; the next one gets ``BusyError``.
+        A ``since`` ahead of ``seq`` (a client that saw a previous run of the
+        daemon) answers at once, so the client resynchronises.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._changed:
+            if self._seq != since or self._closed or timeout <= 0:
+                return self._seq
+            if self._waiters >= self.max_waiters:
+                raise BusyError(
+                    f"{self._waiters} clients are already waiting for changes; retry shortly"
+                )
+            self._waiters += 1
+            try:
+                while self._seq == since and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+            finally:
+                self._waiters -= 1
+            return self._seq
+
+    def snapshot(self) -> tuple[int, list[Plugin]]:
+        """The sorted list and the ``seq`` it belongs to, read together."""
+        with self._lock:
+            return self._seq, [self._plugins[n] for n in sorted(self._plugins)]
+
+    def close(self) -> None:
+        """Release every waiter at once, drop pending re-reads, close the liveness source."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        with self._rereads_lock:
+            timers, self._rereads = list(self._rereads.values()), {}
+        for timer in timers:
+            timer.cancel()
+        if self._source is not None:
+            self._source.close()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def register(self, name: object, version: object, description: object) -> tuple[Entry, bool]:
+        """Create or update ``name``'s entry; True in the pair when it is new.
+
+        Re-registering is how a plugin daemon restarts: version and description
+        are updated, ``registered_at`` and any keys a person added are kept.
+        What was written is published as is, not read back; the watcher's echo
+        of the write is recognised by the store and costs no parse.
+        """
+        name = self.layout.check_plugin_name(name)
+        version = check_text("version", version, VERSION_MAX)
+        description = check_text("description", description, DESCRIPTION_MAX)
+        with self.name_lock(name):
+            try:
+                written = self.store.write(name, version, description, self._clock())
+            except BaseException:
+                with self.store.root() as root:
+                    self._refresh_locked(name, root)  # the index follows the disk
+                raise
+            entry = Entry(name, manifest=written.manifest)
+            self._apply(name, entry, self._liveness_of(name, entry))
+        return entry, written.created
+
+    def deregister(self, name: object) -> None:
+        """Remove the registry entry only; the namespace and its data stay."""
+        name = self.layout.check_plugin_name(name)
+        with self.name_lock(name):
+            try:
+                if not self.store.remove(name):
+                    raise NotFoundError(f"plugin {name!r} is not registered")
+            finally:
+                with self.store.root() as root:
+                    self._refresh_locked(name, root)
+
+    def purge(self, name: object) -> None:
+        """Delete a deregistered plugin's namespace and all its data: explicit cleanup."""
+        name = self.layout.check_plugin_name(name)
+        with self.name_lock(name):
+            try:
+                self.store.purge(name)
+            finally:
+                with self.store.root() as root:
+                    self._refresh_locked(name, root)  # a half-done purge still shows as it is
+
+    # -- start-up and shut-down chores (the store's) ------------------------------------------
+
+    def clean_temps(self) -> int:
+        return self.store.clean_temps()
+
+    def load_cache(self) -> int:
+        return self.store.load_cache()
+
+    def save_cache(self) -> bool:
+        return self.store.save_cache()
+
+    # -- reads: from the index --------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._plugins)
+
+    def get(self, name: str) -> Plugin | None:
+        with self._lock:
+            return self._plugins.get(name)
+
+    def list(self) -> list[Plugin]:
+        return self.snapshot()[1]
+
+
+# The name the rest of the tree grew up with.
+Registry = Index
