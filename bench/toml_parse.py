@@ -11,7 +11,9 @@ the scan by parsing every ``plugin.toml``. This script, in one process:
    (the same parser, whose PyPI wheels are compiled with mypyc), ``rtoml``
    (Rust), each only if installed; ``manifest.parse`` (tomllib plus
    validation) for the whole cost per file; and checks that every parser gives
-   the very same document as ``tomllib`` (a faster parser that differs is no use).
+   the very same document as ``tomllib`` (a faster parser that differs is no use);
+4. times the whole never-seen ``Registry.scan()`` with each parser in place of
+   ``tomllib`` (swapped in this process only, for the estimate; rounds interleaved).
 
     .venv/bin/python bench/toml_parse.py [--count 10000] [--rounds 3]
 """
@@ -26,6 +28,7 @@ import pstats
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +79,36 @@ def time_parsers(
     return {name: statistics.median(values) for name, values in spent.items()}
 
 
+class _Swap:
+    """``manifest.tomllib`` replaced by another parser for the duration (bench only)."""
+
+    def __init__(self, name: str) -> None:
+        self.module = importlib.import_module(name)
+
+    def __enter__(self) -> None:
+        self.saved = manifest.tomllib
+        manifest.tomllib = types.SimpleNamespace(
+            loads=self.module.loads, TOMLDecodeError=self.saved.TOMLDecodeError
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        manifest.tomllib = self.saved
+
+
+def scan_with_each(home: Path, rounds: int) -> dict[str, float]:
+    """Median seconds of a never-seen scan (empty cache) with each installed parser."""
+    spent: dict[str, list[float]] = {name: [] for name in parsers()}
+    for _ in range(rounds):
+        for name in spent:
+            registry = Registry(Layout.at(home / ".hecate"))
+            with _Swap(name):
+                t0 = time.perf_counter()
+                registry.scan()
+                spent[name].append(time.perf_counter() - t0)
+            registry.close()
+    return {name: statistics.median(values) for name, values in spent.items()}
+
+
 def profile_scan(home: Path, top: int) -> tuple[float, str]:
     registry = Registry(Layout.at(home / ".hecate"))
     profiler = cProfile.Profile()
@@ -106,6 +139,7 @@ def main() -> None:
         unprofiled = time.perf_counter() - t0
         plain.close()
         datas = [(home / ".hecate" / n / "plugin.toml").read_bytes() for n in names]
+        scans = scan_with_each(home, args.rounds)
     finally:
         remove(home)
     texts = [d.decode() for d in datas]
@@ -115,6 +149,11 @@ def main() -> None:
     print(f"## Parsing the same {args.count:,} files from memory, median of {args.rounds}\n")
     print("| parser | kind | ms for all | µs per file | same documents as tomllib |")
     print("|---|---|---|---|---|")
+    print(f"## Registry.scan() of the same tree with each parser, median of {args.rounds}\n")
+    print("| parser | scan |\n|---|---|")
+    for name, seconds in scans.items():
+        print(f"| `{name}` | {seconds * 1e3:,.0f} ms |")
+    print()
     reference = [manifest.tomllib.loads(t) for t in texts]
     found = parsers()
     by_text = dict(zip(texts, names, strict=True))
