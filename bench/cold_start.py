@@ -288,10 +288,11 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 20
     outcome = run_user_manager(rounds) if "--user-manager" in sys.argv else run(rounds)
+    via = "systemd --user" if "--user-manager" in sys.argv else "systemd-socket-activate"
     print(json.dumps(outcome, indent=2))
     h, b = outcome["hecated"], outcome["bare_child"]
     print(
-        f"cold start via socket activation, n={rounds}: hecated median {h['median_ms']} ms "
+        f"cold start via {via}, n={rounds}: hecated median {h['median_ms']} ms "
         f"(p90 {h['p90_ms']}), bare Python child median {b['median_ms']} ms "
         f"(p90 {b['p90_ms']}): {outcome['ratio_median']}x",
         file=sys.stderr,
