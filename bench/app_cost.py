@@ -31,9 +31,10 @@ sys.path.insert(0, str(HERE))
 from procs import make_plugins, remove, temp_home  # noqa: E402
 from serving import app as trivial_app  # noqa: E402
 
+from hecated.core.index import Registry  # noqa: E402
 from hecated.core.layout import Layout  # noqa: E402
-from hecated.core.registry import Registry  # noqa: E402
-from hecated.http.app import PEER_KEY, HecateApp, Peer  # noqa: E402
+from hecated.http.app import HecateApp  # noqa: E402
+from hecated.protocol import PEER_ENVIRON_KEY, Peer  # noqa: E402
 
 
 def environ_for(path: str) -> dict:
@@ -53,7 +54,7 @@ def environ_for(path: str) -> dict:
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
-        PEER_KEY: Peer(os.getpid(), os.getuid(), os.getgid()),
+        PEER_ENVIRON_KEY: Peer(os.getpid(), os.getuid(), os.getgid()),
     }
 
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(HERE))
 from procs import make_plugins, remove, temp_home  # noqa: E402
 
 from hecated.core import manifest  # noqa: E402
+from hecated.core.index import Registry  # noqa: E402
 from hecated.core.layout import Layout  # noqa: E402
-from hecated.core.registry import Registry  # noqa: E402
 
 
 def parsers() -> dict[str, Callable[[str], dict]]:
