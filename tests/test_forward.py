@@ -53,7 +53,8 @@ PLUGIN = textwrap.dedent(
             for k, v in extra:
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
         def _any(self):
             if seen:
@@ -108,7 +109,7 @@ PLUGIN = textwrap.dedent(
                 return
             return self._json(404, {"ok": False, "error": "no such route", "code": "not_found"})
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any
 
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_UNIX
