@@ -490,3 +490,41 @@ def test_another_users_peer_is_refused_before_anything_is_forwarded(world: Any) 
     resp = Client(as_peer).get("/plugin/trader/manifest")
     assert resp.status_code == 403
     assert json.loads(resp.get_data())["code"] == "forbidden"
+
+
+def test_a_stream_that_carries_nothing_is_ended_after_the_idle_timeout() -> None:
+    home = short_tempdir("hf")
+    daemon = Daemon(home, ["--forward-idle-timeout", "0.5"]).start()
+    plugin = Plugin(daemon.root, "hecate-app-idled")
+    try:
+        conn, resp = open_stream(daemon.socket, "/plugin/idle/hold")
+        try:
+            assert read_event(resp) == b": open\n\n"
+            # Nothing more comes: hecated ends the stream (cut, not completed).
+            with pytest.raises(http.client.IncompleteRead):
+                while resp.read1(4096):
+                    pass
+        finally:
+            conn.close()
+        assert daemon.request("GET", "/health")[0] == 200
+    finally:
+        plugin.stop()
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+def test_the_forwarding_settings_come_from_flag_environment_and_file(tmp_path: Path) -> None:
+    from hecated.core.config import ConfigError, resolve
+
+    default = resolve({}, {"HOME": str(tmp_path)})
+    assert (default.forward_body_limit, default.forward_streams) == (16 * 1024 * 1024, 256)
+    assert (default.forward_idle_timeout, default.forward_timeout) == (300.0, 30.0)
+    conf = tmp_path / "h.toml"
+    conf.write_text("[hecated]\nforward_streams = 8\nforward_timeout = 5\n")
+    env = {"HOME": str(tmp_path), "HECATE_FORWARD_IDLE_TIMEOUT": "60"}
+    config = resolve({"config": str(conf), "forward_body_limit": 1000}, env)
+    assert config.forward_body_limit == 1000  # flag
+    assert config.forward_idle_timeout == 60.0  # environment
+    assert (config.forward_streams, config.forward_timeout) == (8, 5.0)  # file
+    with pytest.raises(ConfigError, match="forward_streams"):
+        resolve({"forward_streams": 0}, {"HOME": str(tmp_path)})
