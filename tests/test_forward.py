@@ -528,3 +528,19 @@ def test_the_forwarding_settings_come_from_flag_environment_and_file(tmp_path: P
     assert (config.forward_streams, config.forward_timeout) == (8, 5.0)  # file
     with pytest.raises(ConfigError, match="forward_streams"):
         resolve({"forward_streams": 0}, {"HOME": str(tmp_path)})
+
+
+def test_a_kept_alive_connection_the_plugin_closed_is_replaced(world: Any) -> None:
+    """Bodiless GETs reuse a connection to the plugin; after the plugin restarted, the
+    kept one is dead and the request goes over a new one, unseen by the client."""
+    daemon = world[0]
+    plugin = start(world, "hecate-app-restartd")
+    for _ in range(3):
+        assert request(daemon.socket, "GET", "/plugin/restart/manifest")[0] == 200
+    plugin.stop()
+    plugin.socket.unlink()
+    start(world, "hecate-app-restartd")
+    status, headers, _ = request(daemon.socket, "GET", "/plugin/restart/manifest")
+    assert status == 200 and dict(headers)["X-Plugin"] == "hecate-app-restartd"
+    # A POST never goes over a kept connection: it reaches the new plugin too.
+    assert request(daemon.socket, "POST", "/plugin/restart/echo", b"x")[0] == 201

@@ -21,6 +21,8 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +44,9 @@ ABORT_KEY = "hecated.forward_abort"  # call to end the client's stream abruptly
 ON_CLOSE_KEY = "hecated.forward_on_close"
 PEER_PID_HEADER = "X-Hecate-Peer-Pid"
 PEER_UID_HEADER = "X-Hecate-Peer-Uid"
+# Requests that may go over a kept-alive connection (and be sent again on a new one
+# when the plugin had closed it): no body, nothing a second sending could repeat.
+REUSABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHUNK = 64 * 1024  # bytes read or sent at a time: nothing is held whole
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
@@ -182,6 +187,7 @@ class Forwarder:
         self.index = index
         self.layout = index.layout
         self.settings = settings or ForwardSettings()
+        self.pool = _Pool()
 
     # -- where ---------------------------------------------------------------------------
 
@@ -204,7 +210,9 @@ class Forwarder:
             st = os.lstat(self.layout.namespace_str(name))
         except OSError:
             return False
-        return stat.S_ISDIR(st.st_mode)
+        # A symlink in a namespace's place is that name's (and refused when reached):
+        # whether the index has caught up with it must not change the answer.
+        return stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
 
     def connect(self, namespace: str) -> socket.socket:
         """A connected socket to ``ROOT/namespace/sockets/api.sock``, never anything else."""
@@ -260,14 +268,28 @@ class Forwarder:
             raise BodyTooLargeError(
                 f"request body is {length} bytes; at most {self.settings.body_limit} forwarded"
             )
-        conn = _Connection(self.connect(namespace))
-        try:
-            response = self._send(conn, environ, peer, rest, length, namespace)
-        except BaseException:
-            conn.close()
-            conn.raw.close()
-            raise
-        return _Relay(conn, response, namespace, self.settings.idle_timeout)
+        method = environ.get("REQUEST_METHOD", "GET")
+        reusable = length == 0 and method in REUSABLE_METHODS
+        conn = self.pool.take(namespace) if reusable else None
+        if conn is not None:  # a kept-alive connection the plugin may have closed since
+            conn.raw.settimeout(self.settings.first_byte_timeout)
+            try:
+                response = self._send(conn, environ, peer, rest, length, namespace)
+            except PluginUnreachableError:
+                conn.discard()
+                conn = None  # once more, on a new connection
+            except BaseException:
+                conn.discard()
+                raise
+        if conn is None:
+            conn = _Connection(self.connect(namespace))
+            try:
+                response = self._send(conn, environ, peer, rest, length, namespace)
+            except BaseException:
+                conn.discard()
+                raise
+        give_back = self.pool.give if reusable else None
+        return _Relay(conn, response, namespace, self.settings.idle_timeout, give_back)
 
     def _send(
         self,
@@ -321,6 +343,50 @@ class _Connection(http.client.HTTPConnection):
     def connect(self) -> None:  # the socket was closed: there is no reconnecting
         raise ConnectionResetError("the plugin's connection is closed")
 
+    def discard(self) -> None:
+        self.close()
+        self.raw.close()
+
+
+class _Pool:
+    """Kept-alive connections to plugins, for bodiless GET/HEAD/OPTIONS.
+
+    A new connection per request costs a connect and, in many plugins, a thread:
+    more than the request itself. A connection goes back here only after an answer
+    read to its end that did not say it closes; one idle longer than ``max_idle``
+    seconds is closed rather than reused (the plugin may have timed it out).
+    """
+
+    def __init__(self, per_plugin: int = 8, max_idle: float = 30.0) -> None:
+        self.per_plugin = per_plugin
+        self.max_idle = max_idle
+        self._idle: dict[str, list[tuple[float, _Connection]]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, namespace: str) -> _Connection | None:
+        now = time.monotonic()
+        stale: list[_Connection] = []
+        found = None
+        with self._lock:
+            idle = self._idle.get(namespace, [])
+            while idle:
+                since, conn = idle.pop()
+                if now - since <= self.max_idle:
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.discard()
+        return found
+
+    def give(self, namespace: str, conn: _Connection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(namespace, [])
+            if len(idle) < self.per_plugin:
+                idle.append((time.monotonic(), conn))
+                return
+        conn.discard()
+
 
 class _Relay:
     """The plugin's answer as a WSGI app: status and headers at once, then each piece
@@ -333,8 +399,10 @@ class _Relay:
         response: http.client.HTTPResponse,
         namespace: str,
         idle_timeout: float,
+        give_back: Callable[[str, _Connection], None] | None = None,
     ) -> None:
-        self.conn = conn
+        self.give_back = give_back
+        self.conn: _Connection | None = conn
         self.response = response
         self.namespace = namespace
         self.idle_timeout = idle_timeout
@@ -355,13 +423,17 @@ class _Relay:
 
     def hang_up(self) -> None:
         """The client went away: wake the read on the plugin's socket (any thread)."""
-        with contextlib.suppress(OSError):
-            self.conn.raw.shutdown(socket.SHUT_RDWR)
+        conn = self.conn
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.raw.shutdown(socket.SHUT_RDWR)
 
     def _body(self, abort: Callable[[], None] | None) -> Iterator[bytes]:
         response = self.response
         try:
-            self.conn.raw.settimeout(self.idle_timeout or None)
+            conn = self.conn
+            if conn is not None:
+                conn.raw.settimeout(self.idle_timeout or None)
             while True:
                 try:
                     data = response.read1(CHUNK)
@@ -376,6 +448,11 @@ class _Relay:
                 if not data:
                     if response.length:  # fewer bytes than its Content-Length said
                         _call(abort)
+                    elif self.give_back is not None and not response.will_close and conn:
+                        response.close()  # read to its end: the connection may serve again
+                        self.give_back(self.namespace, conn)
+                        self.give_back = None
+                        self.conn = None  # the pool's now
                     return
                 yield data
         finally:
@@ -383,8 +460,8 @@ class _Relay:
 
     def close(self) -> None:
         self.response.close()
-        self.conn.close()
-        self.conn.raw.close()
+        if self.conn is not None:
+            self.conn.discard()
 
 
 def _call(abort: Callable[[], None] | None) -> None:
