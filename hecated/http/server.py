@@ -40,7 +40,7 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import UnixWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
+from waitress.task import ErrorTask, WSGITask
 
 from hecated.http.forward import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
 from hecated.protocol import (
@@ -323,15 +323,33 @@ class _Channel(HTTPChannel):
 
 
 class _StreamJob:
-    """One forwarded request on the stream pool; frees its place in the cap when done."""
+    """One forwarded request on a thread of its own; frees its place in the cap when done.
+
+    A thread per forwarded request, started when it arrives and ended with it:
+    the cap (``forward_streams``) bounds how many run at once, and a daemon with
+    no stream open holds no thread for them (a pool started up front would hold
+    256 idle threads for ever).
+    """
 
     def __init__(self, listener: _Listener, channel: _Channel) -> None:
         self.listener = listener
         self.channel = channel
 
+    def start(self) -> None:
+        thread = threading.Thread(target=self.service, name="hecated-forward", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: run on an API worker, as a refusal
+            self.listener.stream_done()
+            self.channel.requests[0].hecate_stream = False
+            self.channel.requests[0].hecate_busy = True
+            self.listener.task_dispatcher.add_task(self.channel)
+
     def service(self) -> None:
         try:
             self.channel.service()
+        except BaseException:
+            log.exception("a forwarded request failed")
         finally:
             self.channel.on_close = []
             self.listener.stream_done()
@@ -340,7 +358,7 @@ class _StreamJob:
 class _Listener(UnixWSGIServer):
     """Waitress's Unix server on a socket it is given and never binds itself.
 
-    Forwarded requests (``/plugin/...``) run on a pool of their own, up to the
+    Forwarded requests (``/plugin/...``) run on threads of their own, up to the
     stream cap, so a plugin's long-lived stream never holds one of the registry
     API's workers; past the cap, the request runs on an API worker, which
     answers ``503 busy`` at once.
@@ -348,7 +366,7 @@ class _Listener(UnixWSGIServer):
 
     channel_class = _Channel
     last_activity = 0.0
-    streams: ThreadedTaskDispatcher | None = None
+    streams = False  # forwarding is served
     max_streams = 0
     streams_open = 0
     streams_lock = threading.Lock()
@@ -356,7 +374,7 @@ class _Listener(UnixWSGIServer):
     def add_task(self, channel: Any) -> None:
         request = channel.requests[0] if channel.requests else None
         if (
-            self.streams is not None
+            self.streams
             and request is not None
             and not request.error
             and getattr(request, "path", "").startswith(PREFIX)
@@ -367,7 +385,7 @@ class _Listener(UnixWSGIServer):
                     self.streams_open += 1
             if room:
                 request.hecate_stream = True
-                self.streams.add_task(_StreamJob(self, channel))
+                _StreamJob(self, channel).start()
                 return
             request.hecate_busy = True
         super().add_task(channel)
@@ -402,8 +420,8 @@ class UnixServer:
         byte; connections idle for ``channel_timeout`` s are closed; a refused client
         still sending is read (and ignored) for at most ``linger_seconds`` s and
         ``linger_bytes`` bytes; ``close`` waits at most ``grace`` s for requests in
-        flight. With ``forward``, ``/plugin/...`` requests run on a pool of their own
-        of ``forward.max_streams`` threads and may carry ``forward.body_limit`` bytes."""
+        flight. With ``forward``, ``/plugin/...`` requests run on a thread each, at most
+        ``forward.max_streams`` at once, and may carry ``forward.body_limit`` bytes."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
@@ -436,8 +454,7 @@ class UnixServer:
             stream_adj = copy.copy(adj)
             stream_adj.max_request_body_size = max(MAX_BODY_BYTES, forward.body_limit + 1)
             bounds["parser_class"] = type("_Parser", (_Parser,), {"stream_adj": stream_adj})
-            self._server.streams = ThreadedTaskDispatcher()
-            self._server.streams.set_thread_count(forward.max_streams)
+            self._server.streams = True
             self._server.max_streams = forward.max_streams
             self._server.streams_lock = threading.Lock()
         self._server.channel_class = type("_Channel", (_Channel,), bounds)
@@ -507,8 +524,6 @@ class UnixServer:
                     channel.will_close = True
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
-        if server.streams is not None:  # threads still reading a plugin are daemons
-            server.streams.shutdown(cancel_pending=True, timeout=0.5)
         wasyncore.close_all(self._map)
         if self.owned_path is not None:
             _unlink_if_ours(self.owned_path, self._owned_ino)
