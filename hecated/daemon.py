@@ -36,6 +36,7 @@ from hecated.core.errors import BusyError, HecateError
 from hecated.core.index import RUNNING, Registry
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.app import HecateApp
+from hecated.http.forward import Forwarder, ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 
 log = logging.getLogger("hecated")
@@ -254,8 +255,13 @@ class Lifecycle:
             self.notifier.status(f"cannot start: {exc}")
             return False
         registry.max_waiters = config.max_waiters
-        self.app = app = HecateApp(registry, rescan=self.rescan)
-        self.server = server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
+        forward = ForwardSettings.from_config(config)
+        self.app = app = HecateApp(
+            registry, rescan=self.rescan, forward=Forwarder(registry, forward)
+        )
+        self.server = server = UnixServer(
+            sock, app, owned_path=owned, workers=config.workers, forward=forward
+        )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
         )

@@ -38,6 +38,7 @@ from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
+from hecated.http.forward import Forwarder
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 
 SPEC = openapi.spec()
@@ -131,6 +132,9 @@ def calls(draw: st.DrawFn) -> Call:
     if kind == "documented":
         method, template, op = draw(st.sampled_from(OPERATIONS))
         path = template.replace("{name}", quote(draw(names), safe=""))
+        if "{rest}" in path:  # forwarded: what plugins serve, and garbage
+            rest = draw(st.sampled_from(["manifest", "health", "ui/x.js"]) | st.text(max_size=20))
+            path = path.replace("{rest}", quote(rest, safe="/") or "x")
         if draw(st.integers(0, 9)) == 0:
             method = draw(st.sampled_from(METHODS))
     else:
@@ -238,11 +242,25 @@ def check_headers(op: dict[str, Any], status: int, headers: dict[str, str]) -> N
             _validate(spec["schema"], value)
 
 
+PLUGIN_FAULTS = {502: "plugin_unreachable", 504: "plugin_timeout"}
+
+
+def plugins_fault(path: str, status: int, data: bytes) -> bool:
+    """A forwarded request's 502/504 names the plugin's failure (no socket, refused,
+    silent), not hecated's: the one 5xx that is not hecated's own."""
+    if not path.startswith("/plugin/") or status not in PLUGIN_FAULTS:
+        return False
+    return json.loads(data).get("code") == PLUGIN_FAULTS[status]
+
+
 def check(h: Harness, call: Call) -> None:
     status, headers, data = h.send(call)
     h.stats["requests"] += 1
-    h.stats[f"{status // 100}xx"] += 1
-    assert status < 500, f"{call}: {status} {data[:300]!r}"
+    if plugins_fault(call.path, status, data):
+        h.stats["plugin's 5xx"] += 1
+    else:
+        h.stats[f"{status // 100}xx"] += 1
+        assert status < 500, f"{call}: {status} {data[:300]!r}"
     if call.method == "HEAD":
         return
     assert headers.get("Content-Type", "").startswith("application/json"), (call, headers)
@@ -294,7 +312,8 @@ def harness() -> Iterator[Harness]:
     registry = Registry(layout)
     registry.scan(clean_temps=True)
     cwd_before = _cwd()
-    h = Harness(tmp, home, root, api.HecateApp(registry), {}, Counter())
+    app = api.HecateApp(registry, forward=Forwarder(registry))
+    h = Harness(tmp, home, root, app, {}, Counter())
     yield h
     assert _cwd() == cwd_before
     shutil.rmtree(tmp, ignore_errors=True)
@@ -386,8 +405,11 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
             finally:
                 conn.close()
             stats["requests"] += 1
-            stats[f"{resp.status // 100}xx"] += 1
-            assert resp.status < 500, (call, resp.status, data[:300])
+            if plugins_fault(call.path, resp.status, data):
+                stats["plugin's 5xx"] += 1
+            else:
+                stats[f"{resp.status // 100}xx"] += 1
+                assert resp.status < 500, (call, resp.status, data[:300])
             if call.method != "HEAD":
                 assert resp.getheader("Content-Type", "").startswith("application/json")
                 body = json.loads(data)
@@ -398,3 +420,57 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
     print(f"\nFIGURES fuzz over the socket: {dict(stats)}")
     assert "Traceback" not in daemon.log()
     assert stats.get("5xx", 0) == 0
+
+
+@pytest.mark.slow
+def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
+    """Garbage through /plugin/{name}/...: the plugin's own answer, or hecated's envelope
+    below 500 (or a plugin's 502/504), never a 5xx from hecated's own code."""
+    from test_forward import Plugin
+
+    plugin = Plugin(daemon.root, "hecate-app-fuzzd")
+    stats: Counter = Counter()
+
+    @settings(max_examples=max(50, SOCKET_EXAMPLES), deadline=None, database=None)
+    @given(
+        method=st.sampled_from(METHODS),
+        name=st.sampled_from(["fuzz", "fuzz", "hecate-app-fuzzd", "nosuch", "Bad", PRIMARY_NAME]),
+        rest=st.sampled_from(["echo", "manifest"]) | st.text(min_size=1, max_size=30),
+        query=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+        body=st.none() | bodies,
+        headers=st.dictionaries(
+            st.sampled_from(["X-A", "Connection", "Keep-Alive", "TE", "X-Hecate-Peer-Uid"]),
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
+            max_size=3,
+        ),
+    )
+    def run(method, name, rest, query, body, headers) -> None:
+        target = f"/plugin/{quote(name)}/{quote(rest, safe='/')}"
+        if query:
+            target += "?" + urlencode(query)
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request(method, target, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        stats["requests"] += 1
+        if resp.getheader("X-Plugin"):
+            stats["the plugin's answer"] += 1
+            return
+        if plugins_fault("/plugin/", resp.status, data):
+            stats["plugin's 5xx"] += 1
+            return
+        stats[f"{resp.status // 100}xx"] += 1
+        assert resp.status < 500, (method, target, resp.status, data[:300])
+        if method != "HEAD":
+            _validate({"$ref": "#/components/schemas/Error"}, json.loads(data))
+
+    try:
+        run()
+    finally:
+        plugin.stop()
+    print(f"\nFIGURES fuzz forwarding: {dict(stats)}")
+    assert "Traceback" not in daemon.log()
+    assert stats["the plugin's answer"] > 0

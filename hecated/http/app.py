@@ -66,6 +66,8 @@ class ApiError(HTTPException):
         self.error_code = code
 
 
+FORWARD_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 URL_MAP = Map(
     [
         Rule("/health", endpoint="health", methods=["GET"]),
@@ -77,6 +79,8 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
+        # Relayed to the plugin's own socket (forward.py), on the serving layer's stream pool.
+        Rule("/plugin/<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
     ],
     strict_slashes=False,
     # No redirects: a 308 to a merged path helps no client of a Unix socket, and
@@ -142,8 +146,11 @@ class HecateApp:
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         rescan: Callable[[], int] | None = None,
+        forward: Callable[..., Callable] | None = None,
     ) -> None:
         self.registry = registry
+        # Relays /plugin/{name}/... (hecated.http.forward.Forwarder); None: not served.
+        self.forward = forward
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
         self._clock = clock
@@ -233,6 +240,12 @@ class HecateApp:
         seq, plugins = self.registry.snapshot()
         self._health_cache = (seq, {p.name: _plugin_word(p) for p in plugins})
         return self._health_cache
+
+    def on_forward(self, request: Request, peer: Peer, name: str, rest: str) -> Callable:
+        """The plugin's answer, streamed; the peer was checked like any other's."""
+        if self.forward is None:
+            raise NotFoundError("forwarding to plugins is not enabled")
+        return self.forward(request.environ, peer, name, rest)
 
     def on_openapi(self, request: Request, peer: Peer) -> Response:
         return json_response(openapi.spec())
