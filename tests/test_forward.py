@@ -473,8 +473,8 @@ def test_another_users_peer_is_refused_before_anything_is_forwarded(world: Any) 
     """The forwarded route goes through the same peer check: a wrong uid is a 403."""
     from werkzeug.test import Client
 
+    from hecated.core.index import Registry
     from hecated.core.layout import Layout
-    from hecated.core.registry import Registry
     from hecated.http.app import HecateApp
     from hecated.http.forward import Forwarder
     from hecated.protocol import PEER_ENVIRON_KEY, Peer
