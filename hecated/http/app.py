@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
 from hecated.core.index import Registry
 from hecated.http import openapi
-from hecated.http.views import Views
+from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
     MAX_BODY,
     PEER_ENVIRON_KEY,
@@ -77,10 +77,6 @@ URL_MAP = Map(
     # Werkzeug's redirect would leave here as an error body without a Location.
     merge_slashes=False,
 )
-
-
-# Bodies above this go out through the server's wsgi.file_wrapper (see bytes_response).
-BIG_BODY = 64 * 1024
 
 
 def bytes_response(request: Request, body: bytes, headers: list[tuple[str, str]]) -> Response:
@@ -218,10 +214,10 @@ class HecateApp:
 
     def on_get_plugin(self, request: Request, peer: Peer, name: str) -> Response:
         self.layout.check_plugin_name(name)
-        plugin = self.registry.get(name)
-        if plugin is None:
+        body = self.views.encoded_detail(name)
+        if body is None:
             raise NotFoundError(f"plugin {name!r} is not registered")
-        return json_response(self.views.detail(plugin))
+        return Response(body, status=200, mimetype="application/json")
 
     def on_register(self, request: Request, peer: Peer) -> Response:
         body = _json_object(request)
