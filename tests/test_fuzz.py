@@ -38,7 +38,9 @@ from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
+from hecated.http.fast import FastPath
 from hecated.http.forward import Forwarder
+from hecated.http.views import Views
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 
 SPEC = openapi.spec()
@@ -474,3 +476,70 @@ def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
     print(f"\nFIGURES fuzz forwarding: {dict(stats)}")
     assert "Traceback" not in daemon.log()
     assert stats["the plugin's answer"] > 0
+
+
+# -- the fast path in front (http/fast.py): the same answers as the full app -------------------
+
+
+@pytest.fixture(scope="module")
+def fronted() -> Iterator[tuple[FastPath, api.HecateApp, Counter]]:
+    tmp = Path(tempfile.mkdtemp(prefix="hcff", dir="/tmp"))
+    layout = Layout.at(tmp / "home" / ".hecate")
+    layout.ensure_layout()
+    registry = Registry(layout)
+    registry.scan(clean_temps=True)
+    views = Views(registry, clock=lambda: 7.0)  # one uptime for both answers
+    full = api.HecateApp(registry, views=views)
+    reached: Counter = Counter()
+
+    def counted(environ: dict, start_response: Any) -> Any:
+        reached["full app"] += 1
+        return full(environ, start_response)
+
+    yield FastPath(views, lambda: counted), full, reached
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _through(app: Any, call: Call) -> tuple[int, list[tuple[str, str]], bytes]:
+    peer = {"owner": Peer(os.getpid(), os.getuid(), os.getgid()), "stranger": Peer(1, 4242, 1)}
+
+    def with_peer(environ: dict, start_response: Any) -> Any:
+        if call.peer in peer:
+            environ[PEER_ENVIRON_KEY] = peer[call.peer]
+        return app(environ, start_response)
+
+    headers = {"Content-Type": call.content_type} if call.content_type else {}
+    resp = Client(with_peer).open(
+        call.path, method=call.method, query_string=call.query, data=call.body, headers=headers
+    )
+    return resp.status_code, list(resp.headers.items()), resp.get_data()
+
+
+@settings(
+    max_examples=max(10, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(sequence=st.lists(calls(), min_size=8, max_size=30))
+def _fuzz_fronted(front: FastPath, full: api.HecateApp, sequence: list[Call], stats: Counter):
+    for call in sequence:
+        answer = _through(front, call)
+        stats["requests"] += 1
+        assert answer[0] < 500, (call, answer)
+        if call.method in ("GET", "HEAD"):  # reads: the full app alone must say the same
+            assert answer == _through(full, call), call
+            stats["compared"] += 1
+
+
+def test_fuzz_the_fast_path_against_the_full_app(
+    fronted: tuple[FastPath, api.HecateApp, Counter],
+) -> None:
+    """Whatever a request is, the fast path in front answers it as the full app does."""
+    front, full, reached = fronted
+    stats: Counter = Counter()
+    _fuzz_fronted(front, full, stats=stats)
+    stats["answered by the fast path"] = stats["requests"] - reached["full app"]
+    print(f"\nFIGURES fuzz, fast path in front: {dict(stats)}")
+    assert stats["compared"] > 0
+    assert stats["answered by the fast path"] > 0
