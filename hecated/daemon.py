@@ -36,8 +36,8 @@ from hecated.core.errors import BusyError, HecateError
 from hecated.core.index import RUNNING, Registry
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
-from hecated.http.forward import Forwarder, ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
+from hecated.http.streams import ForwardSettings
 from hecated.http.views import Views
 
 log = logging.getLogger("hecated")
@@ -257,12 +257,14 @@ class Lifecycle:
             return False
         registry.max_waiters = config.max_waiters
         forward = ForwardSettings.from_config(config)
-        forwarder = Forwarder(registry, forward)
         views = Views(registry)
 
         def full_app() -> WSGIApp:
-            from hecated.http.app import HecateApp  # Werkzeug: off the cold-start path
+            # Werkzeug and the relay (http.client, email): off the cold-start path.
+            from hecated.http.app import HecateApp
+            from hecated.http.forward import Forwarder
 
+            forwarder = Forwarder(registry, forward)
             return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
 
         # The hot GETs from cached bytes; the full app on the first request that needs

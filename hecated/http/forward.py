@@ -24,24 +24,17 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from hecated.core.errors import HecateError, NotFoundError, UnsafePathError
 from hecated.core.files import open_dir, open_root, opened
 from hecated.core.layout import SOCKET_NAME, Layout
+from hecated.http.streams import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
 from hecated.protocol import Code, Peer
 
 log = logging.getLogger("hecated.http.forward")
 
-PREFIX = "/plugin/"
-# What the serving layer puts in the environ of a forwarded request.
-BUSY_KEY = "hecated.forward_busy"  # the stream cap was reached: answer 503 busy
-ABORT_KEY = "hecated.forward_abort"  # call to end the client's stream abruptly
-# Call with a function the serving layer runs when the client's connection closes: a
-# stream whose plugin is silent must not hold its place until the idle timeout.
-ON_CLOSE_KEY = "hecated.forward_on_close"
 PEER_PID_HEADER = "X-Hecate-Peer-Pid"
 PEER_UID_HEADER = "X-Hecate-Peer-Uid"
 # Requests that may go over a kept-alive connection (and be sent again on a new one
@@ -49,10 +42,6 @@ PEER_UID_HEADER = "X-Hecate-Peer-Uid"
 REUSABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHUNK = 64 * 1024  # bytes read or sent at a time: nothing is held whole
 
-DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
-DEFAULT_STREAMS = 256
-DEFAULT_IDLE_TIMEOUT = 300.0
-DEFAULT_FIRST_BYTE_TIMEOUT = 30.0  # hecate-web's own read timeout
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Host is ours
 # to set, the peer headers are ours to vouch for (a client must not forge them).
@@ -109,25 +98,6 @@ class _Index(Protocol):
     layout: Layout
 
     def get(self, name: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ForwardSettings:
-    """Bounds on forwarding, so that plugins cannot starve the registry."""
-
-    body_limit: int = DEFAULT_BODY_LIMIT
-    max_streams: int = DEFAULT_STREAMS
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT
-
-    @classmethod
-    def from_config(cls, config: Any) -> ForwardSettings:
-        return cls(
-            body_limit=config.forward_body_limit,
-            max_streams=config.forward_streams,
-            idle_timeout=config.forward_idle_timeout,
-            first_byte_timeout=config.forward_timeout,
-        )
 
 
 def candidates(name: str) -> list[str]:

@@ -40,7 +40,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import UnixWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from hecated.http.forward import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
+from hecated.http.streams import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
 from hecated.protocol import (
     PEER_ENVIRON_KEY,
     Peer,
