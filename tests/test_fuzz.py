@@ -13,6 +13,7 @@ appear on disk outside that root.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -258,6 +259,11 @@ def plugins_fault(path: str, status: int, data: bytes) -> bool:
 def check(h: Harness, call: Call) -> None:
     status, headers, data = h.send(call)
     h.stats["requests"] += 1
+    if call.method == "HEAD" and call.path.startswith("/plugin/") and status in PLUGIN_FAULTS:
+        # A HEAD answer has no body to name the fault: the same request as a GET must
+        # give the same status, and its body says whose fault it is.
+        status_get, _, data = h.send(dataclasses.replace(call, method="GET"))
+        assert status_get == status, (call, status, status_get)
     if plugins_fault(call.path, status, data):
         h.stats["plugin's 5xx"] += 1
     else:
@@ -543,3 +549,20 @@ def test_fuzz_the_fast_path_against_the_full_app(
     print(f"\nFIGURES fuzz, fast path in front: {dict(stats)}")
     assert stats["compared"] > 0
     assert stats["answered by the fast path"] > 0
+
+
+def test_a_forwarded_head_that_fails_is_judged_by_its_get_twin(harness: Harness) -> None:
+    """A HEAD answer has no body to name a plugin's fault: the check asks the same GET
+    (once found by the fuzzer, under load: a HEAD to a plugin with a stale socket)."""
+    import socket as _socket
+
+    sockets = harness.root / "hecate-app-staled" / "sockets"
+    sockets.mkdir(parents=True, mode=0o700)
+    stale = _socket.socket(_socket.AF_UNIX)
+    stale.bind(str(sockets / "api.sock"))
+    stale.close()  # a socket file nothing accepts on: 502 plugin_unreachable
+    call = Call("HEAD", "/plugin/stale/manifest", {}, None, "application/json", "owner")
+    before = harness.stats["plugin's 5xx"]
+    check(harness, call)
+    assert harness.stats["plugin's 5xx"] == before + 1
+    shutil.rmtree(harness.root / "hecate-app-staled")
