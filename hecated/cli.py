@@ -39,6 +39,12 @@ def _daemon_parser() -> argparse.ArgumentParser:
             help="exit after this many idle seconds (0: never)",
         )
         p.add_argument("--workers", type=int, default=default, help="worker threads (default 16)")
+        p.add_argument(
+            "--probe-interval",
+            type=float,
+            default=default,
+            help="seconds between probes of each plugin socket (default 10; 0: on events only)",
+        )
     units = sub.add_parser(
         "install-units",
         help="install the systemd user units for this installation",

@@ -202,9 +202,10 @@ class Lifecycle:
         self.passed = passed
         self.notifier = Notifier(config.notify)
         self.registry = Registry(config.layout)
-        Prober(self.registry)  # liveness: pid files and pidfds; closed by registry.close()
+        # Liveness: pid files, pidfds, the plugins' sockets; closed by registry.close().
+        self.prober = Prober(self.registry, interval=config.probe_interval)
         self.rescans = Rescans(self._rescan_pass)
-        self.watching = _Watching(self.registry)
+        self.watching = _Watching(self.registry, self.prober.socket_changed)
         self.server: UnixServer | None = None
         self.app: HecateApp | None = None
         self.supervisor: Supervisor | None = None
@@ -372,6 +373,7 @@ class Lifecycle:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
         self.watching.start()  # adapters start here, beside the watcher
+        self.prober.start()  # the periodic socket probes
 
     def status_line(self) -> str:
         return status_line(self.registry)
@@ -380,8 +382,9 @@ class Lifecycle:
 class _Watching:
     """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, on_socket: Callable[[str], None] | None = None) -> None:
         self.registry = registry
+        self.on_socket = on_socket
         self.watcher = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -393,7 +396,7 @@ class _Watching:
             if self._stopped:
                 return
             try:
-                self.watcher = Watcher(self.registry).start()
+                self.watcher = Watcher(self.registry, on_socket=self.on_socket).start()
             except Exception:
                 log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
                 return

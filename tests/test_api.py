@@ -95,6 +95,17 @@ def test_reregister_is_200_with_same_body(client: Client) -> None:
     assert client.get("/api/plugins/p").get_json()["version"] == "2"
 
 
+# What a registered plugin that has never answered on its socket carries (issue 12).
+NOT_ANSWERED = {
+    "registered": True,
+    "display_name": None,
+    "icon": None,
+    "tag": None,
+    "ui": False,
+    "problems": [],
+}
+
+
 def test_list_and_get(client: Client, app: HecateApp) -> None:
     client.post("/api/plugins/register", json={"name": "b", "version": "2", "description": "B"})
     client.post("/api/plugins/register", json={"name": "a", "version": "1", "description": "A"})
@@ -106,6 +117,7 @@ def test_list_and_get(client: Client, app: HecateApp) -> None:
             "description": "A",
             "socket": str(app.layout.root / "a" / "sockets" / "api.sock"),
             "status": "stopped",
+            **NOT_ANSWERED,
         },
         {
             "name": "b",
@@ -113,6 +125,7 @@ def test_list_and_get(client: Client, app: HecateApp) -> None:
             "description": "B",
             "socket": str(app.layout.root / "b" / "sockets" / "api.sock"),
             "status": "stopped",
+            **NOT_ANSWERED,
         },
     ]
     one = client.get("/api/plugins/a").get_json()

@@ -22,7 +22,8 @@ from typing import Any
 from hecated.core.layout import Layout, default_root
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers"}
+FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers", "probe_interval"}
+PROBE_INTERVAL = 10.0  # seconds between two looks at each plugin's socket
 # Start-up work no first request needs waits for the first answer, but not longer
 # than this: a keep-alive client may hold the first connection open for ever.
 DEFER_AT_MOST = 1.0
@@ -45,6 +46,7 @@ class Config:
     watchdog: float | None = None  # WatchdogSec= in seconds, when it is meant for us
     journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
     defer_at_most: float = DEFER_AT_MOST
+    probe_interval: float = PROBE_INTERVAL  # 0: probe on events only (socket, pidfd, edits)
 
     @property
     def layout(self) -> Layout:
@@ -123,7 +125,11 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if workers < 1:
         raise ConfigError(f"{src}: workers must be at least 1")
 
+    value, src = pick("probe_interval", "HECATE_PROBE_INTERVAL")
+    probe_interval = _number(value, src) if value is not None else PROBE_INTERVAL
+
     return Config(
+        probe_interval=probe_interval,
         data_dir=data_dir,
         socket_path=socket_path,
         log_level=log_level,

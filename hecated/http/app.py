@@ -297,13 +297,25 @@ class HecateApp:
             raise InvalidFieldError(f"unknown field(s): {', '.join(unknown)}")
         if "name" not in body:
             raise InvalidFieldError("missing required field 'name'")
-        entry, created = self.registry.register(
-            body["name"], body.get("version", ""), body.get("description", "")
-        )
+        version, description = self._from_live_manifest(body)
+        entry, created = self.registry.register(body["name"], version, description)
         version = entry.manifest.version if entry.manifest else ""
         verb = "registered" if created else "re-registered"
         _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")
         return json_response({"ok": True, **self._paths(entry.name)}, 201 if created else 200)
+
+    def _from_live_manifest(self, body: dict[str, Any]) -> tuple[Any, Any]:
+        """``version`` and ``description`` from the body, else from what the plugin's own
+        ``GET /manifest`` said (a discovered plugin registered as it runs), else empty."""
+        version, description = body.get("version"), body.get("description")
+        if version is None or description is None:
+            name = body["name"]
+            plugin = self.registry.get(name) if isinstance(name, str) else None
+            live = None if plugin is None else plugin.live.manifest
+            if live is not None:
+                version = live.version if version is None else version
+                description = live.description if description is None else description
+        return ("" if version is None else version), ("" if description is None else description)
 
     def on_deregister(self, request: Request, peer: Peer, name: str) -> Response:
         self.registry.deregister(name)
@@ -326,13 +338,25 @@ class HecateApp:
         }
 
     def _summary(self, plugin: Plugin) -> dict[str, Any]:
-        m = plugin.entry.manifest
+        """The spec's four keys, then what the plugin's socket and manifest say (live)."""
+        m, live = plugin.entry.manifest, plugin.live.manifest
+        if plugin.registered:
+            version, description = (m.version, m.description) if m else (None, None)
+        else:  # discovered: only its own manifest tells
+            version = live.version if live else None
+            description = live.description if live else None
         return {
             "name": plugin.name,
-            "version": m.version if m else None,
-            "description": m.description if m else None,
+            "version": version,
+            "description": description,
             "socket": self.layout.plugin_socket_str(plugin.name),
             "status": plugin.status,
+            "registered": plugin.registered,
+            "display_name": live.display_name if live else None,
+            "icon": live.icon if live else None,
+            "tag": live.tag if live else None,
+            "ui": live.ui if live else False,
+            "problems": list(live.problems) if live else [],
         }
 
     def _detail(self, plugin: Plugin) -> dict[str, Any]:
@@ -340,11 +364,12 @@ class HecateApp:
         return {
             **self._summary(plugin),
             **self._paths(plugin.name),
-            "manifest": self.layout.manifest_str(plugin.name),
+            "manifest": self.layout.manifest_str(plugin.name) if plugin.registered else None,
             "registered_at": _isoformat(m.registered_at) if m else None,
             "updated_at": _isoformat(m.updated_at) if m else None,
             "pid": plugin.live.pid,
             "state": plugin.live.state,
+            "reason": plugin.live.detail,
             "error": None
             if err is None
             else {"file": err.path, "line": err.line, "message": err.message},

@@ -210,10 +210,20 @@ def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
     elif not plugins:
         print("no plugins registered")
     else:
-        rows = [("NAME", "VERSION", "STATUS", "SOCKET")]
-        rows += [(p.name, p.version or "-", p.status, p.socket) for p in plugins]
+        rows = [("NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET")]
+        rows += [_list_row(p) for p in plugins]
         _table(rows)
+        for p in plugins:  # below the table: a sentence needs the whole line
+            for problem in p.problems:
+                print(f"{p.name}: {problem}")
     return Exit.OK
+
+
+def _list_row(p: PluginSummary) -> tuple[str, ...]:
+    """One plugin: ``APP`` is the icon and display name its own manifest gave (``-``
+    until it has answered)."""
+    app = " ".join(x for x in (p.icon, p.display_name) if x) or "-"
+    return (p.name, p.version or "-", p.status, "yes" if p.registered else "no", app, p.socket)
 
 
 def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
@@ -237,6 +247,14 @@ def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
         ("base_dir", info.base_dir),
     ]
     pairs += [(f"  {key}", value) for key, value in info.paths.items()]
+    pairs += [
+        ("registered_as", "plugin.toml" if info.registered else "no (discovered)"),
+        ("app", " ".join(x for x in (info.icon, info.display_name) if x) or None),
+        ("tag", info.tag),
+        ("ui", "yes" if info.ui else "no"),
+        ("reason", info.reason),
+    ]
+    pairs += [("problem", problem) for problem in info.problems]
     if info.error:
         pairs.append(("error", str(info.error)))
     _fields(pairs)
