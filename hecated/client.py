@@ -491,9 +491,19 @@ class HecateClient:
 
     # -- the API ------------------------------------------------------------------------
 
-    def register(self, name: str, version: str = "", description: str = "") -> PluginPaths:
-        """Register (or re-register, on every start) and get the namespace's paths."""
-        body = {"name": name, "version": version, "description": description}
+    def register(
+        self, name: str, version: str | None = None, description: str | None = None
+    ) -> PluginPaths:
+        """Register (or re-register, on every start) and get the namespace's paths.
+
+        ``version`` or ``description`` left out (None): the daemon takes them from the
+        plugin's own ``GET /manifest`` when its socket answers, else leaves them empty.
+        """
+        body: dict[str, str] = {"name": name}
+        if version is not None:
+            body["version"] = version
+        if description is not None:
+            body["description"] = description
         resp = self.request("POST", "/api/plugins/register", body)
         return PluginPaths.from_json(resp.body, created=resp.status == 201)
 

@@ -86,6 +86,9 @@ def test_a_plugin_that_never_registered_is_discovered_running_with_its_manifest(
         )
         _, _, health = live.request("GET", "/health")
         assert health["plugins"]["hecate-app-traderd"] == "ok"
+        # Its data is not purged while it answers (it writes no pid file to refuse by).
+        status, _, refused = live.request("POST", "/api/plugins/hecate-app-traderd/purge")
+        assert (status, refused["code"]) == (409, "plugin_running")
         assert tree(ns) == before  # a discovered entry creates, changes, deletes nothing
         assert not (ns / "plugin.toml").exists()
 

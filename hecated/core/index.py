@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Protocol
 
 from hecated.core import manifest
-from hecated.core.errors import BusyError, NotFoundError
+from hecated.core.errors import BusyError, NotFoundError, PluginRunningError
 from hecated.core.files import GroupCommit
 from hecated.core.layout import Layout
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
@@ -415,6 +415,12 @@ class Index:
         """Delete a deregistered plugin's namespace and all its data: explicit cleanup."""
         name = self.layout.check_plugin_name(name)
         with self.name_lock(name):
+            found = self.get(name)
+            if found is not None and not found.registered and found.live.answering:
+                # No pid file to refuse by: a discovered plugin is known alive by its socket.
+                raise PluginRunningError(
+                    f"plugin {name!r} answers on its socket; stop it before purging its data"
+                )
             try:
                 self.store.purge(name)
             finally:

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg = add("register", "register a plugin (creates its namespace) and print its paths")
     reg.add_argument("name")
-    reg.add_argument("--version", dest="plugin_version", default="", metavar="V")
-    reg.add_argument("--description", default="", metavar="D")
+    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
+    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
+    reg.add_argument("--description", default=None, metavar="D")
     add("deregister", "remove a registry entry (keeps the data)").add_argument("name")
     purge = add("purge", "delete a deregistered plugin's namespace and all its data")
     purge.add_argument("name")
@@ -284,7 +285,7 @@ def cmd_register(client: HecateClient, args: argparse.Namespace) -> Exit:
         _json(result.raw)
         return Exit.OK
     verb = "registered" if result.created else "re-registered"
-    print(f"{verb} {result.name} {args.plugin_version}".rstrip())
+    print(f"{verb} {result.name} {args.plugin_version or ''}".rstrip())
     _fields([("base_dir", result.base_dir), *((f"  {k}", v) for k, v in result.paths.items())])
     return Exit.OK
 
