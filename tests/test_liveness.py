@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 from conftest import Daemon, short_tempdir
 from ctl_support import ctl
+from jsonschema import Draft202012Validator
 from plugin_support import Plugin
+
+from hecated.http import openapi
 
 INTERVAL = "0.3"  # seconds between probes: short, so a kill -9 is seen soon
 
@@ -45,6 +48,12 @@ def until(daemon: Daemon, done: Callable[[Listing], Any], timeout: float = 20.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout} s: {listing}")
         since = int(headers["X-Hecate-Seq"])
+
+
+def conforms(schema: str, value: Any) -> None:
+    """``value`` is what the OpenAPI description promises for ``schema``."""
+    doc = {"$ref": f"#/components/schemas/{schema}", "components": openapi.spec()["components"]}
+    Draft202012Validator(doc).validate(value)
 
 
 def status_is(name: str, status: str) -> Callable[[Listing], bool]:
@@ -84,6 +93,8 @@ def test_a_plugin_that_never_registered_is_discovered_running_with_its_manifest(
             None,
             "running",
         )
+        conforms("PluginSummary", row)
+        conforms("PluginDetail", detail)
         _, _, health = live.request("GET", "/health")
         assert health["plugins"]["hecate-app-traderd"] == "ok"
         # Its data is not purged while it answers (it writes no pid file to refuse by).
@@ -158,6 +169,7 @@ def test_a_plugin_that_accepts_and_never_answers_is_unhealthy_and_lists_still_an
         assert listing["hecate-app-muted"]["registered"] is False
         _, _, detail = live.request("GET", "/api/plugins/hecate-app-muted")
         assert "no answer within" in detail["reason"]
+        conforms("PluginDetail", detail)
         for _ in range(20):  # each probe holds a connection open for its whole timeout
             assert live.request("GET", "/api/plugins")[0] == 200
             assert live.request("GET", "/api/plugins/hecate-app-muted")[0] == 200
