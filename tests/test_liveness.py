@@ -9,6 +9,8 @@ change feed (``GET /api/plugins?since=&wait=``) until an end state is reached.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -226,3 +228,24 @@ def test_a_symlinked_sockets_dir_pointing_outside_the_tree_is_never_probed(
         import shutil
 
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_a_live_pid_whose_socket_accepts_nothing_yet_is_starting(live: Daemon) -> None:
+    assert live.register("hecate-app-slowd", "1.0")[0] == 201
+    ns = live.root / "hecate-app-slowd"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(os.fspath(ns / "sockets" / "api.sock"))  # a socket file nothing accepts on
+    leftover.close()
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (ns / "run" / "daemon.pid").write_text(f"{proc.pid}\n")
+        listing = until(live, status_is("hecate-app-slowd", "starting"))
+        assert listing["hecate-app-slowd"]["registered"] is True
+        _, _, detail = live.request("GET", "/api/plugins/hecate-app-slowd")
+        assert detail["pid"] == proc.pid and "nothing accepts" in detail["reason"]
+        _, _, health = live.request("GET", "/health")
+        assert health["plugins"]["hecate-app-slowd"] == "degraded"
+    finally:
+        proc.kill()
+        proc.wait()
+    until(live, status_is("hecate-app-slowd", "stopped"))  # the pidfd saw it go
