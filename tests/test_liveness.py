@@ -249,3 +249,24 @@ def test_a_live_pid_whose_socket_accepts_nothing_yet_is_starting(live: Daemon) -
         proc.kill()
         proc.wait()
     until(live, status_is("hecate-app-slowd", "stopped"))  # the pidfd saw it go
+
+
+def test_with_no_periodic_probes_the_sockets_watch_finds_a_plugin_and_its_going(
+    home: Path,
+) -> None:
+    daemon = Daemon(home, env={"HECATE_PROBE_INTERVAL": "0"}).start()
+    try:
+        ns = daemon.root / "hecate-app-eventd"
+        (ns / "sockets").mkdir(parents=True)
+        # The watches are in place once a rescan has rebuilt them: from then on the
+        # socket's bind is an inotify event, the only way it can be seen here.
+        assert daemon.request("POST", "/api/rescan")[0] == 200
+        plugin = Plugin(ns)
+        try:
+            until(daemon, status_is("hecate-app-eventd", "running"))
+        finally:
+            plugin.kill()
+        (ns / "sockets" / "api.sock").unlink()  # what a clean stop does: a removal event
+        until(daemon, lambda ls: "hecate-app-eventd" not in ls)
+    finally:
+        daemon.stop()

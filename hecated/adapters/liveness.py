@@ -78,6 +78,7 @@ PROBE_WORKERS = 4  # probe threads: a plugin that never answers ties up one of t
 BODY_MAX = 64 * 1024  # the most of an answer (a manifest) read from a plugin
 TEXT_MAX = 256  # the most of one manifest string kept
 MANIFEST_FIELDS = ("name", "version", "icon", "description", "tag")
+RETRIES = 5  # looks again at a socket refused just after it was bound (see _maybe_retry)
 
 log = logging.getLogger("hecated.adapters.liveness")
 
@@ -516,6 +517,7 @@ class Prober:
         self._busy: set[str] = set()
         self._again: dict[str, bool] = {}
         self._found: dict[str, Finding] = {}
+        self._retries: dict[str, int] = {}
         self._workers_wanted = max(1, workers)
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
@@ -681,6 +683,7 @@ class Prober:
         if found.kind == ANSWERING and found.manifest is None and before is not None:
             found = Finding(ANSWERING, None, before.manifest, True)
         self.probes += 1
+        self._maybe_retry(name, manifest, found)
         with self.index.name_lock(name):
             with self._cond:
                 if self._closed:
@@ -690,6 +693,27 @@ class Prober:
             if self.index.get(name) is None:
                 with self._cond:
                     self._found.pop(name, None)
+
+    def _maybe_retry(self, name: str, asked: bool, found: Finding) -> None:
+        """A socket file nothing accepts on, just after an event: look again soon.
+
+        A plugin binds its socket (the inotify event) a moment before it listens,
+        so the probe that event asks for can meet a refusal; with no further event
+        (and periodic probes perhaps off), it would stay unseen. A few retries,
+        0.05 s doubling to 0.8 s, cover that moment and nothing more.
+        """
+        with self._cond:
+            if found.kind != ABSENT or not found.socket_file:
+                self._retries.pop(name, None)
+                return
+            attempt = self._retries.get(name, 0)
+            if self._closed or not (asked or attempt) or attempt >= RETRIES:
+                self._retries.pop(name, None)
+                return
+            self._retries[name] = attempt + 1
+        timer = threading.Timer(0.05 * 2**attempt, self.request, (name, True))
+        timer.daemon = True
+        timer.start()
 
     def _track(self, name: str, live: Liveness | None) -> None:
         """Hold a pidfd on a live plugin's process, so its exit is a change too."""

@@ -121,9 +121,10 @@ SCHEMAS: dict[str, Any] = {
             "uptime_seconds": {"type": "integer", "minimum": 0},
             "plugins": {
                 "type": "object",
-                "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED}, "
-                f"{PLUGIN_DEGRADED} (alive but not answering as it should), or a short "
-                "reason (an invalid plugin.toml).",
+                "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED} (stopped), "
+                f"{PLUGIN_DEGRADED} (unhealthy or starting: alive but not answering as it "
+                "should), or a short reason (invalid: what is wrong with plugin.toml). "
+                "Discovered plugins are included.",
                 "additionalProperties": {"type": "string", "minLength": 1},
             },
             "plugin_count": {"type": "integer", "minimum": 0},
