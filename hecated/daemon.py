@@ -418,7 +418,11 @@ class _Watching:
 
 def status_line(registry: Registry) -> str:
     """The human line systemctl status shows: "3 plugins registered, 2 running"."""
-    plugins = registry.list()
+    listed = registry.list()
+    plugins = [p for p in listed if p.registered]
     running = sum(1 for p in plugins if p.status == RUNNING)
     noun = "plugin" if len(plugins) == 1 else "plugins"
-    return f"{len(plugins)} {noun} registered, {running} running"
+    found = len(listed) - len(plugins)  # discovered: their sockets answer, no plugin.toml
+    return f"{len(plugins)} {noun} registered, {running} running" + (
+        f", {found} discovered" if found else ""
+    )
