@@ -270,3 +270,17 @@ def test_with_no_periodic_probes_the_sockets_watch_finds_a_plugin_and_its_going(
         until(daemon, lambda ls: "hecate-app-eventd" not in ls)
     finally:
         daemon.stop()
+
+
+def test_probe_interval_from_flag_environment_file_and_default(tmp_path: Path) -> None:
+    from hecated.core.config import ConfigError, resolve
+
+    conf = tmp_path / "hecated.toml"
+    conf.write_text("probe_interval = 30\n")
+    flags = {"config": str(conf)}
+    assert resolve({}, {"XDG_CONFIG_HOME": str(tmp_path)}).probe_interval == 10.0
+    assert resolve(flags, {}).probe_interval == 30.0
+    assert resolve(flags, {"HECATE_PROBE_INTERVAL": "2.5"}).probe_interval == 2.5
+    assert resolve({**flags, "probe_interval": 0.0}, {}).probe_interval == 0.0
+    with pytest.raises(ConfigError, match="HECATE_PROBE_INTERVAL"):
+        resolve({}, {"XDG_CONFIG_HOME": str(tmp_path), "HECATE_PROBE_INTERVAL": "-1"})
