@@ -218,6 +218,17 @@ def test_a_symlinked_sockets_dir_pointing_outside_the_tree_is_never_probed(
             listing = until(live, refused)
             assert listing["hecate-evild"]["status"] == "stopped"
             assert listing["hecate-evild"]["display_name"] is None
+            # A real sockets/ whose api.sock is a link to the outside socket: not probed either.
+            (ns / "sockets").unlink()
+            (ns / "sockets").mkdir(mode=0o700)
+            (ns / "sockets" / "api.sock").symlink_to(outside / "hecate-evild/sockets/api.sock")
+            assert live.request("POST", "/api/rescan")[0] == 200
+
+            def not_a_socket(_ls: Listing) -> bool:
+                detail = live.request("GET", "/api/plugins/hecate-evild")[2]
+                return "is not a socket" in (detail["reason"] or "")
+
+            assert until(live, not_a_socket)["hecate-evild"]["status"] == "stopped"
             # A namespace of its own, never registered, with the same trick: never listed.
             other = live.root / "hecate-sneakyd"
             other.mkdir(mode=0o700)

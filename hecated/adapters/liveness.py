@@ -41,7 +41,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hecated.core.errors import UnsafePathError
@@ -587,7 +587,9 @@ class Prober:
             self._queued[name] = manifest
             self._queue.append((name, manifest))
             self._start_workers()
-            self._cond.notify()
+            # All: the timer waits on this condition too, and a notify() it took would
+            # leave the queued probe with no worker woken for it.
+            self._cond.notify_all()
 
     def socket_changed(self, name: str) -> None:
         """The watcher saw ``sockets/api.sock`` come or go: probe, manifest included."""
@@ -603,7 +605,7 @@ class Prober:
             )
             self._ticker.start()
 
-    def due(self) -> Iterable[str]:
+    def due(self) -> list[str]:
         """The names a periodic round probes: those whose last probe found a socket
         file, and every name (registered or not) whose socket file exists now.
 
@@ -634,7 +636,9 @@ class Prober:
                 if self._closed:
                     return
             try:
-                for name in self.due():
+                due = self.due()
+                log.debug("a round of probes: %d due", len(due))
+                for name in due:
                     self.request(name)
             except Exception:
                 log.exception("a periodic round of probes failed")
@@ -683,6 +687,7 @@ class Prober:
         if found.kind == ANSWERING and found.manifest is None and before is not None:
             found = Finding(ANSWERING, None, before.manifest, True)
         self.probes += 1
+        log.debug("probed %s: %s %s", name, found.kind, found.detail or "")
         self._maybe_retry(name, manifest, found)
         with self.index.name_lock(name):
             with self._cond:
