@@ -19,8 +19,12 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Benchmarks beside their baselines (installs nginx-light and etcd-server with apt);
-# writes docs/benchmarks.md. Takes a few minutes.
+# writes docs/benchmarks.md, unpinned (ARGS=--pinned: a labelled pinned extra run).
+# Takes a few minutes. The candidates table 0 and bench/toml_parse.py compare are
+# bench-only: installed into the venv here, never dependencies of hecated.
+BENCH_PIP := cheroot gunicorn tomli rtoml
 bench: setup
+	$(VENV)/bin/pip install -q $(BENCH_PIP)
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
 lint: setup

@@ -53,7 +53,7 @@ class Nginx:
     """nginx-light, one worker, serving ``files`` (name → bytes) on a Unix socket."""
 
     workdir: Path
-    cpus: set[int]
+    cpus: set[int] | None
     proc: subprocess.Popen | None = None
 
     @property
@@ -115,7 +115,7 @@ class Etcd:
     """One etcd member on loopback, data dir in ``workdir``: every put is in its fsynced WAL."""
 
     workdir: Path
-    cpus: set[int]
+    cpus: set[int] | None
     proc: subprocess.Popen | None = None
     port: int = 0
 

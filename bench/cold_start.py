@@ -8,7 +8,16 @@ Beside it, in the same run and started the same way, a bare Python child that
 accepts on fd 3 and replies: the floor for any Python daemon. Rounds alternate
 between the two so that machine noise falls on both alike.
 
-    .venv/bin/python bench/cold_start.py [N]
+``run_user_manager`` does the same the way users meet it: a private
+``systemd --user`` (its own HOME under /home and XDG_RUNTIME_DIR) with the
+shipped ``hecate.socket``/``hecate.service`` (ExecStart pointed at this venv's
+hecated, exactly as ``hecated install-units`` writes them), and beside them a
+``bare.socket``/``bare.service`` pair whose service is the shipped
+``hecate.service`` with only ExecStart (the bare child), ``Type=simple`` and
+the watchdog changed: the same hardening options. Each round stops the service
+(the socket stays), then times connect → last byte of the first request.
+
+    .venv/bin/python bench/cold_start.py [N] [--user-manager]
 """
 
 from __future__ import annotations
@@ -104,6 +113,15 @@ def _summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _stats(samples: dict[str, list[float]], n: int) -> dict:
+    result: dict = {name: _summary(values) for name, values in samples.items()}
+    result["n"] = n
+    result["ratio_median"] = round(
+        result["hecated"]["median_ms"] / result["bare_child"]["median_ms"], 2
+    )
+    return result
+
+
 def run(n: int = 20) -> dict:
     """Median and p90 of ``n`` cold starts of hecated and of the bare child, in ms."""
     home = Path(tempfile.mkdtemp(prefix="hcb", dir="/tmp"))
@@ -118,21 +136,163 @@ def run(n: int = 20) -> dict:
             samples["bare_child"].append(_round(home, bare))
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    result = {name: _summary(values) for name, values in samples.items()}
-    result["n"] = n
-    result["ratio_median"] = round(
-        result["hecated"]["median_ms"] / result["bare_child"]["median_ms"], 2
+    return _stats(samples, n)
+
+
+# -- through a private systemd --user with the shipped units ------------------------------
+
+SYSTEMD = Path("/usr/lib/systemd/systemd")
+HOMES = Path(os.environ.get("HECATE_BENCH_HOMES", "/home/hecate-bench"))
+# Both services alike: output to a file (no journald here), no start rate limit (the
+# rounds start each service far more often than StartLimitBurst= allows).
+COMMON_DROP_IN = (
+    "[Unit]\nStartLimitIntervalSec=0\n"
+    "[Service]\nStandardOutput=append:%h/svc.log\nStandardError=append:%h/svc.log\n"
+)
+
+
+def user_manager_available() -> bool:
+    return SYSTEMD.exists() and shutil.which("systemctl") is not None and os.geteuid() == 0
+
+
+def _bare_service(hecate_service: str, script: Path) -> str:
+    """The shipped service with the bare child as ExecStart: every hardening line kept."""
+    out = []
+    for line in hecate_service.splitlines():
+        if line.startswith("ExecStart="):
+            line = f"ExecStart={sys.executable} {script}"
+        elif line.startswith("Type="):
+            line = "Type=simple"
+        elif line.startswith(("NotifyAccess=", "WatchdogSec=", "ExecReload=")):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _bare_socket(path: Path) -> str:
+    return (
+        "[Socket]\n"
+        f"ListenStream={path}\nSocketMode=0600\nDirectoryMode=0700\nService=bare.service\n"
     )
-    return result
+
+
+class _Manager:
+    """A private ``systemd --user``: its own HOME and runtime dir, stopped by pid."""
+
+    def __init__(self) -> None:
+        HOMES.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.base = Path(tempfile.mkdtemp(prefix="cs", dir=HOMES))
+        self.home = self.base / "home"
+        self.runtime = self.base / "run"
+        self.home.mkdir(mode=0o700)
+        self.runtime.mkdir(mode=0o700)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "LANG": "C.UTF-8",
+        }
+        self.units = self.home / ".config" / "systemd" / "user"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        Path("/run/systemd/system").mkdir(parents=True, exist_ok=True)
+        with (self.base / "manager.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(SYSTEMD), "--user", "--log-target=console", "--log-level=warning"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.home,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while self.ctl("is-system-running", check=False).strip() not in ("running", "degraded"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("systemd --user did not come up")
+            time.sleep(0.05)
+
+    def ctl(self, *args: str, check: bool = True) -> str:
+        res = subprocess.run(
+            ["systemctl", "--user", *args], env=self.env, capture_output=True, text=True
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(f"systemctl --user {' '.join(args)}: {res.stdout}{res.stderr}")
+        return res.stdout
+
+    def install(self) -> tuple[Path, Path]:
+        """The shipped units (as install-units renders them) and the bare pair."""
+        from hecated.tools.units import hidden_from_service, render
+
+        self.units.mkdir(parents=True)
+        for name in ("hecate.socket", "hecate.service"):
+            (self.units / name).write_text(render(name, HECATED))
+        script = self.home / "bare_child.py"
+        script.write_text(BARE_CHILD)
+        bare_sock = self.home / "bare" / "api.sock"
+        (self.units / "bare.socket").write_text(_bare_socket(bare_sock))
+        (self.units / "bare.service").write_text(
+            _bare_service(render("hecate.service", HECATED), script)
+        )
+        for service in ("hecate.service", "bare.service"):
+            drop = self.units / f"{service}.d"
+            drop.mkdir()
+            (drop / "00-bench.conf").write_text(COMMON_DROP_IN)
+            if hidden_from_service(HECATED):  # a venv under /tmp: same relaxation for both
+                (drop / "01-tmp.conf").write_text("[Service]\nPrivateTmp=no\n")
+        self.ctl("daemon-reload")
+        self.ctl("start", "hecate.socket", "bare.socket")
+        return self.home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock", bare_sock
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.ctl("stop", "hecate.socket", "hecate.service", "bare.socket", check=False)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _manager_round(um: _Manager, sock: Path, service: str) -> float:
+    um.ctl("stop", service)  # synchronous: nothing of it runs when this returns
+    if um.ctl("is-active", service, check=False).strip() == "active":
+        raise RuntimeError(f"{service} still active after stop")
+    elapsed, response = _one_request(sock)
+    if b" 200 " not in response.split(b"\r\n")[0]:
+        raise RuntimeError(f"{service}: bad response {response[:200]!r}")
+    return elapsed
+
+
+def run_user_manager(n: int = 20) -> dict:
+    """Median and p90 of ``n`` first requests through a private ``systemd --user``, in ms."""
+    um = _Manager()
+    try:
+        um.start()
+        hecate_sock, bare_sock = um.install()
+        _manager_round(um, hecate_sock, "hecate.service")  # warm the page cache
+        _manager_round(um, bare_sock, "bare.service")
+        samples: dict[str, list[float]] = {"hecated": [], "bare_child": []}
+        for _ in range(n):
+            samples["hecated"].append(_manager_round(um, hecate_sock, "hecate.service"))
+            samples["bare_child"].append(_manager_round(um, bare_sock, "bare.service"))
+    finally:
+        um.stop()
+    return _stats(samples, n)
 
 
 if __name__ == "__main__":
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
-    outcome = run(rounds)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rounds = int(args[0]) if args else 20
+    outcome = run_user_manager(rounds) if "--user-manager" in sys.argv else run(rounds)
+    via = "systemd --user" if "--user-manager" in sys.argv else "systemd-socket-activate"
     print(json.dumps(outcome, indent=2))
     h, b = outcome["hecated"], outcome["bare_child"]
     print(
-        f"cold start via socket activation, n={rounds}: hecated median {h['median_ms']} ms "
+        f"cold start via {via}, n={rounds}: hecated median {h['median_ms']} ms "
         f"(p90 {h['p90_ms']}), bare Python child median {b['median_ms']} ms "
         f"(p90 {b['p90_ms']}): {outcome['ratio_median']}x",
         file=sys.stderr,

@@ -1,7 +1,7 @@
 """Processes under test: a hecated on its own HOME, a tree of plugins, what /proc says of them.
 
-Everything started here is pinned to the server CPU(s) with ``sched_setaffinity``
-before exec, and stopped by its pid, never by name.
+Everything started here runs unpinned unless ``PINNED`` is set (then on the server
+CPU(s), with ``sched_setaffinity`` before exec), and is stopped by its pid, never by name.
 """
 
 from __future__ import annotations
@@ -25,8 +25,17 @@ from hecated.core.manifest import Manifest, dumps
 HECATED = Path(sys.executable).parent / "hecated"
 
 
-def cpu_split() -> tuple[set[int], set[int]]:
-    """Server CPUs and client CPUs: apart when there are two or more, shared otherwise."""
+# Headline runs are unpinned: nobody runs hecated pinned to a core, and pinning
+# flatters a server that hands each request between threads (issue 15). ``--pinned``
+# (bench/run.py) sets this for a labelled extra run, servers on one half of the
+# CPUs and clients on the other, as the tables were measured before.
+PINNED = False
+
+
+def cpu_split() -> tuple[set[int] | None, set[int] | None]:
+    """Server CPUs and client CPUs in a pinned run; ``(None, None)`` (no pinning) otherwise."""
+    if not PINNED:
+        return None, None
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return set(cpus), set(cpus)
@@ -36,17 +45,30 @@ def cpu_split() -> tuple[set[int], set[int]]:
 
 def placement() -> str:
     server, client = cpu_split()
+    if server is None or client is None:
+        return (
+            f"unpinned (servers and clients free on all {len(os.sched_getaffinity(0))} CPUs, "
+            "as users run them)"
+        )
     return (
-        f"servers on CPU {fmt_cpus(server)}, clients on CPU {fmt_cpus(client)} (sched_setaffinity)"
+        f"**pinned**: servers on CPU {fmt_cpus(server)}, clients on CPU {fmt_cpus(client)} "
+        "(sched_setaffinity)"
     )
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, for the line under every table."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def fmt_cpus(cpus: set[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
 
 
-def pinned(cpus: set[int]):
-    """A ``preexec_fn`` that pins the child before exec, like ``taskset -c``."""
+def pinned(cpus: set[int] | None):
+    """A ``preexec_fn`` that pins the child before exec, like ``taskset -c`` (None: no pinning)."""
+    if not cpus:
+        return None
     return lambda: os.sched_setaffinity(0, cpus)
 
 
@@ -92,10 +114,10 @@ def make_plugins(home: Path, count: int, prefix: str = "bench") -> list[str]:
 
 @dataclass
 class Hecated:
-    """A real hecated on ``home``, pinned to ``cpus``; ``started`` is when it was spawned."""
+    """A real hecated on ``home`` (pinned to ``cpus`` if given); ``started``: when spawned."""
 
     home: Path
-    cpus: set[int]
+    cpus: set[int] | None
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     started: float = 0.0

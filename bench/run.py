@@ -30,10 +30,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import baselines  # noqa: E402
+import procs  # noqa: E402
 from procs import (  # noqa: E402
     Hecated,
     cpu_split,
     inotify_watches,
+    loadavg,
     make_plugins,
     median,
     open_fds,
@@ -55,7 +57,9 @@ class Sizes:
     """How much of everything: the full run, or a smoke run that only proves the bench works."""
 
     warm_plugins: int = 100
-    warm_requests: int = 2000  # per configuration, split among the clients
+    # Per configuration, split among the clients: 4000 puts 40 samples above the p99.
+    warm_requests: int = 4000
+    serving_requests: int = 3000
     registrations: int = 400
     scale: tuple[int, ...] = (1000, 10000)
     scale_requests: int = 20
@@ -69,6 +73,7 @@ class Sizes:
         return cls(
             warm_plugins=5,
             warm_requests=40,
+            serving_requests=40,
             registrations=16,
             scale=(50,),
             scale_requests=3,
@@ -157,23 +162,46 @@ def optional_module(name: str):
 
 
 def section_cold_start(sizes: Sizes) -> str:
-    title = "## 1. Cold start through socket activation\n\n"
+    title = "## 1. Cold start: the first request while nothing runs\n\n"
     cold = optional_module("cold_start")
     if cold is None or not sizes.cold_rounds:
         why = "smoke run" if cold is not None else "bench/cold_start.py is not on this branch"
         return title + f"_Skipped: {why}._\n"
-    r = cold.run(sizes.cold_rounds)
-    h, b = r["hecated"], r["bare_child"]
-    x = h["median_ms"] / b["median_ms"]
-    rows = [
-        ["hecated (`systemd-socket-activate … hecated serve`)", h["median_ms"], h["p90_ms"]],
-        ["bare Python accept-and-reply child, started the same way", b["median_ms"], b["p90_ms"]],
+    results = [
+        (
+            "`systemd-socket-activate … hecated serve`",
+            "bare Python accept-and-reply child, started the same way",
+            cold.run(sizes.cold_rounds),
+        )
     ]
+    if cold.user_manager_available():
+        results.append(
+            (
+                "private `systemd --user`, shipped `hecate.socket`/`hecate.service`",
+                "bare child as a service with the same hardening options, same manager",
+                cold.run_user_manager(sizes.cold_rounds),
+            )
+        )
+    rows, verdicts = [], []
+    for ours, bare, r in results:
+        h, b = r["hecated"], r["bare_child"]
+        x = h["median_ms"] / b["median_ms"]
+        rows.append([f"hecated, {ours}", f"{h['median_ms']:.1f}", f"{h['p90_ms']:.1f}", ""])
+        rows.append([bare, f"{b['median_ms']:.1f}", f"{b['p90_ms']:.1f}", ""])
+        rows[-2][3] = f"**{x:.2f}x** {verdict(x <= 4)}"
+        verdicts.append(x)
+    skipped = (
+        ""
+        if len(results) > 1
+        else "\n_The `systemd --user` rows need root and /usr/lib/systemd/systemd._\n"
+    )
     return (
-        title
-        + f"Connect → full response of `GET /api/plugins` while nothing runs; n = {r['n']}.\n\n"
-        + table(["", "median ms", "p90 ms"], [[a, f"{m:.1f}", f"{p:.1f}"] for a, m, p in rows])
-        + f"\n\nRatio (median): **{x:.2f}x** the bare child; target ≤ 4x {verdict(x <= 4)}\n"
+        title + "Connect → full response of `GET /api/plugins` while nothing runs, rounds "
+        f"alternating with the baseline's; n = {sizes.cold_rounds} each "
+        "(bench/cold_start.py). Target: median ≤ 4x the bare child's.\n\n"
+        + table(["", "median ms", "p90 ms", "ratio (median)"], rows)
+        + "\n"
+        + skipped
     )
 
 
@@ -186,7 +214,10 @@ def section_serving(sizes: Sizes, work: Path) -> str:
     server_cpus, _ = cpu_split()
     rows = []
     got: dict[tuple[str, bool, int], Stats] = {}
+    skipped = [kind for kind in serving.KINDS if not serving.available(kind)]
     for kind in serving.KINDS:
+        if kind in skipped:
+            continue
         path = str(work / f"serve-{kind}.sock")
         proc = serving.start(kind, path, server_cpus)
         try:
@@ -198,7 +229,9 @@ def section_serving(sizes: Sizes, work: Path) -> str:
             for keep in (False, True) if kind != "bare" else (False,):
                 for clients in (1, 8):
                     st = measure(
-                        lambda _i, k=keep, p=path: Client(p, "/", k), clients, sizes.warm_requests
+                        lambda _i, k=keep, p=path: Client(p, "/", k),
+                        clients,
+                        sizes.serving_requests,
                     )
                     got[kind, keep, clients] = st
                     rows.append(
@@ -218,10 +251,15 @@ def section_serving(sizes: Sizes, work: Path) -> str:
         f"A constant {len(serving.BODY):,}-byte JSON body from a trivial WSGI app on a pre-bound "
         "Unix socket: Werkzeug's own threaded server (`make_server(threaded=True, fd=...)`, "
         "what hecated used before; it closes every connection), hecated's `UnixServer` "
-        "(waitress, 4 threads) and a bare Python accept/send loop as the floor. "
-        f"{sizes.warm_requests} requests per row, {placement()}.\n\n"
+        "(waitress, 4 threads), stock waitress with one knob changed each (`waitress-t1`: "
+        "`threads=1`; `waitress-lookahead`: `channel_request_lookahead=5`; "
+        "`waitress-select`: `asyncore_use_poll=False`), cheroot (4 threads) and gunicorn's "
+        "`gthread` worker (1 process, 4 threads, `--bind fd://N`), and a bare Python "
+        "accept/send loop as the floor (bench/serving.py). "
+        f"{sizes.serving_requests} requests per row, {placement()}.\n\n"
         + table(["server", "connection", "clients", "p50", "p99", "req/s"], rows)
         + "\n\n"
+        + (f"_Not installed here, so not measured: {', '.join(skipped)}._\n\n" if skipped else "")
         + _serving_gain(got)
     )
 
@@ -230,6 +268,8 @@ def _serving_gain(got: dict[tuple[str, bool, int], Stats]) -> str:
     """What the switch from Werkzeug's server to waitress bought, in this run."""
     lines = []
     for keep, clients in ((False, 1), (True, 1), (False, 8), (True, 8)):
+        if ("werkzeug", keep, clients) not in got or ("waitress", keep, clients) not in got:
+            continue
         w, z = got["waitress", keep, clients], got["werkzeug", keep, clients]
         lines.append(
             f"- {'keep-alive' if keep else 'new connection'}, {clients} client(s): p50 "
@@ -595,9 +635,16 @@ def header(sizes: Sizes) -> str:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.node()}, "
         f"{len(__import__('os').sched_getaffinity(0))} CPUs, Python {platform.python_version()}, "
         f"waitress {_version('waitress')}, load average at start "
-        f"{' / '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}. "
+        f"{loadavg()}; {placement()}. "
         "Each figure stands beside its baseline measured in the same run; this VM is noisy, "
         "so compare ratios, not absolute numbers._\n\n"
+        + (
+            "**This is the pinned extra run (`--pinned`), not the headline: nobody runs "
+            "hecated pinned, and pinning hides the cost of handing requests between "
+            "threads.**\n\n"
+            if procs.PINNED
+            else ""
+        )
     )
 
 
@@ -610,12 +657,18 @@ def _version(dist: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no baselines")
+    parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="an extra, labelled run with servers and clients on separate CPUs (not headline)",
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"default {DOCS}")
     parser.add_argument("--only", default="", help="comma-separated section names")
     parser.add_argument("--note", type=Path, default=HERE / "NOTE.md", help="appended as is")
     args = parser.parse_args(argv)
+    procs.PINNED = args.pinned
     sizes = Sizes.smoke() if args.smoke else Sizes()
-    out = args.out or DOCS
+    out = args.out or (DOCS.with_name("benchmarks-pinned.md") if args.pinned else DOCS)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     work = temp_home("hbench")
     parts = [header(sizes)]
@@ -626,8 +679,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.monotonic()
             print(f"bench: {name} …", file=sys.stderr, flush=True)
+            load_before = loadavg()
             try:
-                parts.append(fn(sizes, work))
+                parts.append(
+                    fn(sizes, work)
+                    + f"\n_Load average (1 / 5 / 15 min) at this table's start {load_before}, "
+                    f"at its end {loadavg()}; {placement()}._\n"
+                )
             except Exception:
                 failed = True
                 traceback.print_exc()

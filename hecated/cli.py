@@ -45,6 +45,30 @@ def _daemon_parser() -> argparse.ArgumentParser:
             default=default,
             help="seconds between probes of each plugin socket (default 10; 0: on events only)",
         )
+        p.add_argument(
+            "--forward-body-limit",
+            type=int,
+            default=default,
+            help="largest request body forwarded to a plugin, in bytes (default 16 MiB)",
+        )
+        p.add_argument(
+            "--forward-streams",
+            type=int,
+            default=default,
+            help="forwarded requests served at once; beyond, 503 busy (default 256)",
+        )
+        p.add_argument(
+            "--forward-idle-timeout",
+            type=float,
+            default=default,
+            help="end a forwarded stream that carries nothing this many seconds (default 300)",
+        )
+        p.add_argument(
+            "--forward-timeout",
+            type=float,
+            default=default,
+            help="seconds to wait for a plugin's first byte before a 504 (default 30)",
+        )
     units = sub.add_parser(
         "install-units",
         help="install the systemd user units for this installation",

@@ -35,8 +35,10 @@ from hecated.core.config import Config
 from hecated.core.errors import BusyError, HecateError
 from hecated.core.index import RUNNING, Registry
 from hecated.core.runfiles import LockedError, RunFiles
-from hecated.http.app import HecateApp
+from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
+from hecated.http.streams import ForwardSettings
+from hecated.http.views import Views
 
 log = logging.getLogger("hecated")
 
@@ -207,7 +209,7 @@ class Lifecycle:
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
         self.server: UnixServer | None = None
-        self.app: HecateApp | None = None
+        self.app: FastPath | None = None
         self.supervisor: Supervisor | None = None
         self.plugins_at_start = 0
         self._began = 0.0
@@ -255,8 +257,23 @@ class Lifecycle:
             self.notifier.status(f"cannot start: {exc}")
             return False
         registry.max_waiters = config.max_waiters
-        self.app = app = HecateApp(registry, rescan=self.rescan)
-        self.server = server = UnixServer(sock, app, owned_path=owned, workers=config.workers)
+        forward = ForwardSettings.from_config(config)
+        views = Views(registry)
+
+        def full_app() -> WSGIApp:
+            # Werkzeug and the relay (http.client, email): off the cold-start path.
+            from hecated.http.app import HecateApp
+            from hecated.http.forward import Forwarder
+
+            forwarder = Forwarder(registry, forward)
+            return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
+
+        # The hot GETs from cached bytes; the full app on the first request that needs
+        # it or after the first answer (_deferred_work), whichever comes first.
+        self.app = app = FastPath(views, full_app)
+        self.server = server = UnixServer(
+            sock, app, owned_path=owned, workers=config.workers, forward=forward
+        )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
         )
@@ -367,13 +384,21 @@ class Lifecycle:
     def _deferred_work(self) -> None:
         """In the order it matters: crashed writers' temp files (a registration racing
         this is safe: our own temp files carry files.OWNER and are never touched),
-        the manifest cache for the next start, then the adapters (the watcher)."""
+        the manifest cache for the next start, then the adapters (the watcher), then
+        the full app (unless a request has already needed it)."""
         removed = self.registry.clean_temps()
         if removed:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
         self.watching.start()  # adapters start here, beside the watcher
         self.prober.start()  # the periodic socket probes
+        if self.app is not None:
+            try:
+                self.app.load()  # Werkzeug and the full app, before a request waits for them
+            except Exception:
+                log.exception(
+                    "building the full app failed; the next request that needs it retries"
+                )
 
     def status_line(self) -> str:
         return status_line(self.registry)

@@ -62,6 +62,8 @@ class Code(StrEnum):
     HEADERS_TOO_LARGE = "headers_too_large"
     STORAGE_ERROR = "storage_error"
     BUSY = "busy"
+    PLUGIN_UNREACHABLE = "plugin_unreachable"  # forwarding: no socket, refused, reset
+    PLUGIN_TIMEOUT = "plugin_timeout"  # forwarding: no first byte in time
     INTERNAL_ERROR = "internal_error"
     HTTP_ERROR = "http_error"  # any other HTTP failure, named by its status
 
@@ -87,6 +89,8 @@ STATUS: dict[Code, int] = {
     Code.HEADERS_TOO_LARGE: 431,
     Code.INTERNAL_ERROR: 500,
     Code.BUSY: 503,
+    Code.PLUGIN_UNREACHABLE: 502,
+    Code.PLUGIN_TIMEOUT: 504,
     Code.STORAGE_ERROR: 507,
 }
 

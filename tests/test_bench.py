@@ -36,6 +36,9 @@ def test_bench_smoke_run_writes_every_table() -> None:
         assert "| waitress |" in text and "| 50 |" in text
         # A handful of samples' worst is labelled a maximum, never a p99.
         assert "list max of" in text and "list p99" not in text
+        # Headline tables are unpinned, each with the load average it was measured under.
+        assert "unpinned" in text and "**pinned**" not in text
+        assert text.count("_Load average (1 / 5 / 15 min) at this table's start") == 6, text
         assert "nginx" not in proc.stderr  # smoke runs install and start no baseline
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -38,6 +38,9 @@ from hecated.core.index import Registry
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
+from hecated.http.fast import FastPath
+from hecated.http.forward import Forwarder
+from hecated.http.views import Views
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 
 SPEC = openapi.spec()
@@ -131,6 +134,9 @@ def calls(draw: st.DrawFn) -> Call:
     if kind == "documented":
         method, template, op = draw(st.sampled_from(OPERATIONS))
         path = template.replace("{name}", quote(draw(names), safe=""))
+        if "{rest}" in path:  # forwarded: what plugins serve, and garbage
+            rest = draw(st.sampled_from(["manifest", "health", "ui/x.js"]) | st.text(max_size=20))
+            path = path.replace("{rest}", quote(rest, safe="/") or "x")
         if draw(st.integers(0, 9)) == 0:
             method = draw(st.sampled_from(METHODS))
     else:
@@ -238,11 +244,25 @@ def check_headers(op: dict[str, Any], status: int, headers: dict[str, str]) -> N
             _validate(spec["schema"], value)
 
 
+PLUGIN_FAULTS = {502: "plugin_unreachable", 504: "plugin_timeout"}
+
+
+def plugins_fault(path: str, status: int, data: bytes) -> bool:
+    """A forwarded request's 502/504 names the plugin's failure (no socket, refused,
+    silent), not hecated's: the one 5xx that is not hecated's own."""
+    if not path.startswith("/plugin/") or status not in PLUGIN_FAULTS:
+        return False
+    return json.loads(data).get("code") == PLUGIN_FAULTS[status]
+
+
 def check(h: Harness, call: Call) -> None:
     status, headers, data = h.send(call)
     h.stats["requests"] += 1
-    h.stats[f"{status // 100}xx"] += 1
-    assert status < 500, f"{call}: {status} {data[:300]!r}"
+    if plugins_fault(call.path, status, data):
+        h.stats["plugin's 5xx"] += 1
+    else:
+        h.stats[f"{status // 100}xx"] += 1
+        assert status < 500, f"{call}: {status} {data[:300]!r}"
     if call.method == "HEAD":
         return
     assert headers.get("Content-Type", "").startswith("application/json"), (call, headers)
@@ -294,7 +314,8 @@ def harness() -> Iterator[Harness]:
     registry = Registry(layout)
     registry.scan(clean_temps=True)
     cwd_before = _cwd()
-    h = Harness(tmp, home, root, api.HecateApp(registry), {}, Counter())
+    app = api.HecateApp(registry, forward=Forwarder(registry))
+    h = Harness(tmp, home, root, app, {}, Counter())
     yield h
     assert _cwd() == cwd_before
     shutil.rmtree(tmp, ignore_errors=True)
@@ -386,8 +407,11 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
             finally:
                 conn.close()
             stats["requests"] += 1
-            stats[f"{resp.status // 100}xx"] += 1
-            assert resp.status < 500, (call, resp.status, data[:300])
+            if plugins_fault(call.path, resp.status, data):
+                stats["plugin's 5xx"] += 1
+            else:
+                stats[f"{resp.status // 100}xx"] += 1
+                assert resp.status < 500, (call, resp.status, data[:300])
             if call.method != "HEAD":
                 assert resp.getheader("Content-Type", "").startswith("application/json")
                 body = json.loads(data)
@@ -398,3 +422,124 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
     print(f"\nFIGURES fuzz over the socket: {dict(stats)}")
     assert "Traceback" not in daemon.log()
     assert stats.get("5xx", 0) == 0
+
+
+@pytest.mark.slow
+def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
+    """Garbage through /plugin/{name}/...: the plugin's own answer, or hecated's envelope
+    below 500 (or a plugin's 502/504), never a 5xx from hecated's own code."""
+    from test_forward import Plugin
+
+    plugin = Plugin(daemon.root, "hecate-app-fuzzd")
+    stats: Counter = Counter()
+
+    @settings(max_examples=max(50, SOCKET_EXAMPLES), deadline=None, database=None)
+    @given(
+        method=st.sampled_from(METHODS),
+        name=st.sampled_from(["fuzz", "fuzz", "hecate-app-fuzzd", "nosuch", "Bad", PRIMARY_NAME]),
+        rest=st.sampled_from(["echo", "manifest"]) | st.text(min_size=1, max_size=30),
+        query=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+        body=st.none() | bodies,
+        headers=st.dictionaries(
+            st.sampled_from(["X-A", "Connection", "Keep-Alive", "TE", "X-Hecate-Peer-Uid"]),
+            st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
+            max_size=3,
+        ),
+    )
+    def run(method, name, rest, query, body, headers) -> None:
+        target = f"/plugin/{quote(name)}/{quote(rest, safe='/')}"
+        if query:
+            target += "?" + urlencode(query)
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request(method, target, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        stats["requests"] += 1
+        if resp.getheader("X-Plugin"):
+            stats["the plugin's answer"] += 1
+            return
+        if plugins_fault("/plugin/", resp.status, data):
+            stats["plugin's 5xx"] += 1
+            return
+        stats[f"{resp.status // 100}xx"] += 1
+        assert resp.status < 500, (method, target, resp.status, data[:300])
+        if method != "HEAD":
+            _validate({"$ref": "#/components/schemas/Error"}, json.loads(data))
+
+    try:
+        run()
+    finally:
+        plugin.stop()
+    print(f"\nFIGURES fuzz forwarding: {dict(stats)}")
+    assert "Traceback" not in daemon.log()
+    assert stats["the plugin's answer"] > 0
+
+
+# -- the fast path in front (http/fast.py): the same answers as the full app -------------------
+
+
+@pytest.fixture(scope="module")
+def fronted() -> Iterator[tuple[FastPath, api.HecateApp, Counter]]:
+    tmp = Path(tempfile.mkdtemp(prefix="hcff", dir="/tmp"))
+    layout = Layout.at(tmp / "home" / ".hecate")
+    layout.ensure_layout()
+    registry = Registry(layout)
+    registry.scan(clean_temps=True)
+    views = Views(registry, clock=lambda: 7.0)  # one uptime for both answers
+    full = api.HecateApp(registry, views=views)
+    reached: Counter = Counter()
+
+    def counted(environ: dict, start_response: Any) -> Any:
+        reached["full app"] += 1
+        return full(environ, start_response)
+
+    yield FastPath(views, lambda: counted), full, reached
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _through(app: Any, call: Call) -> tuple[int, list[tuple[str, str]], bytes]:
+    peer = {"owner": Peer(os.getpid(), os.getuid(), os.getgid()), "stranger": Peer(1, 4242, 1)}
+
+    def with_peer(environ: dict, start_response: Any) -> Any:
+        if call.peer in peer:
+            environ[PEER_ENVIRON_KEY] = peer[call.peer]
+        return app(environ, start_response)
+
+    headers = {"Content-Type": call.content_type} if call.content_type else {}
+    resp = Client(with_peer).open(
+        call.path, method=call.method, query_string=call.query, data=call.body, headers=headers
+    )
+    return resp.status_code, list(resp.headers.items()), resp.get_data()
+
+
+@settings(
+    max_examples=max(10, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(sequence=st.lists(calls(), min_size=8, max_size=30))
+def _fuzz_fronted(front: FastPath, full: api.HecateApp, sequence: list[Call], stats: Counter):
+    for call in sequence:
+        answer = _through(front, call)
+        stats["requests"] += 1
+        assert answer[0] < 500, (call, answer)
+        if call.method in ("GET", "HEAD"):  # reads: the full app alone must say the same
+            assert answer == _through(full, call), call
+            stats["compared"] += 1
+
+
+def test_fuzz_the_fast_path_against_the_full_app(
+    fronted: tuple[FastPath, api.HecateApp, Counter],
+) -> None:
+    """Whatever a request is, the fast path in front answers it as the full app does."""
+    front, full, reached = fronted
+    stats: Counter = Counter()
+    _fuzz_fronted(front, full, stats=stats)
+    stats["answered by the fast path"] = stats["requests"] - reached["full app"]
+    print(f"\nFIGURES fuzz, fast path in front: {dict(stats)}")
+    assert stats["compared"] > 0
+    assert stats["answered by the fast path"] > 0

@@ -22,8 +22,24 @@ from typing import Any
 from hecated.core.layout import Layout, default_root
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FILE_KEYS = {"data_dir", "socket_path", "log_level", "idle_timeout", "workers", "probe_interval"}
+FILE_KEYS = {
+    "data_dir",
+    "socket_path",
+    "log_level",
+    "idle_timeout",
+    "workers",
+    "probe_interval",
+    "forward_body_limit",
+    "forward_streams",
+    "forward_idle_timeout",
+    "forward_timeout",
+}
 PROBE_INTERVAL = 10.0  # seconds between two looks at each plugin's socket
+# Forwarding /plugin/{name}/... to plugin sockets (hecated.http.forward).
+FORWARD_BODY_LIMIT = 16 * 1024 * 1024  # bytes of a forwarded request body
+FORWARD_STREAMS = 256  # forwarded requests served at once; beyond, 503 busy
+FORWARD_IDLE_TIMEOUT = 300.0  # seconds a forwarded stream may carry nothing
+FORWARD_TIMEOUT = 30.0  # seconds to a plugin's first byte (hecate-web's read timeout)
 # Start-up work no first request needs waits for the first answer, but not longer
 # than this: a keep-alive client may hold the first connection open for ever.
 DEFER_AT_MOST = 1.0
@@ -47,6 +63,10 @@ class Config:
     journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
     defer_at_most: float = DEFER_AT_MOST
     probe_interval: float = PROBE_INTERVAL  # 0: probe on events only (socket, pidfd, edits)
+    forward_body_limit: int = FORWARD_BODY_LIMIT
+    forward_streams: int = FORWARD_STREAMS
+    forward_idle_timeout: float = FORWARD_IDLE_TIMEOUT
+    forward_timeout: float = FORWARD_TIMEOUT
 
     @property
     def layout(self) -> Layout:
@@ -125,11 +145,21 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
     if workers < 1:
         raise ConfigError(f"{src}: workers must be at least 1")
 
-    value, src = pick("probe_interval", "HECATE_PROBE_INTERVAL")
-    probe_interval = _number(value, src) if value is not None else PROBE_INTERVAL
+    def number(key: str, default: float, low: float) -> float:
+        value, src = pick(key, f"HECATE_{key.upper()}")
+        if value is None:
+            return default
+        number = _number(value, src)
+        if number < low:
+            raise ConfigError(f"{src}: {key} must be at least {low:g}")
+        return number
 
     return Config(
-        probe_interval=probe_interval,
+        probe_interval=number("probe_interval", PROBE_INTERVAL, 0),
+        forward_body_limit=int(number("forward_body_limit", FORWARD_BODY_LIMIT, 0)),
+        forward_streams=int(number("forward_streams", FORWARD_STREAMS, 1)),
+        forward_idle_timeout=number("forward_idle_timeout", FORWARD_IDLE_TIMEOUT, 0),
+        forward_timeout=number("forward_timeout", FORWARD_TIMEOUT, 0.001),
         data_dir=data_dir,
         socket_path=socket_path,
         log_level=log_level,

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,19 +27,14 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from hecated import __version__
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
-from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin, Registry
+from hecated.core.index import Registry
 from hecated.http import openapi
+from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
     MAX_BODY,
     PEER_ENVIRON_KEY,
-    PLUGIN_DEGRADED,
-    PLUGIN_OK,
-    PLUGIN_REASON_MAX,
-    PLUGIN_STOPPED,
     SEQ_HEADER,
-    SERVICE,
     Code,
     HealthStatus,
     Peer,
@@ -66,6 +60,8 @@ class ApiError(HTTPException):
         self.error_code = code
 
 
+FORWARD_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 URL_MAP = Map(
     [
         Rule("/health", endpoint="health", methods=["GET"]),
@@ -77,20 +73,14 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
+        # Relayed to the plugin's own socket (forward.py), on the serving layer's stream pool.
+        Rule("/plugin/<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
     ],
     strict_slashes=False,
     # No redirects: a 308 to a merged path helps no client of a Unix socket, and
     # Werkzeug's redirect would leave here as an error body without a Location.
     merge_slashes=False,
 )
-
-
-# One encoder for every list fragment: json.dumps with options builds a new one per call,
-# a fifth of encoding the list's 10,000 fragments at start.
-_FRAGMENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-# Bodies above this go out through the server's wsgi.file_wrapper (see bytes_response).
-BIG_BODY = 64 * 1024
 
 
 def bytes_response(request: Request, body: bytes, headers: list[tuple[str, str]]) -> Response:
@@ -129,10 +119,6 @@ def error_response(
     return json_response(error_body(code, message), status, [*headers, *error_headers(code)])
 
 
-def _isoformat(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 class HecateApp:
     """The WSGI application over one registry."""
 
@@ -142,26 +128,27 @@ class HecateApp:
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         rescan: Callable[[], int] | None = None,
+        views: Views | None = None,
+        forward: Callable[..., Callable] | None = None,
     ) -> None:
         self.registry = registry
+        # Relays /plugin/{name}/... (hecated.http.forward.Forwarder); None: not served.
+        self.forward = forward
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
-        self._clock = clock
-        self._started = clock()
         # The whole tree again: the daemon hands in its coalesced rescan (the one
         # SIGHUP uses, which also rebuilds the watches); alone, a plain scan.
         self.rescan: Callable[[], int] = rescan or registry.scan
-        self._list_cache: tuple[int, bytes] | None = None
-        self._fragments: dict[str, tuple[Plugin, bytes]] = {}
-        self._fragments_lock = threading.Lock()
-        self._health_cache: tuple[int, dict[str, str]] | None = None
-        self.phase = HealthStatus.STARTING
+        # The bodies and their caches (views.py); the daemon shares one with the fast path.
+        self.views = Views(registry, clock) if views is None else views
+
+    @property
+    def phase(self) -> HealthStatus:
+        return self.views.phase
 
     def set_status(self, phase: HealthStatus | str) -> None:
-        """What ``/health`` says the daemon is doing: the daemon sets ``healthy`` once it
-        serves and ``stopping`` when it begins to shut down (one attribute write: safe
-        from any thread)."""
-        self.phase = HealthStatus(phase)
+        """What ``/health`` says the daemon is doing (kept in the shared ``Views``)."""
+        self.views.set_status(phase)
 
     # -- WSGI -------------------------------------------------------------------------
 
@@ -203,36 +190,13 @@ class HecateApp:
     # -- endpoints --------------------------------------------------------------------
 
     def on_health(self, request: Request, peer: Peer) -> Response:
-        """The ecosystem's health shape (hecate-web, hecate-tui), then hecated's extras.
+        return json_response(self.views.health())
 
-        ``uptime_seconds`` is whole seconds: hecate-tui decodes it into an ``int``.
-        """
-        seq, plugins = self._plugin_health()
-        phase = self.phase
-        return json_response(
-            {
-                "status": phase,
-                "ready": phase == HealthStatus.HEALTHY,
-                "service": SERVICE,
-                "version": __version__,
-                "uptime_seconds": int(self._clock() - self._started),
-                "plugins": plugins,
-                "plugin_count": len(plugins),
-                "seq": seq,
-                "pid": os.getpid(),
-                "socket": str(self.layout.api_socket),
-                "data_dir": str(self.layout.data_dir),
-            }
-        )
-
-    def _plugin_health(self) -> tuple[int, dict[str, str]]:
-        """name -> ok | degraded | stopped | a short reason, built once per ``seq``."""
-        cached = self._health_cache
-        if cached is not None and cached[0] == self.registry.seq:
-            return cached
-        seq, plugins = self.registry.snapshot()
-        self._health_cache = (seq, {p.name: _plugin_word(p) for p in plugins})
-        return self._health_cache
+    def on_forward(self, request: Request, peer: Peer, name: str, rest: str) -> Callable:
+        """The plugin's answer, streamed; the peer was checked like any other's."""
+        if self.forward is None:
+            raise NotFoundError("forwarding to plugins is not enabled")
+        return self.forward(request.environ, peer, name, rest)
 
     def on_openapi(self, request: Request, peer: Peer) -> Response:
         return json_response(openapi.spec())
@@ -243,34 +207,12 @@ class HecateApp:
         wait = _query_number(request, "wait", float, 0.0, None)
         if wait is not None and wait > 0:
             self.registry.wait(self.registry.seq if since is None else since, min(wait, MAX_WAIT))
-        seq, body = self._encoded_list()
+        seq, body = self.views.encoded_list()
         return bytes_response(request, body, [(SEQ_HEADER, str(seq))])
 
     def _encoded_list(self) -> tuple[int, bytes]:
-        """The list as JSON, encoded once per ``seq``, and then only the entries that changed.
-
-        An unchanged list costs no encoding at all; after one hand edit among
-        10,000 plugins, one entry is encoded and the rest are joined as bytes.
-        """
-        cached = self._list_cache
-        if cached is not None and cached[0] == self.registry.seq:
-            return cached
-        seq, plugins = self.registry.snapshot()
-        with self._fragments_lock:
-            fragments = self._fragments
-            parts = []
-            for plugin in plugins:
-                hit = fragments.get(plugin.name)
-                if hit is None or hit[0] is not plugin:
-                    data = _FRAGMENT.encode(self._summary(plugin))
-                    hit = fragments[plugin.name] = (plugin, data.encode())
-                parts.append(hit[1])
-            if len(fragments) > len(plugins):  # names went away
-                present = {p.name for p in plugins}
-                for name in [n for n in fragments if n not in present]:
-                    del fragments[name]
-        self._list_cache = (seq, b"[" + b",".join(parts) + b"]\n")
-        return self._list_cache
+        """The cached list (views.py); kept for callers of the app."""
+        return self.views.encoded_list()
 
     def on_rescan(self, request: Request, peer: Peer) -> Response:
         count = self.rescan()
@@ -285,10 +227,10 @@ class HecateApp:
 
     def on_get_plugin(self, request: Request, peer: Peer, name: str) -> Response:
         self.layout.check_plugin_name(name)
-        plugin = self.registry.get(name)
-        if plugin is None:
+        body = self.views.encoded_detail(name)
+        if body is None:
             raise NotFoundError(f"plugin {name!r} is not registered")
-        return json_response(self._detail(plugin))
+        return Response(body, status=200, mimetype="application/json")
 
     def on_register(self, request: Request, peer: Peer) -> Response:
         body = _json_object(request)
@@ -302,7 +244,7 @@ class HecateApp:
         version = entry.manifest.version if entry.manifest else ""
         verb = "registered" if created else "re-registered"
         _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")
-        return json_response({"ok": True, **self._paths(entry.name)}, 201 if created else 200)
+        return json_response({"ok": True, **self.views.paths(entry.name)}, 201 if created else 200)
 
     def _from_live_manifest(self, body: dict[str, Any]) -> tuple[Any, Any]:
         """``version`` and ``description`` from the body, else from what the plugin's own
@@ -326,74 +268,6 @@ class HecateApp:
         self.registry.purge(name)
         _audit(logging.WARNING, "purge", name, peer, f"purged the namespace of {name}")
         return json_response({"ok": True, "purged": self.layout.namespace_str(name)})
-
-    # -- shapes -------------------------------------------------------------------------
-
-    def _paths(self, name: str) -> dict[str, Any]:
-        """The spec's registration answer, exactly: name, base_dir, paths."""
-        return {
-            "name": name,
-            "base_dir": self.layout.namespace_str(name),
-            "paths": self.layout.paths(name),
-        }
-
-    def _summary(self, plugin: Plugin) -> dict[str, Any]:
-        """The spec's four keys, then what the plugin's socket and manifest say (live)."""
-        m, live = plugin.entry.manifest, plugin.live.manifest
-        if plugin.registered:
-            version, description = (m.version, m.description) if m else (None, None)
-        else:  # discovered: only its own manifest tells
-            version = live.version if live else None
-            description = live.description if live else None
-        return {
-            "name": plugin.name,
-            "version": version,
-            "description": description,
-            "socket": self.layout.plugin_socket_str(plugin.name),
-            "status": plugin.status,
-            "registered": plugin.registered,
-            "display_name": live.display_name if live else None,
-            "icon": live.icon if live else None,
-            "tag": live.tag if live else None,
-            "ui": live.ui if live else False,
-            "problems": list(live.problems) if live else [],
-        }
-
-    def _detail(self, plugin: Plugin) -> dict[str, Any]:
-        m, err = plugin.entry.manifest, plugin.entry.error
-        return {
-            **self._summary(plugin),
-            **self._paths(plugin.name),
-            "manifest": self.layout.manifest_str(plugin.name) if plugin.registered else None,
-            "registered_at": _isoformat(m.registered_at) if m else None,
-            "updated_at": _isoformat(m.updated_at) if m else None,
-            "pid": plugin.live.pid,
-            "state": plugin.live.state,
-            "reason": plugin.live.detail,
-            "error": None
-            if err is None
-            else {"file": err.path, "line": err.line, "message": err.message},
-        }
-
-
-def _plugin_word(plugin: Plugin) -> str:
-    """A plugin in the health answer: running -> ok, stopped -> stopped, an invalid
-    plugin.toml -> why (short), any other live state (unhealthy, starting) -> degraded."""
-    status = plugin.status
-    if status == RUNNING:
-        return PLUGIN_OK
-    if status == STOPPED:
-        return PLUGIN_STOPPED
-    if status == INVALID:
-        err = plugin.entry.error
-        reason = "invalid plugin.toml"
-        if err is not None:
-            where = f" line {err.line}" if err.line else ""
-            reason = f"invalid plugin.toml{where}: {err.message}"
-        if len(reason) > PLUGIN_REASON_MAX:
-            reason = reason[: PLUGIN_REASON_MAX - 1] + "\u2026"
-        return reason
-    return PLUGIN_DEGRADED
 
 
 def _describe(exc: HTTPException, request: Request) -> str:

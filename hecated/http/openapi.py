@@ -324,6 +324,22 @@ RESPONSES: dict[str, Any] = {
     "Busy": _error(
         "Too many long polls already wait; retry after the Retry-After seconds.", RETRY_HEADERS
     ),
+    "ForwardBusy": _error(
+        "As many forwarded requests are open as hecated serves at once (forward_streams, "
+        "default 256); retry after the Retry-After seconds.",
+        RETRY_HEADERS,
+    ),
+    "ForwardTooLarge": _error(
+        "The request body is over the forwarding limit (forward_body_limit, default 16 MiB)."
+    ),
+    "PluginUnreachable": _error(
+        "plugin_unreachable: the plugin has no socket, nothing accepts on it (a stale "
+        "socket file), its socket is not a socket inside its namespace (a symlink), or it "
+        "closed the connection before answering."
+    ),
+    "PluginTimeout": _error(
+        "plugin_timeout: the plugin sent no first byte within forward_timeout (default 30 s)."
+    ),
 }
 
 COMMON_ERRORS = {
@@ -457,6 +473,49 @@ PATHS: dict[str, Any] = {
                 "507": _resp("Storage"),
             },
         ),
+    },
+    "/plugin/{name}/{rest}": {
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "The registry name (hecate-app-traderd); when no plugin or "
+                "namespace has it, hecate-app-{name}d, then hecate-{name}d.",
+                "schema": _ref("Name"),
+            },
+            {
+                "name": "rest",
+                "in": "path",
+                "required": True,
+                "description": "Forwarded as /{rest} with the query string.",
+                "schema": {"type": "string", "minLength": 1},
+            },
+        ],
+        **{
+            method: _op(
+                f"forward_{method}",
+                "Forward to the plugin's own socket, ~/.hecate/NAME/sockets/api.sock",
+                {
+                    "200": {
+                        "description": "The plugin's own answer (any status), streamed as it "
+                        "comes: method, body and end-to-end headers are forwarded, hop-by-hop "
+                        "ones dropped, Host is localhost and X-Hecate-Peer-Pid / "
+                        "X-Hecate-Peer-Uid carry the caller's credentials. A plugin that dies "
+                        "mid-answer ends the stream (the connection closes); a stream that "
+                        "carries nothing for forward_idle_timeout (300 s) is ended.",
+                        "content": {"*/*": {}},
+                    },
+                    "400": _resp("BadRequest"),
+                    "404": _resp("NotFound"),
+                    "413": _resp("ForwardTooLarge"),
+                    "502": _resp("PluginUnreachable"),
+                    "503": _resp("ForwardBusy"),
+                    "504": _resp("PluginTimeout"),
+                },
+            )
+            for method in ("get", "post", "put", "patch", "delete")
+        },
     },
     "/api/rescan": {
         "post": _op(

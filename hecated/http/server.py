@@ -21,11 +21,13 @@ listen on TCP 0.0.0.0:8080.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import logging
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +36,11 @@ from typing import Any
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import UnixWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
+from hecated.http.streams import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
 from hecated.protocol import (
     PEER_ENVIRON_KEY,
     Peer,
@@ -106,8 +110,36 @@ def bind_unix(path: Path, backlog: int = 128) -> socket.socket:
     return sock
 
 
+def _is_stream(request: Any) -> bool:
+    return getattr(request, "hecate_stream", False)
+
+
+class _Parser(HTTPRequestParser):
+    """Waitress's parser; a forwarded request (``/plugin/...``) may carry a larger body.
+
+    The limit is chosen once the request line is read, before the body's size is
+    checked: the registry API keeps its own limit, forwarded requests get theirs.
+    Waitress spools a large body to a temp file, so it is never held whole.
+    """
+
+    stream_adj: Adjustments | None = None
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.stream_adj is not None and self.path.startswith(PREFIX):
+            self.adj = self.stream_adj
+
+
 class _Task(WSGITask):
-    """Waitress's WSGI task, plus the peer's credentials and sane values for a Unix socket."""
+    """Waitress's WSGI task, plus the peer's credentials and sane values for a Unix socket.
+
+    A forwarded request's task flushes every write at once (waitress otherwise
+    holds small writes until 18 KB gather: an SSE event would wait), and may be
+    aborted: a plugin that dies mid-answer ends the client's stream without the
+    chunked terminator, so the client sees a cut answer, never a complete one.
+    """
+
+    aborted = False
 
     def get_environment(self) -> dict[str, Any]:
         environ = super().get_environment()
@@ -115,7 +147,30 @@ class _Task(WSGITask):
         # Nothing may build URLs from the socket's path.
         environ["SERVER_NAME"] = "localhost"
         environ["SERVER_PORT"] = "0"
+        if _is_stream(self.request) or getattr(self.request, "hecate_busy", False):
+            environ[BUSY_KEY] = getattr(self.request, "hecate_busy", False)
+            environ[ABORT_KEY] = self.abort
+            environ[ON_CLOSE_KEY] = self.channel.on_close.append
         return environ
+
+    def abort(self) -> None:
+        """End the answer abruptly: close the connection after what was written."""
+        self.aborted = True
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if _is_stream(self.request):
+            channel = self.channel
+            with channel.outbuf_lock:
+                channel._flush_exception(channel._flush_some, do_close=False)
+            if channel.total_outbufs_len:
+                channel.server.pull_trigger()
+
+    def finish(self) -> None:
+        if self.aborted and self.wrote_header:
+            self.close_on_finish = True  # no "0\r\n\r\n": the client must see the cut
+            return
+        super().finish()
 
 
 class _ErrorTask(ErrorTask):
@@ -163,11 +218,22 @@ class _Channel(HTTPChannel):
         self.linger_on_close = False
         self.lingering_since: float | None = None
         self.linger_left = 0
+        # What to run when the connection closes: a forwarded stream hangs up on its plugin.
+        self.on_close: list[Callable[[], None]] = []
         super().__init__(server, sock, addr, adj, map)
+
+    def handle_close(self) -> None:
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            hook()
+        super().handle_close()
 
     # -- lingering close ----------------------------------------------------------------
 
     def handle_write(self) -> None:
+        if self.requests and self.total_outbufs_len and _is_stream(self.requests[0]):
+            # What a forwarded stream's flush left behind goes now, not at 18 KB.
+            self._flush_exception(self._flush_some_if_lockable)
         if self.lingering_since is not None:  # nothing left to send: only a forced close
             if self.will_close:
                 self.handle_close()
@@ -199,6 +265,14 @@ class _Channel(HTTPChannel):
     def readable(self) -> bool:
         if self.lingering_since is not None:
             return not self.will_close
+        if (
+            len(self.requests) == 1
+            and _is_stream(self.requests[0])
+            and not (self.will_close or self.close_when_flushed)
+        ):
+            # Waitress stops polling a connection while its request runs; a forwarded
+            # stream's client that hangs up must be seen, so its plugin is hung up on.
+            return True
         return super().readable()
 
     def handle_read(self) -> None:
@@ -246,11 +320,77 @@ class _Channel(HTTPChannel):
         return self.request is not None and now - self.last_activity < stall
 
 
+class _StreamJob:
+    """One forwarded request on a thread of its own; frees its place in the cap when done.
+
+    A thread per forwarded request, started when it arrives and ended with it:
+    the cap (``forward_streams``) bounds how many run at once, and a daemon with
+    no stream open holds no thread for them (a pool started up front would hold
+    256 idle threads for ever).
+    """
+
+    def __init__(self, listener: _Listener, channel: _Channel) -> None:
+        self.listener = listener
+        self.channel = channel
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self.service, name="hecated-forward", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: run on an API worker, as a refusal
+            self.listener.stream_done()
+            self.channel.requests[0].hecate_stream = False
+            self.channel.requests[0].hecate_busy = True
+            self.listener.task_dispatcher.add_task(self.channel)
+
+    def service(self) -> None:
+        try:
+            self.channel.service()
+        except BaseException:
+            log.exception("a forwarded request failed")
+        finally:
+            self.channel.on_close = []
+            self.listener.stream_done()
+
+
 class _Listener(UnixWSGIServer):
-    """Waitress's Unix server on a socket it is given and never binds itself."""
+    """Waitress's Unix server on a socket it is given and never binds itself.
+
+    Forwarded requests (``/plugin/...``) run on threads of their own, up to the
+    stream cap, so a plugin's long-lived stream never holds one of the registry
+    API's workers; past the cap, the request runs on an API worker, which
+    answers ``503 busy`` at once.
+    """
 
     channel_class = _Channel
     last_activity = 0.0
+    streams = False  # forwarding is served
+    max_streams = 0
+    streams_open = 0
+    streams_lock = threading.Lock()
+
+    def add_task(self, channel: Any) -> None:
+        request = channel.requests[0] if channel.requests else None
+        if (
+            self.streams
+            and request is not None
+            and not request.error
+            and getattr(request, "path", "").startswith(PREFIX)
+        ):
+            with self.streams_lock:
+                room = self.streams_open < self.max_streams
+                if room:
+                    self.streams_open += 1
+            if room:
+                request.hecate_stream = True
+                _StreamJob(self, channel).start()
+                return
+            request.hecate_busy = True
+        super().add_task(channel)
+
+    def stream_done(self) -> None:
+        with self.streams_lock:
+            self.streams_open -= 1
 
 
 class UnixServer:
@@ -270,6 +410,7 @@ class UnixServer:
         poll_interval: float = 0.5,
         channel_timeout: int = 30,
         grace: float = 30.0,
+        forward: ForwardSettings | None = None,
     ) -> None:
         """``workers`` threads run the app; at most ``max_connections`` connections
         are open (beyond that waitress stops accepting and the kernel's backlog holds
@@ -277,7 +418,8 @@ class UnixServer:
         byte; connections idle for ``channel_timeout`` s are closed; a refused client
         still sending is read (and ignored) for at most ``linger_seconds`` s and
         ``linger_bytes`` bytes; ``close`` waits at most ``grace`` s for requests in
-        flight."""
+        flight. With ``forward``, ``/plugin/...`` requests run on a thread each, at most
+        ``forward.max_streams`` at once, and may carry ``forward.body_limit`` bytes."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
@@ -305,7 +447,14 @@ class UnixServer:
         )
         self._server.last_activity = time.monotonic()
         # This server's lingering bounds, on a subclass of its own (tests shrink them).
-        bounds = {"linger_seconds": linger_seconds, "linger_bytes": linger_bytes}
+        bounds: dict[str, Any] = {"linger_seconds": linger_seconds, "linger_bytes": linger_bytes}
+        if forward is not None:
+            stream_adj = copy.copy(adj)
+            stream_adj.max_request_body_size = max(MAX_BODY_BYTES, forward.body_limit + 1)
+            bounds["parser_class"] = type("_Parser", (_Parser,), {"stream_adj": stream_adj})
+            self._server.streams = True
+            self._server.max_streams = forward.max_streams
+            self._server.streams_lock = threading.Lock()
         self._server.channel_class = type("_Channel", (_Channel,), bounds)
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
@@ -367,7 +516,9 @@ class UnixServer:
         while server.active_channels and time.monotonic() < deadline:
             now = time.time()  # waitress stamps channels with time.time()
             for channel in list(server.active_channels.values()):
-                if not channel.busy(now, STALLED_AFTER):
+                # A forwarded stream may never end by itself: it is cut at once.
+                streaming = channel.requests and _is_stream(channel.requests[0])
+                if streaming or not channel.busy(now, STALLED_AFTER):
                     channel.will_close = True
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
@@ -376,6 +527,11 @@ class UnixServer:
             _unlink_if_ours(self.owned_path, self._owned_ino)
 
     # -- state for the daemon -----------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """Forwarded requests being served now (at most ``forward.max_streams``)."""
+        return self._server.streams_open
 
     @property
     def active_connections(self) -> int:

@@ -1,0 +1,215 @@
+"""The bodies of the read answers (list, detail, health) and their caches: no Werkzeug.
+
+Moved out of ``app.py`` unchanged so that the full app and the fast path
+(``fast.py``, which answers the hot GETs before Werkzeug is imported) build
+every body in one place: what one sends, the other sends byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hecated import __version__
+from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin, Registry
+from hecated.protocol import (
+    PLUGIN_DEGRADED,
+    PLUGIN_OK,
+    PLUGIN_REASON_MAX,
+    PLUGIN_STOPPED,
+    SERVICE,
+    HealthStatus,
+    encode,
+)
+
+# One encoder for every list fragment: json.dumps with options builds a new one per call,
+# a fifth of encoding the list's 10,000 fragments at start.
+_FRAGMENT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+# Bodies above this go out through the server's wsgi.file_wrapper (see app.bytes_response).
+BIG_BODY = 64 * 1024
+
+
+def _isoformat(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+class Views:
+    """The read answers over one registry, with the caches that make them cheap.
+
+    Shared by the full app and the fast path (one object, so one cache and
+    one phase for ``/health``), and holds no Werkzeug object.
+    """
+
+    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.layout = registry.layout
+        self._clock = clock
+        self._started = clock()
+        self._list_cache: tuple[int, bytes] | None = None
+        self._fragments: dict[str, tuple[Plugin, bytes]] = {}
+        self._fragments_lock = threading.Lock()
+        self._health_cache: tuple[int, dict[str, str]] | None = None
+        self._detail_cache: tuple[int, dict[str, bytes]] = (-1, {})
+        self.phase = HealthStatus.STARTING
+
+    def set_status(self, phase: HealthStatus | str) -> None:
+        """What ``/health`` says the daemon is doing: the daemon sets ``healthy`` once it
+        serves and ``stopping`` when it begins to shut down (one attribute write: safe
+        from any thread)."""
+        self.phase = HealthStatus(phase)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """The ecosystem's health shape (hecate-web, hecate-tui), then hecated's extras.
+
+        ``uptime_seconds`` is whole seconds: hecate-tui decodes it into an ``int``.
+        """
+        seq, plugins = self.plugin_health()
+        phase = self.phase
+        return {
+            "status": phase,
+            "ready": phase == HealthStatus.HEALTHY,
+            "service": SERVICE,
+            "version": __version__,
+            "uptime_seconds": int(self._clock() - self._started),
+            "plugins": plugins,
+            "plugin_count": len(plugins),
+            "seq": seq,
+            "pid": os.getpid(),
+            "socket": str(self.layout.api_socket),
+            "data_dir": str(self.layout.data_dir),
+        }
+
+    def plugin_health(self) -> tuple[int, dict[str, str]]:
+        """name -> ok | degraded | stopped | a short reason, built once per ``seq``."""
+        cached = self._health_cache
+        if cached is not None and cached[0] == self.registry.seq:
+            return cached
+        seq, plugins = self.registry.snapshot()
+        self._health_cache = (seq, {p.name: plugin_word(p) for p in plugins})
+        return self._health_cache
+
+    # -- the list ---------------------------------------------------------------------------
+
+    def encoded_list(self) -> tuple[int, bytes]:
+        """The list as JSON, encoded once per ``seq``, and then only the entries that changed.
+
+        An unchanged list costs no encoding at all; after one hand edit among
+        10,000 plugins, one entry is encoded and the rest are joined as bytes.
+        """
+        cached = self._list_cache
+        if cached is not None and cached[0] == self.registry.seq:
+            return cached
+        seq, plugins = self.registry.snapshot()
+        with self._fragments_lock:
+            fragments = self._fragments
+            parts = []
+            for plugin in plugins:
+                hit = fragments.get(plugin.name)
+                if hit is None or hit[0] is not plugin:
+                    data = _FRAGMENT.encode(self.summary(plugin))
+                    hit = fragments[plugin.name] = (plugin, data.encode())
+                parts.append(hit[1])
+            if len(fragments) > len(plugins):  # names went away
+                present = {p.name for p in plugins}
+                for name in [n for n in fragments if n not in present]:
+                    del fragments[name]
+        self._list_cache = (seq, b"[" + b",".join(parts) + b"]\n")
+        return self._list_cache
+
+    # -- one plugin --------------------------------------------------------------------------
+
+    def encoded_detail(self, name: str) -> bytes | None:
+        """``name``'s detail as JSON (None: not registered), encoded once per ``seq``.
+
+        Encoding it was most of a detail request's cost in the app (it was slower
+        than the cached list). The cache is dropped whole when ``seq`` moves on, so
+        it never holds more than the plugins asked for since the last change. ``seq``
+        is read before the plugin: a plugin stored under a ``seq`` is never older
+        than it (at worst newer, which only a request racing the change sees).
+        """
+        seq = self.registry.seq
+        cache = self._detail_cache
+        if cache[0] != seq:
+            cache = self._detail_cache = (seq, {})
+        body = cache[1].get(name)
+        if body is None:
+            plugin = self.registry.get(name)
+            if plugin is None:
+                return None
+            body = cache[1][name] = encode(self.detail(plugin))
+        return body
+
+    # -- shapes -------------------------------------------------------------------------
+
+    def paths(self, name: str) -> dict[str, Any]:
+        """The spec's registration answer, exactly: name, base_dir, paths."""
+        return {
+            "name": name,
+            "base_dir": self.layout.namespace_str(name),
+            "paths": self.layout.paths(name),
+        }
+
+    def summary(self, plugin: Plugin) -> dict[str, Any]:
+        """The spec's four keys, then what the plugin's socket and manifest say (live)."""
+        m, live = plugin.entry.manifest, plugin.live.manifest
+        if plugin.registered:
+            version, description = (m.version, m.description) if m else (None, None)
+        else:  # discovered: only its own manifest tells
+            version = live.version if live else None
+            description = live.description if live else None
+        return {
+            "name": plugin.name,
+            "version": version,
+            "description": description,
+            "socket": self.layout.plugin_socket_str(plugin.name),
+            "status": plugin.status,
+            "registered": plugin.registered,
+            "display_name": live.display_name if live else None,
+            "icon": live.icon if live else None,
+            "tag": live.tag if live else None,
+            "ui": live.ui if live else False,
+            "problems": list(live.problems) if live else [],
+        }
+
+    def detail(self, plugin: Plugin) -> dict[str, Any]:
+        m, err = plugin.entry.manifest, plugin.entry.error
+        return {
+            **self.summary(plugin),
+            **self.paths(plugin.name),
+            "manifest": self.layout.manifest_str(plugin.name) if plugin.registered else None,
+            "registered_at": _isoformat(m.registered_at) if m else None,
+            "updated_at": _isoformat(m.updated_at) if m else None,
+            "pid": plugin.live.pid,
+            "state": plugin.live.state,
+            "reason": plugin.live.detail,
+            "error": None
+            if err is None
+            else {"file": err.path, "line": err.line, "message": err.message},
+        }
+
+
+def plugin_word(plugin: Plugin) -> str:
+    """A plugin in the health answer: running -> ok, stopped -> stopped, an invalid
+    plugin.toml -> why (short), any other live state (unhealthy, starting) -> degraded."""
+    status = plugin.status
+    if status == RUNNING:
+        return PLUGIN_OK
+    if status == STOPPED:
+        return PLUGIN_STOPPED
+    if status == INVALID:
+        err = plugin.entry.error
+        reason = "invalid plugin.toml"
+        if err is not None:
+            where = f" line {err.line}" if err.line else ""
+            reason = f"invalid plugin.toml{where}: {err.message}"
+        if len(reason) > PLUGIN_REASON_MAX:
+            reason = reason[: PLUGIN_REASON_MAX - 1] + "\u2026"
+        return reason
+    return PLUGIN_DEGRADED
