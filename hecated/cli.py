@@ -40,6 +40,12 @@ def _daemon_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--workers", type=int, default=default, help="worker threads (default 16)")
         p.add_argument(
+            "--probe-interval",
+            type=float,
+            default=default,
+            help="seconds between probes of each plugin socket (default 10; 0: on events only)",
+        )
+        p.add_argument(
             "--forward-body-limit",
             type=int,
             default=default,

@@ -190,13 +190,25 @@ class PluginPaths:
 
 @dataclass(frozen=True)
 class PluginSummary:
-    """One row of ``GET /api/plugins``."""
+    """One row of ``GET /api/plugins``.
+
+    ``status`` is running, starting, unhealthy, stopped or invalid. ``registered``
+    False: a discovered plugin (its socket answers, it has no ``plugin.toml``).
+    ``display_name``, ``icon``, ``tag``, ``ui`` and ``problems`` come from the
+    plugin's own ``GET /manifest`` and ``GET /ui/component.js`` (live data).
+    """
 
     name: str
     version: str | None
     description: str | None
     socket: str
     status: str
+    registered: bool = True
+    display_name: str | None = None
+    icon: str | None = None
+    tag: str | None = None
+    ui: bool = False
+    problems: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -207,8 +219,22 @@ class PluginSummary:
             data.get("description"),
             data.get("socket", ""),
             data.get("status", "unknown"),
-            data,
+            raw=data,
+            **_live_fields(data),
         )
+
+
+def _live_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The live keys of a list row or detail; defaults for a daemon that predates them."""
+    problems = data.get("problems")
+    return {
+        "registered": bool(data.get("registered", True)),
+        "display_name": data.get("display_name"),
+        "icon": data.get("icon"),
+        "tag": data.get("tag"),
+        "ui": bool(data.get("ui", False)),
+        "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
+    }
 
 
 @dataclass(frozen=True)
@@ -241,6 +267,13 @@ class PluginInfo:
     pid: int | None
     state: str | None
     error: ManifestProblem | None
+    registered: bool = True
+    display_name: str | None = None
+    icon: str | None = None
+    tag: str | None = None
+    ui: bool = False
+    problems: tuple[str, ...] = ()
+    reason: str | None = None  # why the status is what it is, when the probe said
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -254,7 +287,7 @@ class PluginInfo:
             status=data.get("status", "unknown"),
             base_dir=data.get("base_dir", ""),
             paths=dict(data.get("paths") or {}),
-            manifest=data.get("manifest", ""),
+            manifest=data.get("manifest") or "",
             registered_at=_time(data.get("registered_at")),
             updated_at=_time(data.get("updated_at")),
             pid=data.get("pid"),
@@ -262,7 +295,9 @@ class PluginInfo:
             error=None
             if not isinstance(err, dict)
             else ManifestProblem(err.get("file", ""), err.get("line"), err.get("message", "")),
+            reason=data.get("reason"),
             raw=data,
+            **_live_fields(data),
         )
 
 
@@ -456,9 +491,19 @@ class HecateClient:
 
     # -- the API ------------------------------------------------------------------------
 
-    def register(self, name: str, version: str = "", description: str = "") -> PluginPaths:
-        """Register (or re-register, on every start) and get the namespace's paths."""
-        body = {"name": name, "version": version, "description": description}
+    def register(
+        self, name: str, version: str | None = None, description: str | None = None
+    ) -> PluginPaths:
+        """Register (or re-register, on every start) and get the namespace's paths.
+
+        ``version`` or ``description`` left out (None): the daemon takes them from the
+        plugin's own ``GET /manifest`` when its socket answers, else leaves them empty.
+        """
+        body: dict[str, str] = {"name": name}
+        if version is not None:
+            body["version"] = version
+        if description is not None:
+            body["description"] = description
         resp = self.request("POST", "/api/plugins/register", body)
         return PluginPaths.from_json(resp.body, created=resp.status == 201)
 

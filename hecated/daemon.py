@@ -204,9 +204,10 @@ class Lifecycle:
         self.passed = passed
         self.notifier = Notifier(config.notify)
         self.registry = Registry(config.layout)
-        Prober(self.registry)  # liveness: pid files and pidfds; closed by registry.close()
+        # Liveness: pid files, pidfds, the plugins' sockets; closed by registry.close().
+        self.prober = Prober(self.registry, interval=config.probe_interval)
         self.rescans = Rescans(self._rescan_pass)
-        self.watching = _Watching(self.registry)
+        self.watching = _Watching(self.registry, self.prober.socket_changed)
         self.server: UnixServer | None = None
         self.app: FastPath | None = None
         self.supervisor: Supervisor | None = None
@@ -390,6 +391,7 @@ class Lifecycle:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
         self.watching.start()  # adapters start here, beside the watcher
+        self.prober.start()  # the periodic socket probes
         if self.app is not None:
             try:
                 self.app.load()  # Werkzeug and the full app, before a request waits for them
@@ -405,8 +407,9 @@ class Lifecycle:
 class _Watching:
     """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, on_socket: Callable[[str], None] | None = None) -> None:
         self.registry = registry
+        self.on_socket = on_socket
         self.watcher = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -418,7 +421,7 @@ class _Watching:
             if self._stopped:
                 return
             try:
-                self.watcher = Watcher(self.registry).start()
+                self.watcher = Watcher(self.registry, on_socket=self.on_socket).start()
             except Exception:
                 log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
                 return
@@ -440,7 +443,11 @@ class _Watching:
 
 def status_line(registry: Registry) -> str:
     """The human line systemctl status shows: "3 plugins registered, 2 running"."""
-    plugins = registry.list()
+    listed = registry.list()
+    plugins = [p for p in listed if p.registered]
     running = sum(1 for p in plugins if p.status == RUNNING)
     noun = "plugin" if len(plugins) == 1 else "plugins"
-    return f"{len(plugins)} {noun} registered, {running} running"
+    found = len(listed) - len(plugins)  # discovered: their sockets answer, no plugin.toml
+    return f"{len(plugins)} {noun} registered, {running} running" + (
+        f", {found} discovered" if found else ""
+    )

@@ -95,6 +95,17 @@ def test_reregister_is_200_with_same_body(client: Client) -> None:
     assert client.get("/api/plugins/p").get_json()["version"] == "2"
 
 
+# What a registered plugin that has never answered on its socket carries (issue 12).
+NOT_ANSWERED = {
+    "registered": True,
+    "display_name": None,
+    "icon": None,
+    "tag": None,
+    "ui": False,
+    "problems": [],
+}
+
+
 def test_list_and_get(client: Client, app: HecateApp) -> None:
     client.post("/api/plugins/register", json={"name": "b", "version": "2", "description": "B"})
     client.post("/api/plugins/register", json={"name": "a", "version": "1", "description": "A"})
@@ -106,6 +117,7 @@ def test_list_and_get(client: Client, app: HecateApp) -> None:
             "description": "A",
             "socket": str(app.layout.root / "a" / "sockets" / "api.sock"),
             "status": "stopped",
+            **NOT_ANSWERED,
         },
         {
             "name": "b",
@@ -113,6 +125,7 @@ def test_list_and_get(client: Client, app: HecateApp) -> None:
             "description": "B",
             "socket": str(app.layout.root / "b" / "sockets" / "api.sock"),
             "status": "stopped",
+            **NOT_ANSWERED,
         },
     ]
     one = client.get("/api/plugins/a").get_json()
@@ -306,3 +319,40 @@ def test_invalid_entry_shows_error_with_line(client: Client, app: HecateApp) -> 
     detail = client.get("/api/plugins/broken").get_json()
     assert detail["error"]["file"] == str(ns / "plugin.toml")
     assert detail["error"]["line"] == 3
+
+
+# -- discovered plugins (issue 12): what the index holds while a socket answers -------------
+
+
+def test_a_discovered_plugin_is_listed_registered_false_and_registers_from_its_manifest(
+    client: Client, app: HecateApp
+) -> None:
+    from hecated.core.index import RUNNING, LiveManifest, Liveness
+
+    # Published as the prober would (set_liveness), without a socket: the app's side only.
+    manifest = LiveManifest("trader", "0.4.0", "AI Stock Trading Agents", "Trader", "x", "t-s")
+    live = Liveness(RUNNING, manifest=manifest, answering=True)
+    with app.registry.name_lock("hecate-traderd"):
+        assert app.registry.set_liveness("hecate-traderd", live) is not None
+    [row] = client.get("/api/plugins").get_json()
+    assert (row["registered"], row["version"], row["status"], row["display_name"]) == (
+        False,
+        "0.4.0",
+        "running",
+        "Trader",
+    )
+    assert not app.layout.manifest_path("hecate-traderd").exists()  # nothing written
+    resp = client.post(
+        "/api/plugins/register", json={"name": "hecate-traderd", "description": "mine"}
+    )
+    assert resp.status_code == 201
+    one = client.get("/api/plugins/hecate-traderd").get_json()
+    assert (one["registered"], one["version"], one["description"]) == (True, "0.4.0", "mine")
+    # It stops answering: a registered plugin stays, stopped; a discovered one would go.
+    with app.registry.name_lock("hecate-traderd"):
+        app.registry.set_liveness("hecate-traderd", Liveness("stopped"))
+    assert client.get("/api/plugins/hecate-traderd").get_json()["status"] == "stopped"
+    with app.registry.name_lock("hecate-gone"):
+        app.registry.set_liveness("hecate-gone", live)
+        app.registry.set_liveness("hecate-gone", Liveness("stopped"))
+    assert [p["name"] for p in client.get("/api/plugins").get_json()] == ["hecate-traderd"]

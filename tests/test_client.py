@@ -372,3 +372,42 @@ def test_default_socket_path_follows_the_daemons_config_file(home: Path) -> None
     assert default_socket_path(env) == home / "env.sock"
     cfg.write_text("not toml [\n")  # the daemon would refuse it: the client falls back
     assert default_socket_path({"HECATE_CONFIG": str(cfg), "HOME": str(home)}).name == "api.sock"
+
+
+# -- live data: a plugin's own socket and manifest (issue 12) ------------------------------
+
+
+def test_a_discovered_plugin_carries_its_live_fields(home: Path) -> None:
+    from plugin_support import Plugin
+
+    daemon = Daemon(home, env={"HECATE_PROBE_INTERVAL": "0.3"}).start()
+    client = HecateClient(daemon.socket)
+    try:
+        with Plugin(daemon.root / "hecate-app-traderd", mode="no-ui"):
+            summary = wait_for(lambda: next(iter(client.list()), None))
+            assert summary == PluginSummary(
+                "hecate-app-traderd",
+                "0.3.0",
+                "AI Stock Trading Agents",
+                str(daemon.root / "hecate-app-traderd/sockets/api.sock"),
+                "running",
+                registered=False,
+                display_name="Trader",
+                icon="\N{CHART WITH UPWARDS TREND}",
+                tag="trader-studio",
+                ui=False,
+                problems=("the UI will drop this plugin: GET /ui/component.js answered 404",),
+            )
+            info = client.get("hecate-app-traderd")
+            assert (info.registered, info.manifest, info.reason, info.tag) == (
+                False,
+                "",
+                None,
+                "trader-studio",
+            )
+            paths = client.register("hecate-app-traderd")  # no version: the manifest's
+            assert paths.created is True
+            info = client.get("hecate-app-traderd")
+            assert (info.registered, info.version, info.status) == (True, "0.3.0", "running")
+    finally:
+        daemon.stop()

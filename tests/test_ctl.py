@@ -115,11 +115,13 @@ def test_list(daemon: Daemon) -> None:
     result = ctl(daemon.home, "list")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "STATUS", "SOCKET"]
+    assert lines[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET"]
     assert lines[1].split() == [
         "hecate-b",
         "2.0",
         "stopped",
+        "yes",
+        "-",  # no manifest until the plugin answers on its socket
         str(daemon.root / "hecate-b/sockets/api.sock"),
     ]
     assert lines[2].split()[:3] == ["hecate-traderd", "0.1.0", "stopped"]
@@ -132,6 +134,12 @@ def test_list(daemon: Daemon) -> None:
         "description": "Trading",
         "socket": str(daemon.root / "hecate-traderd/sockets/api.sock"),
         "status": "stopped",
+        "registered": True,
+        "display_name": None,
+        "icon": None,
+        "tag": None,
+        "ui": False,
+        "problems": [],
     }
     assert ctl(daemon.home, "list", "-q").out == "hecate-b\nhecate-traderd\n"
 

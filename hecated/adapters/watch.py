@@ -3,8 +3,10 @@
 What is watched, and why no more: the root's parent (the root may be removed
 and created again; a watch on the root itself dies with it), the root (namespace
 directories come and go), each namespace directory *non-recursively* (its
-``plugin.toml``, and its ``run/`` appearing), and each ``run/`` (pid and state
-files). That is two inotify watches per plugin, plus two; ``sqlite/`` and
+``plugin.toml``, and its ``run/`` appearing), each ``run/`` (pid and state
+files), and each ``sockets/`` (``api.sock`` bound or removed: ``Change.SOCKET``,
+handed to the liveness prober, no file read). That is three inotify watches
+per plugin, plus two; ``sqlite/`` and
 ``reckon-db/``, which plugins fill with their own data, are never watched.
 
 Why a watchdog emitter of our own rather than ``Observer.schedule()`` per
@@ -65,11 +67,12 @@ from watchdog.observers.inotify_c import (
 )
 
 from hecated.core.index import Registry
-from hecated.core.layout import MANIFEST_NAME, PID_FILE, STATE_FILE
+from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, STATE_FILE
 
 log = logging.getLogger("hecated.adapters.watch")
 
 RUN_DIR = "run"
+SOCKETS_DIR = "sockets"
 RUN_FILES = frozenset({PID_FILE, STATE_FILE})
 _CHANGES = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO
 _SELF = IN.IN_DELETE_SELF | IN.IN_MOVE_SELF
@@ -78,6 +81,8 @@ _SAFE = IN.IN_ONLYDIR | IN.IN_DONT_FOLLOW | IN.IN_EXCL_UNLINK
 PARENT_MASK = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO | _SELF | _SAFE
 ROOT_MASK = _CHANGES | IN.IN_ATTRIB | _SELF | _SAFE  # attrib: a namespace chmod 000 and back
 FILES_MASK = _CHANGES | IN.IN_MODIFY | IN.IN_CLOSE_WRITE | IN.IN_ATTRIB | _SELF | _SAFE
+# sockets/: only a socket bound or unlinked (or moved) matters, never its traffic.
+SOCKETS_MASK = _CHANGES | _SELF | _SAFE
 _HEADER = struct.Struct("iIII")
 
 DEBOUNCE = 0.002  # a save's events arrive within microseconds of each other
@@ -96,6 +101,7 @@ class Change(enum.Enum):
     COMPLETE = enum.auto()  # closed after writing, moved in, a namespace came: read soon
     GONE = enum.auto()  # deleted or moved away (moves are not paired): read after a grace
     RESCAN = enum.auto()  # events may have been lost (overflow, errors): rebuild from the tree
+    SOCKET = enum.auto()  # sockets/api.sock bound or removed: probe the plugin, read no file
 
 
 class TreeEvent(FileSystemEvent):
@@ -125,9 +131,10 @@ class BarrierEvent(FileSystemEvent):
 
 @dataclass(frozen=True)
 class Place:
-    """What a watch descriptor watches: the parent, the root, a namespace, or a ``run/``."""
+    """What a watch descriptor watches: the parent, the root, a namespace, a ``run/``,
+    or a ``sockets/``."""
 
-    kind: str  # "parent" | "root" | "ns" | "run"
+    kind: str  # "parent" | "root" | "ns" | "run" | "sockets"
     name: str = ""
 
 
@@ -279,13 +286,18 @@ class TreeEmitter(EventEmitter):
             return self.root
         if place.kind == "ns":
             return self.root / place.name
+        if place.kind == "sockets":
+            return self.root / place.name / SOCKETS_DIR
         return self.root / place.name / RUN_DIR
 
     def _watch_namespace(self, name: str) -> None:
         if self._add(Place("ns", name), self.root / name, FILES_MASK):
             self._add(Place("run", name), self.root / name / RUN_DIR, FILES_MASK)
+            # IN_DONT_FOLLOW | IN_ONLYDIR: a sockets/ that is a symlink is never watched.
+            self._add(Place("sockets", name), self.root / name / SOCKETS_DIR, SOCKETS_MASK)
 
     def _unwatch_namespace(self, name: str) -> None:
+        self._remove(Place("sockets", name))
         self._remove(Place("run", name))
         self._remove(Place("ns", name))
 
@@ -400,6 +412,17 @@ class TreeEmitter(EventEmitter):
             elif gone:
                 self._remove(Place("run", place.name))
             self._emit(out, base / RUN_DIR, place.name, Change.COMPLETE)  # pid files come/go
+            return False
+        if place.kind == "ns" and name == SOCKETS_DIR:
+            if is_dir and came:
+                self._add(Place("sockets", place.name), base / SOCKETS_DIR, SOCKETS_MASK)
+            elif gone:
+                self._remove(Place("sockets", place.name))
+            self._emit(out, base / SOCKETS_DIR, place.name, Change.SOCKET)
+            return False
+        if place.kind == "sockets":
+            if name == SOCKET_NAME:
+                self._emit(out, base / name, place.name, Change.SOCKET)
             return False
         wanted = MANIFEST_NAME if place.kind == "ns" else None
         if (wanted and name != wanted) or (place.kind == "run" and name not in RUN_FILES):
@@ -576,11 +599,17 @@ class Refresher:
 class RegistryHandler(FileSystemEventHandler):
     """Hands the emitter's events to the refresher: changes per name, and barriers."""
 
-    def __init__(self, refresher: Refresher) -> None:
+    def __init__(
+        self, refresher: Refresher, on_socket: Callable[[str], None] | None = None
+    ) -> None:
         self.refresher = refresher
+        self.on_socket = on_socket
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        if isinstance(event, TreeEvent):
+        if isinstance(event, TreeEvent) and event.change is Change.SOCKET:
+            if self.on_socket is not None:  # the prober: it queues, never blocks
+                self.on_socket(event.name)
+        elif isinstance(event, TreeEvent):
             self.refresher.touch(event.name, event.change)
         elif isinstance(event, BarrierEvent):
             self.refresher.reached(event.seq)
@@ -589,13 +618,19 @@ class RegistryHandler(FileSystemEventHandler):
 class Watcher:
     """The composition: observer + tree emitter + refresher, started and stopped together."""
 
-    def __init__(self, registry: Registry, debounce: float = DEBOUNCE, timeout: float = 1.0):
+    def __init__(
+        self,
+        registry: Registry,
+        debounce: float = DEBOUNCE,
+        timeout: float = 1.0,
+        on_socket: Callable[[str], None] | None = None,
+    ):
         self.registry = registry
         self.root = registry.layout.root
         self.refresher = Refresher(registry, debounce)
         emitter_class = partial(TreeEmitter, is_plugin_name=registry.layout.is_plugin_name)
         self.observer = BaseObserver(emitter_class, timeout=timeout)
-        self.handler = RegistryHandler(self.refresher)
+        self.handler = RegistryHandler(self.refresher, on_socket)
         self.observer.schedule(self.handler, os.fspath(self.root))
 
     def start(self) -> Watcher:

@@ -28,11 +28,13 @@ FILE_KEYS = {
     "log_level",
     "idle_timeout",
     "workers",
+    "probe_interval",
     "forward_body_limit",
     "forward_streams",
     "forward_idle_timeout",
     "forward_timeout",
 }
+PROBE_INTERVAL = 10.0  # seconds between two looks at each plugin's socket
 # Forwarding /plugin/{name}/... to plugin sockets (hecated.http.forward).
 FORWARD_BODY_LIMIT = 16 * 1024 * 1024  # bytes of a forwarded request body
 FORWARD_STREAMS = 256  # forwarded requests served at once; beyond, 503 busy
@@ -60,6 +62,7 @@ class Config:
     watchdog: float | None = None  # WatchdogSec= in seconds, when it is meant for us
     journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
     defer_at_most: float = DEFER_AT_MOST
+    probe_interval: float = PROBE_INTERVAL  # 0: probe on events only (socket, pidfd, edits)
     forward_body_limit: int = FORWARD_BODY_LIMIT
     forward_streams: int = FORWARD_STREAMS
     forward_idle_timeout: float = FORWARD_IDLE_TIMEOUT
@@ -152,6 +155,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         return number
 
     return Config(
+        probe_interval=number("probe_interval", PROBE_INTERVAL, 0),
         forward_body_limit=int(number("forward_body_limit", FORWARD_BODY_LIMIT, 0)),
         forward_streams=int(number("forward_streams", FORWARD_STREAMS, 1)),
         forward_idle_timeout=number("forward_idle_timeout", FORWARD_IDLE_TIMEOUT, 0),

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Protocol
 
 from hecated.core import manifest
-from hecated.core.errors import BusyError, NotFoundError
+from hecated.core.errors import BusyError, NotFoundError, PluginRunningError
 from hecated.core.files import GroupCommit
 from hecated.core.layout import Layout
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
@@ -37,6 +37,9 @@ log = logging.getLogger("hecated.core.index")
 RUNNING = "running"
 STOPPED = "stopped"
 INVALID = "invalid"
+UNHEALTHY = "unhealthy"
+STARTING = "starting"
+STATUSES = (RUNNING, STARTING, UNHEALTHY, STOPPED, INVALID)
 MAX_WAITERS = 8
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "Change",
     "Entry",
     "Index",
+    "LiveManifest",
     "Liveness",
     "LivenessSource",
     "Plugin",
@@ -54,16 +58,41 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class LiveManifest:
+    """What a plugin's own ``GET /manifest`` and ``GET /ui/component.js`` said.
+
+    Live data, read from the plugin while it answers: never written into
+    ``plugin.toml`` (which stays the registration). ``problems`` are plain
+    sentences a person can act on (a name that fits no convention, a missing
+    field, a UI module the UI cannot load).
+    """
+
+    name: str | None = None
+    version: str | None = None
+    description: str | None = None
+    display_name: str | None = None
+    icon: str | None = None
+    tag: str | None = None
+    ui: bool = False
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Liveness:
     """What is known about a plugin's process: published into the index by an adapter.
 
-    ``status`` is ``running`` or ``stopped``; the next probes (issue 12: the
-    plugin's socket, its ``/manifest``) add their findings here.
+    ``status`` is one of ``running``, ``starting``, ``unhealthy``, ``stopped``;
+    ``detail`` says why when it is not plainly running or stopped. ``answering``
+    is true while something accepts on the plugin's ``sockets/api.sock``: that
+    alone keeps a namespace without ``plugin.toml`` in the index (discovered).
     """
 
     status: str
     pid: int | None = None
     state: str | None = None
+    detail: str | None = None
+    manifest: LiveManifest | None = None
+    answering: bool = False
 
 
 NOT_PROBED = Liveness(STOPPED)
@@ -71,8 +100,13 @@ NOT_PROBED = Liveness(STOPPED)
 
 @dataclass(frozen=True)
 class Plugin:
+    """One name in the index. ``registered`` False: discovered, no ``plugin.toml``
+    (its ``entry`` then holds no manifest and no error); kept only while its
+    socket answers."""
+
     entry: Entry
     live: Liveness
+    registered: bool = True
 
     @property
     def name(self) -> str:
@@ -80,7 +114,9 @@ class Plugin:
 
     @property
     def status(self) -> str:
-        return INVALID if self.entry.manifest is None else self.live.status
+        if self.registered and self.entry.manifest is None:
+            return INVALID
+        return self.live.status
 
 
 @dataclass(frozen=True)
@@ -240,7 +276,7 @@ class Index:
             return set(self._rereads)
 
     def _apply(self, name: str, entry: Entry | None, live: Liveness) -> Change | None:
-        plugin = None if entry is None else Plugin(entry, live)
+        plugin = _plugin_of(name, entry, live)
         with self._lock:
             old = self._plugins.get(name)
             if old == plugin:
@@ -263,17 +299,29 @@ class Index:
     def set_liveness(self, name: str, live: Liveness) -> Change | None:
         """Publish ``name``'s liveness; a change (new ``seq``) only when it differs.
 
-        For adapters that learn something between refreshes (a process exit);
-        call it under ``name_lock(name)`` with the probe, so an older finding can
-        never overwrite a newer one. A name not in the index is ignored.
+        For adapters that learn something between refreshes (a process exit, a
+        socket probe); call it under ``name_lock(name)`` with the probe, so an
+        older finding can never overwrite a newer one. A name not in the index
+        is added as discovered when its socket answers (``live.answering``), and
+        a discovered name goes when it stops answering; otherwise ignored.
         """
         with self.name_lock(name), self._lock:
             old = self._plugins.get(name)
-            if old is None or old.live == live:
+            if old is not None and old.live == live:
                 return None
-            self._plugins[name] = Plugin(old.entry, live)
+            if old is not None and old.registered:
+                plugin: Plugin | None = Plugin(old.entry, live)
+            else:  # discovered, or not in the index: only an answering socket keeps it
+                plugin = _plugin_of(name, None, live)
+            if plugin is None and old is None:
+                return None
+            if plugin is None:
+                del self._plugins[name]
+            else:
+                self._plugins[name] = plugin
             self._seq += 1
-            change = Change(self._seq, name, old.entry, live)
+            entry = None if plugin is None or not plugin.registered else plugin.entry
+            change = Change(self._seq, name, entry, None if plugin is None else live)
             self._changed.notify_all()
         self._tell(change)
         return change
@@ -367,6 +415,12 @@ class Index:
         """Delete a deregistered plugin's namespace and all its data: explicit cleanup."""
         name = self.layout.check_plugin_name(name)
         with self.name_lock(name):
+            found = self.get(name)
+            if found is not None and not found.registered and found.live.answering:
+                # No pid file to refuse by: a discovered plugin is known alive by its socket.
+                raise PluginRunningError(
+                    f"plugin {name!r} answers on its socket; stop it before purging its data"
+                )
             try:
                 self.store.purge(name)
             finally:
@@ -401,6 +455,16 @@ class Index:
 
     def list(self) -> list[Plugin]:
         return self.snapshot()[1]
+
+
+def _plugin_of(name: str, entry: Entry | None, live: Liveness) -> Plugin | None:
+    """What the index holds for ``name``: the registered entry, or a discovered one
+    while its socket answers (no file is ever made, changed or removed for it)."""
+    if entry is not None:
+        return Plugin(entry, live)
+    if live.answering:
+        return Plugin(Entry(name), live, registered=False)
+    return None
 
 
 # The name the rest of the tree grew up with.

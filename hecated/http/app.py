@@ -239,13 +239,25 @@ class HecateApp:
             raise InvalidFieldError(f"unknown field(s): {', '.join(unknown)}")
         if "name" not in body:
             raise InvalidFieldError("missing required field 'name'")
-        entry, created = self.registry.register(
-            body["name"], body.get("version", ""), body.get("description", "")
-        )
+        version, description = self._from_live_manifest(body)
+        entry, created = self.registry.register(body["name"], version, description)
         version = entry.manifest.version if entry.manifest else ""
         verb = "registered" if created else "re-registered"
         _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")
         return json_response({"ok": True, **self.views.paths(entry.name)}, 201 if created else 200)
+
+    def _from_live_manifest(self, body: dict[str, Any]) -> tuple[Any, Any]:
+        """``version`` and ``description`` from the body, else from what the plugin's own
+        ``GET /manifest`` said (a discovered plugin registered as it runs), else empty."""
+        version, description = body.get("version"), body.get("description")
+        if version is None or description is None:
+            name = body["name"]
+            plugin = self.registry.get(name) if isinstance(name, str) else None
+            live = None if plugin is None else plugin.live.manifest
+            if live is not None:
+                version = live.version if version is None else version
+                description = live.description if description is None else description
+        return ("" if version is None else version), ("" if description is None else description)
 
     def on_deregister(self, request: Request, peer: Peer, name: str) -> Response:
         self.registry.deregister(name)

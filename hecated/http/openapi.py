@@ -81,7 +81,17 @@ SCHEMAS: dict[str, Any] = {
         "description": "Lowercase, hyphenated daemon name; its socket path must also fit "
         f"in a Unix socket address ({SUN_PATH_MAX} bytes).",
     },
-    "Status": {"type": "string", "enum": ["running", "stopped", "invalid"]},
+    "Status": {
+        "type": "string",
+        "enum": ["running", "starting", "unhealthy", "stopped", "invalid"],
+        "description": "running: sockets/api.sock answers GET /health with a 2xx (or, for a "
+        "plugin with no socket file, run/daemon.pid names a live process); starting: the pid "
+        "lives but the socket does not answer yet; unhealthy: the socket accepts but answers "
+        "something else, garbage, or nothing within 2 s (see reason); stopped: no socket, or "
+        "nothing accepts on it; invalid: plugin.toml is not a valid entry. Probed off the "
+        "request path on socket events, process exits, edits, and every probe_interval "
+        "seconds (default 10).",
+    },
     "Health": {
         "type": "object",
         "description": "The ecosystem's health shape (hecate-web, hecate-tui), then "
@@ -111,9 +121,10 @@ SCHEMAS: dict[str, Any] = {
             "uptime_seconds": {"type": "integer", "minimum": 0},
             "plugins": {
                 "type": "object",
-                "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED}, "
-                f"{PLUGIN_DEGRADED} (alive but not answering as it should), or a short "
-                "reason (an invalid plugin.toml).",
+                "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED} (stopped), "
+                f"{PLUGIN_DEGRADED} (unhealthy or starting: alive but not answering as it "
+                "should), or a short reason (invalid: what is wrong with plugin.toml). "
+                "Discovered plugins are included.",
                 "additionalProperties": {"type": "string", "minLength": 1},
             },
             "plugin_count": {"type": "integer", "minimum": 0},
@@ -129,8 +140,17 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "name": _ref("Name"),
-            "version": {"type": "string", "maxLength": VERSION_MAX},
-            "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
+            "version": {
+                "type": "string",
+                "maxLength": VERSION_MAX,
+                "description": "Left out: the version of the plugin's own GET /manifest when "
+                "it answers (a discovered plugin), else empty.",
+            },
+            "description": {
+                "type": "string",
+                "maxLength": DESCRIPTION_MAX,
+                "description": "Left out: as version.",
+            },
         },
     },
     "Registered": {
@@ -158,13 +178,55 @@ SCHEMAS: dict[str, Any] = {
     },
     "PluginSummary": {
         "type": "object",
-        "required": ["name", "version", "description", "socket", "status"],
+        "required": [
+            "name",
+            "version",
+            "description",
+            "socket",
+            "status",
+            "registered",
+            "display_name",
+            "icon",
+            "tag",
+            "ui",
+            "problems",
+        ],
         "properties": {
             "name": _ref("Name"),
-            "version": {"type": ["string", "null"], "description": "null when invalid"},
-            "description": {"type": ["string", "null"], "description": "null when invalid"},
+            "version": {
+                "type": ["string", "null"],
+                "description": "From plugin.toml (null when invalid); for a discovered plugin, "
+                "from its own GET /manifest.",
+            },
+            "description": {"type": ["string", "null"], "description": "as version"},
             "socket": {"type": "string"},
             "status": _ref("Status"),
+            "registered": {
+                "type": "boolean",
+                "description": "false: discovered, a namespace with no plugin.toml whose socket "
+                "answers; listed only while it does (a discovered plugin that stops is gone).",
+            },
+            "display_name": {
+                "type": ["string", "null"],
+                "description": "From the plugin's GET /manifest (its name when it has none); "
+                "null until the plugin has answered. Live data, never written to plugin.toml.",
+            },
+            "icon": {"type": ["string", "null"], "description": "The manifest's icon (an emoji)."},
+            "tag": {
+                "type": ["string", "null"],
+                "description": "The custom element the UI mounts (the manifest's tag).",
+            },
+            "ui": {
+                "type": "boolean",
+                "description": "GET /ui/component.js answered 2xx when the plugin became "
+                "reachable; false also while it has not answered.",
+            },
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Plain sentences: a manifest name that fits none of the "
+                "namespace's conventions, missing fields, no /ui/component.js.",
+            },
         },
     },
     "PluginDetail": {
@@ -173,9 +235,25 @@ SCHEMAS: dict[str, Any] = {
             _ref("Paths"),
             {
                 "type": "object",
-                "required": ["manifest", "registered_at", "updated_at", "pid", "state", "error"],
+                "required": [
+                    "manifest",
+                    "registered_at",
+                    "updated_at",
+                    "pid",
+                    "state",
+                    "reason",
+                    "error",
+                ],
                 "properties": {
-                    "manifest": {"type": "string"},
+                    "manifest": {
+                        "type": ["string", "null"],
+                        "description": "The plugin.toml path; null for a discovered plugin.",
+                    },
+                    "reason": {
+                        "type": ["string", "null"],
+                        "description": "Why the status is what it is (unhealthy, starting, "
+                        "stopped), when the probe said.",
+                    },
                     "registered_at": {"type": ["string", "null"]},
                     "updated_at": {"type": ["string", "null"]},
                     "pid": {"type": ["integer", "null"]},

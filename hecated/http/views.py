@@ -157,13 +157,25 @@ class Views:
         }
 
     def summary(self, plugin: Plugin) -> dict[str, Any]:
-        m = plugin.entry.manifest
+        """The spec's four keys, then what the plugin's socket and manifest say (live)."""
+        m, live = plugin.entry.manifest, plugin.live.manifest
+        if plugin.registered:
+            version, description = (m.version, m.description) if m else (None, None)
+        else:  # discovered: only its own manifest tells
+            version = live.version if live else None
+            description = live.description if live else None
         return {
             "name": plugin.name,
-            "version": m.version if m else None,
-            "description": m.description if m else None,
+            "version": version,
+            "description": description,
             "socket": self.layout.plugin_socket_str(plugin.name),
             "status": plugin.status,
+            "registered": plugin.registered,
+            "display_name": live.display_name if live else None,
+            "icon": live.icon if live else None,
+            "tag": live.tag if live else None,
+            "ui": live.ui if live else False,
+            "problems": list(live.problems) if live else [],
         }
 
     def detail(self, plugin: Plugin) -> dict[str, Any]:
@@ -171,11 +183,12 @@ class Views:
         return {
             **self.summary(plugin),
             **self.paths(plugin.name),
-            "manifest": self.layout.manifest_str(plugin.name),
+            "manifest": self.layout.manifest_str(plugin.name) if plugin.registered else None,
             "registered_at": _isoformat(m.registered_at) if m else None,
             "updated_at": _isoformat(m.updated_at) if m else None,
             "pid": plugin.live.pid,
             "state": plugin.live.state,
+            "reason": plugin.live.detail,
             "error": None
             if err is None
             else {"file": err.path, "line": err.line, "message": err.message},

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg = add("register", "register a plugin (creates its namespace) and print its paths")
     reg.add_argument("name")
-    reg.add_argument("--version", dest="plugin_version", default="", metavar="V")
-    reg.add_argument("--description", default="", metavar="D")
+    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
+    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
+    reg.add_argument("--description", default=None, metavar="D")
     add("deregister", "remove a registry entry (keeps the data)").add_argument("name")
     purge = add("purge", "delete a deregistered plugin's namespace and all its data")
     purge.add_argument("name")
@@ -210,10 +211,20 @@ def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
     elif not plugins:
         print("no plugins registered")
     else:
-        rows = [("NAME", "VERSION", "STATUS", "SOCKET")]
-        rows += [(p.name, p.version or "-", p.status, p.socket) for p in plugins]
+        rows = [("NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET")]
+        rows += [_list_row(p) for p in plugins]
         _table(rows)
+        for p in plugins:  # below the table: a sentence needs the whole line
+            for problem in p.problems:
+                print(f"{p.name}: {problem}")
     return Exit.OK
+
+
+def _list_row(p: PluginSummary) -> tuple[str, ...]:
+    """One plugin: ``APP`` is the icon and display name its own manifest gave (``-``
+    until it has answered)."""
+    app = " ".join(x for x in (p.icon, p.display_name) if x) or "-"
+    return (p.name, p.version or "-", p.status, "yes" if p.registered else "no", app, p.socket)
 
 
 def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
@@ -237,6 +248,14 @@ def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
         ("base_dir", info.base_dir),
     ]
     pairs += [(f"  {key}", value) for key, value in info.paths.items()]
+    pairs += [
+        ("registered_as", "plugin.toml" if info.registered else "no (discovered)"),
+        ("app", " ".join(x for x in (info.icon, info.display_name) if x) or None),
+        ("tag", info.tag),
+        ("ui", "yes" if info.ui else "no"),
+        ("reason", info.reason),
+    ]
+    pairs += [("problem", problem) for problem in info.problems]
     if info.error:
         pairs.append(("error", str(info.error)))
     _fields(pairs)
@@ -266,7 +285,7 @@ def cmd_register(client: HecateClient, args: argparse.Namespace) -> Exit:
         _json(result.raw)
         return Exit.OK
     verb = "registered" if result.created else "re-registered"
-    print(f"{verb} {result.name} {args.plugin_version}".rstrip())
+    print(f"{verb} {result.name} {args.plugin_version or ''}".rstrip())
     _fields([("base_dir", result.base_dir), *((f"  {k}", v) for k, v in result.paths.items())])
     return Exit.OK
 
