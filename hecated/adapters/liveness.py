@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import io
 import json
 import logging
@@ -351,6 +350,10 @@ class _Bytes:
 
 
 def _parse(path: str, raw: bytes, limit: int) -> Answer:
+    # Imported here, on a probe thread: http.client brings email and ssl, which the
+    # first answer (start-up imports this module) must not wait for.
+    import http.client
+
     if not raw:
         raise ProbeError(f"GET {path}: the connection closed without an answer")
     response = http.client.HTTPResponse(_Bytes(raw))  # type: ignore[arg-type]
