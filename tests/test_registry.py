@@ -214,3 +214,42 @@ def test_concurrent_registrations_of_one_name_create_once(registry: Registry) ->
         t.join()
     assert results.count(True) == 1
     assert len(registry) == 1
+
+
+def test_another_tools_temp_file_is_never_taken_for_a_crashed_writer(tmp_path: Path) -> None:
+    """NamedTemporaryFile(prefix='.plugin.toml.', suffix='.tmp') in the namespace: not ours."""
+    layout = Layout.at(tmp_path / ".hecate")
+    layout.ensure_layout()
+    registry = Registry(layout)
+    registry.register("hecate-traderd", "1.0", "")
+    ns = layout.namespace("hecate-traderd")
+    theirs = ns / ".plugin.toml.k3j_h5ab.tmp"
+    theirs.write_text("another tool's atomic write, about to be renamed")
+    crashed = ns / ".plugin.toml.999999.abcd.tmp"
+    crashed.write_text("half")
+    registry.scan(clean_temps=True)
+    assert theirs.exists()
+    assert not crashed.exists()
+
+
+def test_purge_asks_the_socket_itself_and_refuses_a_listener(tmp_path: Path) -> None:
+    """A plugin with no pid file whose socket accepts is running, whatever the last probe
+    said; once nothing accepts (a stale socket file), the data can go."""
+    import socket
+
+    layout = Layout.at(tmp_path / ".hecate")
+    layout.ensure_layout()
+    registry = Registry(layout)  # no prober attached: only the purge-time check can tell
+    registry.register("hecate-traderd", "1.0", "")
+    registry.deregister("hecate-traderd")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(layout.namespace("hecate-traderd") / "sockets" / "api.sock"))
+    listener.listen()
+    try:
+        with pytest.raises(PluginRunningError):
+            registry.purge("hecate-traderd")
+        assert (layout.namespace("hecate-traderd") / "sqlite").is_dir()
+    finally:
+        listener.close()
+    registry.purge("hecate-traderd")  # the socket file is stale now: refused, so not running
+    assert not layout.namespace("hecate-traderd").exists()

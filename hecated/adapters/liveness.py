@@ -36,7 +36,6 @@ import logging
 import os
 import select
 import socket
-import stat
 import threading
 import time
 from collections import deque
@@ -44,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hecated.core.errors import UnsafePathError
-from hecated.core.files import open_dir, opened, read_regular
+from hecated.core.files import connect_unix_at, open_dir, opened, read_regular
 from hecated.core.index import (
     RUNNING,
     STARTING,
@@ -55,7 +54,7 @@ from hecated.core.index import (
     LiveManifest,
     Liveness,
 )
-from hecated.core.layout import SOCKET_NAME, STATE_FILE
+from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, STATE_FILE
 from hecated.core.store import RUN_DIR, pid_alive, read_pid
 
 __all__ = [
@@ -70,7 +69,6 @@ __all__ = [
 ]
 
 STATE_MAX = 4096
-SOCKETS_DIR = "sockets"
 PROBE_INTERVAL = 10.0  # seconds between two probes of a plugin's socket (config: probe_interval)
 PROBE_TIMEOUT = 2.0  # one request to a plugin, connect to last byte (hecate-web's timeout too)
 PROBE_WORKERS = 4  # probe threads: a plugin that never answers ties up one of them, briefly
@@ -273,24 +271,13 @@ def open_plugin_socket(layout_open_namespace: Callable[[str], int], name: str) -
     """Connect to ``name``'s ``sockets/api.sock`` without following a link out of the tree.
 
     The namespace and ``sockets/`` are opened through directory fds that refuse
-    symlinks, the entry is checked with ``lstat`` (a socket, not a link), and
-    the connect goes through ``/proc/self/fd/N/api.sock``, so the kernel looks
-    the name up in exactly the directory checked. Raises ``FileNotFoundError``
+    symlinks, and ``files.connect_unix_at`` pins the socket's inode before it
+    connects, so nothing swapped in after the check is reached. Raises ``FileNotFoundError``
     (no socket file), ``UnsafePathError`` (a link or a non-socket), or the
     connect's ``OSError`` (``ECONNREFUSED``: nothing accepts on it).
     """
     with opened(layout_open_namespace(name)) as ns_fd, opened(open_dir(ns_fd, SOCKETS_DIR)) as fd:
-        st = os.stat(SOCKET_NAME, dir_fd=fd, follow_symlinks=False)
-        if not stat.S_ISSOCK(st.st_mode):
-            raise UnsafePathError(f"{SOCKETS_DIR}/{SOCKET_NAME} is not a socket; not probed")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(PROBE_TIMEOUT)
-            sock.connect(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return connect_unix_at(fd, SOCKET_NAME, PROBE_TIMEOUT)
 
 
 def exchange(sock: socket.socket, path: str, timeout: float, limit: int = BODY_MAX) -> Answer:

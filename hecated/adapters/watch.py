@@ -67,12 +67,11 @@ from watchdog.observers.inotify_c import (
 )
 
 from hecated.core.index import Registry
-from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, STATE_FILE
+from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SOCKETS_DIR, STATE_FILE
 
 log = logging.getLogger("hecated.adapters.watch")
 
 RUN_DIR = "run"
-SOCKETS_DIR = "sockets"
 RUN_FILES = frozenset({PID_FILE, STATE_FILE})
 _CHANGES = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO
 _SELF = IN.IN_DELETE_SELF | IN.IN_MOVE_SELF

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +23,8 @@ from hecated.core.errors import StorageError, UnsafePathError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_SUFFIX = ".tmp"
+# .NAME.OWNER.HEX.tmp, OWNER being PID-HEX8 (or a bare PID, as earlier versions wrote it).
+_TEMP_RE = re.compile(r"\.[^/]+\.\d+(-[0-9a-f]{8})?\.[0-9a-f]+" + re.escape(TEMP_SUFFIX))
 
 
 # Who wrote a temp file: this process's pid plus a token of this run, so that a
@@ -33,7 +37,9 @@ def _temp_name(name: str) -> str:
 
 
 def is_temp_name(entry: str, name: str) -> bool:
-    return entry.startswith(f".{name}.") and entry.endswith(TEMP_SUFFIX)
+    """Exactly the shape our writers use (``.NAME.PID-HEX8.HEX.tmp``): another tool's
+    ``.plugin.toml.XXXXXXXX.tmp`` (NamedTemporaryFile's idiom) is never taken for ours."""
+    return _TEMP_RE.fullmatch(entry) is not None and entry.startswith(f".{name}.")
 
 
 def temp_owner(entry: str) -> str | None:
@@ -57,7 +63,10 @@ def open_root(root: Path, create: bool = True) -> int:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise _storage(exc, str(root)) from exc
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError as exc:  # a chmod 000 root: the envelope's unsafe_path, not a 500
+        raise UnsafePathError(f"{root} cannot be opened: {exc.strerror}") from exc
     if create:  # a read never changes modes: doctor must still see a chmod someone made
         _tighten(fd)
     return fd
@@ -102,6 +111,31 @@ def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = Fa
     if private:
         _tighten(fd)
     return fd
+
+
+def connect_unix_at(dir_fd: int, name: str, timeout: float | None) -> socket.socket:
+    """Connect to the socket ``name`` in ``dir_fd``, the very inode that was checked.
+
+    The entry is opened with ``O_PATH | O_NOFOLLOW`` and must be a socket (a symlink
+    or anything else is ``UnsafePathError``); the connect then goes through
+    ``/proc/self/fd/N`` of that fd, so a symlink swapped in after the check cannot
+    redirect it. ``FileNotFoundError``: no socket file; the connect's ``OSError``
+    (``ECONNREFUSED``: nothing accepts on it) goes up as it is.
+    """
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    with opened(fd):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISSOCK(mode):
+            what = "a symlink" if stat.S_ISLNK(mode) else "not a socket"
+            raise UnsafePathError(f"{name} is {what}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(f"/proc/self/fd/{fd}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 @contextmanager

@@ -258,7 +258,12 @@ class Index:
             timer.daemon = True
             timer.name = f"hecated-reread-{name}"
             self._rereads[name] = timer
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError:  # no thread to be had: forget it, so the next read asks again
+            with self._rereads_lock:
+                self._rereads.pop(name, None)
+            raise
 
     def _reread(self, name: str) -> None:
         with self._rereads_lock:

@@ -18,6 +18,7 @@ from hecated.protocol import NAME_MAX, NAME_RE, PRIMARY_NAME, SUN_PATH_MAX  # th
 SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", "sockets", "run", "connectors")
 MANIFEST_NAME = "plugin.toml"
 SOCKET_NAME = "api.sock"
+SOCKETS_DIR = "sockets"  # the namespace subdirectory that holds SOCKET_NAME
 PID_FILE = "daemon.pid"
 STATE_FILE = "daemon.state"
 LOCK_FILE = "daemon.lock"

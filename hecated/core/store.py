@@ -44,6 +44,7 @@ from hecated.core.errors import (
 from hecated.core.files import (
     GroupCommit,
     atomic_write,
+    connect_unix_at,
     open_dir,
     open_root,
     opened,
@@ -51,13 +52,21 @@ from hecated.core.files import (
     remove_file,
     remove_stale_temps,
 )
-from hecated.core.layout import INDEX_CACHE_FILE, MANIFEST_NAME, PID_FILE, Layout
+from hecated.core.layout import (
+    INDEX_CACHE_FILE,
+    MANIFEST_NAME,
+    PID_FILE,
+    SOCKET_NAME,
+    SOCKETS_DIR,
+    Layout,
+)
 from hecated.core.manifest import Manifest, ManifestError
 from hecated.core.manifestcache import Key, ManifestCache, key_of, now_ns
 
 log = logging.getLogger("hecated.core.store")
 
 RUN_DIR = "run"
+PURGE_CONNECT_TIMEOUT = 1.0  # seconds; a Unix connect answers at once
 # How long after its last change a broken file may still be a write in progress: the
 # watcher waits at most this long for a writer's close (watch.MAX_DEFER) before it reads.
 SETTLE_NS = 1_000_000_000
@@ -233,7 +242,9 @@ class Store:
         if before is None:
             return None
         changed = max(before[1], before[3])
-        left = changed + self.settle_ns - now
+        # At most one window from now: a clock ahead of ours (NFS, touch -d) must not
+        # keep a broken file "in flux" for as long as the gap.
+        left = min(changed + self.settle_ns - now, self.settle_ns)
         if left <= 0:
             return None
         if _writer_holds(ns_fd) is False:
@@ -308,6 +319,11 @@ class Store:
                 if pid is not None and pid_alive(pid):
                     raise PluginRunningError(
                         f"plugin {name!r} is running (run/{PID_FILE} names a live process)"
+                    )
+                if _socket_accepts(ns_fd):
+                    raise PluginRunningError(
+                        f"plugin {name!r} accepts connections on sockets/{SOCKET_NAME}; "
+                        "stop it before purging its data"
                     )
             assert root.fd is not None
             try:
@@ -444,4 +460,21 @@ def _exists(dir_fd: int, name: str) -> bool:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
+    return True
+
+
+def _socket_accepts(ns_fd: int) -> bool:
+    """Whether something accepts on the namespace's ``sockets/api.sock`` right now.
+
+    Asked at purge time, under the name's lock, of the socket itself (a plugin that
+    writes no pid file is known alive only this way): a connect to a Unix socket
+    answers at once, so the check costs nothing and never rests on an old probe.
+    """
+    try:
+        with opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd:
+            connect_unix_at(sockets_fd, SOCKET_NAME, PURGE_CONNECT_TIMEOUT).close()
+    except TimeoutError:
+        return True  # a listener whose backlog is full is still a listener
+    except (OSError, UnsafePathError):
+        return False  # no socket, a stale one (refused), or a link we never follow
     return True

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from hecated.core.errors import HecateError, NotFoundError, UnsafePathError
-from hecated.core.files import open_dir, open_root, opened
-from hecated.core.layout import SOCKET_NAME, Layout
+from hecated.core.files import connect_unix_at, open_dir, open_root, opened
+from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, Layout
 from hecated.http.streams import ABORT_KEY, BUSY_KEY, ON_CLOSE_KEY, PREFIX, ForwardSettings
 from hecated.protocol import Code, Peer
 
@@ -190,13 +190,9 @@ class Forwarder:
             with (
                 opened(open_root(self.layout.root, create=False)) as root_fd,
                 opened(open_dir(root_fd, namespace)) as ns_fd,
-                opened(open_dir(ns_fd, "sockets")) as sockets_fd,
+                opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd,
             ):
-                st = os.stat(SOCKET_NAME, dir_fd=sockets_fd, follow_symlinks=False)
-                if not stat.S_ISSOCK(st.st_mode):
-                    what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a socket"
-                    raise UnsafePathError(f"{namespace}/sockets/{SOCKET_NAME} is {what}")
-                return self._connect_at(sockets_fd)
+                return connect_unix_at(sockets_fd, SOCKET_NAME, self.settings.first_byte_timeout)
         except UnsafePathError as exc:
             raise PluginUnreachableError(f"plugin {namespace!r} refused: {exc.message}") from None
         except FileNotFoundError:
@@ -207,17 +203,6 @@ class Forwarder:
             raise PluginUnreachableError(
                 f"plugin {namespace!r} is not answering: {exc.strerror or exc}"
             ) from None
-
-    def _connect_at(self, sockets_fd: int) -> socket.socket:
-        """Connect through the directory fd: the path cannot be redirected under us."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.settings.first_byte_timeout)
-        try:
-            sock.connect(f"/proc/self/fd/{sockets_fd}/{SOCKET_NAME}")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     # -- the request -----------------------------------------------------------------------
 
