@@ -58,6 +58,7 @@ NAME = "hecate-exampled"
 VERSION = "0.1.0"
 DESCRIPTION = "Example plugin daemon for Hecate"
 ICON = "\N{TEST TUBE}"
+DRAIN_MAX = 64 * 1024  # bytes of a refused request body read before answering
 log = logging.getLogger(NAME)
 
 
@@ -176,6 +177,17 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def _refuse(self) -> None:
+        # Read the body the client is sending first: answering and closing on an unread
+        # body resets the connection under a client still sending it, which then gets
+        # a broken pipe instead of this 405 (what hecated's lingering close avoids too).
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= DRAIN_MAX:
+            self.rfile.read(length)
+        else:
+            self.close_connection = True
         self._json(405, {"ok": False, "error": "method_not_allowed"}, allow="GET, HEAD")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
