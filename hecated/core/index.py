@@ -286,13 +286,7 @@ class Index:
             old = self._plugins.get(name)
             if old == plugin:
                 return None
-            if plugin is None:
-                del self._plugins[name]
-            else:
-                self._plugins[name] = plugin
-            self._seq += 1
-            change = Change(self._seq, name, entry, None if plugin is None else live)
-            self._changed.notify_all()
+            change = self._put_locked(name, plugin, entry, live)
         if entry is not None and entry.error is not None:
             if old is None or old.entry != entry:
                 log.warning("plugin %s is invalid: %s", name, entry.error)
@@ -300,6 +294,18 @@ class Index:
             log.info("plugin %s is valid again", name)
         self._tell(change)
         return change
+
+    def _put_locked(
+        self, name: str, plugin: Plugin | None, entry: Entry | None, live: Liveness
+    ) -> Change:
+        """Store (or drop) ``name``'s plugin and number the change; under ``self._lock``."""
+        if plugin is None:
+            del self._plugins[name]
+        else:
+            self._plugins[name] = plugin
+        self._seq += 1
+        self._changed.notify_all()
+        return Change(self._seq, name, entry, None if plugin is None else live)
 
     def set_liveness(self, name: str, live: Liveness) -> Change | None:
         """Publish ``name``'s liveness; a change (new ``seq``) only when it differs.
@@ -320,14 +326,8 @@ class Index:
                 plugin = _plugin_of(name, None, live)
             if plugin is None and old is None:
                 return None
-            if plugin is None:
-                del self._plugins[name]
-            else:
-                self._plugins[name] = plugin
-            self._seq += 1
             entry = None if plugin is None or not plugin.registered else plugin.entry
-            change = Change(self._seq, name, entry, None if plugin is None else live)
-            self._changed.notify_all()
+            change = self._put_locked(name, plugin, entry, live)
         self._tell(change)
         return change
 
