@@ -5,10 +5,11 @@ What every plugin daemon does, in order:
 
 1. register with hecated through the SDK, every time it starts (re-registering
    updates the version and keeps the data), and take the paths it answers with;
-2. write ``run/daemon.pid`` -- its liveness is what makes the registry say
-   ``running`` -- and ``run/daemon.state``;
+2. write ``run/daemon.pid`` -- a live pid makes the registry say ``starting``
+   -- and ``run/daemon.state``;
 3. bind its own API on ``sockets/api.sock`` (mode 0600), the socket the
-   registry advertises to other plugins;
+   registry advertises to other plugins; its ``GET /health`` answering 2xx is
+   what makes the registry say ``running``;
 4. keep its data under the paths it was given (here a SQLite file in ``sqlite/``);
 5. on SIGTERM/SIGINT stop serving, remove its socket and pid file, and write
    state ``stopped``. (After a SIGKILL the pid file stays behind, but it names

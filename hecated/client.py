@@ -180,7 +180,8 @@ class PluginPaths:
 
     @property
     def pid_file(self) -> Path:
-        """The file whose live pid makes the registry say ``running``."""
+        """The file whose live pid makes the registry say ``starting`` (until the socket
+        answers ``GET /health``: ``running``)."""
         return self.run_dir / PID_FILE
 
     @property

@@ -14,6 +14,7 @@ service's mount namespace.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -88,6 +89,26 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
 RUN_SYSTEM = Path("/run/systemd/system")
 _RUNNING: list[UserManager] = []  # managers started and not yet stopped, in this process
 _MADE_RUN_SYSTEM: list[Path] = []  # RUN_SYSTEM, when a manager of ours made it
+# Managers started here all land in this process's cgroup: two processes' managers
+# (two suites, a suite and `make bench`) would stop each other's services. The
+# first manager of a process takes this lock and the last to stop releases it,
+# so such runs take turns instead of failing. bench/cold_start.py takes it too.
+MANAGER_LOCK = Path(os.environ.get("HECATE_MANAGER_LOCK", "/run/lock/hecated-user-manager.lock"))
+_LOCK_FD: list[int] = []
+
+
+def _hold_manager_lock() -> None:
+    if _LOCK_FD:
+        return
+    MANAGER_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(MANAGER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other process's managers to stop
+    _LOCK_FD.append(fd)
+
+
+def _release_manager_lock() -> None:
+    if _LOCK_FD:
+        os.close(_LOCK_FD.pop())  # closing the only fd drops the flock
 
 
 class UserManager:
@@ -119,6 +140,7 @@ class UserManager:
     def start(self) -> UserManager:
         # systemd --user wants to see a booted system; made here, removed by the last
         # manager of this process to stop, if it was not there before.
+        _hold_manager_lock()
         _RUNNING.append(self)
         if not RUN_SYSTEM.exists():
             RUN_SYSTEM.mkdir(parents=True)
@@ -228,6 +250,8 @@ class UserManager:
         if not _RUNNING and _MADE_RUN_SYSTEM:
             with contextlib.suppress(OSError):
                 _MADE_RUN_SYSTEM.pop().rmdir()
+        if not _RUNNING:
+            _release_manager_lock()
 
 
 # Where the service's output goes in the tests: no journald runs here, and a

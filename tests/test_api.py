@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
+from plugin_support import Plugin
 from werkzeug.test import Client
 
 from hecated import __version__
@@ -198,9 +200,13 @@ def test_health_says_how_each_plugin_is(client: Client, app: HecateApp) -> None:
     broken.mkdir()
     (broken / "plugin.toml").write_text('name = "broken"\n\nversion = [\n')
     app.registry.refresh("broken")
+    client.post("/api/plugins/register", json={"name": "live"})
+    with Plugin(app.layout.root / "live"):  # its socket answers /health: running
+        app.registry.refresh("live")
+        wait_for(lambda: client.get("/health").get_json()["plugins"]["live"] == "ok")
     plugins = client.get("/health").get_json()["plugins"]
     assert plugins["quiet"] == "stopped"
-    assert plugins["busy"] == "ok"
+    assert plugins["busy"] == "degraded"  # a live pid whose socket does not answer: starting
     assert plugins["broken"].startswith("invalid plugin.toml line 3: ")
     assert len(plugins["broken"]) <= 120
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon, short_tempdir, wait_for
+from plugin_support import Plugin
 from watch_support import write_rename_over
 
 from hecated.client import (
@@ -98,12 +99,16 @@ def test_list_get_health(client: HecateClient, daemon: Daemon) -> None:
     assert isinstance(health.raw["uptime_seconds"], int)  # on the wire too (hecate-tui)
 
 
-def test_status_follows_the_pid_file(client: HecateClient) -> None:
+def test_status_follows_the_pid_file_and_the_socket(client: HecateClient, daemon: Daemon) -> None:
     paths = client.register("hecate-traderd")
     paths.pid_file.write_text(f"{os.getpid()}\n")
-    # The daemon's watcher follows run/: a moment, not a probe per request.
-    info = wait_for(lambda: (i := client.get("hecate-traderd")).status == "running" and i)
-    assert (info.status, info.pid) == ("running", os.getpid())
+    # A live pid whose socket does not answer (there is none yet) is on its way up.
+    info = wait_for(lambda: (i := client.get("hecate-traderd")).status == "starting" and i)
+    assert (info.status, info.pid) == ("starting", os.getpid())
+    with Plugin(daemon.root / "hecate-traderd"):  # its socket answers: running
+        info = wait_for(lambda: (i := client.get("hecate-traderd")).status == "running" and i)
+        assert (info.status, info.pid) == ("running", os.getpid())
+    # Killed, its socket file left behind, and a pid file naming nobody: stopped.
     paths.pid_file.write_text("999999999\n")
     wait_for(lambda: client.get("hecate-traderd").status == "stopped")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, short_tempdir
+from conftest import Daemon, short_tempdir, wait_for
 from ctl_support import ctl
 from jsonschema import Draft202012Validator
 from plugin_support import Plugin
@@ -50,6 +50,12 @@ def until(daemon: Daemon, done: Callable[[Listing], Any], timeout: float = 20.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout} s: {listing}")
         since = int(headers["X-Hecate-Seq"])
+
+
+def detail_of(daemon: Daemon, name: str) -> dict[str, Any]:
+    status, _, body = daemon.request("GET", f"/api/plugins/{name}")
+    assert status == 200
+    return body
 
 
 def conforms(schema: str, value: Any) -> None:
@@ -260,6 +266,26 @@ def test_a_live_pid_whose_socket_accepts_nothing_yet_is_starting(live: Daemon) -
         proc.kill()
         proc.wait()
     until(live, status_is("hecate-app-slowd", "stopped"))  # the pidfd saw it go
+
+
+def test_a_live_pid_with_no_socket_is_starting_until_the_socket_answers(live: Daemon) -> None:
+    assert live.register("hecate-app-laterd", "1.0")[0] == 201
+    ns = live.root / "hecate-app-laterd"
+    waiting = subprocess.Popen(["sleep", "60"])  # a process that has not bound its socket yet
+    try:
+        (ns / "run" / "daemon.pid").write_text(f"{waiting.pid}\n")
+        until(live, status_is("hecate-app-laterd", "starting"))
+        _, _, detail = live.request("GET", "/api/plugins/hecate-app-laterd")
+        assert detail["pid"] == waiting.pid and "does not answer yet" in detail["reason"]
+        with Plugin(ns) as plugin:  # the socket answers now: running, with the pid file's pid
+            (ns / "run" / "daemon.pid").write_text(f"{plugin.proc.pid}\n")
+            until(live, status_is("hecate-app-laterd", "running"))
+            wait_for(lambda: detail_of(live, "hecate-app-laterd")["pid"] == plugin.proc.pid)
+            assert detail_of(live, "hecate-app-laterd")["status"] == "running"
+    finally:
+        waiting.kill()
+        waiting.wait()
+    until(live, status_is("hecate-app-laterd", "stopped"))
 
 
 def test_with_no_periodic_probes_the_sockets_watch_finds_a_plugin_and_its_going(

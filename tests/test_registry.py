@@ -22,7 +22,7 @@ from hecated.core.errors import (
     StillRegisteredError,
     UnsafePathError,
 )
-from hecated.core.index import INVALID, RUNNING, STOPPED, Registry
+from hecated.core.index import INVALID, STARTING, STOPPED, Registry
 from hecated.core.layout import SUBDIRS, Layout
 from hecated.core.store import pid_alive
 
@@ -172,7 +172,11 @@ def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Registry) -> None:
     assert (ns / f".plugin.toml.{files.OWNER}.abcd.tmp").exists()
 
 
-def test_status_running_and_stale_pid(registry: Registry) -> None:
+def test_a_live_pid_is_starting_until_its_socket_answers_and_a_stale_pid_is_stopped(
+    registry: Registry,
+) -> None:
+    # Only the plugin's socket says running (tests/test_liveness.py); its pid alone,
+    # with no socket looked at yet, is a process on its way up.
     registry.register("p", "1", "")
     run = registry.layout.namespace("p") / "run"
     proc = subprocess.Popen(["sleep", "30"])
@@ -181,7 +185,11 @@ def test_status_running_and_stale_pid(registry: Registry) -> None:
         (run / "daemon.state").write_text("syncing\n")
         registry.refresh("p")  # what the watcher does on run/ events
         plugin = registry.get("p")
-        assert (plugin.status, plugin.live.pid, plugin.live.state) == (RUNNING, proc.pid, "syncing")
+        assert (plugin.status, plugin.live.pid, plugin.live.state) == (
+            STARTING,
+            proc.pid,
+            "syncing",
+        )
     finally:
         proc.kill()
         proc.wait()

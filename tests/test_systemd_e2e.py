@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HECATED, wait_for
+from plugin_support import Plugin
 from systemd_support import UserManager, assert_no_tcp, freezable_exec_start, needs_user_manager
 
 pytestmark = [pytest.mark.slow, needs_user_manager]
@@ -106,20 +107,26 @@ def test_status_text_follows_the_registry(um: UserManager) -> None:
 
 
 def test_the_sandbox_still_sees_running_plugins(um: UserManager) -> None:
-    """ProtectProc=, PrivateUsers= and friends must not blind hecated to a plugin's pid."""
+    """ProtectProc=, PrivateUsers= and friends must not blind hecated to a plugin's pid,
+    nor keep it from its socket."""
     um.install()
     served(um)
     assert um.request("POST", "/api/plugins/register", {"name": "alpha"})[0] == 201
-    plugin = subprocess.Popen(["sleep", "60"])
+    ns = um.home / ".hecate" / "alpha"
+    waiting = subprocess.Popen(["sleep", "60"])
     try:
-        run = um.home / ".hecate" / "alpha" / "run"
-        (run / "daemon.pid").write_text(f"{plugin.pid}\n")
-        # Status follows run/ through the watcher (and a pidfd), not a probe per request.
-        wait_for(lambda: [p["status"] for p in served(um)] == ["running"])
-        wait_for(lambda: um.prop(SERVICE, "StatusText") == "1 plugin registered, 1 running")
+        # A live pid with no socket yet: starting (a pid the sandbox cannot see: stopped).
+        (ns / "run" / "daemon.pid").write_text(f"{waiting.pid}\n")
+        wait_for(lambda: [p["status"] for p in served(um)] == ["starting"])
+        with Plugin(ns) as plugin:  # its socket answers /health: running
+            (ns / "run" / "daemon.pid").write_text(f"{plugin.proc.pid}\n")
+            wait_for(lambda: um.request("GET", "/api/plugins/alpha")[2]["pid"] == plugin.proc.pid)
+            wait_for(lambda: [p["status"] for p in served(um)] == ["running"])
+            wait_for(lambda: um.prop(SERVICE, "StatusText") == "1 plugin registered, 1 running")
     finally:
-        plugin.kill()
-        plugin.wait()
+        waiting.kill()
+        waiting.wait()
+    # Killed: its socket file stays behind, its pid is gone (the pidfd tells): stopped.
     wait_for(lambda: [p["status"] for p in served(um)] == ["stopped"])
 
 

@@ -142,7 +142,8 @@ def test_namespace_created_renamed_deleted(home: Path) -> None:
         # The renamed directory's run/ is watched under its new name.
         (root / "beta" / "run" / "daemon.pid").write_text(str(os.getpid()))
         assert watcher.settle()
-        assert reg.get("beta").status == "running"
+        assert reg.get("beta").live.pid == os.getpid()
+        assert reg.get("beta").status == "starting"  # a live pid, no socket answering yet
         shutil.rmtree(root / "beta")
         assert watcher.settle()
         assert index_of(reg) == {}
@@ -199,7 +200,9 @@ def test_sqlite_and_reckon_trees_are_not_watched(home: Path) -> None:
         assert watcher.refresher.refreshes == before
 
 
-def test_pid_file_makes_running_and_exit_makes_stopped(home: Path) -> None:
+def test_pid_file_makes_starting_and_exit_makes_stopped(home: Path) -> None:
+    # A live pid with no socket answering is "starting" (only the socket says running,
+    # tests/test_liveness.py); what is tested here is that the watch and the pidfd see it.
     root = home / ".hecate"
     with watching(root) as (reg, watcher):
         ns = make_plugin(root, "alpha")
@@ -214,7 +217,8 @@ def test_pid_file_makes_running_and_exit_makes_stopped(home: Path) -> None:
             ]
         )
         try:
-            wait_for(lambda: reg.get("alpha").status == "running")
+            wait_for(lambda: reg.get("alpha").live.pid == proc.pid)
+            assert reg.get("alpha").status == "starting"
             wait_for(lambda: reg.get("alpha").live.state == "serving")
             seq = reg.seq
             proc.kill()
@@ -426,10 +430,10 @@ def test_hand_edits_visible_through_the_api(home: Path) -> None:
         assert detail["error"]["file"] == str(ns / "plugin.toml")
         write_in_place(ns / "plugin.toml", manifest_text("alpha", "4.0"))
         wait_for(lambda: plugins(daemon)["alpha"]["status"] == "stopped")
-        # A plugin process: pid file written -> running; killed -> stopped.
+        # A plugin process: pid file written -> starting (no socket); killed -> stopped.
         proc = subprocess.Popen(["sh", "-c", f"echo $$ > {ns}/run/daemon.pid; exec sleep 60"])
         try:
-            wait_for(lambda: plugins(daemon)["alpha"]["status"] == "running")
+            wait_for(lambda: plugins(daemon)["alpha"]["status"] == "starting")
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             wait_for(lambda: plugins(daemon)["alpha"]["status"] == "stopped")

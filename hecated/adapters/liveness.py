@@ -18,9 +18,9 @@ How the two combine (``combine``): a 2xx ``/health`` is ``running``; a socket
 that accepts and answers anything else, garbage, or nothing in time is
 ``unhealthy`` (the reason in ``detail``); no socket file, or one nothing
 accepts on (a crash's leftover), is ``stopped`` -- or ``starting`` when
-``run/daemon.pid`` names a live process. A plugin that keeps only a pid file
-and has no socket file at all (the spec's older model) stays ``running``
-while its pid lives, as before.
+``run/daemon.pid`` names a live process: only the socket's own answer says
+``running``, so a plugin that keeps a pid file and has no socket yet (or the
+spec's older, socketless model) is ``starting`` while its pid lives.
 
 On a kernel without pidfds (before 5.3) the process watcher falls back to
 re-checking the tracked pids every ``fallback_interval`` seconds.
@@ -461,20 +461,28 @@ def _text(doc: dict, key: str, problems: list[str]) -> str | None:
 
 
 def combine(run: Liveness, found: Finding | None) -> Liveness:
-    """The status from the run dir's finding and the socket's (None: not probed yet)."""
+    """The status from the run dir's finding and the socket's (None: not probed yet).
+
+    Only the socket's own answer makes a plugin ``running``: a live pid whose socket
+    is missing, refuses, or has not been looked at yet is ``starting`` (issue 12).
+    """
     alive = run.status == RUNNING
     pid = run.pid if alive else None
-    if found is None:
-        return run
-    if found.kind == ANSWERING:
+    if found is not None and found.kind == ANSWERING:
         return Liveness(RUNNING, pid, run.state, None, found.manifest, answering=True)
-    if found.kind == REFUSING:
+    if found is not None and found.kind == REFUSING:
         return Liveness(UNHEALTHY, pid, run.state, found.detail, answering=True)
-    if alive and found.socket_file:
-        return Liveness(STARTING, pid, run.state, found.detail)
     if alive:
-        return run  # a plugin with a pid file and no socket at all: its pid is the sign
-    return Liveness(STOPPED, None, run.state, found.detail)
+        return Liveness(STARTING, pid, run.state, _not_answering(found))
+    return Liveness(STOPPED, None, run.state, found.detail if found else None)
+
+
+def _not_answering(found: Finding | None) -> str:
+    """Why a live process counts as ``starting``. Not probed yet and no socket file
+    read alike, so a fresh scan and a watched index agree on the words."""
+    if found is not None and found.detail:
+        return found.detail
+    return "its process runs; sockets/api.sock does not answer yet"
 
 
 class Prober:
@@ -532,14 +540,13 @@ class Prober:
     def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
         """The index refreshed ``name`` (it holds the name's lock): its liveness now.
 
-        A new or changed entry is also a reason to look at the socket again (the
-        manifest included); that look is queued, never made here.
+        Every refresh is a reason to look at the socket again (a pid file written or
+        removed is a plugin coming or going); a new or changed entry re-reads the
+        manifest too. That look is queued, never made here.
         """
         old = self.index.get(name)
-        if entry is None and (old is None or old.registered):
-            self.request(name)  # a namespace without plugin.toml may still answer
-        elif old is None or old.entry != entry:
-            self.request(name, manifest=True)
+        changed = entry is not None and (old is None or old.entry != entry)
+        self.request(name, manifest=changed)
         live = self.probe(name)
         self._track(name, live)
         return live

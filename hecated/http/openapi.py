@@ -84,9 +84,9 @@ SCHEMAS: dict[str, Any] = {
     "Status": {
         "type": "string",
         "enum": ["running", "starting", "unhealthy", "stopped", "invalid"],
-        "description": "running: sockets/api.sock answers GET /health with a 2xx (or, for a "
-        "plugin with no socket file, run/daemon.pid names a live process); starting: the pid "
-        "lives but the socket does not answer yet; unhealthy: the socket accepts but answers "
+        "description": "running: sockets/api.sock answers GET /health with a 2xx; starting: "
+        "run/daemon.pid names a live process whose socket does not answer (no socket file, "
+        "nothing accepting, or not probed yet); unhealthy: the socket accepts but answers "
         "something else, garbage, or nothing within 2 s (see reason); stopped: no socket, or "
         "nothing accepts on it; invalid: plugin.toml is not a valid entry. Probed off the "
         "request path on socket events, process exits, edits, and every probe_interval "
