@@ -1,17 +1,26 @@
 """What liveness probes cost: idle CPU with 100 live plugins, and list latency beside none.
 
-Usage: .venv/bin/python bench/liveness.py [--plugins 100] [--idle 30] [--requests 2000]
+Usage: .venv/bin/python bench/liveness.py [--plugins 100] [--idle 30] [--rounds 20]
+(also the "liveness" section of ``make bench``, bench/run.py).
 
-1. A hecated on its own HOME with ``--plugins`` registered plugins, none live; the
-   latency of ``GET /api/plugins`` (raw socket, one connection per request, ``--requests``
-   requests; median and p99).
-2. One plugin process (tests/plugin_support.py) serving all of them on their
-   ``sockets/api.sock``; once every plugin is ``running``, hecated's CPU over ``--idle``
-   seconds at the default probe interval (utime + stime from ``/proc/PID/stat``), and
-   the same list latency again.
+Two hecated processes side by side, each on its own HOME with the same ``--plugins``
+registered plugins (names as the ecosystem spells them, ``hecate-app-pNNNd``):
 
-Goals (issue 12): idle CPU at most 1% of a core; the list with 100 live plugins at most
-1.2x the list with none. Everything started here is stopped by its pid.
+- **none live**: nothing serves their sockets (the baseline);
+- **all live**: one plugin process (tests/plugin_support.py, modelled on
+  hecate-traderd) serves every ``sockets/api.sock``, so each is ``running`` with its
+  manifest, probed every ``probe_interval`` (the default, 10 s).
+
+Measured in the same run, so that the machine's load falls on both alike:
+
+- idle CPU of each hecated over the same ``--idle`` seconds (utime + stime from
+  ``/proc/PID/stat``), once every live plugin shows its manifest;
+- ``GET /api/plugins`` latency (raw socket, a new connection per request, as
+  hecate-web asks): ``--rounds`` alternating rounds of ``--per-round`` requests to
+  each, so that drift in load cannot favour either; median and p99 of each.
+
+Goals (issue 12): idle CPU at most 1% of a core; the all-live list at most 1.2x the
+none-live list (medians). Everything started here is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -19,34 +28,43 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-HECATED = Path(sys.executable).parent / "hecated"
+sys.path.insert(0, str(HERE))
+
+from procs import Hecated, loadavg, median, percentile, remove, stop_pid, temp_home  # noqa: E402
+from rawhttp import Client, fetch  # noqa: E402
+
+from hecated.core.layout import SUBDIRS  # noqa: E402
+from hecated.core.manifest import Manifest, dumps  # noqa: E402
+
 PLUGIN = HERE.parent / "tests" / "plugin_support.py"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def ask(path: Path, target: str) -> tuple[int, bytes]:
-    """One GET with a raw socket, read to the end (hecated closes after Connection: close)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(os.fspath(path))
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+@dataclass
+class Result:
+    plugins: int
+    idle_seconds: float
+    cpu_none: float  # % of one core
+    cpu_live: float
+    none_p50: float  # ms
+    none_p99: float
+    live_p50: float
+    live_p99: float
+    samples: int  # per side
+    bytes_none: int  # list body sizes: the live one carries manifests
+    bytes_live: int
+
+    @property
+    def ratio(self) -> float:
+        return self.live_p50 / self.none_p50
 
 
 def cpu_seconds(pid: int) -> float:
@@ -55,85 +73,125 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
 
 
-def latency(path: Path, requests: int) -> tuple[float, float]:
-    """Median and p99 of ``GET /api/plugins`` in ms, after a short warm-up."""
-    for _ in range(50):
-        ask(path, "/api/plugins")
-    times = []
-    for _ in range(requests):
-        began = time.perf_counter()
-        status, _ = ask(path, "/api/plugins")
-        times.append((time.perf_counter() - began) * 1000)
-        assert status == 200
-    times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+def register_on_disk(home: Path, names: list[str]) -> None:
+    """The plugins as hecated itself writes them (no fsync: set-up, not the test)."""
+    root = home / ".hecate"
+    root.mkdir(mode=0o700, exist_ok=True)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for name in names:
+        ns = root / name
+        ns.mkdir(mode=0o700)
+        for sub in SUBDIRS:
+            (ns / sub).mkdir(mode=0o700)
+        manifest = Manifest(name=name, version="1.0.0", registered_at=now, updated_at=now)
+        (ns / "plugin.toml").write_bytes(dumps(manifest))
 
 
-def wait_until(predicate, timeout: float) -> None:
+def listing(daemon: Hecated) -> list[dict]:
+    return json.loads(fetch(daemon.socket, "/api/plugins"))
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    """Polls an end state (a bench, not a test: no event to wait on from outside)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise SystemExit("bench: the plugins did not all come up in time")
+            raise RuntimeError(f"bench: {what} not reached within {timeout} s")
         time.sleep(0.1)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def measure(plugins: int = 100, idle: float = 30.0, rounds: int = 20, per_round: int = 100):
+    """Both daemons, the plugin process, the idle window and the interleaved latency."""
+    names = [f"hecate-app-p{i:03d}d" for i in range(plugins)]
+    homes = [temp_home("hlv"), temp_home("hlv")]
+    daemons: list[Hecated] = []
+    server: subprocess.Popen | None = None
+    try:
+        for home in homes:
+            register_on_disk(home, names)
+            daemons.append(Hecated(home, None).start())
+        for d in daemons:
+            d.wait_answer()
+        none, live = daemons
+        namespaces = [str(live.home / ".hecate" / n) for n in names]
+        server = subprocess.Popen(
+            [sys.executable, str(PLUGIN), *namespaces], stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+        def all_live() -> bool:  # running, and each manifest read (the last step of a probe)
+            return sum(
+                p["status"] == "running" and p.get("display_name") is not None
+                for p in listing(live)
+            ) == len(names)
+
+        wait_until(all_live, 120, "every plugin running with its manifest")
+        before = [cpu_seconds(d.proc.pid) for d in daemons]
+        began = time.monotonic()
+        time.sleep(idle)  # the quantity measured is what hecated does while nobody asks
+        spent = time.monotonic() - began
+        cpu = [
+            (cpu_seconds(d.proc.pid) - b) / spent * 100
+            for d, b in zip(daemons, before, strict=True)
+        ]
+        samples: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for i, d in enumerate(daemons):
+                client = Client(d.socket, "/api/plugins", keep_alive=False)
+                samples[i] += [s * 1000 for s in client.run(per_round)]
+        return Result(
+            plugins=plugins,
+            idle_seconds=spent,
+            cpu_none=cpu[0],
+            cpu_live=cpu[1],
+            none_p50=median(samples[0]),
+            none_p99=percentile(samples[0], 0.99),
+            live_p50=median(samples[1]),
+            live_p99=percentile(samples[1], 0.99),
+            samples=len(samples[0]),
+            bytes_none=len(fetch(none.socket, "/api/plugins")),
+            bytes_live=len(fetch(live.socket, "/api/plugins")),
+        )
+    finally:
+        stop_pid(server)
+        for d in daemons:
+            d.stop()
+        for home in homes:
+            remove(home)
+
+
+def table(r: Result) -> str:
+    ok = "✅" if r.cpu_live <= 1.0 else "❌"
+    ok_ratio = "✅" if r.ratio <= 1.2 else "❌"
+    return (
+        "## Liveness probes (issue 12)\n\n"
+        f"Two hecated side by side, {r.plugins} registered plugins each; in one, a plugin "
+        "process (tests/plugin_support.py) serves every socket, so all are `running` with "
+        "their manifests and probed every 10 s (the default). Idle CPU over the same "
+        f"{r.idle_seconds:.0f} s; `GET /api/plugins` (new connection per request) in "
+        f"alternating rounds, {r.samples} requests each. `bench/liveness.py`.\n\n"
+        "| | none live (baseline) | all live | ratio | goal |\n|---|---|---|---|---|\n"
+        f"| idle CPU, % of a core | {r.cpu_none:.2f} | {r.cpu_live:.2f} | | ≤ 1 % {ok} |\n"
+        f"| list p50 | {r.none_p50:.3f} ms | {r.live_p50:.3f} ms | {r.ratio:.2f}x "
+        f"| ≤ 1.2x {ok_ratio} |\n"
+        f"| list p99 | {r.none_p99:.3f} ms | {r.live_p99:.3f} ms | "
+        f"{r.live_p99 / r.none_p99:.2f}x | |\n"
+        f"| list body | {r.bytes_none} B | {r.bytes_live} B | "
+        f"{r.bytes_live / r.bytes_none:.2f}x | |\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--plugins", type=int, default=100)
     parser.add_argument("--idle", type=float, default=30.0)
-    parser.add_argument("--requests", type=int, default=2000)
-    args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="hlb", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
-    env["HOME"] = str(home)
-    sock = home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
-    names = [f"hecate-app-p{i:03d}d" for i in range(args.plugins)]
-    daemon = subprocess.Popen([str(HECATED)], env=env, stderr=subprocess.DEVNULL)
-    plugins = None
-    try:
-        wait_until(lambda: sock.exists(), 15)
-        for name in names:
-            body = json.dumps({"name": name, "version": "1"}).encode()
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(os.fspath(sock))
-                s.sendall(
-                    b"POST /api/plugins/register HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                    b"Content-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                    + body
-                )
-                while s.recv(65536):
-                    pass
-        none_live = latency(sock, args.requests)
-
-        plugins = subprocess.Popen(
-            [sys.executable, str(PLUGIN), *(str(home / ".hecate" / n) for n in names)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert plugins.stdout is not None and plugins.stdout.readline().strip() == "ready"
-
-        def all_running() -> bool:
-            listing = json.loads(ask(sock, "/api/plugins")[1])
-            return sum(p["status"] == "running" for p in listing) == args.plugins
-
-        wait_until(all_running, 60)
-        time.sleep(1)  # let the manifests of the last ones settle before measuring idle
-        before, began = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(args.idle)
-        idle_cpu = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - began) * 100
-        all_live = latency(sock, args.requests)
-        print(f"plugins: {args.plugins}, probe interval: default (10 s), idle: {args.idle:.0f} s")
-        print(f"hecated idle CPU with all live: {idle_cpu:.2f}% of a core (goal <= 1%)")
-        for label, (median, p99) in (("none live", none_live), ("all live", all_live)):
-            print(f"GET /api/plugins, {label + ':':10} median {median:.3f} ms, p99 {p99:.3f} ms")
-        print(f"ratio of medians: {all_live[0] / none_live[0]:.2f}x (goal <= 1.2x)")
-    finally:
-        for proc in (plugins, daemon):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if proc is daemon else signal.SIGKILL)
-                proc.wait(15)
-        shutil.rmtree(home, ignore_errors=True)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=100)
+    args = parser.parse_args(argv)
+    load = loadavg()
+    result = measure(args.plugins, args.idle, args.rounds, args.per_round)
+    print(table(result))
+    print(f"_Load average at start {load}, at end {loadavg()}; unpinned._")
     return 0
 
 
