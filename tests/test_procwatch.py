@@ -9,7 +9,8 @@ import pytest
 from conftest import wait_for
 from watch_support import dead_pid
 
-from hecated.adapters.liveness import ProcessWatcher, pid_alive
+from hecated.adapters.procwatch import ProcessWatcher
+from hecated.core.store import pid_alive
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ into the index (``index.attach`` / ``index.set_liveness``). Two sources:
   done under the name's lock on every refresh), with a pidfd on every process
   seen alive, so an exit (a ``kill -9`` leaves no file event) is learnt at once;
 - the plugin's own socket, ``sockets/api.sock`` (issue 12): ``GET /health``,
-  and when it becomes reachable ``GET /manifest`` and ``GET /ui/component.js``.
+  and when it becomes reachable ``GET /manifest`` and ``GET /ui/component.js``
+  (``adapters/probe.py`` makes one such look).
   That is network I/O with a plugin that may never answer, so it never runs
   under a lock or on a request's thread: a small pool of probe threads takes
   names from a queue (at most one probe in flight per name), asked by socket
@@ -22,28 +23,29 @@ accepts on (a crash's leftover), is ``stopped`` -- or ``starting`` when
 ``running``, so a plugin that keeps a pid file and has no socket yet (or the
 spec's older, socketless model) is ``starting`` while its pid lives.
 
-On a kernel without pidfds (before 5.3) the process watcher falls back to
-re-checking the tracked pids every ``fallback_interval`` seconds.
+The pidfds are ``adapters/procwatch.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
-import json
 import logging
 import os
-import select
-import socket
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from hecated.adapters.probe import (
+    ABSENT,
+    ANSWERING,
+    PROBE_TIMEOUT,
+    REFUSING,
+    Finding,
+    open_plugin_socket,
+    probe_socket,
+)
+from hecated.adapters.procwatch import ProcessWatcher
 from hecated.core.errors import UnsafePathError
-from hecated.core.files import connect_unix_at, open_dir, opened, read_regular
+from hecated.core.files import open_dir, opened, read_regular
 from hecated.core.index import (
     RUNNING,
     STARTING,
@@ -51,179 +53,19 @@ from hecated.core.index import (
     UNHEALTHY,
     Entry,
     Index,
-    LiveManifest,
     Liveness,
 )
 from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, STATE_FILE
 from hecated.core.store import RUN_DIR, pid_alive, read_pid
 
-__all__ = [
-    "STATE_MAX",
-    "Finding",
-    "Prober",
-    "ProcessWatcher",
-    "combine",
-    "pid_alive",
-    "probe_run_dir",
-    "probe_socket",
-]
+__all__ = ["STATE_MAX", "Prober", "combine", "probe_run_dir"]
 
 STATE_MAX = 4096
 PROBE_INTERVAL = 10.0  # seconds between two probes of a plugin's socket (config: probe_interval)
-PROBE_TIMEOUT = 2.0  # one request to a plugin, connect to last byte (hecate-web's timeout too)
 PROBE_WORKERS = 4  # probe threads: a plugin that never answers ties up one of them, briefly
-BODY_MAX = 64 * 1024  # the most of an answer (a manifest) read from a plugin
-TEXT_MAX = 256  # the most of one manifest string kept
-MANIFEST_FIELDS = ("name", "version", "icon", "description", "tag")
 RETRIES = 5  # looks again at a socket refused just after it was bound (see _maybe_retry)
 
 log = logging.getLogger("hecated.adapters.liveness")
-
-
-class ProcessWatcher:
-    """Calls ``on_exit(key)`` once when the process tracked under ``key`` exits."""
-
-    def __init__(
-        self,
-        on_exit: Callable[[str], None],
-        alive: Callable[[int], bool],
-        fallback_interval: float = 2.0,
-    ) -> None:
-        self._on_exit = on_exit
-        self._alive = alive
-        self._fallback_interval = fallback_interval
-        self._lock = threading.Lock()
-        self._by_key: dict[str, tuple[int, int | None]] = {}  # key -> (pid, pidfd)
-        self._by_fd: dict[int, str] = {}
-        self._exited: list[str] = []
-        self._poll = select.poll()
-        self._wake_r = self._wake_w = -1  # made with the thread: an idle registry holds no fds
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._pidfds = hasattr(os, "pidfd_open")
-
-    def track(self, key: str, pid: int) -> None:
-        """Watch ``pid`` for ``key``; replaces whatever ``key`` tracked before."""
-        with self._lock:
-            if self._closed:
-                return
-            current = self._by_key.get(key)
-            if current is not None and current[0] == pid:
-                return
-            self._drop(key)
-            fd = self._open(pid)
-            if fd == -1:
-                # It died between the liveness check and now. Told from the thread,
-                # never from here: the caller may hold the lock on_exit needs.
-                self._exited.append(key)
-            else:
-                self._by_key[key] = (pid, fd)
-                if fd is not None:
-                    self._by_fd[fd] = key
-                    self._poll.register(fd, select.POLLIN)
-            self._start()
-        self._wake()
-
-    def untrack(self, key: str) -> None:
-        with self._lock:
-            self._drop(key)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for key in list(self._by_key):
-                self._drop(key)
-        self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        if self._wake_r != -1:
-            with contextlib.suppress(OSError):
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-
-    def tracked(self) -> dict[str, int]:
-        with self._lock:
-            return {key: pid for key, (pid, _fd) in self._by_key.items()}
-
-    # -- inside ------------------------------------------------------------------------
-
-    def _open(self, pid: int) -> int | None:
-        """A pidfd for ``pid``; -1 when it is already gone; None when pidfds are unavailable."""
-        if not self._pidfds:
-            return None
-        try:
-            return os.pidfd_open(pid)
-        except ProcessLookupError:
-            return -1
-        except OSError as exc:
-            if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
-                self._pidfds = False
-                log.info(
-                    "pidfd_open unavailable (%s); re-checking pids every %.0f s",
-                    exc,
-                    self._fallback_interval,
-                )
-                return None
-            raise
-
-    def _drop(self, key: str) -> None:
-        found = self._by_key.pop(key, None)
-        if found is None or found[1] is None:
-            return
-        fd = found[1]
-        self._by_fd.pop(fd, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._poll.unregister(fd)
-        os.close(fd)
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self._poll.register(self._wake_r, select.POLLIN)
-            self._thread = threading.Thread(target=self._run, name="hecated-procwatch", daemon=True)
-            self._thread.start()
-
-    def _wake(self) -> None:
-        if self._wake_w == -1:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                fallback = any(fd is None for _pid, fd in self._by_key.values())
-                pending = bool(self._exited)
-            timeout = int(self._fallback_interval * 1000) if fallback else None
-            if pending:
-                timeout = 0
-            ready = self._poll.poll(timeout)
-            with self._lock:
-                if self._closed:
-                    return
-                exited, self._exited = self._exited, []
-                for fd, _mask in ready:
-                    if fd == self._wake_r:
-                        with contextlib.suppress(OSError):
-                            while os.read(self._wake_r, 512):
-                                pass
-                        continue
-                    key = self._by_fd.get(fd)
-                    if key is not None:
-                        exited.append(key)
-                        self._drop(key)
-                if fallback:
-                    for key, (pid, fd) in list(self._by_key.items()):
-                        if fd is None and not self._alive(pid):
-                            exited.append(key)
-                            self._drop(key)
-            for key in exited:
-                try:
-                    self._on_exit(key)
-                except Exception:
-                    log.exception("refreshing %s after its process exited failed", key)
 
 
 def probe_run_dir(ns_fd: int) -> Liveness:
@@ -237,227 +79,6 @@ def probe_run_dir(ns_fd: int) -> Liveness:
     state = raw.decode("utf-8", "replace").strip() if raw else None
     alive = pid is not None and pid_alive(pid)
     return Liveness(RUNNING if alive else STOPPED, pid if alive else None, state)
-
-
-# -- the plugin's socket ------------------------------------------------------------------
-
-ANSWERING = "answering"  # GET /health answered 2xx
-REFUSING = "refusing"  # something accepts, but the answer is not a 2xx (or none came)
-ABSENT = "absent"  # no socket file, or nothing accepts on it
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What one probe of a plugin's socket found; ``socket_file`` tells a stale socket
-    (a crash's leftover) from none at all."""
-
-    kind: str
-    detail: str | None = None
-    manifest: LiveManifest | None = None
-    socket_file: bool = False
-
-
-class ProbeError(Exception):
-    """A request to a plugin did not get an HTTP answer; the message says why."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: bytes
-
-
-def open_plugin_socket(layout_open_namespace: Callable[[str], int], name: str) -> socket.socket:
-    """Connect to ``name``'s ``sockets/api.sock`` without following a link out of the tree.
-
-    The namespace and ``sockets/`` are opened through directory fds that refuse
-    symlinks, and ``files.connect_unix_at`` pins the socket's inode before it
-    connects, so nothing swapped in after the check is reached. Raises ``FileNotFoundError``
-    (no socket file), ``UnsafePathError`` (a link or a non-socket), or the
-    connect's ``OSError`` (``ECONNREFUSED``: nothing accepts on it).
-    """
-    with opened(layout_open_namespace(name)) as ns_fd, opened(open_dir(ns_fd, SOCKETS_DIR)) as fd:
-        return connect_unix_at(fd, SOCKET_NAME, PROBE_TIMEOUT)
-
-
-def exchange(sock: socket.socket, path: str, timeout: float, limit: int = BODY_MAX) -> Answer:
-    """One ``GET path`` on a connected socket, read to the end within ``timeout`` seconds.
-
-    Our own few lines of HTTP/1.1 (``Connection: close``) rather than a client
-    library, so the whole exchange, however slowly a plugin dribbles, is held
-    to one deadline and one size limit.
-    """
-    deadline = time.monotonic() + timeout
-    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    try:
-        sock.settimeout(timeout)
-        sock.sendall(request.encode())
-        raw = bytearray()
-        while len(raw) <= limit + 8192:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-            if _complete(raw):
-                break
-    except TimeoutError:
-        raise ProbeError(f"GET {path}: no answer within {timeout:g} s") from None
-    except OSError as exc:
-        raise ProbeError(f"GET {path}: {exc.strerror or exc}") from None
-    return _parse(path, bytes(raw), limit)
-
-
-def _complete(raw: bytearray) -> bool:
-    """The answer is whole by its Content-Length (a plugin that keeps the connection open)."""
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        return False
-    for line in bytes(raw[:end]).split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            try:
-                return len(raw) - end - 4 >= int(value)
-            except ValueError:
-                return False
-    return False
-
-
-class _Bytes:
-    """Just enough of a socket for ``http.client.HTTPResponse`` to parse bytes we read."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def makefile(self, *_args: object, **_kw: object) -> io.BytesIO:
-        return io.BytesIO(self._data)
-
-
-def _parse(path: str, raw: bytes, limit: int) -> Answer:
-    # Imported here, on a probe thread: http.client brings email and ssl, which the
-    # first answer (start-up imports this module) must not wait for.
-    import http.client
-
-    if not raw:
-        raise ProbeError(f"GET {path}: the connection closed without an answer")
-    response = http.client.HTTPResponse(_Bytes(raw))  # type: ignore[arg-type]
-    try:
-        response.begin()
-        body = response.read(limit + 1)
-    except (http.client.HTTPException, ValueError) as exc:
-        raise ProbeError(f"GET {path}: not an HTTP answer ({type(exc).__name__})") from None
-    if len(body) > limit:
-        raise ProbeError(f"GET {path}: the answer is over {limit} bytes")
-    return Answer(response.status, body)
-
-
-def _ask(connect: Callable[[], socket.socket], path: str, timeout: float) -> Answer:
-    with connect() as sock:
-        return exchange(sock, path, timeout)
-
-
-def probe_socket(
-    connect: Callable[[], socket.socket], namespace: str, timeout: float, manifest: bool
-) -> Finding:
-    """One look at a plugin's socket: ``/health``, and with ``manifest`` its manifest and UI."""
-    try:
-        sock = connect()
-    except FileNotFoundError:
-        return Finding(ABSENT)  # the plain case, no reason needed: it is not there
-    except UnsafePathError as exc:
-        return Finding(ABSENT, str(exc))
-    except TimeoutError:
-        return Finding(REFUSING, "connecting to sockets/api.sock timed out", socket_file=True)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        return Finding(ABSENT, f"nothing accepts on sockets/api.sock ({why})", socket_file=True)
-    try:
-        with sock:
-            health = exchange(sock, "/health", timeout)
-    except ProbeError as exc:
-        return Finding(REFUSING, str(exc), socket_file=True)
-    if not 200 <= health.status < 300:
-        return Finding(REFUSING, f"GET /health answered {health.status}", socket_file=True)
-    found = read_manifest(connect, namespace, timeout) if manifest else None
-    return Finding(ANSWERING, None, found, socket_file=True)
-
-
-def read_manifest(
-    connect: Callable[[], socket.socket], namespace: str, timeout: float
-) -> LiveManifest:
-    """``GET /manifest`` checked against the ecosystem's shape, and the UI module's presence."""
-    problems: list[str] = []
-    doc: dict = {}
-    try:
-        answer = _ask(connect, "/manifest", timeout)
-        if not 200 <= answer.status < 300:
-            problems.append(f"GET /manifest answered {answer.status}")
-        else:
-            doc = _json_object(answer.body, problems)
-    except (ProbeError, OSError, UnsafePathError) as exc:
-        problems.append(f"GET /manifest failed: {exc}")
-    fields = {key: _text(doc, key, problems) for key in (*MANIFEST_FIELDS, "display_name")}
-    if doc:
-        problems.extend(
-            f"the manifest has no {key!r}" for key in MANIFEST_FIELDS if not fields[key]
-        )
-    name = fields["name"]
-    if name and not name_fits(namespace, name):
-        problems.append(
-            f"the manifest's name {name!r} fits none of the conventions of the namespace "
-            f"{namespace!r} (hecate-app-{name}d, hecate-{name}d, or {namespace!r} itself)"
-        )
-    ui = False
-    try:
-        component = _ask(connect, "/ui/component.js", timeout)
-        ui = 200 <= component.status < 300
-        if not ui:
-            problems.append(
-                f"the UI will drop this plugin: GET /ui/component.js answered {component.status}"
-            )
-    except (ProbeError, OSError, UnsafePathError) as exc:
-        problems.append(f"the UI will drop this plugin: {exc}")
-    return LiveManifest(
-        name=name,
-        version=fields["version"],
-        description=fields["description"],
-        display_name=fields["display_name"] or name,
-        icon=fields["icon"],
-        tag=fields["tag"],
-        ui=ui,
-        problems=tuple(problems),
-    )
-
-
-def name_fits(namespace: str, name: str) -> bool:
-    """Real manifests use the short name: ``trader`` in ``hecate-traderd`` or
-    ``hecate-app-traderd``; the namespace's own name fits too."""
-    return namespace in (name, f"hecate-{name}d", f"hecate-app-{name}d")
-
-
-def _json_object(body: bytes, problems: list[str]) -> dict:
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        problems.append("GET /manifest did not answer JSON")
-        return {}
-    if not isinstance(doc, dict):
-        problems.append("GET /manifest did not answer a JSON object")
-        return {}
-    return doc
-
-
-def _text(doc: dict, key: str, problems: list[str]) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        problems.append(f"the manifest's {key!r} is not a string")
-        return None
-    return value[:TEXT_MAX] or None
 
 
 def combine(run: Liveness, found: Finding | None) -> Liveness:
