@@ -26,9 +26,11 @@ from hecated.adapters.systemd import (
     ListenFd,
     Notifier,
     Supervisor,
+    alias_fields,
     api_socket,
     journal_handler,
     listen_fds,
+    own_unit,
     stderr_is_journal,
 )
 from hecated.core.config import Config
@@ -52,14 +54,16 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def use_journal(journal_stream: str) -> bool:
+def use_journal(journal_stream: str, user_manager: bool = False) -> bool:
     """Structured records to journald, when stderr is the journal (``JOURNAL_STREAM``).
 
     Called once the first request is answered: until then records go to stderr,
     which systemd already feeds to the journal (only the fields are missing), and
     the first answer does not wait for ``systemd.journal`` to import.
     """
-    handler = journal_handler() if stderr_is_journal(journal_stream) else None
+    if not stderr_is_journal(journal_stream):
+        return False
+    handler = journal_handler(alias_fields(user_manager, own_unit()))
     if handler is None:
         return False
     logging.getLogger().handlers[:] = [handler]
@@ -378,7 +382,7 @@ class Lifecycle:
         waits for a listdir per namespace or for thousands of inotify watches (the
         watcher's own rescan covers edits made until then).
         """
-        use_journal(self.config.journal_stream)
+        use_journal(self.config.journal_stream, self.config.user_manager)
         threading.Thread(target=self._deferred_work, name="hecated-deferred", daemon=True).start()
 
     def _deferred_work(self) -> None:

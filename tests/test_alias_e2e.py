@@ -21,6 +21,8 @@ from conftest import HECATED, http_request, wait_for
 from ctl_support import EXAMPLED
 from systemd_support import UserManager, needs_user_manager
 
+from hecated.adapters.systemd import alias_fields, own_unit
+
 pytestmark = [pytest.mark.slow, needs_user_manager]
 
 PLUGIN = "hecate-exampled.service"
@@ -115,6 +117,16 @@ def test_plugin_unit_requiring_hecate_daemon_starts_after_hecated_is_ready(
     assert status == 200 and health["ok"] is True, plugin_log(um)
     status, _, entry = um.request("GET", "/api/plugins/hecate-exampled")
     assert status == 200 and entry["name"] == "hecate-exampled", entry
+
+    # journalctl -u does not resolve aliases: hecated's own journal records name the alias
+    # in USER_UNIT=, decided from what the manager gave its process (no journald here to
+    # read them back; tests/test_systemd.py checks the records' fields)
+    main_pid = um.prop("hecate.service", "MainPID")
+    environ = Path(f"/proc/{main_pid}/environ").read_bytes().split(b"\0")
+    cgroup = Path(f"/proc/{main_pid}/cgroup").read_text()
+    assert own_unit(cgroup) == "hecate.service", cgroup
+    user_manager = any(v.startswith(b"MANAGERPID=") for v in environ)
+    assert alias_fields(user_manager, own_unit(cgroup)) == {"USER_UNIT": ALIAS}
 
     status = um.systemctl("status", "hecate-daemon", "--no-pager", check=False)
     assert status.returncode == 0, status.stdout + status.stderr  # 0: active

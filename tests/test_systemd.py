@@ -35,8 +35,10 @@ from hecated.adapters.systemd import (
     ListenFd,
     Notifier,
     Supervisor,
+    alias_fields,
     api_socket,
     journal_fields,
+    own_unit,
     stderr_is_journal,
 )
 
@@ -101,6 +103,17 @@ def test_journal_fields_come_from_the_api_extras() -> None:
     }
     plain = logging.LogRecord("hecated", logging.INFO, __file__, 1, "x", (), None)
     assert journal_fields(plain) == {}
+
+
+def test_the_alias_is_named_only_for_the_users_hecate_service() -> None:
+    v2 = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/hecate.service\n"
+    v1 = "12:pids:/init.scope\n1:name=systemd:/init.scope/hecate.service\n0::/init.scope\n"
+    assert own_unit(v2) == "hecate.service"
+    assert own_unit(v1) == "hecate.service"  # v1's named hierarchy when v2's says nothing
+    assert own_unit("0::/user.slice/user-1000.slice/session-2.scope\n") is None
+    assert alias_fields(True, "hecate.service") == {"USER_UNIT": "hecate-daemon.service"}
+    assert alias_fields(False, "hecate.service") == {}  # the system manager: not ours to name
+    assert alias_fields(True, "other.service") == {}  # a packager's own unit name
 
 
 def test_stderr_is_journal_only_when_dev_and_inode_match() -> None:

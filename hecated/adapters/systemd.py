@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hecated.protocol import PRIMARY_NAME
+
 log = logging.getLogger("hecated.adapters.systemd")
 
 LISTEN_FDS_START = 3
@@ -266,8 +268,47 @@ def stderr_is_journal(journal_stream: str) -> bool:
         return False
 
 
-def journal_handler() -> logging.Handler | None:
-    """A handler that sends records to journald with structured fields, if we can."""
+SERVICE = "hecate.service"  # the shipped unit (tools/units.py); hecate-daemon.service aliases it
+ALIAS = f"{PRIMARY_NAME}.service"
+
+
+def own_unit(cgroup: str | None = None) -> str | None:
+    """The unit this process runs in, from ``/proc/self/cgroup`` (v2, or v1's name=systemd).
+
+    The last component of the cgroup path is the unit (``.../app.slice/hecate.service``);
+    anything else (a scope, a slice, no systemd) answers None.
+    """
+    if cgroup is None:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8") as fh:
+                cgroup = fh.read()
+        except OSError:
+            return None
+    paths = {}
+    for line in cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        paths[controllers] = path
+    for hierarchy in ("", "name=systemd"):  # v2 first; a hybrid host may track units in v1
+        unit = paths.get(hierarchy, "").rstrip("/").rpartition("/")[2]
+        if unit.endswith(".service"):
+            return unit
+    return None
+
+
+def alias_fields(user_manager: bool, unit: str | None) -> dict[str, str]:
+    """``USER_UNIT=hecate-daemon.service`` on our records, when we are the user's hecate.service.
+
+    ``journalctl --user -u hecate-daemon`` (the hecate CLI's ``logs``) matches
+    ``_SYSTEMD_USER_UNIT=`` or ``USER_UNIT=`` literally and does not resolve aliases,
+    so without this it shows nothing. ``-u hecate`` keeps working through the
+    trusted ``_SYSTEMD_USER_UNIT=hecate.service`` journald adds itself.
+    """
+    return {"USER_UNIT": ALIAS} if user_manager and unit == SERVICE else {}
+
+
+def journal_handler(extra: dict[str, str] | None = None) -> logging.Handler | None:
+    """A handler that sends records to journald with structured fields, if we can;
+    ``extra`` fields go on every record."""
     try:
         from systemd.journal import JournalHandler
     except ImportError:
@@ -282,7 +323,7 @@ def journal_handler() -> logging.Handler | None:
                 record = logging.makeLogRecord({**record.__dict__, **fields})
             super().emit(record)
 
-    return FieldsJournalHandler(SYSLOG_IDENTIFIER="hecated")
+    return FieldsJournalHandler(SYSLOG_IDENTIFIER="hecated", **(extra or {}))
 
 
 def journal_fields(record: logging.LogRecord) -> dict[str, str]:

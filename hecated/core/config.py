@@ -4,7 +4,7 @@ Mirrors the spec's ``{hecate, [{data_dir, "~/.hecate/hecate-daemon"}]}``: the
 primary's data dir is the one setting that places everything else.
 
 What the service manager tells us through the environment (``NOTIFY_SOCKET``,
-``WATCHDOG_USEC``/``WATCHDOG_PID``, ``JOURNAL_STREAM``) is read here too, once,
+``WATCHDOG_USEC``/``WATCHDOG_PID``, ``JOURNAL_STREAM``, ``MANAGERPID``) is read here too, once,
 so that no other module looks at ``os.environ`` for a setting. The one
 exception is ``LISTEN_FDS``: not a setting but a hand-over of file
 descriptors, which the systemd adapter takes (and clears) at start.
@@ -61,6 +61,7 @@ class Config:
     notify: bool = False  # NOTIFY_SOCKET is set: sd_notify has somewhere to go
     watchdog: float | None = None  # WatchdogSec= in seconds, when it is meant for us
     journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
+    user_manager: bool = False  # MANAGERPID is set: a systemd --user instance started us
     defer_at_most: float = DEFER_AT_MOST
     probe_interval: float = PROBE_INTERVAL  # 0: probe on events only (socket, pidfd, edits)
     forward_body_limit: int = FORWARD_BODY_LIMIT
@@ -169,6 +170,7 @@ def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) 
         notify=bool(env.get("NOTIFY_SOCKET")),
         watchdog=watchdog_timeout(env),
         journal_stream=env.get("JOURNAL_STREAM", ""),
+        user_manager=bool(env.get("MANAGERPID")),
     )
 
 
