@@ -189,21 +189,16 @@ class PluginPaths:
         return self.run_dir / STATE_FILE
 
 
-@dataclass(frozen=True)
-class PluginSummary:
-    """One row of ``GET /api/plugins``.
+@dataclass(frozen=True, kw_only=True)
+class LiveFields:
+    """What list rows and details both carry from the plugin itself (live data).
 
-    ``status`` is running, starting, unhealthy, stopped or invalid. ``registered``
-    False: a discovered plugin (its socket answers, it has no ``plugin.toml``).
-    ``display_name``, ``icon``, ``tag``, ``ui`` and ``problems`` come from the
-    plugin's own ``GET /manifest`` and ``GET /ui/component.js`` (live data).
+    ``registered`` False: a discovered plugin (its socket answers, it has no
+    ``plugin.toml``). ``display_name``, ``icon``, ``tag``, ``ui`` and ``problems``
+    come from the plugin's own ``GET /manifest`` and ``GET /ui/component.js``.
+    Defaults are what a daemon that predates them means.
     """
 
-    name: str
-    version: str | None
-    description: str | None
-    socket: str
-    status: str
     registered: bool = True
     display_name: str | None = None
     icon: str | None = None
@@ -211,6 +206,32 @@ class PluginSummary:
     ui: bool = False
     problems: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @staticmethod
+    def live_of(data: dict[str, Any]) -> dict[str, Any]:
+        """The live keys of a list row or detail, and the row itself as ``raw``."""
+        problems = data.get("problems")
+        return {
+            "registered": bool(data.get("registered", True)),
+            "display_name": data.get("display_name"),
+            "icon": data.get("icon"),
+            "tag": data.get("tag"),
+            "ui": bool(data.get("ui", False)),
+            "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
+            "raw": data,
+        }
+
+
+@dataclass(frozen=True)
+class PluginSummary(LiveFields):
+    """One row of ``GET /api/plugins``; ``status`` is running, starting, unhealthy,
+    stopped or invalid."""
+
+    name: str
+    version: str | None
+    description: str | None
+    socket: str
+    status: str
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PluginSummary:
@@ -220,22 +241,8 @@ class PluginSummary:
             data.get("description"),
             data.get("socket", ""),
             data.get("status", "unknown"),
-            raw=data,
-            **_live_fields(data),
+            **cls.live_of(data),
         )
-
-
-def _live_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """The live keys of a list row or detail; defaults for a daemon that predates them."""
-    problems = data.get("problems")
-    return {
-        "registered": bool(data.get("registered", True)),
-        "display_name": data.get("display_name"),
-        "icon": data.get("icon"),
-        "tag": data.get("tag"),
-        "ui": bool(data.get("ui", False)),
-        "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
-    }
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class ManifestProblem:
 
 
 @dataclass(frozen=True)
-class PluginInfo:
+class PluginInfo(LiveFields):
     """Everything ``GET /api/plugins/NAME`` says about one plugin."""
 
     name: str
@@ -268,14 +275,7 @@ class PluginInfo:
     pid: int | None
     state: str | None
     error: ManifestProblem | None
-    registered: bool = True
-    display_name: str | None = None
-    icon: str | None = None
-    tag: str | None = None
-    ui: bool = False
-    problems: tuple[str, ...] = ()
     reason: str | None = None  # why the status is what it is, when the probe said
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PluginInfo:
@@ -297,8 +297,7 @@ class PluginInfo:
             if not isinstance(err, dict)
             else ManifestProblem(err.get("file", ""), err.get("line"), err.get("message", "")),
             reason=data.get("reason"),
-            raw=data,
-            **_live_fields(data),
+            **cls.live_of(data),
         )
 
 
