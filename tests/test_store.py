@@ -13,7 +13,7 @@ from conftest import wait_for
 
 from hecated.adapters.liveness import Prober
 from hecated.core.errors import PluginRunningError
-from hecated.core.index import INVALID, RUNNING, STOPPED, Index, Liveness
+from hecated.core.index import INVALID, RUNNING, STARTING, STOPPED, Index, Liveness
 from hecated.core.layout import Layout
 from hecated.core.store import Root, Store
 
@@ -171,7 +171,7 @@ def test_set_liveness_changes_seq_only_on_a_real_change(index: Index) -> None:
     assert index.seq == seq + 1
 
 
-def test_a_running_plugin_appears_as_one_change(index: Index) -> None:
+def test_a_live_plugin_appears_as_one_change(index: Index) -> None:
     Prober(index)
     ns = index.layout.namespace("p")
     (ns / "run").mkdir(parents=True)
@@ -180,7 +180,9 @@ def test_a_running_plugin_appears_as_one_change(index: Index) -> None:
     seen: list = []
     index.subscribe(seen.append)
     index.refresh("p")
-    assert [(c.name, c.live.status) for c in seen] == [("p", RUNNING)]  # never "stopped" first
+    # Its live pid, with its socket not (yet) answering, is "starting" from the first
+    # change on: never "stopped" first.
+    assert [(c.name, c.live.status, c.live.pid) for c in seen] == [("p", STARTING, os.getpid())]
 
 
 def test_purge_refuses_a_running_plugin_without_any_adapter(index: Index) -> None:
