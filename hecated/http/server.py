@@ -455,6 +455,10 @@ class _HangUps:
         epoll.close()
 
 
+# Set on a forward thread while it runs a stream (see ``_Listener.pull_trigger``).
+_stream_thread = threading.local()
+
+
 class _Listener(UnixWSGIServer):
     """Waitress's Unix server on a socket it is given and never binds itself.
 
@@ -511,14 +515,22 @@ class _Listener(UnixWSGIServer):
         self.hangups.watch(channel._fileno, channel.hung_up)
 
     def _run_stream(self, channel: _Channel) -> None:
+        _stream_thread.quiet = True
         try:
             channel.service()
         except BaseException:
             log.exception("a forwarded request failed")
         finally:
+            _stream_thread.quiet = False
             with channel.hooks_lock:
                 channel.on_close = []
             self._stream_ended(channel)
+
+    def pull_trigger(self) -> None:
+        """Wake the loop; not from a stream's thread while it runs: the loop has nothing
+        of a detached connection to do until ``_stream_ended`` wakes it, once."""
+        if not getattr(_stream_thread, "quiet", False):
+            super().pull_trigger()
 
     def _stream_ended(self, channel: _Channel) -> None:
         with self.streams_lock:
