@@ -609,3 +609,28 @@ def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: 
         assert forwarder.pool._idle == {}
     finally:
         subprocess.run(["rm", "-rf", str(seen.parent)], check=False)
+
+
+def test_at_shutdown_open_streams_are_cut_and_both_ends_closed() -> None:
+    """A stream's connection is out of waitress's loop while it runs; stopping the daemon
+    still ends it: the client's stream is cut, the plugin's connection closed, exit 0."""
+    home = short_tempdir("hf")
+    seen = home / "seen"
+    daemon = Daemon(home).start()
+    plugin = Plugin(daemon.root, "hecate-app-stopd", seen)
+    try:
+        streams = [open_stream(daemon.socket, "/plugin/stop/hold") for _ in range(3)]
+        for _, resp in streams:
+            assert read_event(resp) == b": open\n\n"
+        assert daemon.stop() == 0
+        for conn, resp in streams:
+            with pytest.raises(http.client.IncompleteRead):  # cut, not completed
+                while resp.read1(4096):
+                    pass
+            conn.close()
+        wait_for(lambda: seen.read_text().count("closed after /hold") == 3)
+        assert "Traceback" not in daemon.log()
+    finally:
+        plugin.stop()
+        daemon.kill()
+        subprocess.run(["rm", "-rf", str(home)], check=False)

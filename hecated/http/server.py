@@ -583,8 +583,11 @@ class UnixServer:
         byte; connections idle for ``channel_timeout`` s are closed; a refused client
         still sending is read (and ignored) for at most ``linger_seconds`` s and
         ``linger_bytes`` bytes; ``close`` waits at most ``grace`` s for requests in
-        flight. With ``forward``, ``/plugin/...`` requests run on a thread each, at most
-        ``forward.max_streams`` at once, and may carry ``forward.body_limit`` bytes."""
+        flight. With ``forward``, ``/plugin/...`` requests run on reusable threads of
+        their own, at most ``forward.max_streams`` at once, and may carry
+        ``forward.body_limit`` bytes; their connections are out of waitress's loop (and
+        its ``max_connections`` count) while they run, so there may be up to
+        ``max_connections + forward.max_streams`` open at once."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
