@@ -4,18 +4,24 @@ open streams cost the registry.
 - ``GET /manifest`` forwarded through hecated beside the same request straight to the
   plugin's socket: same raw client (``rawhttp``), keep-alive on the client's side, one
   run, interleaved in rounds so a load spike hits both alike (goal: p50 <= 2x direct).
-- ``GET /api/plugins`` latency with 200 idle forwarded streams open beside none
-  (goal <= 1.2x).
+- ``GET /api/plugins`` latency with 200 idle forwarded streams open beside none,
+  alternated in rounds (streams opened, then closed) in one run (goal <= 1.2x).
 - hecated's threads and RSS with none, 200 and 256 (the cap) streams open.
 
 The plugin is the tests' stdlib plugin (its own process, its own socket). Run:
-``.venv/bin/python bench/forward.py``; figures from a loaded machine are indicative.
+``.venv/bin/python bench/forward.py`` (``--runs N``, ``--out FILE``): several runs, each
+with its own daemon and plugin, unpinned; the table (date, load average, runs, the
+range of each figure over the runs) is written to ``docs/bench-forward.md``, and the
+raw figures of every run are printed as JSON. Figures from a loaded machine are
+indicative: compare the ratios, each measured against its baseline in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +41,7 @@ from rawhttp import Client, read_response  # noqa: E402
 from test_forward import PLUGIN  # noqa: E402
 
 HECATED = Path(sys.executable).parent / "hecated"
+LIST_ROUNDS = 4  # rounds of the registry list with no stream / 200 streams open
 
 
 def wait_for(predicate, timeout: float = 15.0) -> None:
@@ -140,10 +148,19 @@ def run(samples: int = 2000) -> dict:
         listing = Client(str(sock), "/api/plugins", True)
         listing.run(200)
         result["proc_0_streams"] = proc_status(daemon.pid)
-        idle = listing.run(samples)
+        # Alternate: none open, 200 open, none, ... so a load spike hits both alike.
+        idle: list[float] = []
+        busy: list[float] = []
+        for _ in range(LIST_ROUNDS):
+            listing.run(50)  # what closing the last round's streams left is done
+            idle += listing.run(samples // LIST_ROUNDS)
+            streams = open_streams(sock, "/plugin/bench/hold", 200)
+            listing.run(50)
+            busy += listing.run(samples // LIST_ROUNDS)
+            result["proc_200_streams"] = proc_status(daemon.pid)
+            for s in streams:
+                s.close()
         streams = open_streams(sock, "/plugin/bench/hold", 200)
-        result["proc_200_streams"] = proc_status(daemon.pid)
-        busy = listing.run(samples)
         more = open_streams(sock, "/plugin/bench/hold", 56)
         result["proc_256_streams"] = proc_status(daemon.pid)
         with socket.socket(socket.AF_UNIX) as s:  # the 257th
@@ -166,5 +183,150 @@ def run(samples: int = 2000) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# -- the table ------------------------------------------------------------------------------
+
+GOALS = {"manifest_p50_ratio": 2.0, "list_p50_ratio": 1.2}
+
+
+def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """``median (min-max)`` over the runs."""
+    lo, mid, hi = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f}{unit} ({lo:.{digits}f} to {hi:.{digits}f})"
+
+
+def loadavg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            # The checkout whose .venv runs the hecated measured (maybe not this one).
+            ["git", "-C", str(HECATED.parent.parent.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(runs: list[dict], samples: int, load_before: str, load_after: str) -> str:
+    """The runs as markdown: each figure's median over the runs and its range."""
+
+    def col(*keys: str) -> list[float]:
+        out = []
+        for r in runs:
+            value: object = r
+            for key in keys:
+                value = value[key]  # type: ignore[index]
+            out.append(float(value))  # type: ignore[arg-type]
+        return out
+
+    def verdict(key: str) -> str:
+        worst = max(col(key))
+        best = min(col(key))
+        goal = GOALS[key]
+        if worst <= goal:
+            return f"goal ≤ {goal}x: met in every run ✅"
+        if best <= goal:
+            return f"goal ≤ {goal}x: met in some runs only ⚠️"
+        return f"goal ≤ {goal}x: not met ❌"
+
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Forwarding /plugin/{name}/… (issue 14)",
+        "",
+        f"_Generated by `bench/forward.py` on {when}; commit {commit()}, {platform.node()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; {len(runs)} runs of "
+        f"{samples} requests per figure, unpinned; load average {load_before} at the start, "
+        f"{load_after} at the end. Each cell: median over the runs (min-max). The machine "
+        "is shared: compare the ratios, each measured against its baseline in the same run._",
+        "",
+        "## Forwarded `GET /manifest` beside the same request straight to the plugin",
+        "",
+        "Same raw keep-alive client, interleaved in rounds of 100 in one run.",
+        "",
+        "| | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for label, key in [
+        ("direct to the plugin's socket", "manifest_direct"),
+        ("through hecated", "manifest_forwarded"),
+    ]:
+        lines.append(
+            f"| {label} | {spread(col(key, 'p50_ms'), digits=3)} | "
+            f"{spread(col(key, 'p90_ms'), digits=3)} | {spread(col(key, 'p99_ms'), digits=3)} |"
+        )
+    lines += [
+        "",
+        f"p50 ratio, forwarded / direct: **{spread(col('manifest_p50_ratio'), 'x')}**; "
+        + verdict("manifest_p50_ratio"),
+        "",
+        "## Registry `GET /api/plugins` with 200 idle forwarded streams open",
+        "",
+        f"One keep-alive client; {LIST_ROUNDS} rounds of: none open, then 200 opened "
+        "(each has its first event), then closed.",
+        "",
+        "| streams open | p50 ms | p90 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for label, key in [("none", "list_no_streams"), ("200", "list_200_streams")]:
+        lines.append(
+            f"| {label} | {spread(col(key, 'p50_ms'), digits=3)} | "
+            f"{spread(col(key, 'p90_ms'), digits=3)} | {spread(col(key, 'p99_ms'), digits=3)} |"
+        )
+    lines += [
+        "",
+        f"p50 ratio, 200 streams / none: **{spread(col('list_p50_ratio'), 'x')}**; "
+        + verdict("list_p50_ratio"),
+        "",
+        "## What open streams cost hecated",
+        "",
+        "| streams open | threads | RSS MiB |",
+        "|---|---|---|",
+    ]
+    for label, key in [
+        ("0", "proc_0_streams"),
+        ("200", "proc_200_streams"),
+        ("256 (the cap)", "proc_256_streams"),
+    ]:
+        rss = [x / 1024 for x in col(key, "VmRSS")]
+        lines.append(
+            f"| {label} | {spread(col(key, 'Threads'), digits=0)} | {spread(rss, digits=1)} |"
+        )
+    statuses = sorted({r["stream_257_status"] for r in runs})
+    lines += [
+        "",
+        f"The 257th stream was answered {', '.join(map(str, statuses))} in every run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument(
+        "--out",
+        default=str(HERE.parent / "docs" / "bench-forward.md"),
+        help="where the markdown table goes ('-': printed only)",
+    )
+    args = parser.parse_args()
+    load_before = loadavg()
+    runs = []
+    for i in range(args.runs):
+        runs.append(run(args.samples))
+        print(json.dumps({"run": i + 1, **runs[-1]}), flush=True)
+    text = table(runs, args.samples, load_before, loadavg())
+    if args.out == "-":
+        print(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    main()

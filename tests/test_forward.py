@@ -111,6 +111,11 @@ PLUGIN = textwrap.dedent(
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any
 
+        def finish(self):  # a connection that carried a request closed: say which
+            super().finish()
+            if seen and getattr(self, "path", None):
+                seen.write(f"closed after {self.path}\n"); seen.flush()
+
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_UNIX
         daemon_threads = True
@@ -544,3 +549,88 @@ def test_a_kept_alive_connection_the_plugin_closed_is_replaced(world: Any) -> No
     assert status == 200 and dict(headers)["X-Plugin"] == "hecate-app-restartd"
     # A POST never goes over a kept connection: it reaches the new plugin too.
     assert request(daemon.socket, "POST", "/plugin/restart/echo", b"x")[0] == 201
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(world: Any) -> None:
+    """``nc -N``: the request, then shutdown(SHUT_WR). Only the sending side is shut; the
+    answer (a plain one, and a stream to its end) must still come back whole."""
+    daemon = world[0]
+    plugin = start(world, "hecate-app-halfd")
+    expected = request(plugin.socket, "GET", "/manifest")[2]
+    for path, go in [("/manifest", 0), ("/sse", 3)]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(daemon.socket))
+            s.settimeout(20)
+            s.sendall(f"GET /plugin/half{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            s.shutdown(socket.SHUT_WR)
+            for _ in range(go):
+                plugin.go()
+            data = b""
+            while piece := s.recv(65536):  # to EOF: hecated closes once it has answered
+                data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), data
+        if path == "/manifest":
+            assert body == expected
+        else:
+            assert b"data: event 3\n\n" in body and body.endswith(b"0\r\n\r\n"), body
+
+
+def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: Any) -> None:
+    """The pool's connection to a plugin is closed once idle past its bound, by hecated
+    itself: no later request to that plugin is needed to reap it."""
+    from werkzeug.test import Client
+
+    from hecated.core.index import Registry
+    from hecated.core.layout import Layout
+    from hecated.http.app import HecateApp
+    from hecated.http.forward import Forwarder
+    from hecated.http.streams import ForwardSettings
+    from hecated.protocol import PEER_ENVIRON_KEY, Peer
+
+    _, root, _ = world
+    seen = short_tempdir("hs") / "seen"
+    try:
+        plugin = start(world, "hecate-app-reapd", seen)
+        registry = Registry(Layout.at(root))
+        forwarder = Forwarder(registry, ForwardSettings(pool_idle=0.5))
+        app = HecateApp(registry, forward=forwarder)
+
+        def as_peer(environ: dict, start_response: Any) -> Any:
+            environ[PEER_ENVIRON_KEY] = Peer(os.getpid(), os.getuid(), os.getgid())
+            return app(environ, start_response)
+
+        resp = Client(as_peer).get(f"/plugin/{plugin.name}/manifest")
+        assert resp.status_code == 200 and json.loads(resp.get_data())["name"] == plugin.name
+        assert "closed after /manifest" not in seen.read_text()  # kept for the next one ...
+        assert sum(len(v) for v in forwarder.pool._idle.values()) == 1
+        # ... and closed by hecated once idle past the bound: the plugin reads EOF.
+        wait_for(lambda: "closed after /manifest" in seen.read_text())
+        assert forwarder.pool._idle == {}
+    finally:
+        subprocess.run(["rm", "-rf", str(seen.parent)], check=False)
+
+
+def test_at_shutdown_open_streams_are_cut_and_both_ends_closed() -> None:
+    """A stream's connection is out of waitress's loop while it runs; stopping the daemon
+    still ends it: the client's stream is cut, the plugin's connection closed, exit 0."""
+    home = short_tempdir("hf")
+    seen = home / "seen"
+    daemon = Daemon(home).start()
+    plugin = Plugin(daemon.root, "hecate-app-stopd", seen)
+    try:
+        streams = [open_stream(daemon.socket, "/plugin/stop/hold") for _ in range(3)]
+        for _, resp in streams:
+            assert read_event(resp) == b": open\n\n"
+        assert daemon.stop() == 0
+        for conn, resp in streams:
+            with pytest.raises(http.client.IncompleteRead):  # cut, not completed
+                while resp.read1(4096):
+                    pass
+            conn.close()
+        wait_for(lambda: seen.read_text().count("closed after /hold") == 3)
+        assert "Traceback" not in daemon.log()
+    finally:
+        plugin.stop()
+        daemon.kill()
+        subprocess.run(["rm", "-rf", str(home)], check=False)

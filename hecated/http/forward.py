@@ -157,7 +157,7 @@ class Forwarder:
         self.index = index
         self.layout = index.layout
         self.settings = settings or ForwardSettings()
-        self.pool = _Pool()
+        self.pool = _Pool(max_idle=self.settings.pool_idle)
 
     # -- where ---------------------------------------------------------------------------
 
@@ -308,25 +308,28 @@ class _Pool:
 
     A new connection per request costs a connect and, in many plugins, a thread:
     more than the request itself. A connection goes back here only after an answer
-    read to its end that did not say it closes; one idle longer than ``max_idle``
-    seconds is closed rather than reused (the plugin may have timed it out).
+    read to its end that did not say it closes. One idle for ``max_idle`` seconds
+    is closed by a reaper thread, whether or not another request comes (a plugin
+    must not hold a connection, and often a thread, for a client long gone); the
+    reaper runs only while the pool holds a connection.
     """
 
     def __init__(self, per_plugin: int = 8, max_idle: float = 30.0) -> None:
         self.per_plugin = per_plugin
         self.max_idle = max_idle
         self._idle: dict[str, list[tuple[float, _Connection]]] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._reaping = False
 
     def take(self, namespace: str) -> _Connection | None:
         now = time.monotonic()
         stale: list[_Connection] = []
         found = None
-        with self._lock:
+        with self._cond:
             idle = self._idle.get(namespace, [])
             while idle:
                 since, conn = idle.pop()
-                if now - since <= self.max_idle:
+                if now - since < self.max_idle:
                     found = conn
                     break
                 stale.append(conn)
@@ -335,12 +338,46 @@ class _Pool:
         return found
 
     def give(self, namespace: str, conn: _Connection) -> None:
-        with self._lock:
+        with self._cond:
             idle = self._idle.setdefault(namespace, [])
             if len(idle) < self.per_plugin:
                 idle.append((time.monotonic(), conn))
+                if not self._reaping:
+                    self._reaping = self._start_reaper()
                 return
         conn.discard()
+
+    def _start_reaper(self) -> bool:
+        thread = threading.Thread(target=self._reap, name="hecated-pool-reaper", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: ``take`` still drops stale ones
+            return False
+        return True
+
+    def _reap(self) -> None:
+        """Close connections idle past ``max_idle``; end once none is left."""
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                stale = [
+                    c for idle in self._idle.values() for t, c in idle if now - t >= self.max_idle
+                ]
+                for name in list(self._idle):
+                    kept = [(t, c) for t, c in self._idle[name] if now - t < self.max_idle]
+                    if kept:
+                        self._idle[name] = kept
+                    else:
+                        del self._idle[name]
+                oldest = min((t for idle in self._idle.values() for t, _ in idle), default=None)
+                if oldest is None and not stale:
+                    self._reaping = False
+                    return
+            for conn in stale:
+                conn.discard()
+            if oldest is not None:
+                with self._cond:
+                    self._cond.wait(max(0.0, oldest + self.max_idle - time.monotonic()))
 
 
 class _Relay:
@@ -367,7 +404,8 @@ class _Relay:
         status = f"{response.status} {response.reason or 'Unknown'}"
         try:
             write = start_response(status, response_headers(response.getheaders()))
-            write(b"")  # the headers now, not with the first piece of the body
+            if response.length is None:  # chunked or to EOF: a stream, maybe a slow one
+                write(b"")  # the headers now, not with its first piece
         except BaseException:
             self.close()
             raise

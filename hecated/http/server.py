@@ -25,6 +25,8 @@ import copy
 import errno
 import logging
 import os
+import queue
+import select
 import socket
 import stat
 import threading
@@ -35,7 +37,7 @@ from typing import Any
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import UnixWSGIServer
 from waitress.task import ErrorTask, WSGITask
@@ -67,6 +69,8 @@ REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last
 # reads the answer instead of a broken pipe; for at most this long and this much.
 LINGER_SECONDS = 10.0
 LINGER_BYTES = 64 * 1024 * 1024
+# How often the loop looks for requests past their deadline or lingering too long.
+OVERDUE_CHECK = 0.1
 
 
 class AlreadyRunningError(RuntimeError):
@@ -133,9 +137,10 @@ class _Parser(HTTPRequestParser):
 class _Task(WSGITask):
     """Waitress's WSGI task, plus the peer's credentials and sane values for a Unix socket.
 
-    A forwarded request's task flushes every write at once (waitress otherwise
-    holds small writes until 18 KB gather: an SSE event would wait), and may be
-    aborted: a plugin that dies mid-answer ends the client's stream without the
+    A forwarded request's task sends every write at once, from its own thread
+    (waitress otherwise holds small writes until 18 KB gather: an SSE event would
+    wait; and the connection is out of waitress's loop while the stream runs), and
+    may be aborted: a plugin that dies mid-answer ends the client's stream without the
     chunked terminator, so the client sees a cut answer, never a complete one.
     """
 
@@ -150,7 +155,7 @@ class _Task(WSGITask):
         if _is_stream(self.request) or getattr(self.request, "hecate_busy", False):
             environ[BUSY_KEY] = getattr(self.request, "hecate_busy", False)
             environ[ABORT_KEY] = self.abort
-            environ[ON_CLOSE_KEY] = self.channel.on_close.append
+            environ[ON_CLOSE_KEY] = self.channel.add_on_close
         return environ
 
     def abort(self) -> None:
@@ -160,11 +165,7 @@ class _Task(WSGITask):
     def write(self, data: bytes) -> None:
         super().write(data)
         if _is_stream(self.request):
-            channel = self.channel
-            with channel.outbuf_lock:
-                channel._flush_exception(channel._flush_some, do_close=False)
-            if channel.total_outbufs_len:
-                channel.server.pull_trigger()
+            self.channel.drain()
 
     def finish(self) -> None:
         if self.aborted and self.wrote_header:
@@ -212,28 +213,71 @@ class _Channel(HTTPChannel):
     linger_seconds = LINGER_SECONDS
     linger_bytes = LINGER_BYTES
 
+    # How long a forwarded stream's send may wait for a client that reads nothing.
+    drain_timeout: float | None = 300.0
+
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
         self.peer = Peer.of(sock)
+        # Forwarded requests of this connection being run (pipelining may queue a second
+        # one before the first's thread has let go): out of waitress's loop while > 0.
+        self.streaming = 0
         self.request_started = 0.0
         self.linger_on_close = False
         self.lingering_since: float | None = None
         self.linger_left = 0
         # What to run when the connection closes: a forwarded stream hangs up on its plugin.
         self.on_close: list[Callable[[], None]] = []
+        self.client_gone = False
+        self.hooks_lock = threading.Lock()
         super().__init__(server, sock, addr, adj, map)
 
     def handle_close(self) -> None:
-        hooks, self.on_close = self.on_close, []
+        self.hung_up()
+        super().handle_close()
+
+    def add_on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when the client goes away; at once if it has gone already."""
+        with self.hooks_lock:
+            if not self.client_gone:
+                self.on_close.append(hook)
+                return
+        hook()
+
+    def hung_up(self) -> None:
+        """The client closed its connection while a stream ran: hang up on its plugin."""
+        with self.hooks_lock:
+            self.client_gone = True
+            hooks, self.on_close = self.on_close, []
         for hook in hooks:
             hook()
-        super().handle_close()
+
+    def drain(self) -> None:
+        """Send what the task wrote, now, from the task's thread (a forwarded stream).
+
+        The connection is out of waitress's loop while its stream runs, so nothing
+        else sends it: wait for room in the socket when the client reads slowly, for
+        at most ``drain_timeout`` s; a client gone or that long silent ends the task.
+        """
+        fd = self.socket.fileno()
+        while True:
+            with self.outbuf_lock:
+                _, failed = self._flush_exception(self._flush_some, do_close=False)
+                left = self.total_outbufs_len
+            if failed:
+                raise ClientDisconnected
+            if not left:
+                return
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            wait = -1 if self.drain_timeout is None else int(self.drain_timeout * 1000)
+            events = poller.poll(wait)
+            if not events or events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self.will_close = True
+                raise ClientDisconnected
 
     # -- lingering close ----------------------------------------------------------------
 
     def handle_write(self) -> None:
-        if self.requests and self.total_outbufs_len and _is_stream(self.requests[0]):
-            # What a forwarded stream's flush left behind goes now, not at 18 KB.
-            self._flush_exception(self._flush_some_if_lockable)
         if self.lingering_since is not None:  # nothing left to send: only a forced close
             if self.will_close:
                 self.handle_close()
@@ -265,14 +309,6 @@ class _Channel(HTTPChannel):
     def readable(self) -> bool:
         if self.lingering_since is not None:
             return not self.will_close
-        if (
-            len(self.requests) == 1
-            and _is_stream(self.requests[0])
-            and not (self.will_close or self.close_when_flushed)
-        ):
-            # Waitress stops polling a connection while its request runs; a forwarded
-            # stream's client that hangs up must be seen, so its plugin is hung up on.
-            return True
         return super().readable()
 
     def handle_read(self) -> None:
@@ -320,37 +356,107 @@ class _Channel(HTTPChannel):
         return self.request is not None and now - self.last_activity < stall
 
 
-class _StreamJob:
-    """One forwarded request on a thread of its own; frees its place in the cap when done.
+class _StreamThreads:
+    """Reusable threads for forwarded requests, started on demand and kept a while.
 
-    A thread per forwarded request, started when it arrives and ended with it:
-    the cap (``forward_streams``) bounds how many run at once, and a daemon with
-    no stream open holds no thread for them (a pool started up front would hold
-    256 idle threads for ever).
+    A request is handed to an idle thread if there is one, else to a new one; so
+    there are never more threads than requests run at once (the cap,
+    ``forward_streams``, bounds those). A thread idle for ``keep`` seconds ends: a
+    daemon with no stream open soon holds no thread for them, and a burst of short
+    requests does not pay a thread's start (and the loop's wait for it) on each.
     """
 
-    def __init__(self, listener: _Listener, channel: _Channel) -> None:
-        self.listener = listener
-        self.channel = channel
+    def __init__(self, keep: float = 30.0) -> None:
+        self.keep = keep
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
 
-    def start(self) -> None:
-        thread = threading.Thread(target=self.service, name="hecated-forward", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread to be had: run on an API worker, as a refusal
-            self.listener.stream_done()
-            self.channel.requests[0].hecate_stream = False
-            self.channel.requests[0].hecate_busy = True
-            self.listener.task_dispatcher.add_task(self.channel)
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on an idle thread or a new one; RuntimeError: no thread to be had."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        thread = threading.Thread(target=self._work, args=(job,), name="hecated-forward")
+        thread.daemon = True
+        thread.start()
 
-    def service(self) -> None:
-        try:
-            self.channel.service()
-        except BaseException:
-            log.exception("a forwarded request failed")
-        finally:
-            self.channel.on_close = []
-            self.listener.stream_done()
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            with self._lock:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=self.keep)
+            except queue.Empty:
+                with self._lock:  # a job handed to us as we timed out is still ours
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
+class _HangUps:
+    """One thread that sees the clients of running streams hang up.
+
+    A stream's connection is out of waitress's loop (so 200 open streams cost the
+    loop nothing per turn); its thread is blocked reading the plugin. This thread
+    waits on all their sockets at once with epoll, registered for no event: only
+    EPOLLHUP/EPOLLERR are reported, which a Unix socket raises when its peer has
+    closed, not when it only shut its sending side (``nc -N``: that client still
+    gets its answer). The hook runs once, then the socket is forgotten.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._epoll: Any = None
+        self._closed = False
+
+    def watch(self, fd: int, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                threading.Thread(target=self._run, name="hecated-hangups", daemon=True).start()
+            self._hooks[fd] = hook
+            self._epoll.register(fd, 0)
+
+    def forget(self, fd: int) -> None:
+        with self._lock:
+            if self._hooks.pop(fd, None) is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def _run(self) -> None:
+        epoll = self._epoll
+        while not self._closed:
+            try:
+                events = epoll.poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                with self._lock:
+                    hook = self._hooks.pop(fd, None)
+                    if hook is not None:
+                        with contextlib.suppress(OSError, ValueError):
+                            epoll.unregister(fd)
+                if hook is not None:
+                    try:
+                        hook()
+                    except Exception:
+                        log.exception("hanging up on a plugin failed")
+        epoll.close()
+
+
+# Set on a forward thread while it runs a stream (see ``_Listener.pull_trigger``).
+_stream_thread = threading.local()
 
 
 class _Listener(UnixWSGIServer):
@@ -359,7 +465,10 @@ class _Listener(UnixWSGIServer):
     Forwarded requests (``/plugin/...``) run on threads of their own, up to the
     stream cap, so a plugin's long-lived stream never holds one of the registry
     API's workers; past the cap, the request runs on an API worker, which
-    answers ``503 busy`` at once.
+    answers ``503 busy`` at once. While a forwarded request runs, its connection
+    is out of waitress's loop: its thread sends the answer, ``_HangUps`` watches
+    for the client going away, and the loop takes the connection back after
+    (``reattach``), to read the next request or close it.
     """
 
     channel_class = _Channel
@@ -368,6 +477,9 @@ class _Listener(UnixWSGIServer):
     max_streams = 0
     streams_open = 0
     streams_lock = threading.Lock()
+    stream_threads: _StreamThreads
+    hangups: _HangUps
+    returning: list[_Channel]
 
     def add_task(self, channel: Any) -> None:
         request = channel.requests[0] if channel.requests else None
@@ -383,14 +495,67 @@ class _Listener(UnixWSGIServer):
                     self.streams_open += 1
             if room:
                 request.hecate_stream = True
-                _StreamJob(self, channel).start()
-                return
+                self._detach(channel)
+                try:
+                    self.stream_threads.submit(lambda: self._run_stream(channel))
+                    return
+                except RuntimeError:  # no thread to be had: an API worker refuses it
+                    self._stream_ended(channel)
+                    request.hecate_stream = False
             request.hecate_busy = True
         super().add_task(channel)
 
-    def stream_done(self) -> None:
+    def _detach(self, channel: _Channel) -> None:
+        """Out of the loop's map (it is walked every turn); its hang-up is watched."""
+        with self.streams_lock:
+            channel.streaming += 1
+            if channel.streaming > 1:
+                return
+            self._map.pop(channel._fileno, None)
+        self.hangups.watch(channel._fileno, channel.hung_up)
+
+    def _run_stream(self, channel: _Channel) -> None:
+        _stream_thread.quiet = True
+        try:
+            channel.service()
+        except BaseException:
+            log.exception("a forwarded request failed")
+        finally:
+            _stream_thread.quiet = False
+            with channel.hooks_lock:
+                channel.on_close = []
+            self._stream_ended(channel)
+
+    def pull_trigger(self) -> None:
+        """Wake the loop; not from a stream's thread while it runs: the loop has nothing
+        of a detached connection to do until ``_stream_ended`` wakes it, once."""
+        if not getattr(_stream_thread, "quiet", False):
+            super().pull_trigger()
+
+    def _stream_ended(self, channel: _Channel) -> None:
         with self.streams_lock:
             self.streams_open -= 1
+            channel.streaming -= 1
+            if channel.streaming:
+                return  # a pipelined forwarded request runs next, still out of the loop
+            self.hangups.forget(channel._fileno)
+            self.returning.append(channel)
+        self.pull_trigger()
+
+    def reattach(self) -> None:
+        """Give connections whose streams ended back to the loop (the loop's thread only)."""
+        if not self.returning:
+            return
+        with self.streams_lock:
+            back, self.returning = self.returning, []
+        for channel in back:
+            if channel.streaming == 0 and channel._fileno is not None:
+                channel.last_activity = time.time()
+                self._map[channel._fileno] = channel
+
+    def detached(self) -> list[_Channel]:
+        """Connections out of the loop now: their forwarded requests are running."""
+        return [c for c in self.active_channels.values() if c.streaming]
 
 
 class UnixServer:
@@ -418,8 +583,11 @@ class UnixServer:
         byte; connections idle for ``channel_timeout`` s are closed; a refused client
         still sending is read (and ignored) for at most ``linger_seconds`` s and
         ``linger_bytes`` bytes; ``close`` waits at most ``grace`` s for requests in
-        flight. With ``forward``, ``/plugin/...`` requests run on a thread each, at most
-        ``forward.max_streams`` at once, and may carry ``forward.body_limit`` bytes."""
+        flight. With ``forward``, ``/plugin/...`` requests run on reusable threads of
+        their own, at most ``forward.max_streams`` at once, and may carry
+        ``forward.body_limit`` bytes; their connections are out of waitress's loop (and
+        its ``max_connections`` count) while they run, so there may be up to
+        ``max_connections + forward.max_streams`` open at once."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = Adjustments(
@@ -454,7 +622,11 @@ class UnixServer:
             bounds["parser_class"] = type("_Parser", (_Parser,), {"stream_adj": stream_adj})
             self._server.streams = True
             self._server.max_streams = forward.max_streams
-            self._server.streams_lock = threading.Lock()
+            bounds["drain_timeout"] = forward.idle_timeout or None
+        self._server.streams_lock = threading.Lock()
+        self._server.stream_threads = _StreamThreads()
+        self._server.hangups = _HangUps()
+        self._server.returning = []
         self._server.channel_class = type("_Channel", (_Channel,), bounds)
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
@@ -473,16 +645,20 @@ class UnixServer:
         ``heartbeat`` is stamped on every turn, so a watchdog can tell a loop
         that turns from one that is stuck.
         """
+        next_check = 0.0
         while not self._stop:
             wasyncore.loop(timeout=self.poll_interval, map=self._map, use_poll=True, count=1)
-            self.heartbeat = time.monotonic()
-            self._drop_overdue(self.heartbeat)
+            self._server.reattach()
+            self.heartbeat = now = time.monotonic()
+            if now >= next_check:  # a walk over every connection: not on every turn
+                self._drop_overdue(now)
+                next_check = now + OVERDUE_CHECK
             if tick is not None and not self._stop:
                 tick()
 
     def _drop_overdue(self, now: float) -> None:
         for channel in list(self._server.active_channels.values()):
-            if channel.will_close:
+            if channel.will_close or channel.streaming:
                 continue
             if channel.overdue(now, self.request_deadline):
                 log.info("closing a connection whose request did not arrive in time")
@@ -513,15 +689,22 @@ class UnixServer:
         server.accepting = False
         wasyncore.dispatcher.close(server)  # the listener only; the channels go on
         deadline = time.monotonic() + self.grace
+        # A forwarded stream may never end by itself: it is cut at once (its plugin
+        # and its client hung up on), and its connection closed when back in the loop.
+        for channel in server.detached():
+            channel.will_close = True
+            channel.hung_up()
+            with contextlib.suppress(OSError):
+                channel.socket.shutdown(socket.SHUT_RDWR)
         while server.active_channels and time.monotonic() < deadline:
             now = time.time()  # waitress stamps channels with time.time()
             for channel in list(server.active_channels.values()):
-                # A forwarded stream may never end by itself: it is cut at once.
-                streaming = channel.requests and _is_stream(channel.requests[0])
-                if streaming or not channel.busy(now, STALLED_AFTER):
+                if not channel.streaming and not channel.busy(now, STALLED_AFTER):
                     channel.will_close = True
             wasyncore.loop(timeout=0.05, map=self._map, use_poll=True, count=1)
+            server.reattach()
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        server.hangups.close()
         wasyncore.close_all(self._map)
         if self.owned_path is not None:
             _unlink_if_ours(self.owned_path, self._owned_ino)

@@ -23,6 +23,9 @@ DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 DEFAULT_STREAMS = 256
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_FIRST_BYTE_TIMEOUT = 30.0  # hecate-web's own read timeout
+# A kept-alive connection to a plugin idle this long is closed (before most servers'
+# own keep-alive timeouts, so a kept one is seldom found closed).
+DEFAULT_POOL_IDLE = 30.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ForwardSettings:
     max_streams: int = DEFAULT_STREAMS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT
+    pool_idle: float = DEFAULT_POOL_IDLE
 
     @classmethod
     def from_config(cls, config: Any) -> ForwardSettings:
