@@ -261,3 +261,41 @@ def test_purge_asks_the_socket_itself_and_refuses_a_listener(tmp_path: Path) -> 
         listener.close()
     registry.purge("hecate-traderd")  # the socket file is stale now: refused, so not running
     assert not layout.namespace("hecate-traderd").exists()
+
+
+def test_rewriting_the_state_file_or_rescanning_asks_for_no_probe(home: Path) -> None:
+    """A socket is looked at again when the entry changes or a process comes or goes;
+    not for a state line rewritten in a loop, nor for each name of a rescan."""
+    asked: list[str] = []
+
+    class Counting(Prober):
+        def request(self, name: str, manifest: bool = False) -> None:
+            asked.append(name)
+            super().request(name, manifest)
+
+    layout = Layout.at(home / ".hecate")
+    layout.ensure_layout()
+    reg = Registry(layout)
+    Counting(reg)
+    try:
+        reg.register("p", "1", "")
+        assert asked == ["p"]  # a new entry
+        run = layout.namespace("p") / "run"
+        proc = subprocess.Popen(["sleep", "30"])
+        try:
+            (run / "daemon.pid").write_text(f"{proc.pid}\n")
+            reg.refresh("p")
+            assert asked == ["p", "p"]  # a process came
+            for i in range(50):
+                (run / "daemon.state").write_text(f"busy-{i}\n")
+                reg.refresh("p")
+            reg.scan()
+            assert asked == ["p", "p"]
+            assert reg.get("p").live.state == "busy-49"
+        finally:
+            proc.kill()
+            proc.wait()
+        wait_for(lambda: reg.get("p").status == STOPPED)  # the pidfd: it went
+        assert asked[2:] == ["p"]  # and that is a reason to look again
+    finally:
+        reg.close()

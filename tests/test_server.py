@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -441,3 +442,36 @@ def test_the_daemon_never_listens_on_tcp(home: Path) -> None:
             assert not ours & _table_inodes(table), f"hecated holds a {table} socket"
     finally:
         d.stop()
+
+
+def test_forward_threads_never_outnumber_the_stream_cap() -> None:
+    """A stream's slot is freed only once its thread is idle again, so the request that
+    slot lets in takes that thread instead of starting another (the cap bounds threads)."""
+    from hecated.http.server import _StreamThreads
+
+    cap, open_now, most = 4, [0], 0
+    lock = threading.Lock()
+    pool = _StreamThreads(keep=5)
+
+    def release() -> None:
+        with lock:
+            open_now[0] -= 1
+
+    def job() -> Callable[[], None]:
+        time.sleep(0.001)  # a short forwarded request
+        return release
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the gap shows
+    try:
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:  # as the loop admits them: only while under the cap
+            with lock:
+                room = open_now[0] < cap
+                open_now[0] += room
+            if room:
+                pool.submit(job)
+            most = max(most, sum(t.name == "hecated-forward" for t in threading.enumerate()))
+    finally:
+        sys.setswitchinterval(switch)
+    assert 1 <= most <= cap

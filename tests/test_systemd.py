@@ -111,6 +111,7 @@ def test_the_alias_is_named_only_for_the_users_hecate_service() -> None:
     assert own_unit(v2) == "hecate.service"
     assert own_unit(v1) == "hecate.service"  # v1's named hierarchy when v2's says nothing
     assert own_unit("0::/user.slice/user-1000.slice/session-2.scope\n") is None
+    assert own_unit("garbage\n0::/app.slice/hecate.service\n") == "hecate.service"
     assert alias_fields(True, "hecate.service") == {"USER_UNIT": "hecate-daemon.service"}
     assert alias_fields(False, "hecate.service") == {}  # the system manager: not ours to name
     assert alias_fields(True, "other.service") == {}  # a packager's own unit name

@@ -161,14 +161,21 @@ class Prober:
     def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
         """The index refreshed ``name`` (it holds the name's lock): its liveness now.
 
-        Every refresh is a reason to look at the socket again (a pid file written or
-        removed is a plugin coming or going); a new or changed entry re-reads the
-        manifest too. That look is queued, never made here.
+        A new or changed entry is a reason to look at the socket again (the manifest
+        included), and so is a process come or gone (the run dir's pid changed: a
+        plugin starting or stopping). A refresh that changes neither (a state line
+        rewritten, a rescan) asks nothing: a plugin rewriting its files in a loop,
+        or a rescan of 10,000 names, is no probe storm. That look is queued, never
+        made here.
         """
         old = self.index.get(name)
-        changed = entry is not None and (old is None or old.entry != entry)
-        self.request(name, manifest=changed)
         live = self.probe(name)
+        if entry is not None and (old is None or old.entry != entry):
+            self.request(name, manifest=True)
+        elif entry is None and (old is None or old.registered):
+            self.request(name)  # a namespace without plugin.toml may still answer
+        elif old is None or old.live.pid != live.pid:
+            self.request(name)
         self._track(name, live)
         return live
 

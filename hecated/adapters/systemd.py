@@ -286,8 +286,9 @@ def own_unit(cgroup: str | None = None) -> str | None:
             return None
     paths = {}
     for line in cgroup.splitlines():
-        _, controllers, path = line.split(":", 2)
-        paths[controllers] = path
+        parts = line.split(":", 2)
+        if len(parts) == 3:  # "ID:CONTROLLERS:PATH"; anything else is not ours to guess
+            paths[parts[1]] = parts[2]
     for hierarchy in ("", "name=systemd"):  # v2 first; a hybrid host may track units in v1
         unit = paths.get(hierarchy, "").rstrip("/").rpartition("/")[2]
         if unit.endswith(".service"):

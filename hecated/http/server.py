@@ -155,8 +155,21 @@ class _Task(WSGITask):
         if _is_stream(self.request) or getattr(self.request, "hecate_busy", False):
             environ[BUSY_KEY] = getattr(self.request, "hecate_busy", False)
             environ[ABORT_KEY] = self.abort
-            environ[ON_CLOSE_KEY] = self.channel.add_on_close
+            environ[ON_CLOSE_KEY] = self.add_on_close
         return environ
+
+    def add_on_close(self, hook: Callable[[], None]) -> None:
+        """The channel's hang-up hook, remembered as this task's: it goes with the task,
+        and a pipelined next task's own hooks stay."""
+        self.hooks.append(hook)
+        self.channel.add_on_close(hook)
+
+    def service(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+        try:
+            super().service()
+        finally:
+            self.channel.drop_on_close(self.hooks)
 
     def abort(self) -> None:
         """End the answer abruptly: close the connection after what was written."""
@@ -242,6 +255,12 @@ class _Channel(HTTPChannel):
                 self.on_close.append(hook)
                 return
         hook()
+
+    def drop_on_close(self, hooks: list[Callable[[], None]]) -> None:
+        """Forget ``hooks`` (a finished task's): the plugin they hang up on is done."""
+        if hooks:
+            with self.hooks_lock:
+                self.on_close = [h for h in self.on_close if h not in hooks]
 
     def hung_up(self) -> None:
         """The client closed its connection while a stream ran: hang up on its plugin."""
@@ -368,11 +387,11 @@ class _StreamThreads:
 
     def __init__(self, keep: float = 30.0) -> None:
         self.keep = keep
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], Callable[[], None] | None]] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], Callable[[], None] | None]) -> None:
         """Run ``job`` on an idle thread or a new one; RuntimeError: no thread to be had."""
         with self._lock:
             if self._idle:
@@ -383,11 +402,13 @@ class _StreamThreads:
         thread.daemon = True
         thread.start()
 
-    def _work(self, job: Callable[[], None]) -> None:
+    def _work(self, job: Callable[[], Callable[[], None] | None]) -> None:
         while True:
-            job()
+            after = job()
             with self._lock:
                 self._idle += 1
+            if after is not None:  # e.g. the stream's slot: freed once this thread is
+                after()  # idle, so the request it lets in never needs a new thread
             try:
                 job = self._jobs.get(timeout=self.keep)
             except queue.Empty:
@@ -418,11 +439,18 @@ class _HangUps:
 
     def watch(self, fd: int, hook: Callable[[], None]) -> None:
         with self._lock:
-            if self._epoll is None:
-                self._epoll = select.epoll()
-                threading.Thread(target=self._run, name="hecated-hangups", daemon=True).start()
-            self._hooks[fd] = hook
+            if self._epoll is None:  # set only once its thread runs: a failure is retried
+                epoll = select.epoll()
+                try:
+                    threading.Thread(
+                        target=self._run, args=(epoll,), name="hecated-hangups", daemon=True
+                    ).start()
+                except BaseException:
+                    epoll.close()
+                    raise
+                self._epoll = epoll
             self._epoll.register(fd, 0)
+            self._hooks[fd] = hook
 
     def forget(self, fd: int) -> None:
         with self._lock:
@@ -434,8 +462,7 @@ class _HangUps:
         with self._lock:
             self._closed = True
 
-    def _run(self) -> None:
-        epoll = self._epoll
+    def _run(self, epoll: Any) -> None:
         while not self._closed:
             try:
                 events = epoll.poll(1.0)
@@ -443,16 +470,26 @@ class _HangUps:
                 continue
             for fd, _ in events:
                 with self._lock:
-                    hook = self._hooks.pop(fd, None)
-                    if hook is not None:
-                        with contextlib.suppress(OSError, ValueError):
-                            epoll.unregister(fd)
+                    # Between the poll and the lock, the stream may have ended and its
+                    # fd number gone to a new connection's stream: ask the fd as it is now.
+                    if fd not in self._hooks or not _hung_up(fd):
+                        continue
+                    hook = self._hooks.pop(fd)
+                    with contextlib.suppress(OSError, ValueError):
+                        epoll.unregister(fd)
                 if hook is not None:
                     try:
                         hook()
                     except Exception:
                         log.exception("hanging up on a plugin failed")
         epoll.close()
+
+
+def _hung_up(fd: int) -> bool:
+    """Does ``fd``'s peer, now, have its connection closed (POLLHUP/POLLERR)?"""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poller.poll(0))
 
 
 # Set on a forward thread while it runs a stream (see ``_Listener.pull_trigger``).
@@ -476,6 +513,7 @@ class _Listener(UnixWSGIServer):
     streams = False  # forwarding is served
     max_streams = 0
     streams_open = 0
+    closed = False  # set by UnixServer.close before the trigger's fd is closed
     streams_lock = threading.Lock()
     stream_threads: _StreamThreads
     hangups: _HangUps
@@ -495,11 +533,14 @@ class _Listener(UnixWSGIServer):
                     self.streams_open += 1
             if room:
                 request.hecate_stream = True
-                self._detach(channel)
                 try:
+                    self._detach(channel)
                     self.stream_threads.submit(lambda: self._run_stream(channel))
                     return
-                except RuntimeError:  # no thread to be had: an API worker refuses it
+                except (RuntimeError, OSError, TypeError, ValueError) as exc:
+                    # No thread or no epoll to be had (out of fds), or a channel closed
+                    # meanwhile: undone, and an API worker refuses the request.
+                    log.warning("cannot run a forwarded request on its own: %s", exc)
                     self._stream_ended(channel)
                     request.hecate_stream = False
             request.hecate_busy = True
@@ -514,17 +555,19 @@ class _Listener(UnixWSGIServer):
             self._map.pop(channel._fileno, None)
         self.hangups.watch(channel._fileno, channel.hung_up)
 
-    def _run_stream(self, channel: _Channel) -> None:
+    def _run_stream(self, channel: _Channel) -> Callable[[], None]:
+        """Run the forwarded request; what to do once this thread is idle again: end it."""
         _stream_thread.quiet = True
         try:
+            channel.drain()  # an earlier pipelined answer still buffered goes out first
             channel.service()
+        except ClientDisconnected:
+            channel.will_close = True
         except BaseException:
             log.exception("a forwarded request failed")
         finally:
             _stream_thread.quiet = False
-            with channel.hooks_lock:
-                channel.on_close = []
-            self._stream_ended(channel)
+        return lambda: self._stream_ended(channel)
 
     def pull_trigger(self) -> None:
         """Wake the loop; not from a stream's thread while it runs: the loop has nothing
@@ -539,6 +582,8 @@ class _Listener(UnixWSGIServer):
             if channel.streaming:
                 return  # a pipelined forwarded request runs next, still out of the loop
             self.hangups.forget(channel._fileno)
+            if self.closed:  # the loop and its trigger are gone (the fd may be reused)
+                return
             self.returning.append(channel)
         self.pull_trigger()
 
@@ -551,6 +596,8 @@ class _Listener(UnixWSGIServer):
         for channel in back:
             if channel.streaming == 0 and channel._fileno is not None:
                 channel.last_activity = time.time()
+                if channel.request is not None:  # a pipelined request half read before
+                    channel.request_started = time.monotonic()  # the stream: its clock anew
                 self._map[channel._fileno] = channel
 
     def detached(self) -> list[_Channel]:
@@ -705,6 +752,8 @@ class UnixServer:
             server.reattach()
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         server.hangups.close()
+        with server.streams_lock:  # a stream still running past the grace never wakes
+            server.closed = True  # the loop again: its trigger's fd is closed next
         wasyncore.close_all(self._map)
         if self.owned_path is not None:
             _unlink_if_ours(self.owned_path, self._owned_ino)
