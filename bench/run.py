@@ -66,6 +66,10 @@ class Sizes:
     cold_rounds: int = 20
     edit_samples: int = 200
     watch_samples: int = 200
+    liveness_idle: float = 30.0  # seconds of idle CPU measured, 100 live plugins
+    liveness_rounds: int = 20  # alternating rounds of 100 list requests, none / all live
+    forward_runs: int = 3
+    forward_samples: int = 2000
     baselines: bool = True
 
     @classmethod
@@ -80,6 +84,10 @@ class Sizes:
             cold_rounds=0,
             edit_samples=0,
             watch_samples=0,
+            liveness_idle=0.5,
+            liveness_rounds=1,
+            forward_runs=1,
+            forward_samples=200,
             baselines=False,
         )
 
@@ -615,6 +623,28 @@ def section_scale(sizes: Sizes, work: Path) -> str:
     )
 
 
+# -- 6. liveness probes, 7. forwarding (their own scripts, one table each) -----------------
+
+
+def section_liveness(sizes: Sizes) -> str:
+    import liveness
+
+    plugins = sizes.warm_plugins
+    result = liveness.measure(plugins, sizes.liveness_idle, sizes.liveness_rounds, 100)
+    return liveness.table(result).replace("## Liveness", "## 6. Liveness", 1)
+
+
+def section_forwarding(sizes: Sizes) -> str:
+    import forward
+
+    load_before = loadavg()
+    runs = [forward.run(sizes.forward_samples) for _ in range(sizes.forward_runs)]
+    text = forward.table(runs, sizes.forward_samples, load_before, loadavg())
+    # bench/forward.py's own page, one level down: a section of this one.
+    text = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+    return text.replace("## Forwarding", "## 7. Forwarding", 1) + "\n"
+
+
 # -- the whole run ------------------------------------------------------------------------
 
 
@@ -625,6 +655,8 @@ SECTIONS: list[tuple[str, Callable]] = [
     ("registrations", section_registrations),
     ("visibility", section_visibility),
     ("scale", section_scale),
+    ("liveness", lambda sizes, work: section_liveness(sizes)),
+    ("forwarding", lambda sizes, work: section_forwarding(sizes)),
 ]
 
 

@@ -30,7 +30,7 @@ def test_bench_smoke_run_writes_every_table() -> None:
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
         text = out.read_text()
-        for title in ("## 0.", "## 2.", "## 3.", "## 5."):
+        for title in ("## 0.", "## 2.", "## 3.", "## 5.", "## 6. Liveness", "## 7. Forwarding"):
             assert title in text, text
         assert "Failed in this run" not in text
         assert "| waitress |" in text and "| 50 |" in text
@@ -38,7 +38,7 @@ def test_bench_smoke_run_writes_every_table() -> None:
         assert "list max of" in text and "list p99" not in text
         # Headline tables are unpinned, each with the load average it was measured under.
         assert "unpinned" in text and "**pinned**" not in text
-        assert text.count("_Load average (1 / 5 / 15 min) at this table's start") == 6, text
+        assert text.count("_Load average (1 / 5 / 15 min) at this table's start") == 8, text
         assert "nginx" not in proc.stderr  # smoke runs install and start no baseline
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
