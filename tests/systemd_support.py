@@ -100,15 +100,30 @@ _LOCK_FD: list[int] = []
 def _hold_manager_lock() -> None:
     if _LOCK_FD:
         return
+    inherited = _inherited_lock_fd()
+    if inherited is not None:  # `flock LOCK pytest ...`: the lock our parent took is ours
+        fcntl.flock(inherited, fcntl.LOCK_EX)
+        _LOCK_FD.append(-1)
+        return
     MANAGER_LOCK.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(MANAGER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other process's managers to stop
     _LOCK_FD.append(fd)
 
 
+def _inherited_lock_fd() -> int | None:
+    """An fd on the lock file we were started with (flock(1) passes its locked fd on):
+    locking the file anew would wait for ourselves."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == str(MANAGER_LOCK):
+                return int(name)
+    return None
+
+
 def _release_manager_lock() -> None:
-    if _LOCK_FD:
-        os.close(_LOCK_FD.pop())  # closing the only fd drops the flock
+    if _LOCK_FD and (fd := _LOCK_FD.pop()) >= 0:
+        os.close(fd)  # closing the only fd drops the flock (an inherited one is not ours)
 
 
 class UserManager:
