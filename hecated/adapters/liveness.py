@@ -141,6 +141,7 @@ class Prober:
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
         self._closed = False
+        self._held = False  # hold(): probes queue, none runs until release()
         self.probes = 0
         index.attach(self)
 
@@ -211,7 +212,8 @@ class Prober:
                 return
             self._queued[name] = manifest
             self._queue.append((name, manifest))
-            self._start_workers()
+            if not self._held:
+                self._start_workers()
             # All: the timer waits on this condition too, and a notify() it took would
             # leave the queued probe with no worker woken for it.
             self._cond.notify_all()
@@ -219,6 +221,21 @@ class Prober:
     def socket_changed(self, name: str) -> None:
         """The watcher saw ``sockets/api.sock`` come or go: probe, manifest included."""
         self.request(name, manifest=True)
+
+    def hold(self) -> None:
+        """Queue socket probes without running any until ``release``: the daemon's start
+        scan asks for one per name, and 10,000 probes racing that scan for the GIL cost
+        more than the scan itself. What a refresh reads (the run dir) is not held."""
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        """Run the probes queued since ``hold``, and any asked for later."""
+        with self._cond:
+            self._held = False
+            if self._queue and not self._closed:
+                self._start_workers()
+            self._cond.notify_all()
 
     def start(self) -> None:
         """Start the periodic probes (every ``interval`` seconds); the daemon calls it."""
@@ -282,7 +299,7 @@ class Prober:
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._queue)
+                self._cond.wait_for(lambda: self._closed or (self._queue and not self._held))
                 if self._closed:
                     return
                 name, manifest = self._queue.popleft()

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import logging
 import os
+import pickle
 import shutil
 import signal
 import threading
@@ -103,6 +104,31 @@ class Written:
     created: bool
 
 
+@dataclass
+class _Raw:
+    """One ``plugin.toml`` read but not parsed yet: its bytes and the file's identity
+    before and after the read (``ns_fd`` kept open only by single reads)."""
+
+    name: str
+    path: str
+    data: bytes
+    before: Key | None
+    after: Key | None
+    started: int
+    cached: bool
+    ns_fd: int | None = None
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """A parse that failed with something other than a ``ManifestError`` (a bug, never a file)."""
+
+    exc: Exception
+
+
+Parsed = Manifest | ManifestError | _Crash
+
+
 class Root:
     """The data root, opened once for a scan or per call, or absent (no tree yet).
 
@@ -158,6 +184,7 @@ class Store:
         self._written: dict[str, Written] = {}
         self._written_lock = threading.Lock()
         self.parses = 0  # parses of plugin.toml files (tests and the closing note count them)
+        self.parsed_in_child = 0  # of which a forked child did (read_all on a large tree)
 
     @contextlib.contextmanager
     def root(self) -> Iterator[Root]:
@@ -168,6 +195,36 @@ class Store:
 
     def read(self, name: str, root: Root, cached: bool = False) -> Found:
         """Read ``name``'s entry below ``root``; ``cached``: use the manifest cache (scans)."""
+        step = self._fetch(name, root, cached, keep_fd=True)
+        if isinstance(step, Found):
+            return step
+        try:
+            return self._finish(step, self._parse_raw(step), root)
+        finally:
+            if step.ns_fd is not None:
+                os.close(step.ns_fd)
+
+    def read_all(self, names: list[str], root: Root) -> dict[str, Found]:
+        """Every name's entry at once, the same as ``read(name, root, cached=True)`` each,
+        with the files read first and parsed together (in two processes when that pays).
+
+        For the start scan only: nothing is served and nobody writes through us yet,
+        so no name's lock needs holding between its read and its publication.
+        """
+        found: dict[str, Found] = {}
+        raws: list[_Raw] = []
+        for name in names:
+            step = self._fetch(name, root, cached=True, keep_fd=False)
+            if isinstance(step, Found):
+                found[name] = step
+            else:
+                raws.append(step)
+        for raw, parsed in zip(raws, self._parse_many(raws), strict=True):
+            found[raw.name] = self._finish(raw, parsed, root)
+        return {name: found[name] for name in names}
+
+    def _fetch(self, name: str, root: Root, cached: bool, keep_fd: bool) -> Found | _Raw:
+        """The I/O half of a read: a final ``Found``, or the bytes still to be parsed."""
         path = self.layout.manifest_str(name)
         try:
             ns_fd = root.namespace(name)
@@ -179,18 +236,22 @@ class Store:
             )
         except OSError as exc:
             return Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
-        with opened(ns_fd):
-            try:
-                return self._read_manifest(ns_fd, name, path, cached)
-            except ManifestError as exc:
-                return Found(Entry(name, error=exc))
-            except OSError as exc:
-                return Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
-            except Exception as exc:  # one strange file must never stop a scan or a start
-                log.exception("reading %s failed", path)
-                return Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
+        try:
+            step = self._fetch_manifest(ns_fd, name, path, cached)
+        except ManifestError as exc:
+            step = Found(Entry(name, error=exc))
+        except OSError as exc:
+            step = Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
+        except Exception as exc:  # one strange file must never stop a scan or a start
+            log.exception("reading %s failed", path)
+            step = Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
+        if keep_fd and isinstance(step, _Raw):
+            step.ns_fd = ns_fd
+        else:
+            os.close(ns_fd)
+        return step
 
-    def _read_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found:
+    def _fetch_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found | _Raw:
         before = _key(ns_fd)
         if cached:
             hit = self.cache.get(name, before)
@@ -206,29 +267,95 @@ class Store:
         after = _key(ns_fd)
         if data is None:
             return Found(None)
+        return _Raw(name, path, data, before, after, started, cached)
+
+    def _parse_raw(self, raw: _Raw) -> Parsed:
+        """``manifest.parse`` of the bytes read, its failure as a value (``_finish`` decides)."""
         try:
-            found = self._parse(name, data, before, path)
-        except ManifestError:
+            return self._parse(raw.name, raw.data, raw.before, raw.path)
+        except ManifestError as exc:
+            return exc
+        except Exception as exc:
+            return _Crash(exc)
+
+    def _parse_many(self, raws: list[_Raw]) -> list[Parsed]:
+        """``_parse_raw`` of each, the second part in a forked child when that pays.
+
+        Only a process holds a second core for pure-Python ``tomllib``. The child
+        sends back the manifests it parsed; a file it could not parse, or any
+        trouble with the child, is parsed here, so errors and their lines are
+        exactly those of a serial parse.
+        """
+        out: list[Parsed | None] = [None] * len(raws)
+        todo = []
+        for i, raw in enumerate(raws):
+            mine = self._mine(raw.name, raw.data, raw.before)
+            if mine is not None:
+                out[i] = mine
+            else:
+                todo.append(i)
+        split = len(todo) // 2 if _can_fork(len(todo)) else len(todo)
+        child = _ParseChild.start([raws[i] for i in todo[split:]]) if split < len(todo) else None
+        for i in todo[:split]:
+            out[i] = self._parse_raw(raws[i])
+        theirs = child.results() if child is not None else None
+        for n, i in enumerate(todo[split:]):
+            got = theirs[n] if theirs is not None else None
+            if got is None:
+                out[i] = self._parse_raw(raws[i])
+            else:
+                self.parses += 1
+                self.parsed_in_child += 1
+                out[i] = got
+        return out  # type: ignore[return-value]
+
+    def _finish(self, raw: _Raw, parsed: Parsed, root: Root) -> Found:
+        """What a parsed (or unparsable) file means for the index: the other half of a read."""
+        name, path, cached = raw.name, raw.path, raw.cached
+        if isinstance(parsed, Manifest):
             if cached:
-                self.cache.put(name, None, None, started)
-            reread = self._in_flux(ns_fd, before, after, started)
-            if reread is not None:
-                return Found(None, reread_in=reread)
-            raise
+                same = raw.before if raw.before == raw.after else None
+                self.cache.put(name, same, parsed, raw.started)
+            return Found(Entry(name, manifest=parsed))
+        if isinstance(parsed, _Crash):
+            log.error("reading %s failed", path, exc_info=parsed.exc)
+            return Found(Entry(name, error=ManifestError(path, f"cannot be read: {parsed.exc}")))
         if cached:
-            self.cache.put(name, before if before == after else None, found, started)
-        return Found(Entry(name, manifest=found))
+            self.cache.put(name, None, None, raw.started)
+        reread = self._in_flux_of(raw, root)
+        if reread is not None:
+            return Found(None, reread_in=reread)
+        return Found(Entry(name, error=parsed))
+
+    def _in_flux_of(self, raw: _Raw, root: Root) -> float | None:
+        if raw.ns_fd is not None:
+            return self._in_flux(raw.ns_fd, raw.before, raw.after, raw.started)
+        try:
+            ns_fd = root.namespace(raw.name)
+        except (OSError, UnsafePathError):  # gone or replaced since: the window alone decides
+            return self._in_flux(None, raw.before, raw.after, raw.started)
+        with opened(ns_fd):
+            return self._in_flux(ns_fd, raw.before, raw.after, raw.started)
 
     def _parse(self, name: str, data: bytes, key: Key | None, path: str) -> Manifest:
         """The manifest in ``data``; no parse when these are the very bytes we wrote."""
+        mine = self._mine(name, data, key)
+        if mine is not None:
+            return mine
+        self.parses += 1
+        return manifest.parse(data, name, path)
+
+    def _mine(self, name: str, data: bytes, key: Key | None) -> Manifest | None:
+        """The manifest we wrote, when ``data`` and ``key`` are still what we wrote."""
         with self._written_lock:
             mine = self._written.get(name)
         if mine is not None and key is not None and mine.key == key and mine.data == data:
             return mine.manifest
-        self.parses += 1
-        return manifest.parse(data, name, path)
+        return None
 
-    def _in_flux(self, ns_fd: int, before: Key | None, after: Key | None, now: int) -> float | None:
+    def _in_flux(
+        self, ns_fd: int | None, before: Key | None, after: Key | None, now: int
+    ) -> float | None:
         """Seconds until a broken file should be read again, or None: it is broken for real.
 
         In flux means: it changed while we read it, or it changed within the
@@ -247,7 +374,7 @@ class Store:
         left = min(changed + self.settle_ns - now, self.settle_ns)
         if left <= 0:
             return None
-        if _writer_holds(ns_fd) is False:
+        if ns_fd is not None and _writer_holds(ns_fd) is False:
             return None  # the writer closed it: this is what it wrote, broken or not
         return max(left, REREAD_MIN_NS) / 1e9
 
@@ -410,6 +537,91 @@ def read_pid(ns_fd: int) -> int | None:
         return int(raw.strip()) if raw else None
     except ValueError:
         return None
+
+
+# -- parsing in a second process -----------------------------------------------------------
+
+# Below this many files a fork costs more than half the parsing saves (~100 µs a file).
+PARALLEL_MIN = 1000
+
+
+def _can_fork(count: int) -> bool:
+    """A child pays only with a second CPU, enough files, and no other thread running
+    (a fork copies locks other threads may hold; the start scan runs before any)."""
+    return (
+        count >= PARALLEL_MIN
+        and len(os.sched_getaffinity(0)) >= 2
+        and threading.active_count() == 1
+        and hasattr(os, "fork")
+    )
+
+
+class _ParseChild:
+    """A forked child parsing some files while the parent parses the rest.
+
+    It sends back one pickled list: a ``Manifest`` per file it parsed, ``None``
+    where the file did not parse (the parent parses those itself, so what an
+    invalid file says is never the child's). Any failure of the child reads as
+    "nothing parsed": the parent then parses everything.
+    """
+
+    def __init__(self, pid: int, fd: int, count: int) -> None:
+        self.pid, self.fd, self.count = pid, fd, count
+
+    @classmethod
+    def start(cls, raws: list[_Raw]) -> _ParseChild | None:
+        try:
+            rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            return None
+        if pid == 0:  # pragma: no cover - the child; its output is checked by the parent
+            code = 1
+            try:
+                os.close(rfd)
+                out: list[Manifest | None] = []
+                for raw in raws:
+                    try:
+                        out.append(manifest.parse(raw.data, raw.name, raw.path))
+                    except Exception:
+                        out.append(None)
+                with os.fdopen(wfd, "wb") as pipe:
+                    pipe.write(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        return cls(pid, rfd, len(raws))
+
+    def results(self) -> list[Manifest | None] | None:
+        """The child's manifests, in order; None when it failed in any way."""
+        try:
+            with os.fdopen(self.fd, "rb") as pipe:
+                data = pipe.read()
+        except OSError:
+            data = b""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 1
+        if status != 0 or not data:
+            log.warning("the parsing child failed (status %d); parsing its part here", status)
+            return None
+        try:
+            out = pickle.loads(data)
+        except Exception:
+            log.exception("the parsing child's answer is unreadable; parsing its part here")
+            return None
+        if not isinstance(out, list) or len(out) != self.count:
+            return None
+        if not all(m is None or isinstance(m, Manifest) for m in out):
+            return None
+        return out
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""The start scan (``Index.scan(at_start=True)``): files read first, parsed in two processes,
+published name by name. Its list must be byte for byte the list a warm rescan and a
+one-by-one scan give, on a tree with valid, invalid and odd files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hecated.adapters.liveness import Prober
+from hecated.core import store as store_module
+from hecated.core.index import INVALID, RUNNING, Index
+from hecated.core.layout import Layout
+from hecated.core.store import Store
+from hecated.http.views import Views
+
+STAMP = "2026-01-02T03:04:05Z"
+
+
+def _valid(name: str, i: int) -> str:
+    return (
+        f'schema = 1\nname = "{name}"\nversion = "1.{i}.0"\n'
+        f'description = "plugin {i}, ünïcode ✓"\nregistered_at = {STAMP}\nupdated_at = {STAMP}\n'
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """A tree of every kind of namespace the scan meets; what each should read as."""
+    root.mkdir(mode=0o700)
+    want: dict[str, str] = {}
+
+    def ns(name: str) -> Path:
+        path = root / name
+        for sub in ("run", "sockets"):
+            (path / sub).mkdir(parents=True, mode=0o700)
+        return path
+
+    for i in range(120):  # enough for both processes to parse some
+        name = f"ok-{i:03d}"
+        (ns(name) / "plugin.toml").write_text(_valid(name, i))
+        want[name] = "valid"
+    bad = {
+        "bad-syntax": 'name = "bad-syntax"\nversion = "1"\nbroken = [\n',
+        "bad-line": 'name = "bad-line"\n\nversion = = "1"\n',
+        "bad-name": 'name = "other"\nversion = "1"\n',
+        "bad-noversion": 'name = "bad-noversion"\n',
+        "bad-schema": 'schema = 9\nname = "bad-schema"\nversion = "1"\n',
+        "bad-control": 'name = "bad-control"\nversion = "1\\u0007"\n',
+        "bad-date": 'name = "bad-date"\nversion = "1"\nupdated_at = "yesterday"\n',
+    }
+    for name, text in bad.items():
+        (ns(name) / "plugin.toml").write_text(text)
+        want[name] = "invalid"
+    (ns("bad-utf8") / "plugin.toml").write_bytes(b'name = "bad-utf8"\nversion = "\xff"\n')
+    (ns("bad-big") / "plugin.toml").write_text('name = "bad-big"\nversion = "1"\n#' + "x" * 70000)
+    (ns("bad-dir") / "plugin.toml").mkdir()
+    os.mkfifo(ns("bad-fifo") / "plugin.toml")
+    os.symlink(root / "ok-000" / "plugin.toml", ns("bad-link") / "plugin.toml")
+    os.symlink(root / "ok-001", root / "bad-nslink")
+    want.update({n: "invalid" for n in ("bad-utf8", "bad-big", "bad-dir", "bad-fifo", "bad-link")})
+    want["bad-nslink"] = "invalid"
+    # Valid with oddities: keys a person added (never cached), a date without a time.
+    (ns("odd-extra") / "plugin.toml").write_text(
+        'name = "odd-extra"\nversion = "2"\nnotes = "mine"\n[owner]\nwho = "me"\n'
+    )
+    (ns("odd-date") / "plugin.toml").write_text(
+        'name = "odd-date"\nversion = "2"\nregistered_at = 2026-01-02\n'
+    )
+    want.update({"odd-extra": "valid", "odd-date": "valid"})
+    ns("odd-empty")  # a namespace without plugin.toml: not listed
+    (ns("odd-running") / "plugin.toml").write_text(_valid("odd-running", 7))
+    (root / "odd-running" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    (root / "odd-garbage-pid").mkdir()
+    (root / "odd-garbage-pid" / "run").mkdir()
+    (root / "odd-garbage-pid" / "plugin.toml").write_text(_valid("odd-garbage-pid", 8))
+    (root / "odd-garbage-pid" / "run" / "daemon.pid").write_text("not a pid\n")
+    want.update({"odd-running": "valid", "odd-garbage-pid": "valid"})
+    (root / "Not A Name").mkdir()  # not a plugin name: never read
+    return want
+
+
+def _index(layout: Layout) -> Index:
+    # settle_ns=0: a broken file is never "still being written", whatever the timing.
+    index = Index(layout, store=Store(layout, settle_ns=0))
+    Prober(index).hold()  # the run dirs are read; no socket probe runs
+    return index
+
+
+@pytest.fixture
+def layout(home: Path) -> Iterator[Layout]:
+    layout = Layout.at(home / ".hecate")
+    WANT.clear()
+    WANT.update(_tree(layout.root))
+    layout.ensure_layout()
+    yield layout
+
+
+WANT: dict[str, str] = {}  # what each name of the fixture's tree should read as
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child for any number of files, where a second CPU is there to run it."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the start scan parses in one process")
+    monkeypatch.setattr(store_module, "PARALLEL_MIN", 2)
+
+
+def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
+    layout: Layout, forks: None
+) -> None:
+    cold = _index(layout)
+    assert cold.scan(at_start=True) == len(WANT)
+    assert cold.store.parsed_in_child > 0  # the second process really parsed some
+    first = Views(cold).encoded_list()[1]
+
+    serial = _index(layout)  # its own store: no cache, every file parsed here
+    serial.scan()
+    assert serial.store.parsed_in_child == 0
+    assert Views(serial).encoded_list()[1] == first
+
+    cold.scan()  # the warm rescan: cached manifests, the rest parsed again
+    assert Views(cold).encoded_list()[1] == first
+    assert cold.snapshot()[1] == serial.snapshot()[1]
+
+    for plugin in cold.list():
+        want = WANT[plugin.name]
+        assert (plugin.status == INVALID) == (want == "invalid"), plugin.name
+    assert cold.get("odd-running").status == RUNNING
+    line = cold.get("bad-line").entry.error
+    assert line is not None and line.line == 3  # the line a serial parse reports
+    for index in (cold, serial):
+        index.close()
+
+
+def test_without_a_child_the_start_scan_parses_everything_itself(
+    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serial = _index(layout)
+    serial.scan()
+    want = Views(serial).encoded_list()[1]
+    # fork refused (a seccomp filter, no memory): the parent parses the child's part
+    monkeypatch.setattr(store_module._ParseChild, "start", classmethod(lambda cls, raws: None))
+    cold = _index(layout)
+    cold.scan(at_start=True)
+    assert cold.store.parsed_in_child == 0
+    assert Views(cold).encoded_list()[1] == want
+    for index in (cold, serial):
+        index.close()
+
+
+def test_a_child_that_dies_costs_only_time(
+    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serial = _index(layout)
+    serial.scan()
+    want = Views(serial).encoded_list()[1]
+    real_start = store_module._ParseChild.start
+
+    def dying(cls: type, raws: list) -> object:  # a real child, killed before it answers
+        child = real_start(raws)
+        assert child is not None
+        os.kill(child.pid, 9)
+        return child
+
+    monkeypatch.setattr(store_module._ParseChild, "start", classmethod(dying))
+    cold = _index(layout)
+    cold.scan(at_start=True)
+    assert cold.store.parsed_in_child == 0
+    assert Views(cold).encoded_list()[1] == want
+    for index in (cold, serial):
+        index.close()
+
+
+def test_held_probes_wait_for_release(layout: Layout) -> None:
+    """The start scan queues a socket probe per name; none runs before the first answer."""
+    from conftest import wait_for
+
+    index = Index(layout)
+    prober = Prober(index)
+    prober.hold()
+    index.scan(at_start=True)
+    assert prober.probes == 0 and prober._threads == []  # queued, no thread made yet
+    prober.release()
+    wait_for(lambda: prober.probes >= len(index))
+    index.close()
