@@ -83,6 +83,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", type=Path, help="source tree of the baseline (holds hecated/)")
     parser.add_argument("--cand", type=Path, default=HERE.parent)
+    parser.add_argument(
+        "--also", action="append", default=[], help="LABEL=PATH: a further source tree to time"
+    )
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile the candidate's start")
@@ -101,6 +104,7 @@ def main() -> int:
             pstats.Stats(str(out)).sort_stats("tottime").print_stats(30)
             return 0
         variants = {"cand": args.cand} | ({"base": args.base} if args.base else {})
+        variants |= {k: Path(v) for k, _, v in (a.partition("=") for a in args.also)}
         times: dict[str, list[float]] = {k: [] for k in variants}
         hashes: dict[str, set[str]] = {k: set() for k in variants}
         print(f"load average at start {loadavg()}")
@@ -118,7 +122,7 @@ def main() -> int:
         if args.base:
             ratio = [c / b for c, b in zip(times["cand"], times["base"], strict=True)]
             print(f"cand/base per round: {', '.join(f'{r:.2f}' for r in ratio)}")
-            same = hashes["cand"] == hashes["base"] and len(hashes["cand"]) == 1
+            same = len(set().union(*hashes.values())) == 1
             print(f"first lists byte-identical across trees and rounds: {same}")
         print(f"load average at end {loadavg()}")
     finally:

@@ -26,7 +26,6 @@ import errno
 import fcntl
 import logging
 import os
-import pickle
 import shutil
 import signal
 import threading
@@ -570,6 +569,8 @@ class _ParseChild:
 
     @classmethod
     def start(cls, raws: list[_Raw]) -> _ParseChild | None:
+        import pickle  # here, not at the top: 2 ms of every cold start otherwise
+
         try:
             rfd, wfd = os.pipe2(os.O_CLOEXEC)
         except OSError:
@@ -609,6 +610,8 @@ class _ParseChild:
             _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
             status = 1
+        import pickle
+
         if status != 0 or not data:
             log.warning("the parsing child failed (status %d); parsing its part here", status)
             return None
