@@ -56,7 +56,7 @@ from hecated.core.index import (
     Liveness,
 )
 from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, STATE_FILE
-from hecated.core.store import RUN_DIR, pid_alive, read_pid
+from hecated.core.store import RUN_DIR, pid_alive, pid_in
 
 __all__ = ["STATE_MAX", "Prober", "combine", "probe_run_dir"]
 
@@ -69,13 +69,18 @@ log = logging.getLogger("hecated.adapters.liveness")
 
 
 def probe_run_dir(ns_fd: int) -> Liveness:
-    """What a namespace's ``run/`` says: a live pid makes it running; its state line."""
-    pid = read_pid(ns_fd)
+    """What a namespace's ``run/`` says: a live pid makes it running; its state line.
+    ``run/`` is opened once for both (the start scan reads 10,000 of them)."""
     try:
-        with opened(open_dir(ns_fd, RUN_DIR)) as run_fd:
-            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+        run_fd = open_dir(ns_fd, RUN_DIR)
     except (OSError, UnsafePathError):
-        raw = None
+        return Liveness(STOPPED)
+    with opened(run_fd):
+        pid = pid_in(run_fd)
+        try:
+            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+        except (OSError, UnsafePathError):
+            raw = None
     state = raw.decode("utf-8", "replace").strip() if raw else None
     alive = pid is not None and pid_alive(pid)
     return Liveness(RUNNING if alive else STOPPED, pid if alive else None, state)

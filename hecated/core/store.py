@@ -528,8 +528,17 @@ def pid_alive(pid: int) -> bool:
 def read_pid(ns_fd: int) -> int | None:
     """The pid in a namespace's ``run/daemon.pid``; None when absent or not a number."""
     try:
-        with opened(open_dir(ns_fd, RUN_DIR)) as run_fd:
-            raw = read_regular(run_fd, PID_FILE, 64)
+        run_fd = open_dir(ns_fd, RUN_DIR)
+    except (OSError, UnsafePathError):
+        return None
+    with opened(run_fd):
+        return pid_in(run_fd)
+
+
+def pid_in(run_fd: int) -> int | None:
+    """``read_pid`` for a ``run/`` already open (a reader of more than that one file)."""
+    try:
+        raw = read_regular(run_fd, PID_FILE, 64)
     except (OSError, UnsafePathError):
         return None
     try:
