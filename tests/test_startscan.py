@@ -1,6 +1,7 @@
-"""The start scan (``Index.scan(at_start=True)``): files read first, parsed in two processes,
-published name by name. Its list must be byte for byte the list a warm rescan and a
-one-by-one scan give, on a tree with valid, invalid and odd files."""
+"""The start scan (``Index.scan(at_start=True)``): the later names read and parsed by a
+forked child while the earlier ones are read and published. Its list must be byte for
+byte the list a warm rescan and a one-by-one scan give, on a tree with valid, invalid
+and odd files."""
 
 from __future__ import annotations
 
@@ -42,44 +43,53 @@ def _tree(root: Path) -> dict[str, str]:
         name = f"ok-{i:03d}"
         (ns(name) / "plugin.toml").write_text(_valid(name, i))
         want[name] = "valid"
-    bad = {
-        "bad-syntax": 'name = "bad-syntax"\nversion = "1"\nbroken = [\n',
-        "bad-line": 'name = "bad-line"\n\nversion = = "1"\n',
-        "bad-name": 'name = "other"\nversion = "1"\n',
-        "bad-noversion": 'name = "bad-noversion"\n',
-        "bad-schema": 'schema = 9\nname = "bad-schema"\nversion = "1"\n',
-        "bad-control": 'name = "bad-control"\nversion = "1\\u0007"\n',
-        "bad-date": 'name = "bad-date"\nversion = "1"\nupdated_at = "yesterday"\n',
-    }
-    for name, text in bad.items():
-        (ns(name) / "plugin.toml").write_text(text)
-        want[name] = "invalid"
-    (ns("bad-utf8") / "plugin.toml").write_bytes(b'name = "bad-utf8"\nversion = "\xff"\n')
-    (ns("bad-big") / "plugin.toml").write_text('name = "bad-big"\nversion = "1"\n#' + "x" * 70000)
-    (ns("bad-dir") / "plugin.toml").mkdir()
-    os.mkfifo(ns("bad-fifo") / "plugin.toml")
-    os.symlink(root / "ok-000" / "plugin.toml", ns("bad-link") / "plugin.toml")
-    os.symlink(root / "ok-001", root / "bad-nslink")
-    want.update({n: "invalid" for n in ("bad-utf8", "bad-big", "bad-dir", "bad-fifo", "bad-link")})
-    want["bad-nslink"] = "invalid"
-    # Valid with oddities: keys a person added (never cached), a date without a time.
-    (ns("odd-extra") / "plugin.toml").write_text(
-        'name = "odd-extra"\nversion = "2"\nnotes = "mine"\n[owner]\nwho = "me"\n'
-    )
-    (ns("odd-date") / "plugin.toml").write_text(
-        'name = "odd-date"\nversion = "2"\nregistered_at = 2026-01-02\n'
-    )
-    want.update({"odd-extra": "valid", "odd-date": "valid"})
-    ns("odd-empty")  # a namespace without plugin.toml: not listed
-    (ns("odd-running") / "plugin.toml").write_text(_valid("odd-running", 7))
-    (root / "odd-running" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
-    (root / "odd-garbage-pid").mkdir()
-    (root / "odd-garbage-pid" / "run").mkdir()
-    (root / "odd-garbage-pid" / "plugin.toml").write_text(_valid("odd-garbage-pid", 8))
-    (root / "odd-garbage-pid" / "run" / "daemon.pid").write_text("not a pid\n")
-    want.update({"odd-running": "valid", "odd-garbage-pid": "valid"})
+    for p in ("", "zz-"):  # odd names among the parent's and among the child's
+        _odd(root, ns, p, want)
     (root / "Not A Name").mkdir()  # not a plugin name: never read
     return want
+
+
+def _odd(root: Path, ns, p: str, want: dict[str, str]) -> None:
+    """Invalid and odd namespaces, their names prefixed with ``p``."""
+    bad = {
+        "bad-syntax": f'name = "{p}bad-syntax"\nversion = "1"\nbroken = [\n',
+        "bad-line": f'name = "{p}bad-line"\n\nversion = = "1"\n',
+        "bad-name": 'name = "other"\nversion = "1"\n',
+        "bad-noversion": f'name = "{p}bad-noversion"\n',
+        "bad-schema": f'schema = 9\nname = "{p}bad-schema"\nversion = "1"\n',
+        "bad-control": f'name = "{p}bad-control"\nversion = "1\\u0007"\n',
+        "bad-date": f'name = "{p}bad-date"\nversion = "1"\nupdated_at = "yesterday"\n',
+    }
+    for name, text in bad.items():
+        (ns(p + name) / "plugin.toml").write_text(text)
+        want[p + name] = "invalid"
+    (ns(p + "bad-utf8") / "plugin.toml").write_bytes(
+        f'name = "{p}bad-utf8"\nversion = "'.encode() + b'\xff"\n'
+    )
+    (ns(p + "bad-big") / "plugin.toml").write_text(
+        f'name = "{p}bad-big"\nversion = "1"\n#' + "x" * 70000
+    )
+    (ns(p + "bad-dir") / "plugin.toml").mkdir()
+    os.mkfifo(ns(p + "bad-fifo") / "plugin.toml")
+    os.symlink(root / "ok-000" / "plugin.toml", ns(p + "bad-link") / "plugin.toml")
+    os.symlink(root / "ok-001", root / f"{p}bad-nslink")
+    for name in ("bad-utf8", "bad-big", "bad-dir", "bad-fifo", "bad-link", "bad-nslink"):
+        want[p + name] = "invalid"
+    # Valid with oddities: keys a person added (never cached), a date without a time.
+    (ns(p + "odd-extra") / "plugin.toml").write_text(
+        f'name = "{p}odd-extra"\nversion = "2"\nnotes = "mine"\n[owner]\nwho = "me"\n'
+    )
+    (ns(p + "odd-date") / "plugin.toml").write_text(
+        f'name = "{p}odd-date"\nversion = "2"\nregistered_at = 2026-01-02\n'
+    )
+    ns(p + "odd-empty")  # a namespace without plugin.toml: not listed
+    (ns(p + "odd-running") / "plugin.toml").write_text(_valid(p + "odd-running", 7))
+    (root / f"{p}odd-running" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    (root / f"{p}odd-garbage-pid" / "run").mkdir(parents=True)
+    (root / f"{p}odd-garbage-pid" / "plugin.toml").write_text(_valid(p + "odd-garbage-pid", 8))
+    (root / f"{p}odd-garbage-pid" / "run" / "daemon.pid").write_text("not a pid\n")
+    for name in ("odd-extra", "odd-date", "odd-running", "odd-garbage-pid"):
+        want[p + name] = "valid"
 
 
 def _index(layout: Layout) -> Index:
@@ -129,9 +139,10 @@ def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
     for plugin in cold.list():
         want = WANT[plugin.name]
         assert (plugin.status == INVALID) == (want == "invalid"), plugin.name
-    assert cold.get("odd-running").status == RUNNING
-    line = cold.get("bad-line").entry.error
-    assert line is not None and line.line == 3  # the line a serial parse reports
+    for p in ("", "zz-"):
+        assert cold.get(f"{p}odd-running").status == RUNNING
+        line = cold.get(f"{p}bad-line").entry.error
+        assert line is not None and line.line == 3  # the line a serial parse reports
     for index in (cold, serial):
         index.close()
 
@@ -143,7 +154,7 @@ def test_without_a_child_the_start_scan_parses_everything_itself(
     serial.scan()
     want = Views(serial).encoded_list()[1]
     # fork refused (a seccomp filter, no memory): the parent parses the child's part
-    monkeypatch.setattr(store_module._ParseChild, "start", classmethod(lambda cls, raws: None))
+    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(lambda cls, *_a: None))
     cold = _index(layout)
     cold.scan(at_start=True)
     assert cold.store.parsed_in_child == 0
@@ -158,15 +169,15 @@ def test_a_child_that_dies_costs_only_time(
     serial = _index(layout)
     serial.scan()
     want = Views(serial).encoded_list()[1]
-    real_start = store_module._ParseChild.start
+    real_start = store_module._ReadChild.start
 
-    def dying(cls: type, raws: list) -> object:  # a real child, killed before it answers
-        child = real_start(raws)
+    def dying(cls: type, *args: object) -> object:  # a real child, killed before it answers
+        child = real_start(*args)
         assert child is not None
         os.kill(child.pid, 9)
         return child
 
-    monkeypatch.setattr(store_module._ParseChild, "start", classmethod(dying))
+    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(dying))
     cold = _index(layout)
     cold.scan(at_start=True)
     assert cold.store.parsed_in_child == 0

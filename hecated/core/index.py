@@ -237,22 +237,24 @@ class Index:
         With ``clean_temps``, crashed writers' temp files go too.
 
         ``at_start``: the daemon's first scan, before anything is served or
-        watched. All files are read first and parsed together (``Store.read_all``,
-        in two processes on a large tree), then published name by name in the
-        same order and with the same result as the one-by-one reads.
+        watched. On a large tree never seen, a forked child reads and parses the
+        later names while this process reads and publishes the earlier ones
+        (``Store.read_each``); the names are published in the same order and
+        with the same result as the one-by-one reads.
         """
         with self.store.root() as root:
             names = set(root.names())
             with self._lock:
                 names.update(self._plugins)
             ordered = sorted(names)
-            ahead = self.store.read_all(ordered, root) if at_start else None
-            for name in ordered:
-                with self.name_lock(name):
-                    if ahead is None:
+            if at_start:
+                for name, found in self.store.read_each(ordered, root):
+                    with self.name_lock(name):
+                        self._publish(name, found)
+            else:
+                for name in ordered:
+                    with self.name_lock(name):
                         self._refresh_locked(name, root, cached=True)
-                    else:
-                        self._publish(name, ahead[name])
             self.cache.retain(names)
             if clean_temps:
                 self.store.clean_temps(root, sorted(names))

@@ -183,7 +183,7 @@ class Store:
         self._written: dict[str, Written] = {}
         self._written_lock = threading.Lock()
         self.parses = 0  # parses of plugin.toml files (tests and the closing note count them)
-        self.parsed_in_child = 0  # of which a forked child did (read_all on a large tree)
+        self.parsed_in_child = 0  # of which a forked child did (read_each, a large tree)
 
     @contextlib.contextmanager
     def root(self) -> Iterator[Root]:
@@ -194,35 +194,55 @@ class Store:
 
     def read(self, name: str, root: Root, cached: bool = False) -> Found:
         """Read ``name``'s entry below ``root``; ``cached``: use the manifest cache (scans)."""
-        step = self._fetch(name, root, cached, keep_fd=True)
+        step = self._fetch(name, root, cached)
         if isinstance(step, Found):
             return step
         try:
-            return self._finish(step, self._parse_raw(step), root)
+            return self._finish(step, self._parse_raw(step))
         finally:
             if step.ns_fd is not None:
                 os.close(step.ns_fd)
 
-    def read_all(self, names: list[str], root: Root) -> dict[str, Found]:
-        """Every name's entry at once, the same as ``read(name, root, cached=True)`` each,
-        with the files read first and parsed together (in two processes when that pays).
+    def read_each(self, names: list[str], root: Root) -> Iterator[tuple[str, Found]]:
+        """Each name's entry in order, the same as ``read(name, root, cached=True)`` each;
+        on a large tree never seen, the later names read and parsed by a forked child
+        while these are read here and published by the caller.
 
         For the start scan only: nothing is served and nobody writes through us yet,
         so no name's lock needs holding between its read and its publication.
         """
-        found: dict[str, Found] = {}
-        raws: list[_Raw] = []
-        for name in names:
-            step = self._fetch(name, root, cached=True, keep_fd=False)
-            if isinstance(step, Found):
-                found[name] = step
-            else:
-                raws.append(step)
-        for raw, parsed in zip(raws, self._parse_many(raws), strict=True):
-            found[raw.name] = self._finish(raw, parsed, root)
-        return {name: found[name] for name in names}
+        split = _split(len(names), len(self.cache))
+        child = _ReadChild.start(self, names[split:], root) if split < len(names) else None
+        for name in names[:split]:
+            yield name, self.read(name, root, cached=True)
+        theirs = child.results() if child is not None else None
+        for i, name in enumerate(names[split:]):
+            got = theirs[i] if theirs is not None else None
+            if got is None:  # not read there, or not a plain valid file: read it here
+                yield name, self.read(name, root, cached=True)
+                continue
+            before, after, started, parsed = got
+            self.parses += 1
+            self.parsed_in_child += 1
+            self.cache.put(name, before if before == after else None, parsed, started)
+            yield name, Found(Entry(name, manifest=parsed))
 
-    def _fetch(self, name: str, root: Root, cached: bool, keep_fd: bool) -> Found | _Raw:
+    def read_parsed(self, name: str, root: Root) -> _Parsed | None:
+        """For the child: a valid file's manifest and identity; None for anything else
+        (absent, cached, invalid, unreadable), which the parent reads itself."""
+        step = self._fetch(name, root, cached=True)
+        if not isinstance(step, _Raw):
+            return None
+        try:
+            parsed = self._parse_raw(step)
+        finally:
+            if step.ns_fd is not None:
+                os.close(step.ns_fd)
+        if not isinstance(parsed, Manifest):
+            return None
+        return step.before, step.after, step.started, parsed
+
+    def _fetch(self, name: str, root: Root, cached: bool) -> Found | _Raw:
         """The I/O half of a read: a final ``Found``, or the bytes still to be parsed."""
         path = self.layout.manifest_str(name)
         try:
@@ -244,8 +264,8 @@ class Store:
         except Exception as exc:  # one strange file must never stop a scan or a start
             log.exception("reading %s failed", path)
             step = Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
-        if keep_fd and isinstance(step, _Raw):
-            step.ns_fd = ns_fd
+        if isinstance(step, _Raw):
+            step.ns_fd = ns_fd  # the caller closes it
         else:
             os.close(ns_fd)
         return step
@@ -277,38 +297,7 @@ class Store:
         except Exception as exc:
             return _Crash(exc)
 
-    def _parse_many(self, raws: list[_Raw]) -> list[Parsed]:
-        """``_parse_raw`` of each, the second part in a forked child when that pays.
-
-        Only a process holds a second core for pure-Python ``tomllib``. The child
-        sends back the manifests it parsed; a file it could not parse, or any
-        trouble with the child, is parsed here, so errors and their lines are
-        exactly those of a serial parse.
-        """
-        out: list[Parsed | None] = [None] * len(raws)
-        todo = []
-        for i, raw in enumerate(raws):
-            mine = self._mine(raw.name, raw.data, raw.before)
-            if mine is not None:
-                out[i] = mine
-            else:
-                todo.append(i)
-        split = len(todo) // 2 if _can_fork(len(todo)) else len(todo)
-        child = _ParseChild.start([raws[i] for i in todo[split:]]) if split < len(todo) else None
-        for i in todo[:split]:
-            out[i] = self._parse_raw(raws[i])
-        theirs = child.results() if child is not None else None
-        for n, i in enumerate(todo[split:]):
-            got = theirs[n] if theirs is not None else None
-            if got is None:
-                out[i] = self._parse_raw(raws[i])
-            else:
-                self.parses += 1
-                self.parsed_in_child += 1
-                out[i] = got
-        return out  # type: ignore[return-value]
-
-    def _finish(self, raw: _Raw, parsed: Parsed, root: Root) -> Found:
+    def _finish(self, raw: _Raw, parsed: Parsed) -> Found:
         """What a parsed (or unparsable) file means for the index: the other half of a read."""
         name, path, cached = raw.name, raw.path, raw.cached
         if isinstance(parsed, Manifest):
@@ -321,20 +310,11 @@ class Store:
             return Found(Entry(name, error=ManifestError(path, f"cannot be read: {parsed.exc}")))
         if cached:
             self.cache.put(name, None, None, raw.started)
-        reread = self._in_flux_of(raw, root)
+        assert raw.ns_fd is not None
+        reread = self._in_flux(raw.ns_fd, raw.before, raw.after, raw.started)
         if reread is not None:
             return Found(None, reread_in=reread)
         return Found(Entry(name, error=parsed))
-
-    def _in_flux_of(self, raw: _Raw, root: Root) -> float | None:
-        if raw.ns_fd is not None:
-            return self._in_flux(raw.ns_fd, raw.before, raw.after, raw.started)
-        try:
-            ns_fd = root.namespace(raw.name)
-        except (OSError, UnsafePathError):  # gone or replaced since: the window alone decides
-            return self._in_flux(None, raw.before, raw.after, raw.started)
-        with opened(ns_fd):
-            return self._in_flux(ns_fd, raw.before, raw.after, raw.started)
 
     def _parse(self, name: str, data: bytes, key: Key | None, path: str) -> Manifest:
         """The manifest in ``data``; no parse when these are the very bytes we wrote."""
@@ -373,7 +353,7 @@ class Store:
         left = min(changed + self.settle_ns - now, self.settle_ns)
         if left <= 0:
             return None
-        if ns_fd is not None and _writer_holds(ns_fd) is False:
+        if _writer_holds(ns_fd) is False:
             return None  # the writer closed it: this is what it wrote, broken or not
         return max(left, REREAD_MIN_NS) / 1e9
 
@@ -549,35 +529,46 @@ def pid_in(run_fd: int) -> int | None:
 
 # -- parsing in a second process -----------------------------------------------------------
 
-# Below this many files a fork costs more than half the parsing saves (~100 µs a file).
+# Below this many files a fork costs more than the parsing it shares (~100 µs a file).
 PARALLEL_MIN = 1000
+# The parent's share: it also publishes what it reads (the run dirs, the index) while
+# the child only reads and parses, so the child takes the larger part.
+PARENT_SHARE = 0.42
+
+_Parsed = tuple[Key | None, Key | None, int, Manifest]
 
 
-def _can_fork(count: int) -> bool:
-    """A child pays only with a second CPU, enough files, and no other thread running
-    (a fork copies locks other threads may hold; the start scan runs before any)."""
-    return (
-        count >= PARALLEL_MIN
-        and len(os.sched_getaffinity(0)) >= 2
-        and threading.active_count() == 1
-        and hasattr(os, "fork")
-    )
+def _split(count: int, cached: int) -> int:
+    """Where the child's part of ``count`` names starts (``count``: no child).
+
+    A child pays only with a second CPU, enough files to parse (a restart finds
+    most of them in the manifest cache), and no other thread running: a fork
+    copies locks other threads may hold, and the start scan runs before any.
+    """
+    if (
+        count - cached < PARALLEL_MIN
+        or len(os.sched_getaffinity(0)) < 2
+        or threading.active_count() != 1
+        or not hasattr(os, "fork")
+    ):
+        return count
+    return int(count * PARENT_SHARE)
 
 
-class _ParseChild:
-    """A forked child parsing some files while the parent parses the rest.
+class _ReadChild:
+    """A forked child reading and parsing the later names while the parent does the rest.
 
-    It sends back one pickled list: a ``Manifest`` per file it parsed, ``None``
-    where the file did not parse (the parent parses those itself, so what an
-    invalid file says is never the child's). Any failure of the child reads as
-    "nothing parsed": the parent then parses everything.
+    It sends back one pickled list, per name the manifest and file identity of a
+    valid file (``Store.read_parsed``), or None: the parent reads those names
+    itself, so what an invalid, missing or odd file says is never the child's.
+    Any failure of the child reads as "nothing read": the parent reads them all.
     """
 
     def __init__(self, pid: int, fd: int, count: int) -> None:
         self.pid, self.fd, self.count = pid, fd, count
 
     @classmethod
-    def start(cls, raws: list[_Raw]) -> _ParseChild | None:
+    def start(cls, store: Store, names: list[str], root: Root) -> _ReadChild | None:
         import pickle  # here, not at the top: 2 ms of every cold start otherwise
 
         try:
@@ -594,10 +585,11 @@ class _ParseChild:
             code = 1
             try:
                 os.close(rfd)
-                out: list[Manifest | None] = []
-                for raw in raws:
+                logging.disable(logging.CRITICAL)  # the parent says it, if anything, once
+                out: list[_Parsed | None] = []
+                for name in names:
                     try:
-                        out.append(manifest.parse(raw.data, raw.name, raw.path))
+                        out.append(store.read_parsed(name, root))
                     except Exception:
                         out.append(None)
                 with os.fdopen(wfd, "wb") as pipe:
@@ -606,10 +598,12 @@ class _ParseChild:
             finally:
                 os._exit(code)
         os.close(wfd)
-        return cls(pid, rfd, len(raws))
+        return cls(pid, rfd, len(names))
 
-    def results(self) -> list[Manifest | None] | None:
-        """The child's manifests, in order; None when it failed in any way."""
+    def results(self) -> list[_Parsed | None] | None:
+        """The child's findings, in order; None when it failed in any way."""
+        import pickle
+
         try:
             with os.fdopen(self.fd, "rb") as pipe:
                 data = pipe.read()
@@ -619,19 +613,17 @@ class _ParseChild:
             _, status = os.waitpid(self.pid, 0)
         except ChildProcessError:
             status = 1
-        import pickle
-
         if status != 0 or not data:
-            log.warning("the parsing child failed (status %d); parsing its part here", status)
+            log.warning("the reading child failed (status %d); reading its part here", status)
             return None
         try:
             out = pickle.loads(data)
         except Exception:
-            log.exception("the parsing child's answer is unreadable; parsing its part here")
+            log.exception("the reading child's answer is unreadable; reading its part here")
             return None
         if not isinstance(out, list) or len(out) != self.count:
             return None
-        if not all(m is None or isinstance(m, Manifest) for m in out):
+        if not all(x is None or isinstance(x[3], Manifest) for x in out):
             return None
         return out
 
