@@ -1,16 +1,19 @@
-"""Spawn → first complete ``GET /api/plugins`` on a never-seen tree, two trees of code side by side.
+"""Spawn → first complete ``GET /api/plugins`` on a never-seen tree, trees of code side by side.
 
 Table 5 of ``make bench`` gives one figure per run; this script gives the
-comparison a change needs: the same generated tree, hecated from two source
-trees (``--base``, e.g. an export of ``main``, and ``--cand``, by default this
-worktree), run with the same interpreter, interleaved round by round. "Never
+comparison a change needs: the same generated tree, hecated from several source
+trees (``--base``, e.g. an export of ``main``, ``--also LABEL=PATH``, and
+``--cand``, by default this worktree), run with the same interpreter,
+interleaved round by round. "Never
 seen" is made again before every start by deleting the manifest cache the
 previous run saved (the files themselves stay in the page cache, as they do
 for table 5, whose tree is written just before the start). Each first answer
-is checked to be complete (``--count`` entries) and both trees' first lists
+is checked to be complete (``--count`` entries) and the trees' first lists
 are compared byte for byte.
 
-    .venv/bin/python bench/first_list.py --base /tmp/base-src [--count 10000] [--rounds 5]
+    git archive main | tar -x -C /tmp/base-src
+    .venv/bin/python bench/first_list.py --base /tmp/base-src [--also docs-era=/tmp/old]
+        [--count 10000] [--rounds 5]
     .venv/bin/python bench/first_list.py --profile   # cProfile of the candidate's start
 """
 
@@ -124,6 +127,11 @@ def main() -> int:
             print(f"cand/base per round: {', '.join(f'{r:.2f}' for r in ratio)}")
             same = len(set().union(*hashes.values())) == 1
             print(f"first lists byte-identical across trees and rounds: {same}")
+            if not same:  # which trees agree (an older tree may have an older list shape)
+                groups: dict[str, list[str]] = {}
+                for label, found in hashes.items():
+                    groups.setdefault(",".join(sorted(found)), []).append(label)
+                print(f"identical lists, by tree: {list(groups.values())}")
         print(f"load average at end {loadavg()}")
     finally:
         remove(home)
