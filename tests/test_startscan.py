@@ -13,7 +13,7 @@ import pytest
 
 from hecated.adapters.liveness import Prober
 from hecated.core import store as store_module
-from hecated.core.index import INVALID, RUNNING, Index
+from hecated.core.index import INVALID, STARTING, Index
 from hecated.core.layout import Layout
 from hecated.core.store import Store
 from hecated.http.views import Views
@@ -140,7 +140,7 @@ def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
         want = WANT[plugin.name]
         assert (plugin.status == INVALID) == (want == "invalid"), plugin.name
     for p in ("", "zz-"):
-        assert cold.get(f"{p}odd-running").status == RUNNING
+        assert cold.get(f"{p}odd-running").status == STARTING  # a live pid, no socket
         line = cold.get(f"{p}bad-line").entry.error
         assert line is not None and line.line == 3  # the line a serial parse reports
     for index in (cold, serial):
