@@ -251,11 +251,13 @@ class Lifecycle:
         began = time.monotonic()
         self.plugins_at_start = registry.scan(at_start=True)
         log.debug(
-            "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid)",
+            "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid, "
+            "%d files parsed by a child process)",
             self.plugins_at_start,
             (time.monotonic() - began) * 1000,
             registry.cache.hits,
             cached,
+            registry.store.parsed_in_child,
         )
         try:
             sock, owned = take_socket(config, self.passed)

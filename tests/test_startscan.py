@@ -5,6 +5,7 @@ and odd files."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,41 @@ def test_held_probes_wait_for_release(layout: Layout) -> None:
     prober.release()
     wait_for(lambda: prober.probes >= len(index))
     index.close()
+
+
+def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Path) -> None:
+    """End to end: a daemon starting on a tree past PARALLEL_MIN forks its child (the
+    debug line says how many files it parsed), and its first list is the list of a
+    rescan of the same tree afterwards, byte for byte."""
+    import re
+
+    from conftest import Daemon, UnixHTTPConnection
+
+    def body() -> bytes:
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request("GET", "/api/plugins")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            return resp.read()
+        finally:
+            conn.close()
+
+    root = home / ".hecate"
+    want = _tree(root)
+    for i in range(store_module.PARALLEL_MIN):
+        name = f"many-{i:04d}"
+        (root / name).mkdir()
+        (root / name / "plugin.toml").write_text(_valid(name, i))
+    daemon = Daemon(home, ["--log-level", "debug"]).start()
+    try:
+        first = body()
+        found = re.search(r"(\d+) files parsed by a child process", daemon.log())
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert found is not None and int(found.group(1)) > 0, daemon.log()[-2000:]
+        assert daemon.request("POST", "/api/rescan")[0] == 200
+        assert body() == first
+        listed = {p["name"] for p in json.loads(first)}
+        assert listed == set(want) | {f"many-{i:04d}" for i in range(store_module.PARALLEL_MIN)}
+    finally:
+        daemon.stop()
