@@ -332,9 +332,7 @@ class Store:
             return mine.manifest
         return None
 
-    def _in_flux(
-        self, ns_fd: int | None, before: Key | None, after: Key | None, now: int
-    ) -> float | None:
+    def _in_flux(self, ns_fd: int, before: Key | None, after: Key | None, now: int) -> float | None:
         """Seconds until a broken file should be read again, or None: it is broken for real.
 
         In flux means: it changed while we read it, or it changed within the
