@@ -244,15 +244,20 @@ class Lifecycle:
         """The index loaded, the socket taken, the parts built, the signals handled."""
         config, registry = self.config, self.registry
         self.notifier.status("loading the index")
+        # The start scan reads every run dir (the statuses of the first list); the socket
+        # probes it asks for wait for the first answer (_after_first_answer).
+        self.prober.hold()
         cached = registry.load_cache()
         began = time.monotonic()
-        self.plugins_at_start = registry.scan()
+        self.plugins_at_start = registry.scan(at_start=True)
         log.debug(
-            "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid)",
+            "scanned %d plugin(s) in %.0f ms (%d of %d cached manifests still valid, "
+            "%d files parsed by a child process)",
             self.plugins_at_start,
             (time.monotonic() - began) * 1000,
             registry.cache.hits,
             cached,
+            registry.store.parsed_in_child,
         )
         try:
             sock, owned = take_socket(config, self.passed)
@@ -378,11 +383,13 @@ class Lifecycle:
         """Start-up work no first request needs, started once the first answer is out.
 
         The journal first (records until then went to stderr, which systemd feeds
-        to the journal anyway); the rest on a thread, so the first answer never
+        to the journal anyway), then the socket probes the start scan queued (run on
+        the prober's threads); the rest on a thread, so the first answer never
         waits for a listdir per namespace or for thousands of inotify watches (the
         watcher's own rescan covers edits made until then).
         """
         use_journal(self.config.journal_stream, self.config.user_manager)
+        self.prober.release()  # the socket probes the start scan queued
         threading.Thread(target=self._deferred_work, name="hecated-deferred", daemon=True).start()
 
     def _deferred_work(self) -> None:

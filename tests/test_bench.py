@@ -42,3 +42,26 @@ def test_bench_smoke_run_writes_every_table() -> None:
         assert "nginx" not in proc.stderr  # smoke runs install and start no baseline
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_first_list_compares_trees_and_checks_the_lists() -> None:
+    """bench/first_list.py runs, times both trees and finds their first lists identical."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "first_list.py"),
+            "--base",
+            str(REPO),
+            "--count",
+            "30",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "first lists byte-identical across trees and rounds: True" in proc.stdout
+    assert proc.stdout.count("median") == 2

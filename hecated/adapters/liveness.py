@@ -56,7 +56,7 @@ from hecated.core.index import (
     Liveness,
 )
 from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, STATE_FILE
-from hecated.core.store import RUN_DIR, pid_alive, read_pid
+from hecated.core.store import RUN_DIR, pid_alive, pid_in
 
 __all__ = ["STATE_MAX", "Prober", "combine", "probe_run_dir"]
 
@@ -69,13 +69,18 @@ log = logging.getLogger("hecated.adapters.liveness")
 
 
 def probe_run_dir(ns_fd: int) -> Liveness:
-    """What a namespace's ``run/`` says: a live pid makes it running; its state line."""
-    pid = read_pid(ns_fd)
+    """What a namespace's ``run/`` says: a live pid makes it running; its state line.
+    ``run/`` is opened once for both (the start scan reads 10,000 of them)."""
     try:
-        with opened(open_dir(ns_fd, RUN_DIR)) as run_fd:
-            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+        run_fd = open_dir(ns_fd, RUN_DIR)
     except (OSError, UnsafePathError):
-        raw = None
+        return Liveness(STOPPED)
+    with opened(run_fd):
+        pid = pid_in(run_fd)
+        try:
+            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+        except (OSError, UnsafePathError):
+            raw = None
     state = raw.decode("utf-8", "replace").strip() if raw else None
     alive = pid is not None and pid_alive(pid)
     return Liveness(RUNNING if alive else STOPPED, pid if alive else None, state)
@@ -141,6 +146,7 @@ class Prober:
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
         self._closed = False
+        self._held = False  # hold(): probes queue, none runs until release()
         self.probes = 0
         index.attach(self)
 
@@ -211,7 +217,8 @@ class Prober:
                 return
             self._queued[name] = manifest
             self._queue.append((name, manifest))
-            self._start_workers()
+            if not self._held:
+                self._start_workers()
             # All: the timer waits on this condition too, and a notify() it took would
             # leave the queued probe with no worker woken for it.
             self._cond.notify_all()
@@ -219,6 +226,21 @@ class Prober:
     def socket_changed(self, name: str) -> None:
         """The watcher saw ``sockets/api.sock`` come or go: probe, manifest included."""
         self.request(name, manifest=True)
+
+    def hold(self) -> None:
+        """Queue socket probes without running any until ``release``: the daemon's start
+        scan asks for one per name, and 10,000 probes racing that scan for the GIL cost
+        more than the scan itself. What a refresh reads (the run dir) is not held."""
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        """Run the probes queued since ``hold``, and any asked for later."""
+        with self._cond:
+            self._held = False
+            if self._queue and not self._closed:
+                self._start_workers()
+            self._cond.notify_all()
 
     def start(self) -> None:
         """Start the periodic probes (every ``interval`` seconds); the daemon calls it."""
@@ -282,7 +304,7 @@ class Prober:
     def _work(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._queue)
+                self._cond.wait_for(lambda: self._closed or (self._queue and not self._held))
                 if self._closed:
                     return
                 name, manifest = self._queue.popleft()

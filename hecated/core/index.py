@@ -228,21 +228,33 @@ class Index:
             live = NOT_PROBED if old is None else old.live
         return live
 
-    def scan(self, clean_temps: bool = False) -> int:
+    def scan(self, clean_temps: bool = False, at_start: bool = False) -> int:
         """Rebuild the whole index from the tree; returns the number of entries.
 
         The safety net behind the incremental refreshes: at start, on SIGHUP, and
         whenever a watcher may have missed events. The root is opened once for
         the whole scan (not once per name), each name read under its writer lock.
         With ``clean_temps``, crashed writers' temp files go too.
+
+        ``at_start``: the daemon's first scan, before anything is served or
+        watched. On a large tree never seen, a forked child reads and parses the
+        later names while this process reads and publishes the earlier ones
+        (``Store.read_each``); the names are published in the same order and
+        with the same result as the one-by-one reads.
         """
         with self.store.root() as root:
             names = set(root.names())
             with self._lock:
                 names.update(self._plugins)
-            for name in sorted(names):
-                with self.name_lock(name):
-                    self._refresh_locked(name, root, cached=True)
+            ordered = sorted(names)
+            if at_start:
+                for name, found in self.store.read_each(ordered, root):
+                    with self.name_lock(name):
+                        self._publish(name, found)
+            else:
+                for name in ordered:
+                    with self.name_lock(name):
+                        self._refresh_locked(name, root, cached=True)
             self.cache.retain(names)
             if clean_temps:
                 self.store.clean_temps(root, sorted(names))

@@ -103,6 +103,31 @@ class Written:
     created: bool
 
 
+@dataclass
+class _Raw:
+    """One ``plugin.toml`` read but not parsed yet: its bytes and the file's identity
+    before and after the read (``ns_fd`` kept open only by single reads)."""
+
+    name: str
+    path: str
+    data: bytes
+    before: Key | None
+    after: Key | None
+    started: int
+    cached: bool
+    ns_fd: int | None = None
+
+
+@dataclass(frozen=True)
+class _Crash:
+    """A parse that failed with something other than a ``ManifestError`` (a bug, never a file)."""
+
+    exc: Exception
+
+
+Parsed = Manifest | ManifestError | _Crash
+
+
 class Root:
     """The data root, opened once for a scan or per call, or absent (no tree yet).
 
@@ -158,6 +183,7 @@ class Store:
         self._written: dict[str, Written] = {}
         self._written_lock = threading.Lock()
         self.parses = 0  # parses of plugin.toml files (tests and the closing note count them)
+        self.parsed_in_child = 0  # of which a forked child did (read_each, a large tree)
 
     @contextlib.contextmanager
     def root(self) -> Iterator[Root]:
@@ -168,6 +194,56 @@ class Store:
 
     def read(self, name: str, root: Root, cached: bool = False) -> Found:
         """Read ``name``'s entry below ``root``; ``cached``: use the manifest cache (scans)."""
+        step = self._fetch(name, root, cached)
+        if isinstance(step, Found):
+            return step
+        try:
+            return self._finish(step, self._parse_raw(step))
+        finally:
+            if step.ns_fd is not None:
+                os.close(step.ns_fd)
+
+    def read_each(self, names: list[str], root: Root) -> Iterator[tuple[str, Found]]:
+        """Each name's entry in order, the same as ``read(name, root, cached=True)`` each;
+        on a large tree never seen, the later names read and parsed by a forked child
+        while these are read here and published by the caller.
+
+        For the start scan only: nothing is served and nobody writes through us yet,
+        so no name's lock needs holding between its read and its publication.
+        """
+        split = _split(len(names), len(self.cache))
+        child = _ReadChild.start(self, names[split:], root) if split < len(names) else None
+        for name in names[:split]:
+            yield name, self.read(name, root, cached=True)
+        theirs = child.results() if child is not None else None
+        for i, name in enumerate(names[split:]):
+            got = theirs[i] if theirs is not None else None
+            if got is None:  # not read there, or not a plain valid file: read it here
+                yield name, self.read(name, root, cached=True)
+                continue
+            before, after, started, parsed = got
+            self.parses += 1
+            self.parsed_in_child += 1
+            self.cache.put(name, before if before == after else None, parsed, started)
+            yield name, Found(Entry(name, manifest=parsed))
+
+    def read_parsed(self, name: str, root: Root) -> _Parsed | None:
+        """For the child: a valid file's manifest and identity; None for anything else
+        (absent, cached, invalid, unreadable), which the parent reads itself."""
+        step = self._fetch(name, root, cached=True)
+        if not isinstance(step, _Raw):
+            return None
+        try:
+            parsed = self._parse_raw(step)
+        finally:
+            if step.ns_fd is not None:
+                os.close(step.ns_fd)
+        if not isinstance(parsed, Manifest):
+            return None
+        return step.before, step.after, step.started, parsed
+
+    def _fetch(self, name: str, root: Root, cached: bool) -> Found | _Raw:
+        """The I/O half of a read: a final ``Found``, or the bytes still to be parsed."""
         path = self.layout.manifest_str(name)
         try:
             ns_fd = root.namespace(name)
@@ -179,18 +255,22 @@ class Store:
             )
         except OSError as exc:
             return Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
-        with opened(ns_fd):
-            try:
-                return self._read_manifest(ns_fd, name, path, cached)
-            except ManifestError as exc:
-                return Found(Entry(name, error=exc))
-            except OSError as exc:
-                return Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
-            except Exception as exc:  # one strange file must never stop a scan or a start
-                log.exception("reading %s failed", path)
-                return Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
+        try:
+            step = self._fetch_manifest(ns_fd, name, path, cached)
+        except ManifestError as exc:
+            step = Found(Entry(name, error=exc))
+        except OSError as exc:
+            step = Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
+        except Exception as exc:  # one strange file must never stop a scan or a start
+            log.exception("reading %s failed", path)
+            step = Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
+        if isinstance(step, _Raw):
+            step.ns_fd = ns_fd  # the caller closes it
+        else:
+            os.close(ns_fd)
+        return step
 
-    def _read_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found:
+    def _fetch_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found | _Raw:
         before = _key(ns_fd)
         if cached:
             hit = self.cache.get(name, before)
@@ -206,27 +286,51 @@ class Store:
         after = _key(ns_fd)
         if data is None:
             return Found(None)
+        return _Raw(name, path, data, before, after, started, cached)
+
+    def _parse_raw(self, raw: _Raw) -> Parsed:
+        """``manifest.parse`` of the bytes read, its failure as a value (``_finish`` decides)."""
         try:
-            found = self._parse(name, data, before, path)
-        except ManifestError:
+            return self._parse(raw.name, raw.data, raw.before, raw.path)
+        except ManifestError as exc:
+            return exc
+        except Exception as exc:
+            return _Crash(exc)
+
+    def _finish(self, raw: _Raw, parsed: Parsed) -> Found:
+        """What a parsed (or unparsable) file means for the index: the other half of a read."""
+        name, path, cached = raw.name, raw.path, raw.cached
+        if isinstance(parsed, Manifest):
             if cached:
-                self.cache.put(name, None, None, started)
-            reread = self._in_flux(ns_fd, before, after, started)
-            if reread is not None:
-                return Found(None, reread_in=reread)
-            raise
+                same = raw.before if raw.before == raw.after else None
+                self.cache.put(name, same, parsed, raw.started)
+            return Found(Entry(name, manifest=parsed))
+        if isinstance(parsed, _Crash):
+            log.error("reading %s failed", path, exc_info=parsed.exc)
+            return Found(Entry(name, error=ManifestError(path, f"cannot be read: {parsed.exc}")))
         if cached:
-            self.cache.put(name, before if before == after else None, found, started)
-        return Found(Entry(name, manifest=found))
+            self.cache.put(name, None, None, raw.started)
+        assert raw.ns_fd is not None
+        reread = self._in_flux(raw.ns_fd, raw.before, raw.after, raw.started)
+        if reread is not None:
+            return Found(None, reread_in=reread)
+        return Found(Entry(name, error=parsed))
 
     def _parse(self, name: str, data: bytes, key: Key | None, path: str) -> Manifest:
         """The manifest in ``data``; no parse when these are the very bytes we wrote."""
+        mine = self._mine(name, data, key)
+        if mine is not None:
+            return mine
+        self.parses += 1
+        return manifest.parse(data, name, path)
+
+    def _mine(self, name: str, data: bytes, key: Key | None) -> Manifest | None:
+        """The manifest we wrote, when ``data`` and ``key`` are still what we wrote."""
         with self._written_lock:
             mine = self._written.get(name)
         if mine is not None and key is not None and mine.key == key and mine.data == data:
             return mine.manifest
-        self.parses += 1
-        return manifest.parse(data, name, path)
+        return None
 
     def _in_flux(self, ns_fd: int, before: Key | None, after: Key | None, now: int) -> float | None:
         """Seconds until a broken file should be read again, or None: it is broken for real.
@@ -402,14 +506,124 @@ def pid_alive(pid: int) -> bool:
 def read_pid(ns_fd: int) -> int | None:
     """The pid in a namespace's ``run/daemon.pid``; None when absent or not a number."""
     try:
-        with opened(open_dir(ns_fd, RUN_DIR)) as run_fd:
-            raw = read_regular(run_fd, PID_FILE, 64)
+        run_fd = open_dir(ns_fd, RUN_DIR)
+    except (OSError, UnsafePathError):
+        return None
+    with opened(run_fd):
+        return pid_in(run_fd)
+
+
+def pid_in(run_fd: int) -> int | None:
+    """``read_pid`` for a ``run/`` already open (a reader of more than that one file)."""
+    try:
+        raw = read_regular(run_fd, PID_FILE, 64)
     except (OSError, UnsafePathError):
         return None
     try:
         return int(raw.strip()) if raw else None
     except ValueError:
         return None
+
+
+# -- parsing in a second process -----------------------------------------------------------
+
+# Below this many files a fork costs more than the parsing it shares (~100 µs a file).
+PARALLEL_MIN = 1000
+# The parent's share: it also publishes what it reads (the run dirs, the index) while
+# the child only reads and parses, so the child takes the larger part.
+PARENT_SHARE = 0.42
+
+_Parsed = tuple[Key | None, Key | None, int, Manifest]
+
+
+def _split(count: int, cached: int) -> int:
+    """Where the child's part of ``count`` names starts (``count``: no child).
+
+    A child pays only with a second CPU, enough files to parse (a restart finds
+    most of them in the manifest cache), and no other thread running: a fork
+    copies locks other threads may hold, and the start scan runs before any.
+    """
+    if (
+        count - cached < PARALLEL_MIN
+        or len(os.sched_getaffinity(0)) < 2
+        or threading.active_count() != 1
+        or not hasattr(os, "fork")
+    ):
+        return count
+    return int(count * PARENT_SHARE)
+
+
+class _ReadChild:
+    """A forked child reading and parsing the later names while the parent does the rest.
+
+    It sends back one pickled list, per name the manifest and file identity of a
+    valid file (``Store.read_parsed``), or None: the parent reads those names
+    itself, so what an invalid, missing or odd file says is never the child's.
+    Any failure of the child reads as "nothing read": the parent reads them all.
+    """
+
+    def __init__(self, pid: int, fd: int, count: int) -> None:
+        self.pid, self.fd, self.count = pid, fd, count
+
+    @classmethod
+    def start(cls, store: Store, names: list[str], root: Root) -> _ReadChild | None:
+        import pickle  # here, not at the top: 2 ms of every cold start otherwise
+
+        try:
+            rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            return None
+        if pid == 0:  # pragma: no cover - the child; its output is checked by the parent
+            code = 1
+            try:
+                os.close(rfd)
+                logging.disable(logging.CRITICAL)  # the parent says it, if anything, once
+                out: list[_Parsed | None] = []
+                for name in names:
+                    try:
+                        out.append(store.read_parsed(name, root))
+                    except Exception:
+                        out.append(None)
+                with os.fdopen(wfd, "wb") as pipe:
+                    pipe.write(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        return cls(pid, rfd, len(names))
+
+    def results(self) -> list[_Parsed | None] | None:
+        """The child's findings, in order; None when it failed in any way."""
+        import pickle
+
+        try:
+            with os.fdopen(self.fd, "rb") as pipe:
+                data = pipe.read()
+        except OSError:
+            data = b""
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 1
+        if status != 0 or not data:
+            log.warning("the reading child failed (status %d); reading its part here", status)
+            return None
+        try:
+            out = pickle.loads(data)
+        except Exception:
+            log.exception("the reading child's answer is unreadable; reading its part here")
+            return None
+        if not isinstance(out, list) or len(out) != self.count:
+            return None
+        if not all(x is None or isinstance(x[3], Manifest) for x in out):
+            return None
+        return out
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""The start scan (``Index.scan(at_start=True)``): the later names read and parsed by a
+forked child while the earlier ones are read and published. Its list must be byte for
+byte the list a warm rescan and a one-by-one scan give, on a tree with valid, invalid
+and odd files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hecated.adapters.liveness import Prober
+from hecated.core import store as store_module
+from hecated.core.index import INVALID, STARTING, Index
+from hecated.core.layout import Layout
+from hecated.core.store import Store
+from hecated.http.views import Views
+
+STAMP = "2026-01-02T03:04:05Z"
+
+
+def _valid(name: str, i: int) -> str:
+    return (
+        f'schema = 1\nname = "{name}"\nversion = "1.{i}.0"\n'
+        f'description = "plugin {i}, ünïcode ✓"\nregistered_at = {STAMP}\nupdated_at = {STAMP}\n'
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """A tree of every kind of namespace the scan meets; what each should read as."""
+    root.mkdir(mode=0o700)
+    want: dict[str, str] = {}
+
+    def ns(name: str) -> Path:
+        path = root / name
+        for sub in ("run", "sockets"):
+            (path / sub).mkdir(parents=True, mode=0o700)
+        return path
+
+    for i in range(120):  # enough for both processes to parse some
+        name = f"ok-{i:03d}"
+        (ns(name) / "plugin.toml").write_text(_valid(name, i))
+        want[name] = "valid"
+    for p in ("", "zz-"):  # odd names among the parent's and among the child's
+        _odd(root, ns, p, want)
+    (root / "Not A Name").mkdir()  # not a plugin name: never read
+    return want
+
+
+def _odd(root: Path, ns, p: str, want: dict[str, str]) -> None:
+    """Invalid and odd namespaces, their names prefixed with ``p``."""
+    bad = {
+        "bad-syntax": f'name = "{p}bad-syntax"\nversion = "1"\nbroken = [\n',
+        "bad-line": f'name = "{p}bad-line"\n\nversion = = "1"\n',
+        "bad-name": 'name = "other"\nversion = "1"\n',
+        "bad-noversion": f'name = "{p}bad-noversion"\n',
+        "bad-schema": f'schema = 9\nname = "{p}bad-schema"\nversion = "1"\n',
+        "bad-control": f'name = "{p}bad-control"\nversion = "1\\u0007"\n',
+        "bad-date": f'name = "{p}bad-date"\nversion = "1"\nupdated_at = "yesterday"\n',
+    }
+    for name, text in bad.items():
+        (ns(p + name) / "plugin.toml").write_text(text)
+        want[p + name] = "invalid"
+    (ns(p + "bad-utf8") / "plugin.toml").write_bytes(
+        f'name = "{p}bad-utf8"\nversion = "'.encode() + b'\xff"\n'
+    )
+    (ns(p + "bad-big") / "plugin.toml").write_text(
+        f'name = "{p}bad-big"\nversion = "1"\n#' + "x" * 70000
+    )
+    (ns(p + "bad-dir") / "plugin.toml").mkdir()
+    os.mkfifo(ns(p + "bad-fifo") / "plugin.toml")
+    os.symlink(root / "ok-000" / "plugin.toml", ns(p + "bad-link") / "plugin.toml")
+    os.symlink(root / "ok-001", root / f"{p}bad-nslink")
+    for name in ("bad-utf8", "bad-big", "bad-dir", "bad-fifo", "bad-link", "bad-nslink"):
+        want[p + name] = "invalid"
+    # Valid with oddities: keys a person added (never cached), a date without a time.
+    (ns(p + "odd-extra") / "plugin.toml").write_text(
+        f'name = "{p}odd-extra"\nversion = "2"\nnotes = "mine"\n[owner]\nwho = "me"\n'
+    )
+    (ns(p + "odd-date") / "plugin.toml").write_text(
+        f'name = "{p}odd-date"\nversion = "2"\nregistered_at = 2026-01-02\n'
+    )
+    ns(p + "odd-empty")  # a namespace without plugin.toml: not listed
+    (ns(p + "odd-running") / "plugin.toml").write_text(_valid(p + "odd-running", 7))
+    (root / f"{p}odd-running" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    (root / f"{p}odd-garbage-pid" / "run").mkdir(parents=True)
+    (root / f"{p}odd-garbage-pid" / "plugin.toml").write_text(_valid(p + "odd-garbage-pid", 8))
+    (root / f"{p}odd-garbage-pid" / "run" / "daemon.pid").write_text("not a pid\n")
+    for name in ("odd-extra", "odd-date", "odd-running", "odd-garbage-pid"):
+        want[p + name] = "valid"
+
+
+def _index(layout: Layout) -> Index:
+    # settle_ns=0: a broken file is never "still being written", whatever the timing.
+    index = Index(layout, store=Store(layout, settle_ns=0))
+    Prober(index).hold()  # the run dirs are read; no socket probe runs
+    return index
+
+
+@pytest.fixture
+def layout(home: Path) -> Iterator[Layout]:
+    layout = Layout.at(home / ".hecate")
+    WANT.clear()
+    WANT.update(_tree(layout.root))
+    layout.ensure_layout()
+    yield layout
+
+
+WANT: dict[str, str] = {}  # what each name of the fixture's tree should read as
+
+
+@pytest.fixture
+def forks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child for any number of files, where a second CPU is there to run it."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the start scan parses in one process")
+    monkeypatch.setattr(store_module, "PARALLEL_MIN", 2)
+
+
+def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
+    layout: Layout, forks: None
+) -> None:
+    cold = _index(layout)
+    assert cold.scan(at_start=True) == len(WANT)
+    assert cold.store.parsed_in_child > 0  # the second process really parsed some
+    first = Views(cold).encoded_list()[1]
+
+    serial = _index(layout)  # its own store: no cache, every file parsed here
+    serial.scan()
+    assert serial.store.parsed_in_child == 0
+    assert Views(serial).encoded_list()[1] == first
+
+    cold.scan()  # the warm rescan: cached manifests, the rest parsed again
+    assert Views(cold).encoded_list()[1] == first
+    assert cold.snapshot()[1] == serial.snapshot()[1]
+
+    for plugin in cold.list():
+        want = WANT[plugin.name]
+        assert (plugin.status == INVALID) == (want == "invalid"), plugin.name
+    for p in ("", "zz-"):
+        assert cold.get(f"{p}odd-running").status == STARTING  # a live pid, no socket
+        line = cold.get(f"{p}bad-line").entry.error
+        assert line is not None and line.line == 3  # the line a serial parse reports
+    for index in (cold, serial):
+        index.close()
+
+
+def test_without_a_child_the_start_scan_parses_everything_itself(
+    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serial = _index(layout)
+    serial.scan()
+    want = Views(serial).encoded_list()[1]
+    # fork refused (a seccomp filter, no memory): the parent parses the child's part
+    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(lambda cls, *_a: None))
+    cold = _index(layout)
+    cold.scan(at_start=True)
+    assert cold.store.parsed_in_child == 0
+    assert Views(cold).encoded_list()[1] == want
+    for index in (cold, serial):
+        index.close()
+
+
+def test_a_child_that_dies_costs_only_time(
+    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serial = _index(layout)
+    serial.scan()
+    want = Views(serial).encoded_list()[1]
+    real_start = store_module._ReadChild.start
+
+    def dying(cls: type, *args: object) -> object:  # a real child, killed before it answers
+        child = real_start(*args)
+        assert child is not None
+        os.kill(child.pid, 9)
+        return child
+
+    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(dying))
+    cold = _index(layout)
+    cold.scan(at_start=True)
+    assert cold.store.parsed_in_child == 0
+    assert Views(cold).encoded_list()[1] == want
+    for index in (cold, serial):
+        index.close()
+
+
+def test_held_probes_wait_for_release(layout: Layout) -> None:
+    """The start scan queues a socket probe per name; none runs before the first answer."""
+    from conftest import wait_for
+
+    index = Index(layout)
+    prober = Prober(index)
+    prober.hold()
+    index.scan(at_start=True)
+    assert prober.probes == 0 and prober._threads == []  # queued, no thread made yet
+    prober.release()
+    wait_for(lambda: prober.probes >= len(index))
+    index.close()
+
+
+def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Path) -> None:
+    """End to end: a daemon starting on a tree past PARALLEL_MIN forks its child (the
+    debug line says how many files it parsed), and its first list is the list of a
+    rescan of the same tree afterwards, byte for byte."""
+    import re
+
+    from conftest import Daemon, UnixHTTPConnection
+
+    def body() -> bytes:
+        conn = UnixHTTPConnection(daemon.socket)
+        try:
+            conn.request("GET", "/api/plugins")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            return resp.read()
+        finally:
+            conn.close()
+
+    root = home / ".hecate"
+    want = _tree(root)
+    for i in range(store_module.PARALLEL_MIN):
+        name = f"many-{i:04d}"
+        (root / name).mkdir()
+        (root / name / "plugin.toml").write_text(_valid(name, i))
+    daemon = Daemon(home, ["--log-level", "debug"]).start()
+    try:
+        first = body()
+        found = re.search(r"(\d+) files parsed by a child process", daemon.log())
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert found is not None and int(found.group(1)) > 0, daemon.log()[-2000:]
+        assert daemon.request("POST", "/api/rescan")[0] == 200
+        assert body() == first
+        listed = {p["name"] for p in json.loads(first)}
+        assert listed == set(want) | {f"many-{i:04d}" for i in range(store_module.PARALLEL_MIN)}
+    finally:
+        daemon.stop()
