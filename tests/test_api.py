@@ -201,7 +201,10 @@ def test_health_says_how_each_plugin_is(client: Client, app: HecateApp) -> None:
     (broken / "plugin.toml").write_text('name = "broken"\n\nversion = [\n')
     app.registry.refresh("broken")
     client.post("/api/plugins/register", json={"name": "live"})
-    with Plugin(app.layout.root / "live"):  # its socket answers /health: running
+    with Plugin(app.layout.root / "live") as plugin:  # its socket answers /health: running
+        # Its pid file written: a process come, so its socket is looked at (no watcher here
+        # to see the socket bound).
+        (app.layout.root / "live" / "run" / "daemon.pid").write_text(f"{plugin.proc.pid}\n")
         app.registry.refresh("live")
         wait_for(lambda: client.get("/health").get_json()["plugins"]["live"] == "ok")
     plugins = client.get("/health").get_json()["plugins"]

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-from conftest import Daemon, UnixHTTPConnection
+from conftest import Daemon, UnixHTTPConnection, memory_tempdir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -311,7 +310,7 @@ def _cwd() -> list[str]:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    tmp = Path(tempfile.mkdtemp(prefix="hcfz", dir="/tmp"))
+    tmp = memory_tempdir("hcfz")  # the API's answers are the subject, not the disk
     home = tmp / "home"
     root = home / ".hecate"
     home.mkdir()
@@ -489,7 +488,7 @@ def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
 
 @pytest.fixture(scope="module")
 def fronted() -> Iterator[tuple[FastPath, api.HecateApp, Counter]]:
-    tmp = Path(tempfile.mkdtemp(prefix="hcff", dir="/tmp"))
+    tmp = memory_tempdir("hcff")
     layout = Layout.at(tmp / "home" / ".hecate")
     layout.ensure_layout()
     registry = Registry(layout)

@@ -58,9 +58,10 @@ def dead_pid() -> int:
 
 
 def fresh_scan(layout: Layout) -> dict:
-    """What the index should hold: a new registry's scan of the same tree."""
+    """What the index should hold: a new registry's scan of the same tree (its run dirs
+    read; no socket probed: none of these trees has a socket that answers)."""
     reg = Registry(layout)
-    Prober(reg)
+    Prober(reg).hold()
     try:
         reg.scan()
         return {p.name: p for p in reg.list()}
@@ -79,9 +80,11 @@ def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watche
     if create:
         layout.ensure_layout()
     reg = Registry(layout)
-    Prober(reg)
+    prober = Prober(reg)
+    prober.hold()  # as the daemon starts: the start scan's probes run after it
     reg.scan()
     watcher = Watcher(reg).start()
+    prober.release()
     try:
         yield reg, watcher
     finally:

@@ -398,6 +398,7 @@ class _Relay:
         self.response = response
         self.namespace = namespace
         self.idle_timeout = idle_timeout
+        self.cut = False  # hang_up ran: whatever the plugin read ends in, the answer is cut
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterator[bytes]:
         response = self.response
@@ -415,7 +416,10 @@ class _Relay:
         return self._body(environ.get(ABORT_KEY))
 
     def hang_up(self) -> None:
-        """The client went away: wake the read on the plugin's socket (any thread)."""
+        """The client went away (or hecated stops): wake the read on the plugin's socket
+        (any thread). The EOF that read then meets is ours, not the plugin's end of a
+        close-delimited answer: the answer is cut, never completed."""
+        self.cut = True
         conn = self.conn
         if conn is not None:
             with contextlib.suppress(OSError):
@@ -439,7 +443,7 @@ class _Relay:
                     _call(abort)
                     return
                 if not data:
-                    if response.length:  # fewer bytes than its Content-Length said
+                    if response.length or self.cut:  # fewer bytes than it said, or we cut
                         _call(abort)
                     elif self.give_back is not None and not response.will_close and conn:
                         response.close()  # read to its end: the connection may serve again
