@@ -12,11 +12,16 @@ STAMP  := $(VENV)/.installed
 run: setup
 	$(VENV)/bin/hecated $(ARGS)
 
+# Two pytest workers (pytest-xdist): most tests wait on processes and sockets, not the CPU.
+# Tests of machine-wide things (a user manager, the journal socket, installed packages)
+# run in one group, one after another (tests/conftest.py). XDIST= runs them all in one.
+XDIST ?= -n 2 --dist loadgroup
+
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
 
 # Benchmarks beside their baselines (installs nginx-light and etcd-server with apt);
 # writes docs/benchmarks.md, unpinned (ARGS=--pinned: a labelled pinned extra run).

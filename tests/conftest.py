@@ -206,3 +206,22 @@ def daemon(home: Path) -> Iterator[Daemon]:
     yield d
     if d.proc and d.proc.poll() is None:
         d.stop()
+
+
+# Files whose tests use something machine-wide: a systemd --user manager (one cgroup for
+# all, see systemd_support.MANAGER_LOCK), /run/systemd/journal/socket, packages installed
+# with dpkg, the shared unit directories. Under pytest-xdist (`make test`) they run in one
+# group, on one worker, one after another; everything else is private to its test.
+MACHINE_WIDE = {
+    "test_systemd.py",
+    "test_systemd_e2e.py",
+    "test_alias_e2e.py",
+    "test_packaging.py",
+    "test_units.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in MACHINE_WIDE:
+            item.add_marker(pytest.mark.xdist_group("machine-wide"))

@@ -447,11 +447,11 @@ def test_the_daemon_never_listens_on_tcp(home: Path) -> None:
 def test_forward_threads_never_outnumber_the_stream_cap() -> None:
     """A stream's slot is freed only once its thread is idle again, so the request that
     slot lets in takes that thread instead of starting another (the cap bounds threads)."""
-    from hecated.http.server import _StreamThreads
+    from hecated.http.streamthreads import StreamThreads
 
     cap, open_now, most = 4, [0], 0
     lock = threading.Lock()
-    pool = _StreamThreads(keep=5)
+    pool = StreamThreads(keep=5)
 
     def release() -> None:
         with lock:
