@@ -100,6 +100,15 @@ def memory_home() -> Iterator[Path]:
 
 
 @pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """pytest's own, short: its default (longer under xdist, ``.../popen-gw0/...``) leaves
+    too few of a socket address's 107 bytes for a namespace's ``sockets/api.sock``."""
+    path = short_tempdir("ht")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def home() -> Iterator[Path]:
     path = short_tempdir()
     yield path
