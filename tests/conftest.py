@@ -230,6 +230,7 @@ MACHINE_WIDE = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the group into the node id
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in MACHINE_WIDE:
