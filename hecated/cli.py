@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from hecated import __version__
+from hecated.core.settings import SETTINGS
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -20,55 +21,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
     # --log-level debug` both work; the subcommand's copies default to SUPPRESS so that
     # they never overwrite what was given before the subcommand with None.
     for p, default in ((parser, None), (serve, argparse.SUPPRESS)):
-        p.add_argument(
-            "--data-dir",
-            default=default,
-            help="the primary's data dir (default ~/.hecate/hecate-daemon)",
-        )
-        p.add_argument("--socket", dest="socket_path", default=default, help="API socket path")
-        p.add_argument(
-            "--config", default=default, help="config file (default ~/.config/hecate/hecated.toml)"
-        )
-        p.add_argument(
-            "--log-level", default=default, choices=["debug", "info", "warning", "error"]
-        )
-        p.add_argument(
-            "--idle-timeout",
-            type=float,
-            default=default,
-            help="exit after this many idle seconds (0: never)",
-        )
-        p.add_argument("--workers", type=int, default=default, help="worker threads (default 16)")
-        p.add_argument(
-            "--probe-interval",
-            type=float,
-            default=default,
-            help="seconds between probes of each plugin socket (default 10; 0: on events only)",
-        )
-        p.add_argument(
-            "--forward-body-limit",
-            type=int,
-            default=default,
-            help="largest request body forwarded to a plugin, in bytes (default 16 MiB)",
-        )
-        p.add_argument(
-            "--forward-streams",
-            type=int,
-            default=default,
-            help="forwarded requests served at once; beyond, 503 busy (default 256)",
-        )
-        p.add_argument(
-            "--forward-idle-timeout",
-            type=float,
-            default=default,
-            help="end a forwarded stream that carries nothing this many seconds (default 300)",
-        )
-        p.add_argument(
-            "--forward-timeout",
-            type=float,
-            default=default,
-            help="seconds to wait for a plugin's first byte before a 504 (default 30)",
-        )
+        _add_settings(p, default)
     units = sub.add_parser(
         "install-units",
         help="install the systemd user units for this installation",
@@ -80,6 +33,21 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace unit files install-units did not write"
     )
     return parser
+
+
+def _add_settings(parser: argparse.ArgumentParser, default: object) -> None:
+    """One option per row of the settings table (hecated.core.settings), plus --config."""
+    parser.add_argument(
+        "--config", default=default, help="config file (default ~/.config/hecate/hecated.toml)"
+    )
+    for s in SETTINGS:
+        parser.add_argument(
+            s.option,
+            dest=s.key,
+            default=default,
+            choices=s.choices or None,
+            help=f"{s.help} (default {s.default_text})",
+        )
 
 
 def hecated_main(argv: Sequence[str] | None = None) -> int:

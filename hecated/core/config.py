@@ -1,5 +1,9 @@
 """Settings, resolved once at start: flag, then environment, then config file, then default.
 
+What each setting is (its flag, variable, key, default, bounds and help) is
+spelled once, in ``settings.SETTINGS``; this module only resolves them, and
+``Config``'s fields are made from that table, so a new setting is one line there.
+
 Mirrors the spec's ``{hecate, [{data_dir, "~/.hecate/hecate-daemon"}]}``: the
 primary's data dir is the one setting that places everything else.
 
@@ -12,62 +16,29 @@ descriptors, which the systemd adapter takes (and clears) at start.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hecated.core.layout import Layout, default_root
+from hecated.core.settings import BY_KEY, SETTINGS, ConfigError, section
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-FILE_KEYS = {
-    "data_dir",
-    "socket_path",
-    "log_level",
-    "idle_timeout",
-    "workers",
-    "probe_interval",
-    "forward_body_limit",
-    "forward_streams",
-    "forward_idle_timeout",
-    "forward_timeout",
-}
-PROBE_INTERVAL = 10.0  # seconds between two looks at each plugin's socket
-# Forwarding /plugin/{name}/... to plugin sockets (hecated.http.forward).
-FORWARD_BODY_LIMIT = 16 * 1024 * 1024  # bytes of a forwarded request body
-FORWARD_STREAMS = 256  # forwarded requests served at once; beyond, 503 busy
-FORWARD_IDLE_TIMEOUT = 300.0  # seconds a forwarded stream may carry nothing
-FORWARD_TIMEOUT = 30.0  # seconds to a plugin's first byte (hecate-web's read timeout)
+__all__ = ["Config", "ConfigError", "default_config_file", "resolve", "watchdog_timeout"]
+
 # Start-up work no first request needs waits for the first answer, but not longer
 # than this: a keep-alive client may hold the first connection open for ever.
 DEFER_AT_MOST = 1.0
 
 
-class ConfigError(ValueError):
-    """A setting is wrong; the message says which and where it came from."""
+class _Resolved:
+    """What ``Config`` derives from its settings; its fields come from the table."""
 
-
-@dataclass(frozen=True)
-class Config:
     data_dir: Path
-    socket_path: Path | None = None
-    log_level: str = "info"
-    idle_timeout: float | None = None
-    workers: int = 16
-    config_file: Path | None = None
-    # From the service manager, not from the user: see the module's docstring.
-    notify: bool = False  # NOTIFY_SOCKET is set: sd_notify has somewhere to go
-    watchdog: float | None = None  # WatchdogSec= in seconds, when it is meant for us
-    journal_stream: str = ""  # JOURNAL_STREAM, "DEV:INODE" of stderr when it is the journal
-    user_manager: bool = False  # MANAGERPID is set: a systemd --user instance started us
-    defer_at_most: float = DEFER_AT_MOST
-    probe_interval: float = PROBE_INTERVAL  # 0: probe on events only (socket, pidfd, edits)
-    forward_body_limit: int = FORWARD_BODY_LIMIT
-    forward_streams: int = FORWARD_STREAMS
-    forward_idle_timeout: float = FORWARD_IDLE_TIMEOUT
-    forward_timeout: float = FORWARD_TIMEOUT
+    socket_path: Path | None
+    workers: int
 
     @property
     def layout(self) -> Layout:
@@ -77,6 +48,30 @@ class Config:
     def max_waiters(self) -> int:
         """Long polls may take at most half the workers: the rest keep answering."""
         return max(1, self.workers // 2)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """Component ``name``'s settings by its own field names (``ForwardSettings(**...)``)."""
+        return section(self, name)
+
+
+# One field per row of the table, then what the service manager says (not settings:
+# see the module's docstring).
+Config = dataclasses.make_dataclass(
+    "Config",
+    [
+        *((s.key, Any, dataclasses.field(default=s.default)) for s in SETTINGS),
+        ("config_file", Path | None, dataclasses.field(default=None)),
+        ("notify", bool, dataclasses.field(default=False)),  # NOTIFY_SOCKET is set
+        ("watchdog", float | None, dataclasses.field(default=None)),  # WatchdogSec=, for us
+        ("journal_stream", str, dataclasses.field(default="")),  # JOURNAL_STREAM of stderr
+        ("user_manager", bool, dataclasses.field(default=False)),  # MANAGERPID: systemd --user
+        ("defer_at_most", float, dataclasses.field(default=DEFER_AT_MOST)),
+    ],
+    bases=(_Resolved,),
+    frozen=True,
+)
+Config.__module__ = __name__
+Config.__doc__ = "The one configuration the daemon runs with (``resolve`` builds it)."
 
 
 def default_config_file(environ: Mapping[str, str]) -> Path:
@@ -95,77 +90,31 @@ def _read_file(path: Path, required: bool) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     section = doc.get("hecated", doc)
-    unknown = set(section) - FILE_KEYS
+    unknown = set(section) - set(BY_KEY)
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(sorted(unknown))}")
     return section
 
 
-def _path(value: Any, source: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{source}: expected a path")
-    return Path(os.path.expanduser(value)).absolute()
-
-
-def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
+def resolve(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Any:
     """Build the one ``Config`` the daemon runs with; ``flags`` hold None where unset."""
     env = os.environ if environ is None else environ
     file_path = flags.get("config") or env.get("HECATE_CONFIG")
     path = Path(file_path) if file_path else default_config_file(env)
     from_file = _read_file(path, required=bool(file_path))
-
-    def pick(key: str, env_key: str | None = None) -> tuple[Any, str]:
-        if flags.get(key) is not None:
-            return flags[key], f"--{key.replace('_', '-')}"
-        if env_key and env.get(env_key):
-            return env[env_key], env_key
-        if key in from_file:
-            return from_file[key], f"{path}: {key}"
-        return None, ""
-
-    value, src = pick("data_dir", "HECATE_DATA_DIR")
-    if value is not None:
-        data_dir = _path(value, src)
-    else:
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if flags.get(s.key) is not None:
+            values[s.key] = s.parse(flags[s.key], s.option, s.key)
+        elif s.env and env.get(s.env):
+            values[s.key] = s.parse(env[s.env], s.env, s.key)
+        elif s.key in from_file:
+            values[s.key] = s.parse(from_file[s.key], f"{path}: {s.key}", s.key)
+    if "data_dir" not in values:
         home = env.get("HECATE_HOME")
-        data_dir = Layout.at(Path(home) if home else default_root()).data_dir.absolute()
-
-    value, src = pick("socket_path", "HECATE_SOCKET_PATH")
-    socket_path = _path(value, src) if value is not None else None
-
-    value, src = pick("log_level", "HECATE_LOG_LEVEL")
-    log_level = str(value or "info").lower()
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"{src}: log level must be one of {', '.join(LOG_LEVELS)}")
-
-    value, src = pick("idle_timeout", "HECATE_IDLE_TIMEOUT")
-    idle = _number(value, src) if value is not None else None
-
-    value, src = pick("workers")
-    workers = int(_number(value, src)) if value is not None else 16
-    if workers < 1:
-        raise ConfigError(f"{src}: workers must be at least 1")
-
-    def number(key: str, default: float, low: float) -> float:
-        value, src = pick(key, f"HECATE_{key.upper()}")
-        if value is None:
-            return default
-        number = _number(value, src)
-        if number < low:
-            raise ConfigError(f"{src}: {key} must be at least {low:g}")
-        return number
-
+        values["data_dir"] = Layout.at(Path(home) if home else default_root()).data_dir.absolute()
     return Config(
-        probe_interval=number("probe_interval", PROBE_INTERVAL, 0),
-        forward_body_limit=int(number("forward_body_limit", FORWARD_BODY_LIMIT, 0)),
-        forward_streams=int(number("forward_streams", FORWARD_STREAMS, 1)),
-        forward_idle_timeout=number("forward_idle_timeout", FORWARD_IDLE_TIMEOUT, 0),
-        forward_timeout=number("forward_timeout", FORWARD_TIMEOUT, 0.001),
-        data_dir=data_dir,
-        socket_path=socket_path,
-        log_level=log_level,
-        idle_timeout=idle if idle else None,
-        workers=workers,
+        **values,
         config_file=path if from_file or file_path else None,
         notify=bool(env.get("NOTIFY_SOCKET")),
         watchdog=watchdog_timeout(env),
@@ -188,13 +137,3 @@ def watchdog_timeout(environ: Mapping[str, str], pid: int | None = None) -> floa
     if usec <= 0 or (watched and watched != str(os.getpid() if pid is None else pid)):
         return None
     return usec / 1_000_000
-
-
-def _number(value: Any, source: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{source}: must not be negative")
-    return number
