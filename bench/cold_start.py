@@ -17,11 +17,17 @@ hecated, exactly as ``hecated install-units`` writes them), and beside them a
 the watchdog changed: the same hardening options. Each round stops the service
 (the socket stays), then times connect → last byte of the first request.
 
-    .venv/bin/python bench/cold_start.py [N] [--user-manager]
+Both take an ``installs.Install``: which ``hecated`` runs and which interpreter the
+bare child runs on (the same one), so the headline figures are measured as users
+install hecated (a .deb, a non-editable pip install), never through the
+development venv's editable finder (bench/installs.py says why).
+
+    .venv/bin/python bench/cold_start.py [N] [--user-manager] [--install deb|pip|dev]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,7 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HECATED = Path(sys.executable).parent / "hecated"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from installs import Install, deb, development, pip_venv
+
 BARE_CHILD = (
     "import socket\n"
     "s = socket.socket(fileno=3)\n"
@@ -122,12 +130,13 @@ def _stats(samples: dict[str, list[float]], n: int) -> dict:
     return result
 
 
-def run(n: int = 20) -> dict:
+def run(n: int = 20, install: Install | None = None) -> dict:
     """Median and p90 of ``n`` cold starts of hecated and of the bare child, in ms."""
+    install = install or development()
     home = Path(tempfile.mkdtemp(prefix="hcb", dir="/tmp"))
     try:
-        hecated = [str(HECATED), "serve"]
-        bare = [sys.executable, "-c", BARE_CHILD]
+        hecated = [str(install.hecated), "serve"]
+        bare = [str(install.python), "-c", BARE_CHILD]
         _round(home, hecated)  # warm the page cache for both before measuring
         _round(home, bare)
         samples: dict[str, list[float]] = {"hecated": [], "bare_child": []}
@@ -155,12 +164,12 @@ def user_manager_available() -> bool:
     return SYSTEMD.exists() and shutil.which("systemctl") is not None and os.geteuid() == 0
 
 
-def _bare_service(hecate_service: str, script: Path) -> str:
+def _bare_service(hecate_service: str, script: Path, python: Path) -> str:
     """The shipped service with the bare child as ExecStart: every hardening line kept."""
     out = []
     for line in hecate_service.splitlines():
         if line.startswith("ExecStart="):
-            line = f"ExecStart={sys.executable} {script}"
+            line = f"ExecStart={python} {script}"
         elif line.startswith("Type="):
             line = "Type=simple"
         elif line.startswith(("NotifyAccess=", "WatchdogSec=", "ExecReload=")):
@@ -179,7 +188,8 @@ def _bare_socket(path: Path) -> str:
 class _Manager:
     """A private ``systemd --user``: its own HOME and runtime dir, stopped by pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: Install) -> None:
+        self.install_ = install
         HOMES.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.base = Path(tempfile.mkdtemp(prefix="cs", dir=HOMES))
         self.home = self.base / "home"
@@ -225,21 +235,22 @@ class _Manager:
         """The shipped units (as install-units renders them) and the bare pair."""
         from hecated.tools.units import hidden_from_service, render
 
+        hecated, python = self.install_.hecated, self.install_.python
         self.units.mkdir(parents=True)
         for name in ("hecate.socket", "hecate.service"):
-            (self.units / name).write_text(render(name, HECATED))
+            (self.units / name).write_text(render(name, hecated))
         script = self.home / "bare_child.py"
         script.write_text(BARE_CHILD)
         bare_sock = self.home / "bare" / "api.sock"
         (self.units / "bare.socket").write_text(_bare_socket(bare_sock))
         (self.units / "bare.service").write_text(
-            _bare_service(render("hecate.service", HECATED), script)
+            _bare_service(render("hecate.service", hecated), script, python)
         )
         for service in ("hecate.service", "bare.service"):
             drop = self.units / f"{service}.d"
             drop.mkdir()
             (drop / "00-bench.conf").write_text(COMMON_DROP_IN)
-            if hidden_from_service(HECATED):  # a venv under /tmp: same relaxation for both
+            if hidden_from_service(hecated):  # a venv under /tmp: same relaxation for both
                 (drop / "01-tmp.conf").write_text("[Service]\nPrivateTmp=no\n")
         self.ctl("daemon-reload")
         self.ctl("start", "hecate.socket", "bare.socket")
@@ -267,9 +278,9 @@ def _manager_round(um: _Manager, sock: Path, service: str) -> float:
     return elapsed
 
 
-def run_user_manager(n: int = 20) -> dict:
+def run_user_manager(n: int = 20, install: Install | None = None) -> dict:
     """Median and p90 of ``n`` first requests through a private ``systemd --user``, in ms."""
-    um = _Manager()
+    um = _Manager(install or development())
     try:
         um.start()
         hecate_sock, bare_sock = um.install()
@@ -284,16 +295,27 @@ def run_user_manager(n: int = 20) -> dict:
     return _stats(samples, n)
 
 
+def _installed(how: str):
+    if how == "deb":
+        return deb()
+    if how == "pip":
+        return pip_venv()
+    return contextlib.nullcontext(development())
+
+
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     rounds = int(args[0]) if args else 20
-    outcome = run_user_manager(rounds) if "--user-manager" in sys.argv else run(rounds)
+    how = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--install=")), "dev")
     via = "systemd --user" if "--user-manager" in sys.argv else "systemd-socket-activate"
+    with _installed(how) as install:
+        measure = run_user_manager if "--user-manager" in sys.argv else run
+        outcome = measure(rounds, install)
     print(json.dumps(outcome, indent=2))
     h, b = outcome["hecated"], outcome["bare_child"]
     print(
-        f"cold start via {via}, n={rounds}: hecated median {h['median_ms']} ms "
-        f"(p90 {h['p90_ms']}), bare Python child median {b['median_ms']} ms "
+        f"cold start via {via}, {install.label}, n={rounds}: hecated median {h['median_ms']} ms "
+        f"(p90 {h['p90_ms']}), bare child on {install.python} median {b['median_ms']} ms "
         f"(p90 {b['p90_ms']}): {outcome['ratio_median']}x",
         file=sys.stderr,
     )
