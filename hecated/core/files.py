@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -23,6 +24,7 @@ from hecated.core.errors import ForeignOwnerError, StorageError, UnsafePathError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_SUFFIX = ".tmp"
+CREATE_TRIES = 4  # mkdir + open of a directory someone keeps moving away
 # .NAME.OWNER.HEX.tmp, OWNER being PID-HEX8 (or a bare PID, as earlier versions wrote it).
 _TEMP_RE = re.compile(r"\.[^/]+\.\d+(-[0-9a-f]{8})?\.[0-9a-f]+" + re.escape(TEMP_SUFFIX))
 
@@ -105,17 +107,42 @@ def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = Fa
 
     Raises ``FileNotFoundError`` when it is missing (and not created),
     ``UnsafePathError`` when the entry is a symlink or not a directory, and
-    ``ForeignOwnerError`` when another user owns it.
+    ``ForeignOwnerError`` when another user owns it. With ``create``, a directory
+    moved away between its mkdir and its open is made again, a few times, then
+    refused with ``StorageError`` (never a bare ``FileNotFoundError``: a 500).
     """
-    if create:
+    for _ in range(CREATE_TRIES if create else 1):
+        if create:
+            _mkdir(parent_fd, name)
         try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise _storage(exc, name) from exc
+            fd = _open_dir(parent_fd, name)
+        except FileNotFoundError:
+            if not create:
+                raise
+            continue
+        try:
+            check_owner(fd, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        if private:
+            _tighten(fd)  # closes fd on failure
+        return fd
+    raise StorageError(f"cannot create {name}: it keeps being moved away as it is made")
+
+
+def _mkdir(parent_fd: int, name: str) -> None:
     try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _storage(exc, name) from exc
+
+
+def _open_dir(parent_fd: int, name: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise UnsafePathError(f"{name!r} is a symlink or not a directory; refusing it") from exc
@@ -123,14 +150,6 @@ def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = Fa
             # A directory someone closed (chmod 000): the tree refuses us, say so (not a 500).
             raise UnsafePathError(f"{name!r} cannot be opened: permission denied") from exc
         raise
-    try:
-        check_owner(fd, name)
-    except BaseException:
-        os.close(fd)
-        raise
-    if private:
-        _tighten(fd)
-    return fd
 
 
 def connect_unix_at(
@@ -139,9 +158,10 @@ def connect_unix_at(
     """Connect to the socket ``name`` in ``dir_fd``, the very inode that was checked.
 
     The entry is opened with ``O_PATH | O_NOFOLLOW`` and must be a socket (a symlink
-    or anything else is ``UnsafePathError``) of this user (``ForeignOwnerError``,
-    unless ``any_owner``); the connect then goes through ``/proc/self/fd/N`` of that
-    fd, so a symlink swapped in after the check cannot redirect it.
+    or anything else is ``UnsafePathError``); the connect then goes through
+    ``/proc/self/fd/N`` of that fd, so a symlink swapped in after the check cannot
+    redirect it. Unless ``any_owner``, the socket file and the process that
+    accepted (``SO_PEERCRED``) must be this user's (``ForeignOwnerError``).
     ``FileNotFoundError``: no socket file; the connect's ``OSError``
     (``ECONNREFUSED``: nothing accepts on it) goes up as it is.
     """
@@ -157,10 +177,27 @@ def connect_unix_at(
         try:
             sock.settimeout(timeout)
             sock.connect(f"/proc/self/fd/{fd}")
+            if not any_owner:
+                _check_peer(sock, name)
         except BaseException:
             sock.close()
             raise
         return sock
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _check_peer(sock: socket.socket, name: str) -> None:
+    """The accepting end runs as this user, as the kernel vouches (``SO_PEERCRED``):
+    our own socket file may still be served by a process of another user's."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    if uid != os.geteuid():
+        raise ForeignOwnerError(
+            f"{name} is served by uid {uid}, not by hecated's user (uid {os.geteuid()}); "
+            "refusing it"
+        )
 
 
 @contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from dataclasses import dataclass
 
 from hecated.core.errors import ForeignOwnerError, UnsafePathError
@@ -48,7 +47,6 @@ __all__ = [
 PID_MAX_BYTES = 64  # the most of a pid file read
 STATE_MAX = 4096  # the most of a state line read
 LISTEN_CHECK_TIMEOUT = 1.0  # seconds; a Unix connect answers at once
-_PEERCRED = struct.Struct("3i")
 # The only answers of a connect that mean "nothing listens here".
 _NOBODY_LISTENS = (errno.ECONNREFUSED, errno.ENOENT)
 
@@ -137,34 +135,18 @@ def connect_plugin(layout: Layout, name: str, timeout: float | None) -> socket.s
 
     The namespace, ``sockets/`` and the socket are reached through fds that refuse
     symlinks and other users' files, the socket's inode is pinned before the
-    connect (``files.connect_unix_at``), and the process that accepted must run as
-    this user (``SO_PEERCRED``). Raises ``FileNotFoundError`` (no namespace or no
-    socket file), ``UnsafePathError`` (a link, a non-socket, a foreign owner or
-    peer: ``ForeignOwnerError``), or the connect's ``OSError`` (``ECONNREFUSED``:
-    nothing listens; ``EAGAIN``: its listen queue is full; ``TimeoutError``).
+    connect, and the process that accepted must run as this user (``SO_PEERCRED``;
+    both in ``files.connect_unix_at``). Raises ``FileNotFoundError`` (no namespace
+    or no socket file), ``UnsafePathError`` (a link, a non-socket; another user's
+    file or peer: ``ForeignOwnerError``), or the connect's ``OSError``
+    (``ECONNREFUSED``: nothing listens; ``EAGAIN``: its listen queue is full;
+    ``TimeoutError``).
     """
     with (
         opened(layout.open_namespace(name)) as ns_fd,
         opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd,
     ):
-        sock = connect_unix_at(sockets_fd, SOCKET_NAME, timeout)
-    try:
-        _check_peer(sock)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _check_peer(sock: socket.socket) -> None:
-    """The accepting end runs as this user, as the kernel vouches (``SO_PEERCRED``)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(raw)
-    if uid != os.geteuid():
-        raise ForeignOwnerError(
-            f"{SOCKETS_DIR}/{SOCKET_NAME} is served by uid {uid}, not by hecated's user "
-            f"(uid {os.geteuid()}); refusing it"
-        )
+        return connect_unix_at(sockets_fd, SOCKET_NAME, timeout)
 
 
 def listens(ns_fd: int) -> bool:
