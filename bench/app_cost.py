@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from procs import make_plugins, remove, temp_home  # noqa: E402
 from serving import app as trivial_app  # noqa: E402
 
-from hecated.core.index import Registry  # noqa: E402
+from hecated.core.index import Index  # noqa: E402
 from hecated.core.layout import Layout  # noqa: E402
 from hecated.http.app import HecateApp  # noqa: E402
 from hecated.protocol import PEER_ENVIRON_KEY, Peer  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
     home = temp_home("happ")
     try:
         names = make_plugins(home, args.plugins)
-        registry = Registry(Layout.at(home / ".hecate"))
+        registry = Index(Layout.at(home / ".hecate"))
         registry.scan()
         app = HecateApp(registry)
         one = f"/api/plugins/{names[len(names) // 2]}"

@@ -4,7 +4,7 @@ On a tree hecated never saw, start → first list is dominated by the scan, and
 the scan by parsing every ``plugin.toml``. This script, in one process:
 
 1. builds ``--count`` namespaces the way hecated writes them (bench/procs.py);
-2. profiles ``Registry.scan()`` on that tree with cProfile, cold cache of parsed
+2. profiles ``Index.scan()`` on that tree with cProfile, cold cache of parsed
    manifests (what a first start does), and prints the top entries by own time;
 3. reads every file's bytes into memory once, then times each parser over all
    of them, median of ``--rounds``: the standard library's ``tomllib``, ``tomli``
@@ -12,7 +12,7 @@ the scan by parsing every ``plugin.toml``. This script, in one process:
    (Rust), each only if installed; ``manifest.parse`` (tomllib plus
    validation) for the whole cost per file; and checks that every parser gives
    the very same document as ``tomllib`` (a faster parser that differs is no use);
-4. times the whole never-seen ``Registry.scan()`` with each parser in place of
+4. times the whole never-seen ``Index.scan()`` with each parser in place of
    ``tomllib`` (swapped in this process only, for the estimate; rounds interleaved).
 
     .venv/bin/python bench/toml_parse.py [--count 10000] [--rounds 3]
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from procs import make_plugins, remove, temp_home  # noqa: E402
 
 from hecated.core import manifest  # noqa: E402
-from hecated.core.index import Registry  # noqa: E402
+from hecated.core.index import Index  # noqa: E402
 from hecated.core.layout import Layout  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def scan_with_each(home: Path, rounds: int) -> dict[str, float]:
     spent: dict[str, list[float]] = {name: [] for name in parsers()}
     for _ in range(rounds):
         for name in spent:
-            registry = Registry(Layout.at(home / ".hecate"))
+            registry = Index(Layout.at(home / ".hecate"))
             with _Swap(name):
                 t0 = time.perf_counter()
                 registry.scan()
@@ -110,7 +110,7 @@ def scan_with_each(home: Path, rounds: int) -> dict[str, float]:
 
 
 def profile_scan(home: Path, top: int) -> tuple[float, str]:
-    registry = Registry(Layout.at(home / ".hecate"))
+    registry = Index(Layout.at(home / ".hecate"))
     profiler = cProfile.Profile()
     t0 = time.perf_counter()
     profiler.enable()
@@ -133,7 +133,7 @@ def main() -> None:
     try:
         names = make_plugins(home, args.count)
         wall, report = profile_scan(home, args.top)
-        plain = Registry(Layout.at(home / ".hecate"))
+        plain = Index(Layout.at(home / ".hecate"))
         t0 = time.perf_counter()
         plain.scan()
         unprofiled = time.perf_counter() - t0
@@ -143,13 +143,13 @@ def main() -> None:
     finally:
         remove(home)
     texts = [d.decode() for d in datas]
-    print(f"## Registry.scan() of {args.count:,} never-seen plugin.toml files\n")
+    print(f"## Index.scan() of {args.count:,} never-seen plugin.toml files\n")
     print(f"without the profiler: {unprofiled * 1e3:,.0f} ms; under cProfile {wall * 1e3:,.0f} ms")
     print("\n```\n" + report.strip() + "\n```\n")
     print(f"## Parsing the same {args.count:,} files from memory, median of {args.rounds}\n")
     print("| parser | kind | ms for all | µs per file | same documents as tomllib |")
     print("|---|---|---|---|---|")
-    print(f"## Registry.scan() of the same tree with each parser, median of {args.rounds}\n")
+    print(f"## Index.scan() of the same tree with each parser, median of {args.rounds}\n")
     print("| parser | scan |\n|---|---|")
     for name, seconds in scans.items():
         print(f"| `{name}` | {seconds * 1e3:,.0f} ms |")

@@ -35,12 +35,13 @@ from hecated.adapters.systemd import (
 )
 from hecated.core.config import Config
 from hecated.core.errors import BusyError, HecateError
-from hecated.core.index import RUNNING, Registry
+from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.streams import ForwardSettings
 from hecated.http.views import Views
+from hecated.protocol import PluginStatus
 
 log = logging.getLogger("hecated")
 
@@ -207,8 +208,9 @@ class Lifecycle:
         self.runfiles = runfiles
         self.passed = passed
         self.notifier = Notifier(config.notify)
-        self.registry = Registry(config.layout)
-        # Liveness: pid files, pidfds, the plugins' sockets; closed by registry.close().
+        self.registry = Index(config.layout)
+        # Liveness: socket probes and pidfds, fed by the index's change feed and publishing
+        # into it; started after the first answer, closed in shutdown (the daemon owns it).
         self.prober = Prober(self.registry, interval=config.probe_interval)
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
@@ -328,7 +330,8 @@ class Lifecycle:
         self.runfiles.set_state("stopping")
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
-        self.watching.stop()  # adapters stop here, beside the watcher
+        self.watching.stop()  # adapters stop here: the watcher, then the prober
+        self.prober.close()
         if self.server is not None:
             self.server.close()
         self.registry.save_cache()
@@ -418,7 +421,7 @@ class Lifecycle:
 class _Watching:
     """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
 
-    def __init__(self, registry: Registry, on_socket: Callable[[str], None] | None = None) -> None:
+    def __init__(self, registry: Index, on_socket: Callable[[str], None] | None = None) -> None:
         self.registry = registry
         self.on_socket = on_socket
         self.watcher = None
@@ -452,11 +455,11 @@ class _Watching:
                 self.watcher.stop()
 
 
-def status_line(registry: Registry) -> str:
+def status_line(registry: Index) -> str:
     """The human line systemctl status shows: "3 plugins registered, 2 running"."""
     listed = registry.list()
     plugins = [p for p in listed if p.registered]
-    running = sum(1 for p in plugins if p.status == RUNNING)
+    running = sum(1 for p in plugins if p.status == PluginStatus.RUNNING)
     noun = "plugin" if len(plugins) == 1 else "plugins"
     found = len(listed) - len(plugins)  # discovered: their sockets answer, no plugin.toml
     return f"{len(plugins)} {noun} registered, {running} running" + (

@@ -182,6 +182,16 @@ class HealthStatus(StrEnum):
     STOPPING = "stopping"
 
 
+class PluginStatus(StrEnum):
+    """A plugin's ``status`` in the list, its detail and the change feed."""
+
+    RUNNING = "running"  # its socket answers GET /health with a 2xx
+    STARTING = "starting"  # its pid file names a live process; the socket does not answer yet
+    UNHEALTHY = "unhealthy"  # something accepts on its socket, but not a 2xx /health
+    STOPPED = "stopped"
+    INVALID = "invalid"  # its plugin.toml is not a valid entry
+
+
 # A plugin's word in the health answer's ``plugins`` object (else a short reason).
 PLUGIN_OK = "ok"  # running
 PLUGIN_DEGRADED = "degraded"  # alive but not answering as it should

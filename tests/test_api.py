@@ -13,7 +13,7 @@ from werkzeug.test import Client
 
 from hecated import __version__
 from hecated.adapters.liveness import Prober
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.http import openapi
 from hecated.http.app import HecateApp
@@ -37,7 +37,7 @@ def as_peer(app: HecateApp, peer: Peer | None) -> Client:
 def app(home: Path) -> HecateApp:
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     Prober(registry)  # liveness, as the daemon composes them
     registry.scan()
     return HecateApp(registry)
@@ -186,7 +186,7 @@ def test_uptime_is_whole_seconds(home: Path) -> None:
     now = [100.0]
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
-    app = HecateApp(Registry(layout), clock=lambda: now[0])
+    app = HecateApp(Index(layout), clock=lambda: now[0])
     now[0] += 1.9
     assert as_peer(app, ME).get("/health").get_json()["uptime_seconds"] == 1
 
@@ -336,13 +336,14 @@ def test_invalid_entry_shows_error_with_line(client: Client, app: HecateApp) -> 
 def test_a_discovered_plugin_is_listed_registered_false_and_registers_from_its_manifest(
     client: Client, app: HecateApp
 ) -> None:
-    from hecated.core.index import RUNNING, LiveManifest, Liveness
+    from hecated.core.status import LiveManifest, SocketFinding, SocketKind
 
-    # Published as the prober would (set_liveness), without a socket: the app's side only.
+    # Published as the prober would (set_finding), without a socket: the app's side only.
     manifest = LiveManifest("trader", "0.4.0", "AI Stock Trading Agents", "Trader", "x", "t-s")
-    live = Liveness(RUNNING, manifest=manifest, answering=True)
+    live = SocketFinding(SocketKind.ANSWERING, manifest=manifest, socket_file=True)
+    gone = SocketFinding(SocketKind.ABSENT)
     with app.registry.name_lock("hecate-traderd"):
-        assert app.registry.set_liveness("hecate-traderd", live) is not None
+        assert app.registry.set_finding("hecate-traderd", live) is not None
     [row] = client.get("/api/plugins").get_json()
     assert (row["registered"], row["version"], row["status"], row["display_name"]) == (
         False,
@@ -359,9 +360,9 @@ def test_a_discovered_plugin_is_listed_registered_false_and_registers_from_its_m
     assert (one["registered"], one["version"], one["description"]) == (True, "0.4.0", "mine")
     # It stops answering: a registered plugin stays, stopped; a discovered one would go.
     with app.registry.name_lock("hecate-traderd"):
-        app.registry.set_liveness("hecate-traderd", Liveness("stopped"))
+        app.registry.set_finding("hecate-traderd", gone)
     assert client.get("/api/plugins/hecate-traderd").get_json()["status"] == "stopped"
     with app.registry.name_lock("hecate-gone"):
-        app.registry.set_liveness("hecate-gone", live)
-        app.registry.set_liveness("hecate-gone", Liveness("stopped"))
+        app.registry.set_finding("hecate-gone", live)
+        app.registry.set_finding("hecate-gone", gone)
     assert [p["name"] for p in client.get("/api/plugins").get_json()] == ["hecate-traderd"]

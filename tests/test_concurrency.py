@@ -19,7 +19,7 @@ import pytest
 from conftest import Daemon, http_request
 
 from hecated.core import manifest
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 
 CLIENTS = 32
@@ -127,7 +127,7 @@ def test_overlapping_registrations_from_32_clients(daemon: Daemon) -> None:
     # The index the daemon serves equals a fresh scan of the tree.
     status, _, listed = daemon.request("GET", "/api/plugins")
     assert status == 200
-    fresh = Registry(layout)
+    fresh = Index(layout)
     fresh.scan()
     assert sorted(p["name"] for p in listed) == sorted(on_disk)
     assert {p["name"]: p["version"] for p in listed} == {

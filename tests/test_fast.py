@@ -21,7 +21,7 @@ from watch_support import manifest_text
 from werkzeug.test import EnvironBuilder
 
 from hecated.adapters.liveness import Prober
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.http.app import HecateApp
 from hecated.http.fast import FastPath
@@ -37,7 +37,7 @@ Answer = tuple[str, list[tuple[str, str]], bytes]
 class Front:
     """A FastPath over the same Views as a full app, counting what reached the full app."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Index) -> None:
         self.views = Views(registry, clock=lambda: 100.0)  # one uptime for both paths
         self.full = HecateApp(registry, views=self.views)
         self.loads = 0
@@ -87,10 +87,10 @@ class FileWrapper:
 
 
 @pytest.fixture
-def registry(home: Path) -> Registry:
+def registry(home: Path) -> Index:
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     Prober(registry)
     registry.scan()
     registry.register("alpha", "1.0", "the first")
@@ -103,7 +103,7 @@ def registry(home: Path) -> Registry:
 
 
 @pytest.fixture
-def front(registry: Registry) -> Front:
+def front(registry: Index) -> Front:
     return Front(registry)
 
 
@@ -133,7 +133,7 @@ def test_a_hit_is_the_full_apps_answer_byte_for_byte(front: Front, method: str, 
     assert "Content-Type" in names and "Content-Length" in names
 
 
-def test_the_list_carries_the_seq_and_follows_changes(front: Front, registry: Registry) -> None:
+def test_the_list_carries_the_seq_and_follows_changes(front: Front, registry: Index) -> None:
     _, headers, body = call(front.fast, "GET", "/api/plugins")
     assert dict(headers)["X-Hecate-Seq"] == str(registry.seq)
     registry.register("gamma", "3.0", "new")
@@ -144,7 +144,7 @@ def test_the_list_carries_the_seq_and_follows_changes(front: Front, registry: Re
     assert front.reached_full == 0
 
 
-def test_the_detail_follows_changes_of_its_plugin(front: Front, registry: Registry) -> None:
+def test_the_detail_follows_changes_of_its_plugin(front: Front, registry: Index) -> None:
     first = call(front.fast, "GET", "/api/plugins/alpha")
     registry.register("alpha", "1.1", "changed")
     second = call(front.fast, "GET", "/api/plugins/alpha")
@@ -157,7 +157,7 @@ def test_the_detail_follows_changes_of_its_plugin(front: Front, registry: Regist
 
 
 def test_a_big_list_goes_out_through_the_file_wrapper_like_the_app(
-    front: Front, registry: Registry
+    front: Front, registry: Index
 ) -> None:
     for i in range(BIG_BODY // 150 + 1):
         registry.register(f"p{i:04d}", "1.0", "x" * 40)
@@ -211,7 +211,7 @@ def test_the_phase_is_shared_by_both_paths(front: Front) -> None:
     assert call(front.fast, "GET", "/health") == call(front.full, "GET", "/health")
 
 
-def test_two_first_requests_at_once_build_the_full_app_once(registry: Registry) -> None:
+def test_two_first_requests_at_once_build_the_full_app_once(registry: Index) -> None:
     views = Views(registry)
     entered = threading.Event()
     second_entered = threading.Event()

@@ -12,7 +12,7 @@ from conftest import Daemon, wait_for
 from watch_support import manifest_text, write_rename_over
 
 from hecated.core.errors import BusyError
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.http.app import HecateApp
 
@@ -150,7 +150,7 @@ def test_waiters_are_bounded_and_shutdown_does_not_wait_for_them(home: Path) -> 
 
 
 def test_registry_wait_is_released_by_close(home: Path) -> None:
-    reg = Registry(Layout.at(home / ".hecate"), max_waiters=1)
+    reg = Index(Layout.at(home / ".hecate"), max_waiters=1)
     results: list = []
     waiter = threading.Thread(target=lambda: results.append(reg.wait(reg.seq, 60)))
     waiter.start()
@@ -164,7 +164,7 @@ def test_registry_wait_is_released_by_close(home: Path) -> None:
 
 
 def test_list_is_encoded_once_per_seq(home: Path) -> None:
-    reg = Registry(Layout.at(home / ".hecate"))
+    reg = Index(Layout.at(home / ".hecate"))
     app = HecateApp(reg)
     try:
         first = app._encoded_list()

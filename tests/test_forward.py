@@ -478,14 +478,14 @@ def test_another_users_peer_is_refused_before_anything_is_forwarded(world: Any) 
     """The forwarded route goes through the same peer check: a wrong uid is a 403."""
     from werkzeug.test import Client
 
-    from hecated.core.index import Registry
+    from hecated.core.index import Index
     from hecated.core.layout import Layout
     from hecated.http.app import HecateApp
     from hecated.http.forward import Forwarder
     from hecated.protocol import PEER_ENVIRON_KEY, Peer
 
     _, root, _ = world
-    registry = Registry(Layout.at(root))
+    registry = Index(Layout.at(root))
     app = HecateApp(registry, owner_uid=os.getuid() + 1, forward=Forwarder(registry))
 
     def as_peer(environ: dict, start_response: Any) -> Any:
@@ -581,7 +581,7 @@ def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: 
     itself: no later request to that plugin is needed to reap it."""
     from werkzeug.test import Client
 
-    from hecated.core.index import Registry
+    from hecated.core.index import Index
     from hecated.core.layout import Layout
     from hecated.http.app import HecateApp
     from hecated.http.forward import Forwarder
@@ -592,7 +592,7 @@ def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: 
     seen = short_tempdir("hs") / "seen"
     try:
         plugin = start(world, "hecate-app-reapd", seen)
-        registry = Registry(Layout.at(root))
+        registry = Index(Layout.at(root))
         forwarder = Forwarder(registry, ForwardSettings(pool_idle=0.5))
         app = HecateApp(registry, forward=forwarder)
 

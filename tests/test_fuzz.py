@@ -34,7 +34,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
 from hecated.core import manifest
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
@@ -316,7 +316,7 @@ def harness() -> Iterator[Harness]:
     home.mkdir()
     layout = Layout.at(root)
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     registry.scan(clean_temps=True)
     cwd_before = _cwd()
     app = api.HecateApp(registry, forward=Forwarder(registry))
@@ -342,7 +342,7 @@ def test_fuzz_the_api_from_its_spec(harness: Harness) -> None:
     _fuzz(harness)
     check_tree(harness)
     # The index is what a fresh scan of the tree finds.
-    fresh = Registry(harness.app.layout)
+    fresh = Index(harness.app.layout)
     fresh.scan()
     assert [p.entry for p in fresh.list()] == [p.entry for p in harness.app.registry.list()]
     stats = dict(harness.stats)
@@ -491,7 +491,7 @@ def fronted() -> Iterator[tuple[FastPath, api.HecateApp, Counter]]:
     tmp = memory_tempdir("hcff")
     layout = Layout.at(tmp / "home" / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     registry.scan(clean_temps=True)
     views = Views(registry, clock=lambda: 7.0)  # one uptime for both answers
     full = api.HecateApp(registry, views=views)

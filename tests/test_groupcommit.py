@@ -13,7 +13,7 @@ from conftest import wait_for
 
 from hecated.core import manifest
 from hecated.core.files import GroupCommit, atomic_write
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 
@@ -163,7 +163,7 @@ def test_grouped_atomic_writes_land_whole(tmp_path: Path) -> None:
 def test_concurrent_registrations_through_the_grouped_path(tmp_path: Path) -> None:
     layout = Layout.at(tmp_path / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     errors: list[BaseException] = []
 
     def client(i: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import INDEX_CACHE_FILE, Layout
 from hecated.core.manifest import Manifest, dumps, now_utc
 
@@ -19,13 +19,13 @@ def _write(layout: Layout, name: str, version: str, extra: dict | None = None) -
     return path
 
 
-def _registry(layout: Layout) -> Registry:
-    registry = Registry(layout)
+def _registry(layout: Layout) -> Index:
+    registry = Index(layout)
     registry.cache.racy_ns = 0  # files written just now count as settled
     return registry
 
 
-def _versions(registry: Registry) -> dict[str, str | None]:
+def _versions(registry: Index) -> dict[str, str | None]:
     return {p.name: p.entry.manifest.version if p.entry.manifest else None for p in registry.list()}
 
 
@@ -78,7 +78,7 @@ def test_a_recently_changed_file_is_never_cached(tmp_path: Path) -> None:
     layout = Layout.at(tmp_path / ".hecate")
     layout.ensure_layout()
     _write(layout, "young", "1.0")
-    registry = Registry(layout)  # the real window: the file was written just now
+    registry = Index(layout)  # the real window: the file was written just now
     registry.scan()
     assert len(registry.cache) == 0
     registry.scan()

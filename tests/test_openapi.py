@@ -13,7 +13,7 @@ from werkzeug.test import Client
 
 from hecated import protocol
 from hecated.core import errors
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.http import app as api
 from hecated.http import openapi
@@ -130,7 +130,7 @@ def _ops(item: dict) -> list[dict]:
 
 
 def test_served_document_is_the_spec(tmp_path: Path) -> None:
-    registry = Registry(Layout.at(tmp_path / ".hecate"))
+    registry = Index(Layout.at(tmp_path / ".hecate"))
     app = api.HecateApp(registry)
 
     def with_peer(environ, start_response):

@@ -10,7 +10,7 @@ from conftest import wait_for
 from watch_support import dead_pid
 
 from hecated.adapters.procwatch import ProcessWatcher
-from hecated.core.store import pid_alive
+from hecated.core.runstate import pid_alive
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def exits():
 
 
 @pytest.mark.parametrize("pidfds", [True, False])
-def test_exit_is_reported_once(exits, pidfds: bool) -> None:
-    watcher, seen = exits
-    watcher._pidfds = pidfds
+def test_exit_is_reported_once(pidfds: bool) -> None:
+    seen: list[str] = []
+    watcher = ProcessWatcher(seen.append, pid_alive, fallback_interval=0.05, pidfds=pidfds)
     proc = subprocess.Popen(["sleep", "60"])
     try:
         watcher.track("alpha", proc.pid)
@@ -41,19 +41,28 @@ def test_exit_is_reported_once(exits, pidfds: bool) -> None:
         wait_for(lambda: seen == ["alpha"])
         assert watcher.tracked() == {}
     finally:
+        watcher.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
-def test_already_dead_pid_is_reported_from_the_thread(exits) -> None:
-    watcher, seen = exits
+def test_already_dead_pid_is_reported_from_the_thread() -> None:
     caller = threading.current_thread()
     callers: list = []
-    watcher._on_exit = lambda key: (callers.append(threading.current_thread()), seen.append(key))
-    watcher.track("alpha", dead_pid())
-    wait_for(lambda: seen == ["alpha"])
-    assert callers[0] is not caller  # never re-entrantly from track()
+    seen: list[str] = []
+
+    def on_exit(key: str) -> None:
+        callers.append(threading.current_thread())
+        seen.append(key)
+
+    watcher = ProcessWatcher(on_exit, pid_alive, fallback_interval=0.05)
+    try:
+        watcher.track("alpha", dead_pid())
+        wait_for(lambda: seen == ["alpha"])
+        assert callers[0] is not caller  # never re-entrantly from track()
+    finally:
+        watcher.close()
 
 
 def test_untrack_and_close(exits) -> None:

@@ -22,22 +22,23 @@ from hecated.core.errors import (
     StillRegisteredError,
     UnsafePathError,
 )
-from hecated.core.index import INVALID, STARTING, STOPPED, Registry
+from hecated.core.index import INVALID, STARTING, STOPPED, Index
 from hecated.core.layout import SUBDIRS, Layout
-from hecated.core.store import pid_alive
+from hecated.core.runstate import pid_alive
 
 
 @pytest.fixture
-def registry(home: Path) -> Iterator[Registry]:
+def registry(home: Path) -> Iterator[Index]:
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
-    reg = Registry(layout)
-    Prober(reg)  # as the daemon composes them
+    reg = Index(layout)
+    prober = Prober(reg)  # as the daemon composes them
     yield reg
-    reg.close()  # and the prober's process watcher thread, if a plugin was seen running
+    prober.close()  # its process watcher thread, if a plugin was seen running
+    reg.close()
 
 
-def test_register_creates_namespace_and_manifest(registry: Registry) -> None:
+def test_register_creates_namespace_and_manifest(registry: Index) -> None:
     entry, created = registry.register("hecate-traderd", "0.1.0", "Trading daemon")
     assert created
     ns = registry.layout.namespace("hecate-traderd")
@@ -46,7 +47,7 @@ def test_register_creates_namespace_and_manifest(registry: Registry) -> None:
     assert registry.get("hecate-traderd").status == STOPPED
 
 
-def test_reregister_updates_and_keeps_registered_at(registry: Registry) -> None:
+def test_reregister_updates_and_keeps_registered_at(registry: Index) -> None:
     first, _ = registry.register("p", "1", "one")
     second, created = registry.register("p", "2", "two")
     assert not created
@@ -54,7 +55,7 @@ def test_reregister_updates_and_keeps_registered_at(registry: Registry) -> None:
     assert second.manifest.registered_at == first.manifest.registered_at
 
 
-def test_reregister_keeps_keys_a_person_added(registry: Registry) -> None:
+def test_reregister_keeps_keys_a_person_added(registry: Index) -> None:
     registry.register("p", "1", "")
     path = registry.layout.manifest_path("p")
     path.write_text(path.read_text() + 'owner = "ops team"\n')
@@ -62,7 +63,7 @@ def test_reregister_keeps_keys_a_person_added(registry: Registry) -> None:
     assert 'owner = "ops team"' in path.read_text()
 
 
-def test_deregister_keeps_data(registry: Registry) -> None:
+def test_deregister_keeps_data(registry: Index) -> None:
     registry.register("p", "1", "")
     data = registry.layout.namespace("p") / "sqlite" / "db.sqlite"
     data.write_text("precious")
@@ -72,12 +73,12 @@ def test_deregister_keeps_data(registry: Registry) -> None:
     assert not registry.layout.manifest_path("p").exists()
 
 
-def test_deregister_unknown_is_not_found(registry: Registry) -> None:
+def test_deregister_unknown_is_not_found(registry: Index) -> None:
     with pytest.raises(NotFoundError):
         registry.deregister("ghost")
 
 
-def test_purge_refuses_registered_then_removes(registry: Registry) -> None:
+def test_purge_refuses_registered_then_removes(registry: Index) -> None:
     registry.register("p", "1", "")
     with pytest.raises(StillRegisteredError):
         registry.purge("p")
@@ -88,7 +89,7 @@ def test_purge_refuses_registered_then_removes(registry: Registry) -> None:
         registry.purge("p")
 
 
-def test_purge_does_not_follow_symlinks_inside(registry: Registry, home: Path) -> None:
+def test_purge_does_not_follow_symlinks_inside(registry: Index, home: Path) -> None:
     outside = home / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
@@ -99,7 +100,7 @@ def test_purge_does_not_follow_symlinks_inside(registry: Registry, home: Path) -
     assert (outside / "keep.txt").read_text() == "keep"
 
 
-def test_purge_refuses_symlinked_namespace(registry: Registry, home: Path) -> None:
+def test_purge_refuses_symlinked_namespace(registry: Index, home: Path) -> None:
     outside = home / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
@@ -109,7 +110,7 @@ def test_purge_refuses_symlinked_namespace(registry: Registry, home: Path) -> No
     assert (outside / "keep.txt").exists()
 
 
-def test_purge_refuses_running_plugin(registry: Registry) -> None:
+def test_purge_refuses_running_plugin(registry: Index) -> None:
     registry.register("p", "1", "")
     (registry.layout.namespace("p") / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
     registry.deregister("p")
@@ -117,7 +118,7 @@ def test_purge_refuses_running_plugin(registry: Registry) -> None:
         registry.purge("p")
 
 
-def test_bad_input_creates_nothing(registry: Registry) -> None:
+def test_bad_input_creates_nothing(registry: Index) -> None:
     before = sorted(os.listdir(registry.layout.root))
     for name in ["../escape", "UPPER", "hecate-daemon", ""]:
         with pytest.raises(InvalidNameError):
@@ -129,7 +130,7 @@ def test_bad_input_creates_nothing(registry: Registry) -> None:
     assert sorted(os.listdir(registry.layout.root)) == before
 
 
-def test_scan_finds_hand_made_entries_and_reports_invalid(registry: Registry) -> None:
+def test_scan_finds_hand_made_entries_and_reports_invalid(registry: Index) -> None:
     root = registry.layout.root
     (root / "good").mkdir()
     (root / "good" / "plugin.toml").write_text('name = "good"\nversion = "1"\n')
@@ -145,7 +146,7 @@ def test_scan_finds_hand_made_entries_and_reports_invalid(registry: Registry) ->
     assert registry.get("no-manifest") is None
 
 
-def test_refresh_follows_the_disk(registry: Registry) -> None:
+def test_refresh_follows_the_disk(registry: Index) -> None:
     registry.register("p", "1", "")
     path = registry.layout.manifest_path("p")
     path.write_text(path.read_text().replace('version = "1"', 'version = "9"'))
@@ -159,7 +160,7 @@ def test_refresh_follows_the_disk(registry: Registry) -> None:
     assert registry.get("p") is None
 
 
-def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Registry) -> None:
+def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Index) -> None:
     registry.register("p", "1", "")
     ns = registry.layout.namespace("p")
     (ns / ".plugin.toml.999999.abcd.tmp").write_text("half")
@@ -173,7 +174,7 @@ def test_scan_cleans_temp_files_of_a_crashed_writer(registry: Registry) -> None:
 
 
 def test_a_live_pid_is_starting_until_its_socket_answers_and_a_stale_pid_is_stopped(
-    registry: Registry,
+    registry: Index,
 ) -> None:
     # Only the plugin's socket says running (tests/test_liveness.py); its pid alone,
     # with no socket looked at yet, is a process on its way up.
@@ -206,7 +207,7 @@ def test_zombie_is_not_alive() -> None:
     assert pid_alive(os.getpid())
 
 
-def test_concurrent_registrations_of_one_name_create_once(registry: Registry) -> None:
+def test_concurrent_registrations_of_one_name_create_once(registry: Index) -> None:
     results: list[bool] = []
     lock = threading.Lock()
 
@@ -228,7 +229,7 @@ def test_another_tools_temp_file_is_never_taken_for_a_crashed_writer(tmp_path: P
     """NamedTemporaryFile(prefix='.plugin.toml.', suffix='.tmp') in the namespace: not ours."""
     layout = Layout.at(tmp_path / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)
+    registry = Index(layout)
     registry.register("hecate-traderd", "1.0", "")
     ns = layout.namespace("hecate-traderd")
     theirs = ns / ".plugin.toml.k3j_h5ab.tmp"
@@ -247,7 +248,7 @@ def test_purge_asks_the_socket_itself_and_refuses_a_listener(tmp_path: Path) -> 
 
     layout = Layout.at(tmp_path / ".hecate")
     layout.ensure_layout()
-    registry = Registry(layout)  # no prober attached: only the purge-time check can tell
+    registry = Index(layout)  # no prober: only the purge-time check can tell
     registry.register("hecate-traderd", "1.0", "")
     registry.deregister("hecate-traderd")
     listener = socket.socket(socket.AF_UNIX)
@@ -275,10 +276,11 @@ def test_rewriting_the_state_file_or_rescanning_asks_for_no_probe(home: Path) ->
 
     layout = Layout.at(home / ".hecate")
     layout.ensure_layout()
-    reg = Registry(layout)
+    reg = Index(layout)
     # Held: the asks are counted and queued, no probe runs (a probe running when a name
     # is asked again re-asks once itself, which is not what is counted here).
-    Counting(reg).hold()
+    prober = Counting(reg)
+    prober.hold()
     try:
         reg.register("p", "1", "")
         assert asked == ["p"]  # a new entry
@@ -300,4 +302,5 @@ def test_rewriting_the_state_file_or_rescanning_asks_for_no_probe(home: Path) ->
         wait_for(lambda: reg.get("p").status == STOPPED)  # the pidfd: it went
         assert asked[2:] == ["p"]  # and that is a reason to look again
     finally:
+        prober.close()
         reg.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters.liveness import Prober
-from hecated.core import store as store_module
+from hecated.core import startscan
 from hecated.core.index import INVALID, STARTING, Index
 from hecated.core.layout import Layout
 from hecated.core.store import Store
@@ -97,9 +97,8 @@ def _odd(root: Path, ns, p: str, want: dict[str, str]) -> None:
 
 def _index(layout: Layout) -> Index:
     # settle_ns=0: a broken file is never "still being written", whatever the timing.
-    index = Index(layout, store=Store(layout, settle_ns=0))
-    Prober(index).hold()  # the run dirs are read; no socket probe runs
-    return index
+    # No prober: the run dirs are read by the index itself; no socket is probed.
+    return Index(layout, store=Store(layout, settle_ns=0))
 
 
 @pytest.fixture
@@ -115,57 +114,96 @@ WANT: dict[str, str] = {}  # what each name of the fixture's tree should read as
 
 
 @pytest.fixture
-def forks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child for any number of files, where a second CPU is there to run it."""
+def forks() -> None:
+    """A child for any number of files (the scripts set PARALLEL_MIN), where a second
+    CPU is there to run it."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: the start scan parses in one process")
-    monkeypatch.setattr(store_module, "PARALLEL_MIN", 2)
 
 
 # The cold start in a fresh interpreter, as the daemon starts: a fork is taken only while
-# no other thread runs, and a test process has threads left by earlier tests.
+# no other thread runs, and a test process has threads left by earlier tests. MODE says
+# what goes wrong with the child: nothing, no fork, a killed child, a malformed answer.
 COLD_START = """
-import json, sys
-from hecated.adapters.liveness import Prober
-from hecated.core import store as store_module
+import json, os, sys
+from hecated.core import startscan
 from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.core.store import Store
 from hecated.http.views import Views
 
-store_module.PARALLEL_MIN = 2  # a child for any number of files
-layout = Layout.at(sys.argv[1])
+root, mode = sys.argv[1], sys.argv[2]
+startscan.PARALLEL_MIN = 2  # a child for any number of files
+real_start, real_main = startscan.ReadChild.start, startscan._child_main
+seen = {"started": 0, "killed": 0}
+
+def start(store, names, root_):
+    seen["started"] += 1
+    if mode == "no-fork":
+        return None  # fork refused (a seccomp filter, no memory)
+    child = real_start(store, names, root_)
+    if mode == "killed":
+        os.kill(child.pid, 9)
+        seen["killed"] += 1
+    return child
+
+def malformed(store, names, root_, wfd):  # the child answers garbage of the right length
+    import pickle
+    out = [("not", "a", "ChildRead", 4), 7, None] * len(names)
+    os.write(wfd, pickle.dumps(out[: len(names)]))
+    os._exit(0)
+
+startscan.ReadChild.start = staticmethod(start)
+if mode == "malformed":
+    startscan._child_main = malformed
+layout = Layout.at(root)
 index = Index(layout, store=Store(layout, settle_ns=0))
-Prober(index).hold()
 index.scan(at_start=True)
 out = {"child": index.store.parsed_in_child, "first": Views(index).encoded_list()[1].decode()}
+out.update(seen)
 out["lines"] = [index.get(p + "bad-line").entry.error.line for p in ("", "zz-")]
 index.scan()  # the warm rescan: cached manifests, the rest parsed again
 out["warm"] = Views(index).encoded_list()[1].decode()
+try:
+    os.waitpid(-1, os.WNOHANG)  # any child at all, running or a zombie
+    out["children_left"] = True
+except ChildProcessError:
+    out["children_left"] = False
 index.close()
 sys.stdout.write(json.dumps(out))
 """
 
 
-def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
-    layout: Layout, forks: None
-) -> None:
+def _cold_start(layout: Layout, mode: str) -> dict:
     ran = subprocess.run(
-        [sys.executable, "-c", COLD_START, str(layout.root)],
+        [sys.executable, "-c", COLD_START, str(layout.root), mode],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
-    cold = json.loads(ran.stdout)
+    return json.loads(ran.stdout)
+
+
+def _serial_list(layout: Layout) -> bytes:
+    serial = _index(layout)  # its own store: no cache, every file parsed here
+    try:
+        serial.scan()
+        assert serial.store.parsed_in_child == 0
+        return Views(serial).encoded_list()[1]
+    finally:
+        serial.close()
+
+
+def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
+    layout: Layout, forks: None
+) -> None:
+    cold = _cold_start(layout, "as-is")
     assert cold["child"] > 0  # the second process really parsed some
     assert cold["lines"] == [3, 3]  # the line a serial parse reports, either side
+    assert not cold["children_left"]  # the child was reaped
     first = cold["first"].encode()
-
-    serial = _index(layout)  # its own store: no cache, every file parsed here
-    serial.scan()
-    assert serial.store.parsed_in_child == 0
-    assert Views(serial).encoded_list()[1] == first
+    assert _serial_list(layout) == first
     assert cold["warm"].encode() == first
 
     listed = {row["name"]: row for row in json.loads(first)}
@@ -174,46 +212,51 @@ def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
         assert (listed[name]["status"] == INVALID) == (want == "invalid"), name
     for p in ("", "zz-"):
         assert listed[f"{p}odd-running"]["status"] == STARTING  # a live pid, no socket
-    serial.close()
 
 
-def test_without_a_child_the_start_scan_parses_everything_itself(
-    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["no-fork", "killed", "malformed"])
+def test_a_child_that_fails_in_any_way_costs_only_time(
+    layout: Layout, forks: None, mode: str
 ) -> None:
-    serial = _index(layout)
-    serial.scan()
-    want = Views(serial).encoded_list()[1]
-    # fork refused (a seccomp filter, no memory): the parent parses the child's part
-    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(lambda cls, *_a: None))
-    cold = _index(layout)
-    cold.scan(at_start=True)
-    assert cold.store.parsed_in_child == 0
-    assert Views(cold).encoded_list()[1] == want
-    for index in (cold, serial):
-        index.close()
+    """No fork (a seccomp filter, no memory), a child killed before it answers, or an
+    answer that makes no sense: the parent reads the child's part itself, and the list
+    is the serial scan's, byte for byte."""
+    cold = _cold_start(layout, mode)
+    assert cold["started"] == 1  # the scan did split: the child's part was really at stake
+    assert cold["killed"] == (mode == "killed")
+    assert cold["child"] == 0
+    assert not cold["children_left"]
+    assert cold["first"].encode() == _serial_list(layout)
 
 
-def test_a_child_that_dies_costs_only_time(
-    layout: Layout, forks: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    serial = _index(layout)
-    serial.scan()
-    want = Views(serial).encoded_list()[1]
-    real_start = store_module._ReadChild.start
-
-    def dying(cls: type, *args: object) -> object:  # a real child, killed before it answers
-        child = real_start(*args)
-        assert child is not None
-        os.kill(child.pid, 9)
-        return child
-
-    monkeypatch.setattr(store_module._ReadChild, "start", classmethod(dying))
-    cold = _index(layout)
-    cold.scan(at_start=True)
-    assert cold.store.parsed_in_child == 0
-    assert Views(cold).encoded_list()[1] == want
-    for index in (cold, serial):
-        index.close()
+def test_a_scan_that_stops_half_way_reaps_its_child(layout: Layout, forks: None) -> None:
+    """An exception in the caller mid-scan (here: the generator dropped after one name)
+    closes the pipe and reaps the child: no zombie, no fd left open."""
+    script = """
+import json, os, sys
+from hecated.core import startscan
+from hecated.core.layout import Layout
+from hecated.core.store import Store
+startscan.PARALLEL_MIN = 2
+layout = Layout.at(sys.argv[1])
+store = Store(layout)
+fds = set(os.listdir("/proc/self/fd"))
+with store.root() as root:
+    scan = startscan.read_each(store, root.names(), root)
+    next(scan)
+    scan.close()
+try:
+    os.waitpid(-1, os.WNOHANG)  # any child at all, running or a zombie
+    left = True
+except ChildProcessError:
+    left = False
+sys.stdout.write(json.dumps({"left": left, "fds": sorted(set(os.listdir("/proc/self/fd")) - fds)}))
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(layout.root)], capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout) == {"left": False, "fds": []}
 
 
 def test_held_probes_wait_for_release(layout: Layout) -> None:
@@ -227,6 +270,7 @@ def test_held_probes_wait_for_release(layout: Layout) -> None:
     assert prober.probes == 0 and prober._threads == []  # queued, no thread made yet
     prober.release()
     wait_for(lambda: prober.probes >= len(index))
+    prober.close()
     index.close()
 
 
@@ -250,7 +294,7 @@ def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Pat
 
     root = home / ".hecate"
     want = _tree(root)
-    for i in range(store_module.PARALLEL_MIN):
+    for i in range(startscan.PARALLEL_MIN):
         name = f"many-{i:04d}"
         (root / name).mkdir()
         (root / name / "plugin.toml").write_text(_valid(name, i))
@@ -263,6 +307,6 @@ def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Pat
         assert daemon.request("POST", "/api/rescan")[0] == 200
         assert body() == first
         listed = {p["name"] for p in json.loads(first)}
-        assert listed == set(want) | {f"many-{i:04d}" for i in range(store_module.PARALLEL_MIN)}
+        assert listed == set(want) | {f"many-{i:04d}" for i in range(startscan.PARALLEL_MIN)}
     finally:
         daemon.stop()

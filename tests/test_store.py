@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from hecated.adapters.liveness import Prober
 from hecated.core.errors import PluginRunningError
-from hecated.core.index import INVALID, RUNNING, STARTING, STOPPED, Index, Liveness
+from hecated.core.index import INVALID, RUNNING, STARTING, STOPPED, Index
 from hecated.core.layout import Layout
+from hecated.core.status import SocketFinding, SocketKind
 from hecated.core.store import Root, Store
 
 GOOD = 'name = "p"\nversion = "2.0"\n'
@@ -159,20 +159,25 @@ def test_a_root_is_opened_once_and_closed(home: Path) -> None:
 # -- liveness published into the index -----------------------------------------------------
 
 
-def test_set_liveness_changes_seq_only_on_a_real_change(index: Index) -> None:
+def test_set_finding_changes_seq_only_on_a_real_change(index: Index) -> None:
     index.register("p", "1", "")
     seq = index.seq
-    assert index.set_liveness("p", Liveness(STOPPED)) is None
-    assert index.set_liveness("ghost", Liveness(RUNNING, 1)) is None
-    change = index.set_liveness("p", Liveness(RUNNING, os.getpid(), "up"))
-    assert change is not None and change.seq == seq + 1 and change.live.state == "up"
-    assert index.get("p").status == RUNNING
-    assert index.set_liveness("p", Liveness(RUNNING, os.getpid(), "up")) is None
+    absent, answering = SocketFinding(SocketKind.ABSENT), SocketFinding(SocketKind.ANSWERING)
+    assert index.set_finding("p", absent) is None  # stopped before, stopped now
+    # Not answering, not in the index: not listed, and the finding is not kept.
+    assert index.set_finding("ghost", SocketFinding(SocketKind.REFUSING, "x")) is not None
+    assert index.set_finding("ghost", absent) is not None and index.get("ghost") is None
+    seq = index.seq
+    change = index.set_finding("p", answering)
+    assert change is not None and change.seq == seq + 1 and change.live.status == RUNNING
+    assert index.get("p").status == RUNNING and index.get("p").live.pid is None
+    assert index.set_finding("p", answering) is None
     assert index.seq == seq + 1
 
 
-def test_a_live_plugin_appears_as_one_change(index: Index) -> None:
-    Prober(index)
+def test_the_status_of_a_run_dir_needs_no_adapter(index: Index) -> None:
+    """The core reads the run dir on every refresh: no prober is needed for a live pid
+    to show as starting (its socket not looked at), nor for a dead one as stopped."""
     ns = index.layout.namespace("p")
     (ns / "run").mkdir(parents=True)
     (ns / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
@@ -183,6 +188,9 @@ def test_a_live_plugin_appears_as_one_change(index: Index) -> None:
     # Its live pid, with its socket not (yet) answering, is "starting" from the first
     # change on: never "stopped" first.
     assert [(c.name, c.live.status, c.live.pid) for c in seen] == [("p", STARTING, os.getpid())]
+    (ns / "run" / "daemon.pid").write_text("999999999\n")
+    index.refresh("p")
+    assert (seen[-1].live.status, seen[-1].live.pid) == (STOPPED, None)
 
 
 def test_purge_refuses_a_running_plugin_without_any_adapter(index: Index) -> None:

@@ -474,9 +474,9 @@ def test_watcher_on_missing_parent_waits(home: Path) -> None:
     """A root whose parent does not exist yet: the watcher retries instead of failing."""
     root = home / "later" / ".hecate"
     layout = Layout.at(root)
-    from hecated.core.index import Registry
+    from hecated.core.index import Index
 
-    reg = Registry(layout)
+    reg = Index(layout)
     watcher = Watcher(reg, timeout=0.1).start()
     try:
         make_plugin(root, "alpha")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hecated.adapters.liveness import Prober
 from hecated.adapters.watch import Watcher
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 
@@ -60,26 +60,28 @@ def dead_pid() -> int:
 def fresh_scan(layout: Layout) -> dict:
     """What the index should hold: a new registry's scan of the same tree (its run dirs
     read; no socket probed: none of these trees has a socket that answers)."""
-    reg = Registry(layout)
-    Prober(reg).hold()
+    reg = Index(layout)
+    prober = Prober(reg)
+    prober.hold()
     try:
         reg.scan()
         return {p.name: p for p in reg.list()}
     finally:
+        prober.close()
         reg.close()
 
 
-def index_of(reg: Registry) -> dict:
+def index_of(reg: Index) -> dict:
     return {p.name: p for p in reg.list()}
 
 
 @contextmanager
-def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watcher]]:
+def watching(root: Path, create: bool = True) -> Iterator[tuple[Index, Watcher]]:
     """A registry over ``root`` with a running watcher, as the daemon composes them."""
     layout = Layout.at(root)
     if create:
         layout.ensure_layout()
-    reg = Registry(layout)
+    reg = Index(layout)
     prober = Prober(reg)
     prober.hold()  # as the daemon starts: the start scan's probes run after it
     reg.scan()
@@ -89,4 +91,5 @@ def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watche
         yield reg, watcher
     finally:
         watcher.stop()
+        prober.close()
         reg.close()

@@ -1,29 +1,25 @@
-"""Liveness: what the index shows as a plugin's ``status``, ``pid``, ``state`` and manifest.
+"""Liveness: the probes of each plugin's socket, and a pidfd on each live process.
 
-The core holds ``Liveness`` values; this adapter finds them and publishes them
-into the index (``index.attach`` / ``index.set_liveness``). Two sources:
+The status rule and the run-dir read are the core's (``core/status.combine``,
+``core/runstate.read_run``): every refresh of the index computes a plugin's
+status itself. This adapter adds what needs threads and network I/O, and
+publishes it into the index:
 
-- the plugin's ``run/daemon.pid`` and ``run/daemon.state`` (cheap file reads,
-  done under the name's lock on every refresh), with a pidfd on every process
-  seen alive, so an exit (a ``kill -9`` leaves no file event) is learnt at once;
+- a pidfd on every process the index shows alive (``adapters/procwatch.py``),
+  so an exit (a ``kill -9`` leaves no file event) is a change at once
+  (``index.refresh_status``);
 - the plugin's own socket, ``sockets/api.sock`` (issue 12): ``GET /health``,
   and when it becomes reachable ``GET /manifest`` and ``GET /ui/component.js``
-  (``adapters/probe.py`` makes one such look).
-  That is network I/O with a plugin that may never answer, so it never runs
-  under a lock or on a request's thread: a small pool of probe threads takes
-  names from a queue (at most one probe in flight per name), asked by socket
-  events (the watcher), pidfd exits, refreshes, and a timer every
+  (``adapters/probe.py`` makes one such look), published with
+  ``index.set_finding``. That is network I/O with a plugin that may never
+  answer, so it never runs under a lock or on a request's thread: a small pool
+  of probe threads takes names from a queue (at most one probe in flight per
+  name), asked by the index's change feed (a new or changed entry, a process
+  come or gone), socket events (the watcher), pidfd exits, and a timer every
   ``probe_interval`` seconds.
 
-How the two combine (``combine``): a 2xx ``/health`` is ``running``; a socket
-that accepts and answers anything else, garbage, or nothing in time is
-``unhealthy`` (the reason in ``detail``); no socket file, or one nothing
-accepts on (a crash's leftover), is ``stopped`` -- or ``starting`` when
-``run/daemon.pid`` names a live process: only the socket's own answer says
-``running``, so a plugin that keeps a pid file and has no socket yet (or the
-spec's older, socketless model) is ``starting`` while its pid lives.
-
-The pidfds are ``adapters/procwatch.py``'s.
+It learns of changes by subscribing to the index's change feed; the daemon
+creates it, starts it, and closes it.
 """
 
 from __future__ import annotations
@@ -34,33 +30,16 @@ import os
 import threading
 from collections import deque
 
-from hecated.adapters.probe import (
-    ABSENT,
-    ANSWERING,
-    PROBE_TIMEOUT,
-    REFUSING,
-    Finding,
-    open_plugin_socket,
-    probe_socket,
-)
+from hecated.adapters.probe import PROBE_TIMEOUT, probe_socket
 from hecated.adapters.procwatch import ProcessWatcher
-from hecated.core.errors import UnsafePathError
-from hecated.core.files import open_dir, opened, read_regular
-from hecated.core.index import (
-    RUNNING,
-    STARTING,
-    STOPPED,
-    UNHEALTHY,
-    Entry,
-    Index,
-    Liveness,
-)
-from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, STATE_FILE
-from hecated.core.store import RUN_DIR, pid_alive, pid_in
+from hecated.core.index import Change, Entry, Index
+from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR
+from hecated.core.runstate import connect_plugin, pid_alive
+from hecated.core.status import Liveness, SocketFinding, SocketKind
+from hecated.protocol import PluginStatus
 
-__all__ = ["STATE_MAX", "Prober", "combine", "probe_run_dir"]
+__all__ = ["Prober"]
 
-STATE_MAX = 4096
 PROBE_INTERVAL = 10.0  # seconds between two probes of a plugin's socket (config: probe_interval)
 PROBE_WORKERS = 4  # probe threads: a plugin that never answers ties up one of them, briefly
 RETRIES = 5  # looks again at a socket refused just after it was bound (see _maybe_retry)
@@ -68,58 +47,15 @@ RETRIES = 5  # looks again at a socket refused just after it was bound (see _may
 log = logging.getLogger("hecated.adapters.liveness")
 
 
-def probe_run_dir(ns_fd: int) -> Liveness:
-    """What a namespace's ``run/`` says: a live pid makes it running; its state line.
-    ``run/`` is opened once for both (the start scan reads 10,000 of them)."""
-    try:
-        run_fd = open_dir(ns_fd, RUN_DIR)
-    except (OSError, UnsafePathError):
-        return Liveness(STOPPED)
-    with opened(run_fd):
-        pid = pid_in(run_fd)
-        try:
-            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
-        except (OSError, UnsafePathError):
-            raw = None
-    state = raw.decode("utf-8", "replace").strip() if raw else None
-    alive = pid is not None and pid_alive(pid)
-    return Liveness(RUNNING if alive else STOPPED, pid if alive else None, state)
-
-
-def combine(run: Liveness, found: Finding | None) -> Liveness:
-    """The status from the run dir's finding and the socket's (None: not probed yet).
-
-    Only the socket's own answer makes a plugin ``running``: a live pid whose socket
-    is missing, refuses, or has not been looked at yet is ``starting`` (issue 12).
-    """
-    alive = run.status == RUNNING
-    pid = run.pid if alive else None
-    if found is not None and found.kind == ANSWERING:
-        return Liveness(RUNNING, pid, run.state, None, found.manifest, answering=True)
-    if found is not None and found.kind == REFUSING:
-        return Liveness(UNHEALTHY, pid, run.state, found.detail, answering=True)
-    if alive:
-        return Liveness(STARTING, pid, run.state, _not_answering(found))
-    return Liveness(STOPPED, None, run.state, found.detail if found else None)
-
-
-def _not_answering(found: Finding | None) -> str:
-    """Why a live process counts as ``starting``. Not probed yet and no socket file
-    read alike, so a fresh scan and a watched index agree on the words."""
-    if found is not None and found.detail:
-        return found.detail
-    return "its process runs; sockets/api.sock does not answer yet"
-
-
 class Prober:
-    """Finds each plugin's liveness and publishes it into the index.
+    """Probes each plugin's socket and watches each live process; publishes into the index.
 
-    Attached to the index, it is asked on every refresh (``refreshed``), under
-    the name's lock: it answers from the run dir and the last socket finding
-    (no socket I/O there) and asks for a socket probe. Socket probes run on
-    ``workers`` threads fed from a queue, at most one per name at a time; a
-    name asked for while its probe runs is probed once more afterwards. Each
-    finding is published with ``set_liveness`` under the name's lock.
+    It follows the index's change feed (``changed``, told under the name's lock:
+    it only queues): a new or changed entry, or a process come or gone (the pid
+    changed), asks for a socket probe. Socket probes run on ``workers`` threads
+    fed from a queue, at most one per name at a time; a name asked for while its
+    probe runs is probed once more afterwards. Each finding is published with
+    ``index.set_finding`` under the name's lock.
     """
 
     def __init__(
@@ -140,67 +76,50 @@ class Prober:
         self._queued: dict[str, bool] = {}  # name -> re-read the manifest
         self._busy: set[str] = set()
         self._again: dict[str, bool] = {}
-        self._found: dict[str, Finding] = {}
+        self._found: dict[str, SocketFinding] = {}
+        self._seen: dict[str, tuple[Entry | None, int | None]] = {}  # name -> (entry, pid)
         self._retries: dict[str, int] = {}
         self._workers_wanted = max(1, workers)
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
         self._closed = False
         self._held = False  # hold(): probes queue, none runs until release()
-        self.probes = 0
-        index.attach(self)
+        self.probes = 0  # probes made (the tests count them)
+        index.subscribe(self.changed)
 
-    # -- the index's side (under the name's lock: no socket I/O) ---------------------------
+    # -- the change feed's side (under the name's lock: no socket I/O) ---------------------
 
-    def probe(self, name: str) -> Liveness:
-        """What is known of ``name`` now: its run dir read, combined with the last socket
-        finding (cheap: two small file reads and a kill(pid, 0))."""
-        try:
-            with opened(self.layout.open_namespace(name)) as ns_fd:
-                run = probe_run_dir(ns_fd)
-        except (OSError, UnsafePathError):
-            run = Liveness(STOPPED)
-        with self._cond:
-            found = self._found.get(name)
-        return combine(run, found)
+    def changed(self, change: Change) -> None:
+        """The index changed ``change.name``: look at its socket when there is reason to.
 
-    def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
-        """The index refreshed ``name`` (it holds the name's lock): its liveness now.
-
-        A new or changed entry is a reason to look at the socket again (the manifest
-        included), and so is a process come or gone (the run dir's pid changed: a
-        plugin starting or stopping). A refresh that changes neither (a state line
-        rewritten, a rescan) asks nothing: a plugin rewriting its files in a loop,
-        or a rescan of 10,000 names, is no probe storm. That look is queued, never
-        made here.
+        A new or changed entry is a reason (the manifest included), and so is a
+        process come or gone (the pid changed: a plugin starting or stopping), and
+        a deregistration (a namespace without plugin.toml may still answer). A
+        change of anything else (a state line rewritten, a finding published) asks
+        nothing: a plugin rewriting its files in a loop is no probe storm. That
+        look is queued, never made here.
         """
-        old = self.index.get(name)
-        live = self.probe(name)
-        if entry is not None and (old is None or old.entry != entry):
+        name, entry, live = change.name, change.entry, change.live
+        with self._cond:
+            seen = self._seen.pop(name, None) if live is None else self._seen.get(name)
+            if live is not None:
+                self._seen[name] = (entry, live.pid)
+        if entry is not None and (seen is None or seen[0] != entry):
             self.request(name, manifest=True)
-        elif entry is None and (old is None or old.registered):
-            self.request(name)  # a namespace without plugin.toml may still answer
-        elif old is None or old.live.pid != live.pid:
+        elif seen is not None and (
+            (entry is None and seen[0] is not None)  # deregistered
+            or (live is not None and seen[1] != live.pid)  # a process come or gone
+        ):
             self.request(name)
         self._track(name, live)
-        return live
 
     def reprobe(self, name: str) -> None:
-        """Publish ``name``'s liveness again (a process exit) and look at its socket."""
-        with self.index.name_lock(name):
-            self._publish(name)
-        self.request(name)
-
-    def _publish(self, name: str) -> None:
-        """Under the name's lock: the liveness now, into the index (which keeps a
-        discovered name only while it answers)."""
-        plugin = self.index.get(name)
-        live = self.probe(name)
-        if plugin is None and not live.answering:
-            self._track(name, None)
-            return
-        self._track(name, live)
-        self.index.set_liveness(name, live)
+        """A tracked process exited: its status again now (the pid gone from it is a
+        change, and that change asks for a look at its socket)."""
+        try:
+            self.index.refresh_status(name)
+        except Exception:
+            log.exception("publishing the exit of %s failed", name)
 
     # -- asking for probes ------------------------------------------------------------------
 
@@ -235,12 +154,16 @@ class Prober:
             self._held = True
 
     def release(self) -> None:
-        """Run the probes queued since ``hold``, and any asked for later."""
+        """Run the probes queued since ``hold``, and any asked for later; and look at
+        every socket file now there (a plugin that never registered is in no entry
+        the start scan's changes asked about)."""
         with self._cond:
-            self._held = False
+            held, self._held = self._held, False
             if self._queue and not self._closed:
                 self._start_workers()
             self._cond.notify_all()
+        if held:
+            self.round()
 
     def start(self) -> None:
         """Start the periodic probes (every ``interval`` seconds); the daemon calls it."""
@@ -261,7 +184,11 @@ class Prober:
         A socket bound between rounds is seen at once anyway (inotify on ``sockets/``).
         """
         with self._cond:
-            seen = {name for name, f in self._found.items() if f.kind != ABSENT or f.socket_file}
+            seen = {
+                name
+                for name, f in self._found.items()
+                if f.kind != SocketKind.ABSENT or f.socket_file
+            }
         names = {p.name for p in self.index.list()} | seen
         root = self.layout.root
         with contextlib.suppress(OSError):
@@ -276,6 +203,13 @@ class Prober:
                 due.append(name)
         return due
 
+    def round(self) -> None:
+        """Ask for a probe of every name ``due`` names."""
+        due = self.due()
+        log.debug("a round of probes: %d due", len(due))
+        for name in due:
+            self.request(name)
+
     def _tick(self) -> None:
         while True:
             with self._cond:
@@ -283,10 +217,7 @@ class Prober:
                 if self._closed:
                     return
             try:
-                due = self.due()
-                log.debug("a round of probes: %d due", len(due))
-                for name in due:
-                    self.request(name)
+                self.round()
             except Exception:
                 log.exception("a periodic round of probes failed")
 
@@ -321,18 +252,18 @@ class Prober:
             if again is not None:
                 self.request(name, again)
 
-    def _probe_one(self, name: str, manifest: bool, before: Finding | None) -> None:
+    def _probe_one(self, name: str, manifest: bool, before: SocketFinding | None) -> None:
         # The manifest is read when the plugin becomes reachable, or when asked (a new
         # entry, a socket made again); the periodic probes ask /health only.
-        reread = manifest or before is None or before.kind != ANSWERING
+        reread = manifest or before is None or before.kind != SocketKind.ANSWERING
         found = probe_socket(
-            lambda: open_plugin_socket(self.layout.open_namespace, name),
+            lambda: connect_plugin(self.layout, name, self.timeout),
             name,
             self.timeout,
             reread,
         )
-        if found.kind == ANSWERING and found.manifest is None and before is not None:
-            found = Finding(ANSWERING, None, before.manifest, True)
+        if found.kind == SocketKind.ANSWERING and found.manifest is None and before is not None:
+            found = SocketFinding(SocketKind.ANSWERING, None, before.manifest, True)
         self.probes += 1
         log.debug("probed %s: %s %s", name, found.kind, found.detail or "")
         self._maybe_retry(name, manifest, found)
@@ -341,12 +272,12 @@ class Prober:
                 if self._closed:
                     return
                 self._found[name] = found
-            self._publish(name)
+            self.index.set_finding(name, found)
             if self.index.get(name) is None:
                 with self._cond:
                     self._found.pop(name, None)
 
-    def _maybe_retry(self, name: str, asked: bool, found: Finding) -> None:
+    def _maybe_retry(self, name: str, asked: bool, found: SocketFinding) -> None:
         """A socket file nothing accepts on, just after an event: look again soon.
 
         A plugin binds its socket (the inotify event) a moment before it listens,
@@ -355,7 +286,7 @@ class Prober:
         0.05 s doubling to 0.8 s, cover that moment and nothing more.
         """
         with self._cond:
-            if found.kind != ABSENT or not found.socket_file:
+            if found.kind != SocketKind.ABSENT or not found.socket_file:
                 self._retries.pop(name, None)
                 return
             attempt = self._retries.get(name, 0)
@@ -370,7 +301,7 @@ class Prober:
     def _track(self, name: str, live: Liveness | None) -> None:
         """Hold a pidfd on a live plugin's process, so its exit is a change too."""
         try:
-            if live is not None and live.pid and live.status != STOPPED:
+            if live is not None and live.pid and live.status != PluginStatus.STOPPED:
                 self.procs.track(name, live.pid)
             else:
                 self.procs.untrack(name)
@@ -378,6 +309,7 @@ class Prober:
             log.warning("cannot watch the process of plugin %s: %s", name, exc)
 
     def close(self) -> None:
+        """Stop probing and watching (the daemon calls it, beside the watcher's stop)."""
         with self._cond:
             self._closed = True
             self._queue.clear()

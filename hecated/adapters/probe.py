@@ -1,9 +1,9 @@
 """One look at a plugin's own socket: ``GET /health``, ``/manifest``, ``/ui/component.js``.
 
 This is network I/O with a plugin that may never answer, so everything here is
-held to one deadline and one size limit per request, and reached only through
-directory fds that refuse symlinks (nothing outside ``~/.hecate/*/sockets/``).
-It finds; it never decides a status (``liveness.combine`` does) and never
+held to one deadline and one size limit per request. The connect is the run-state
+room's (``runstate.connect_plugin``: no symlink, no other user's file or peer).
+It finds; it never decides a status (``core/status.combine`` does) and never
 touches the index.
 """
 
@@ -17,20 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hecated.core.errors import UnsafePathError
-from hecated.core.files import connect_unix_at, open_dir, opened
-from hecated.core.index import LiveManifest
-from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR
+from hecated.core.status import LiveManifest, SocketFinding, SocketKind
 
 __all__ = [
-    "ABSENT",
-    "ANSWERING",
     "PROBE_TIMEOUT",
-    "REFUSING",
-    "Finding",
     "ProbeError",
     "exchange",
     "name_fits",
-    "open_plugin_socket",
     "probe_socket",
     "read_manifest",
 ]
@@ -39,21 +32,6 @@ PROBE_TIMEOUT = 2.0  # one request to a plugin, connect to last byte (hecate-web
 BODY_MAX = 64 * 1024  # the most of an answer (a manifest) read from a plugin
 TEXT_MAX = 256  # the most of one manifest string kept
 MANIFEST_FIELDS = ("name", "version", "icon", "description", "tag")
-
-ANSWERING = "answering"  # GET /health answered 2xx
-REFUSING = "refusing"  # something accepts, but the answer is not a 2xx (or none came)
-ABSENT = "absent"  # no socket file, or nothing accepts on it
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What one probe of a plugin's socket found; ``socket_file`` tells a stale socket
-    (a crash's leftover) from none at all."""
-
-    kind: str
-    detail: str | None = None
-    manifest: LiveManifest | None = None
-    socket_file: bool = False
 
 
 class ProbeError(Exception):
@@ -64,19 +42,6 @@ class ProbeError(Exception):
 class Answer:
     status: int
     body: bytes
-
-
-def open_plugin_socket(layout_open_namespace: Callable[[str], int], name: str) -> socket.socket:
-    """Connect to ``name``'s ``sockets/api.sock`` without following a link out of the tree.
-
-    The namespace and ``sockets/`` are opened through directory fds that refuse
-    symlinks, and ``files.connect_unix_at`` pins the socket's inode before it
-    connects, so nothing swapped in after the check is reached. Raises ``FileNotFoundError``
-    (no socket file), ``UnsafePathError`` (a link or a non-socket), or the
-    connect's ``OSError`` (``ECONNREFUSED``: nothing accepts on it).
-    """
-    with opened(layout_open_namespace(name)) as ns_fd, opened(open_dir(ns_fd, SOCKETS_DIR)) as fd:
-        return connect_unix_at(fd, SOCKET_NAME, PROBE_TIMEOUT)
 
 
 def exchange(sock: socket.socket, path: str, timeout: float, limit: int = BODY_MAX) -> Answer:
@@ -160,28 +125,33 @@ def _ask(connect: Callable[[], socket.socket], path: str, timeout: float) -> Ans
 
 def probe_socket(
     connect: Callable[[], socket.socket], namespace: str, timeout: float, manifest: bool
-) -> Finding:
+) -> SocketFinding:
     """One look at a plugin's socket: ``/health``, and with ``manifest`` its manifest and UI."""
+    absent, refusing = SocketKind.ABSENT, SocketKind.REFUSING
     try:
         sock = connect()
     except FileNotFoundError:
-        return Finding(ABSENT)  # the plain case, no reason needed: it is not there
-    except UnsafePathError as exc:
-        return Finding(ABSENT, str(exc))
+        return SocketFinding(absent)  # the plain case, no reason needed: it is not there
+    except UnsafePathError as exc:  # a link, a non-socket, another user's file or peer
+        return SocketFinding(absent, str(exc))
     except TimeoutError:
-        return Finding(REFUSING, "connecting to sockets/api.sock timed out", socket_file=True)
+        return SocketFinding(refusing, "connecting to sockets/api.sock timed out", socket_file=True)
+    except BlockingIOError:  # EAGAIN: a listener whose queue is full is still a listener
+        return SocketFinding(refusing, "sockets/api.sock's listen queue is full", socket_file=True)
     except OSError as exc:
         why = exc.strerror or str(exc)
-        return Finding(ABSENT, f"nothing accepts on sockets/api.sock ({why})", socket_file=True)
+        return SocketFinding(
+            absent, f"nothing accepts on sockets/api.sock ({why})", socket_file=True
+        )
     try:
         with sock:
             health = exchange(sock, "/health", timeout)
     except ProbeError as exc:
-        return Finding(REFUSING, str(exc), socket_file=True)
+        return SocketFinding(refusing, str(exc), socket_file=True)
     if not 200 <= health.status < 300:
-        return Finding(REFUSING, f"GET /health answered {health.status}", socket_file=True)
+        return SocketFinding(refusing, f"GET /health answered {health.status}", socket_file=True)
     found = read_manifest(connect, namespace, timeout) if manifest else None
-    return Finding(ANSWERING, None, found, socket_file=True)
+    return SocketFinding(SocketKind.ANSWERING, None, found, socket_file=True)
 
 
 def read_manifest(

@@ -41,7 +41,7 @@ MESSAGE_IDS: dict[str, str] = {
     "purge": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e82",
     "rescan": "3c1f0a4e8b6d4f2a9d5e7b1c2a4f6e83",
 }
-# Log record extras (set by api.py) → journal field names.
+# Log record extras (set by http/app.py and daemon.py) → journal field names.
 RECORD_FIELDS = {
     "hecate_action": "HECATE_ACTION",
     "hecate_plugin": "PLUGIN",
@@ -268,7 +268,8 @@ def stderr_is_journal(journal_stream: str) -> bool:
         return False
 
 
-SERVICE = "hecate.service"  # the shipped unit (tools/units.py); hecate-daemon.service aliases it
+# The shipped unit (tools/units.py); hecate-daemon.service aliases it.
+SERVICE_UNIT = "hecate.service"
 ALIAS = f"{PRIMARY_NAME}.service"
 
 
@@ -304,7 +305,7 @@ def alias_fields(user_manager: bool, unit: str | None) -> dict[str, str]:
     so without this it shows nothing. ``-u hecate`` keeps working through the
     trusted ``_SYSTEMD_USER_UNIT=hecate.service`` journald adds itself.
     """
-    return {"USER_UNIT": ALIAS} if user_manager and unit == SERVICE else {}
+    return {"USER_UNIT": ALIAS} if user_manager and unit == SERVICE_UNIT else {}
 
 
 def journal_handler(extra: dict[str, str] | None = None) -> logging.Handler | None:

@@ -66,7 +66,7 @@ from watchdog.observers.inotify_c import (
     inotify_rm_watch,
 )
 
-from hecated.core.index import Registry
+from hecated.core.index import Index as Registry  # (helper B: the alias is gone)
 from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SOCKETS_DIR, STATE_FILE
 
 log = logging.getLogger("hecated.adapters.watch")

@@ -42,6 +42,14 @@ class UnsafePathError(HecateError):
     code = Code.UNSAFE_PATH
 
 
+class ForeignOwnerError(UnsafePathError):
+    """A file or directory below the data root belongs to another user: never trusted.
+
+    Whoever could write into the tree while it was open (a 0777 root) may have made
+    it; hecated neither reads, probes nor connects to what another user owns.
+    """
+
+
 class NotFoundError(HecateError):
     code = Code.NOT_FOUND
 

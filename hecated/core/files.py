@@ -14,15 +14,17 @@ import os
 import re
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from hecated.core.errors import StorageError, UnsafePathError
+from hecated.core.errors import ForeignOwnerError, StorageError, UnsafePathError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 TEMP_SUFFIX = ".tmp"
+CREATE_TRIES = 4  # mkdir + open of a directory someone keeps moving away
 # .NAME.OWNER.HEX.tmp, OWNER being PID-HEX8 (or a bare PID, as earlier versions wrote it).
 _TEMP_RE = re.compile(r"\.[^/]+\.\d+(-[0-9a-f]{8})?\.[0-9a-f]+" + re.escape(TEMP_SUFFIX))
 
@@ -86,21 +88,61 @@ def _tighten(fd: int) -> None:
         raise
 
 
+def check_owner(fd: int, name: str, st: os.stat_result | None = None) -> None:
+    """Refuse what another user owns (``ForeignOwnerError``); the fd stays the caller's.
+
+    Below the data root everything is made by this user (hecated or its plugins):
+    anything else was planted while the tree was open to others (issue 23, 8).
+    """
+    uid = (st or os.fstat(fd)).st_uid
+    if uid != os.geteuid():
+        raise ForeignOwnerError(
+            f"{name!r} belongs to uid {uid}, not to hecated's user (uid {os.geteuid()}); "
+            "refusing it"
+        )
+
+
 def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = False) -> int:
     """Open the directory ``name`` below ``parent_fd`` without following a symlink.
 
-    Raises ``FileNotFoundError`` when it is missing (and not created), and
-    ``UnsafePathError`` when the entry is a symlink or not a directory.
+    Raises ``FileNotFoundError`` when it is missing (and not created),
+    ``UnsafePathError`` when the entry is a symlink or not a directory, and
+    ``ForeignOwnerError`` when another user owns it. With ``create``, a directory
+    moved away between its mkdir and its open is made again, a few times, then
+    refused with ``StorageError`` (never a bare ``FileNotFoundError``: a 500).
     """
-    if create:
+    for _ in range(CREATE_TRIES if create else 1):
+        if create:
+            _mkdir(parent_fd, name)
         try:
-            os.mkdir(name, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise _storage(exc, name) from exc
+            fd = _open_dir(parent_fd, name)
+        except FileNotFoundError:
+            if not create:
+                raise
+            continue
+        try:
+            check_owner(fd, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        if private:
+            _tighten(fd)  # closes fd on failure
+        return fd
+    raise StorageError(f"cannot create {name}: it keeps being moved away as it is made")
+
+
+def _mkdir(parent_fd: int, name: str) -> None:
     try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+        os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise _storage(exc, name) from exc
+
+
+def _open_dir(parent_fd: int, name: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise UnsafePathError(f"{name!r} is a symlink or not a directory; refusing it") from exc
@@ -108,34 +150,54 @@ def open_dir(parent_fd: int, name: str, create: bool = False, private: bool = Fa
             # A directory someone closed (chmod 000): the tree refuses us, say so (not a 500).
             raise UnsafePathError(f"{name!r} cannot be opened: permission denied") from exc
         raise
-    if private:
-        _tighten(fd)
-    return fd
 
 
-def connect_unix_at(dir_fd: int, name: str, timeout: float | None) -> socket.socket:
+def connect_unix_at(
+    dir_fd: int, name: str, timeout: float | None, any_owner: bool = False
+) -> socket.socket:
     """Connect to the socket ``name`` in ``dir_fd``, the very inode that was checked.
 
     The entry is opened with ``O_PATH | O_NOFOLLOW`` and must be a socket (a symlink
     or anything else is ``UnsafePathError``); the connect then goes through
     ``/proc/self/fd/N`` of that fd, so a symlink swapped in after the check cannot
-    redirect it. ``FileNotFoundError``: no socket file; the connect's ``OSError``
+    redirect it. Unless ``any_owner``, the socket file and the process that
+    accepted (``SO_PEERCRED``) must be this user's (``ForeignOwnerError``).
+    ``FileNotFoundError``: no socket file; the connect's ``OSError``
     (``ECONNREFUSED``: nothing accepts on it) goes up as it is.
     """
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     with opened(fd):
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISSOCK(mode):
-            what = "a symlink" if stat.S_ISLNK(mode) else "not a socket"
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode):
+            what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a socket"
             raise UnsafePathError(f"{name} is {what}")
+        if not any_owner:
+            check_owner(fd, name, st)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
             sock.connect(f"/proc/self/fd/{fd}")
+            if not any_owner:
+                _check_peer(sock, name)
         except BaseException:
             sock.close()
             raise
         return sock
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _check_peer(sock: socket.socket, name: str) -> None:
+    """The accepting end runs as this user, as the kernel vouches (``SO_PEERCRED``):
+    our own socket file may still be served by a process of another user's."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    if uid != os.geteuid():
+        raise ForeignOwnerError(
+            f"{name} is served by uid {uid}, not by hecated's user (uid {os.geteuid()}); "
+            "refusing it"
+        )
 
 
 @contextmanager
@@ -147,10 +209,11 @@ def opened(fd: int) -> Iterator[int]:
 
 
 def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
-    """Read a small regular file; ``None`` when it does not exist.
+    """Read a small regular file of this user's; ``None`` when it does not exist.
 
     ``O_NONBLOCK`` keeps a FIFO planted under the name from hanging the reader;
-    anything but a regular file is refused.
+    anything but a regular file (a socket: ``ENXIO`` on open) is refused, and so
+    is a file another user owns (``ForeignOwnerError``).
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -160,11 +223,14 @@ def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePathError(f"{name} is a symlink; refusing to follow it") from exc
+        if exc.errno == errno.ENXIO:  # a Unix socket: open() is refused, not a 500
+            raise UnsafePathError(f"{name} is a socket, not a regular file") from exc
         raise
     with opened(fd):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(f"{name} is not a regular file")
+        check_owner(fd, name, st)
         if st.st_size > limit:
             raise UnsafePathError(f"{name} is {st.st_size} bytes; at most {limit} are read")
         chunks = []

@@ -6,11 +6,12 @@ and put what was read into the index. Because there is only that one path,
 the index and the tree cannot disagree for long, and a watcher (adapters/watch)
 keeps the index current by calling ``refresh`` on the names it sees move.
 
-Liveness is not read here. An adapter (adapters/liveness) attaches itself as
-the ``LivenessSource``: every refresh asks it for the name's liveness (so a
-new entry and its status are one change), and it publishes what it learns
-later (a process exit, a probe) with ``set_liveness``. The core imports no
-adapter; the adapter calls in.
+A plugin's status is computed here by one rule (status.combine) from two
+findings: its run dir, which every refresh reads itself (runstate.read_run: a
+new entry and its status are one change), and the last look at its socket,
+which an adapter (adapters/liveness) publishes with ``set_finding``. The core
+calls no adapter: adapters learn of changes from the change feed
+(``subscribe``) and publish into the index; the daemon wires them.
 """
 
 from __future__ import annotations
@@ -22,80 +23,42 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
-from hecated.core import manifest
-from hecated.core.errors import BusyError, NotFoundError, PluginRunningError
-from hecated.core.files import GroupCommit
+from hecated.core import manifest, startscan
+from hecated.core.errors import BusyError, NotFoundError, PluginRunningError, UnsafePathError
+from hecated.core.files import GroupCommit, opened
 from hecated.core.layout import Layout
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
 from hecated.core.manifestcache import ManifestCache
+from hecated.core.purge import purge_namespace
+from hecated.core.runstate import RunState, read_run
+from hecated.core.status import LiveManifest, Liveness, SocketFinding, combine
 from hecated.core.store import Entry, Found, Root, Store
+from hecated.protocol import PluginStatus
 
 log = logging.getLogger("hecated.core.index")
 
-RUNNING = "running"
-STOPPED = "stopped"
-INVALID = "invalid"
-UNHEALTHY = "unhealthy"
-STARTING = "starting"
-STATUSES = (RUNNING, STARTING, UNHEALTHY, STOPPED, INVALID)
+# The statuses by their old names (http/views.py and the tests import them from here).
+RUNNING = PluginStatus.RUNNING
+STARTING = PluginStatus.STARTING
+UNHEALTHY = PluginStatus.UNHEALTHY
+STOPPED = PluginStatus.STOPPED
+INVALID = PluginStatus.INVALID
 MAX_WAITERS = 8
 
 __all__ = [
     "INVALID",
     "RUNNING",
+    "STARTING",
     "STOPPED",
+    "UNHEALTHY",
     "Change",
     "Entry",
     "Index",
     "LiveManifest",
     "Liveness",
-    "LivenessSource",
     "Plugin",
-    "Registry",
 ]
-
-
-@dataclass(frozen=True)
-class LiveManifest:
-    """What a plugin's own ``GET /manifest`` and ``GET /ui/component.js`` said.
-
-    Live data, read from the plugin while it answers: never written into
-    ``plugin.toml`` (which stays the registration). ``problems`` are plain
-    sentences a person can act on (a name that fits no convention, a missing
-    field, a UI module the UI cannot load).
-    """
-
-    name: str | None = None
-    version: str | None = None
-    description: str | None = None
-    display_name: str | None = None
-    icon: str | None = None
-    tag: str | None = None
-    ui: bool = False
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """What is known about a plugin's process: published into the index by an adapter.
-
-    ``status`` is one of ``running``, ``starting``, ``unhealthy``, ``stopped``;
-    ``detail`` says why when it is not plainly running or stopped. ``answering``
-    is true while something accepts on the plugin's ``sockets/api.sock``: that
-    alone keeps a namespace without ``plugin.toml`` in the index (discovered).
-    """
-
-    status: str
-    pid: int | None = None
-    state: str | None = None
-    detail: str | None = None
-    manifest: LiveManifest | None = None
-    answering: bool = False
-
-
-NOT_PROBED = Liveness(STOPPED)
 
 
 @dataclass(frozen=True)
@@ -113,9 +76,9 @@ class Plugin:
         return self.entry.name
 
     @property
-    def status(self) -> str:
+    def status(self) -> PluginStatus:
         if self.registered and self.entry.manifest is None:
-            return INVALID
+            return PluginStatus.INVALID
         return self.live.status
 
 
@@ -127,16 +90,6 @@ class Change:
     name: str
     entry: Entry | None
     live: Liveness | None = None
-
-
-class LivenessSource(Protocol):
-    """What the index asks on every refresh; implemented by adapters/liveness."""
-
-    def refreshed(self, name: str, entry: Entry | None) -> Liveness | None:
-        """Called under ``name``'s lock as ``entry`` is published: its liveness now
-        (None: keep what the index holds). ``entry`` None: the name is gone."""
-
-    def close(self) -> None: ...
 
 
 class Index:
@@ -164,10 +117,11 @@ class Index:
         self.max_waiters = max_waiters
         self._waiters = 0
         # Writers of one name are serialised; different names proceed in parallel.
-        # Re-entrant: a liveness source may publish from inside a refresh.
+        # Re-entrant: a listener may publish (set_finding) from inside a refresh.
         self._stripes = tuple(threading.RLock() for _ in range(64))
         self._listeners: list[Callable[[Change], None]] = []
-        self._source: LivenessSource | None = None
+        # The last look at each listed name's socket, as an adapter published it.
+        self._findings: dict[str, SocketFinding] = {}
         self._rereads: dict[str, threading.Timer] = {}
         self._rereads_lock = threading.Lock()
 
@@ -179,12 +133,9 @@ class Index:
     def commit(self) -> GroupCommit:
         return self.store.commit
 
-    def attach(self, source: LivenessSource) -> None:
-        """Let ``source`` give every refresh its liveness; closed with the index."""
-        self._source = source
-
     def subscribe(self, listener: Callable[[Change], None]) -> None:
-        """Call ``listener`` after every change of the index (from any thread)."""
+        """Call ``listener`` after every change of the index (from any thread, under
+        the changed name's lock: a listener queues work, it never blocks)."""
         self._listeners.append(listener)
 
     @contextmanager
@@ -202,9 +153,9 @@ class Index:
 
     def _refresh_locked(self, name: str, root: Root, cached: bool = False) -> Change | None:
         found = self.store.read(name, root, cached)
-        return self._publish(name, found)
+        return self._publish(name, found, root)
 
-    def _publish(self, name: str, found: Found) -> Change | None:
+    def _publish(self, name: str, found: Found, root: Root) -> Change | None:
         if found.reread_in is not None:
             # Still being written: keep what we had, say nothing, look again later.
             self._reread_later(name, found.reread_in)
@@ -214,19 +165,19 @@ class Index:
                 return None
         else:
             entry = found.entry
-        return self._apply(name, entry, self._liveness_of(name, entry))
+        return self._apply(name, entry, self._liveness(name, root))
 
-    def _liveness_of(self, name: str, entry: Entry | None) -> Liveness:
-        live = None
-        if self._source is not None:
-            try:
-                live = self._source.refreshed(name, entry)
-            except Exception:  # a probe is never worth the index
-                log.exception("probing the liveness of %s failed", name)
-        if live is None:
-            old = self.get(name)
-            live = NOT_PROBED if old is None else old.live
-        return live
+    def _liveness(self, name: str, root: Root) -> Liveness:
+        """``name``'s status now: its run dir read, combined with its last socket finding
+        (cheap: two small file reads and a kill(pid, 0); no socket I/O)."""
+        try:
+            with opened(root.namespace(name)) as ns_fd:
+                run = read_run(ns_fd)
+        except (OSError, UnsafePathError):
+            run = RunState()
+        with self._lock:
+            found = self._findings.get(name)
+        return combine(run, found)
 
     def scan(self, clean_temps: bool = False, at_start: bool = False) -> int:
         """Rebuild the whole index from the tree; returns the number of entries.
@@ -239,7 +190,7 @@ class Index:
         ``at_start``: the daemon's first scan, before anything is served or
         watched. On a large tree never seen, a forked child reads and parses the
         later names while this process reads and publishes the earlier ones
-        (``Store.read_each``); the names are published in the same order and
+        (``startscan.read_each``); the names are published in the same order and
         with the same result as the one-by-one reads.
         """
         with self.store.root() as root:
@@ -248,9 +199,9 @@ class Index:
                 names.update(self._plugins)
             ordered = sorted(names)
             if at_start:
-                for name, found in self.store.read_each(ordered, root):
+                for name, found in startscan.read_each(self.store, ordered, root):
                     with self.name_lock(name):
-                        self._publish(name, found)
+                        self._publish(name, found, root)
             else:
                 for name in ordered:
                     with self.name_lock(name):
@@ -313,35 +264,52 @@ class Index:
         """Store (or drop) ``name``'s plugin and number the change; under ``self._lock``."""
         if plugin is None:
             del self._plugins[name]
+            self._findings.pop(name, None)
         else:
             self._plugins[name] = plugin
         self._seq += 1
         self._changed.notify_all()
         return Change(self._seq, name, entry, None if plugin is None else live)
 
-    def set_liveness(self, name: str, live: Liveness) -> Change | None:
-        """Publish ``name``'s liveness; a change (new ``seq``) only when it differs.
+    def set_finding(self, name: str, found: SocketFinding) -> Change | None:
+        """Publish what a look at ``name``'s socket found; a change (new ``seq``) only
+        when the status it makes (with the run dir read now) differs.
 
-        For adapters that learn something between refreshes (a process exit, a
-        socket probe); call it under ``name_lock(name)`` with the probe, so an
-        older finding can never overwrite a newer one. A name not in the index
-        is added as discovered when its socket answers (``live.answering``), and
-        a discovered name goes when it stops answering; otherwise ignored.
+        For the adapter that probes sockets; it calls this under ``name_lock(name)``
+        with its probe, so an older finding never overwrites a newer one. A name
+        not in the index is added as discovered when its socket answers, and a
+        discovered name goes when it stops answering; otherwise ignored.
         """
-        with self.name_lock(name), self._lock:
-            old = self._plugins.get(name)
-            if old is not None and old.live == live:
-                return None
-            if old is not None and old.registered:
-                plugin: Plugin | None = Plugin(old.entry, live)
-            else:  # discovered, or not in the index: only an answering socket keeps it
-                plugin = _plugin_of(name, None, live)
-            if plugin is None and old is None:
-                return None
-            entry = None if plugin is None or not plugin.registered else plugin.entry
-            change = self._put_locked(name, plugin, entry, live)
-        self._tell(change)
+        with self.name_lock(name):
+            with self._lock:
+                self._findings[name] = found
+            return self.refresh_status(name)
+
+    def refresh_status(self, name: str) -> Change | None:
+        """Compute ``name``'s status again (its run dir read now, its last socket
+        finding) without reading its ``plugin.toml``: a process exit, a finding."""
+        with self.name_lock(name), self.store.root() as root:
+            live = self._liveness(name, root)
+            with self._lock:
+                old = self._plugins.get(name)
+                if old is not None and old.live == live:
+                    return None
+                if old is not None and old.registered:
+                    plugin: Plugin | None = Plugin(old.entry, live)
+                else:  # discovered, or not in the index: only an answering socket keeps it
+                    plugin = _plugin_of(name, None, live)
+                if plugin is None and old is None:
+                    self._findings.pop(name, None)
+                    return None
+                entry = None if plugin is None or not plugin.registered else plugin.entry
+                change = self._put_locked(name, plugin, entry, live)
+            self._tell(change)  # under the name's lock: a name's changes told in order
         return change
+
+    def finding(self, name: str) -> SocketFinding | None:
+        """The last socket finding published for ``name`` (None: never probed)."""
+        with self._lock:
+            return self._findings.get(name)
 
     def _tell(self, change: Change) -> None:
         for listener in self._listeners:
@@ -382,7 +350,7 @@ class Index:
             return self._seq, [self._plugins[n] for n in sorted(self._plugins)]
 
     def close(self) -> None:
-        """Release every waiter at once, drop pending re-reads, close the liveness source."""
+        """Release every waiter at once, drop pending re-reads (adapters are the daemon's)."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -390,8 +358,6 @@ class Index:
             timers, self._rereads = list(self._rereads.values()), {}
         for timer in timers:
             timer.cancel()
-        if self._source is not None:
-            self._source.close()
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -414,7 +380,8 @@ class Index:
                     self._refresh_locked(name, root)  # the index follows the disk
                 raise
             entry = Entry(name, manifest=written.manifest)
-            self._apply(name, entry, self._liveness_of(name, entry))
+            with self.store.root() as root:
+                self._apply(name, entry, self._liveness(name, root))
         return entry, written.created
 
     def deregister(self, name: object) -> None:
@@ -438,10 +405,11 @@ class Index:
                 raise PluginRunningError(
                     f"plugin {name!r} answers on its socket; stop it before purging its data"
                 )
-            try:
-                self.store.purge(name)
-            finally:
-                with self.store.root() as root:
+            self.store.forget(name)
+            with self.store.root() as root:
+                try:
+                    purge_namespace(root, name)
+                finally:
                     self._refresh_locked(name, root)  # a half-done purge still shows as it is
 
     # -- start-up and shut-down chores (the store's) ------------------------------------------
@@ -450,10 +418,10 @@ class Index:
         return self.store.clean_temps()
 
     def load_cache(self) -> int:
-        return self.store.load_cache()
+        return startscan.load_cache(self.store, self.layout)
 
     def save_cache(self) -> bool:
-        return self.store.save_cache()
+        return startscan.save_cache(self.store, self.layout)
 
     # -- reads: from the index --------------------------------------------------------------
 
@@ -482,7 +450,3 @@ def _plugin_of(name: str, entry: Entry | None, live: Liveness) -> Plugin | None:
     if live.answering:
         return Plugin(Entry(name), live, registered=False)
     return None
-
-
-# The name the rest of the tree grew up with.
-Registry = Index

@@ -15,10 +15,11 @@ from hecated.core.errors import InvalidNameError, NameTooLongError, ReservedName
 from hecated.core.files import open_dir, open_root, opened
 from hecated.protocol import NAME_MAX, NAME_RE, PRIMARY_NAME, SUN_PATH_MAX  # the contract's rules
 
-SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", "sockets", "run", "connectors")
+SOCKETS_DIR = "sockets"  # the namespace subdirectory that holds SOCKET_NAME
+RUN_DIR = "run"  # the namespace subdirectory that holds PID_FILE and STATE_FILE
+SUBDIRS: tuple[str, ...] = ("sqlite", "reckon-db", SOCKETS_DIR, RUN_DIR, "connectors")
 MANIFEST_NAME = "plugin.toml"
 SOCKET_NAME = "api.sock"
-SOCKETS_DIR = "sockets"  # the namespace subdirectory that holds SOCKET_NAME
 PID_FILE = "daemon.pid"
 STATE_FILE = "daemon.state"
 LOCK_FILE = "daemon.lock"
@@ -74,10 +75,10 @@ class Layout:
         return self.data_dir / "reckon-db" / name
 
     def socket_path(self, name: str) -> Path:
-        return self.data_dir / "sockets" / name
+        return self.data_dir / SOCKETS_DIR / name
 
     def run_path(self, name: str) -> Path:
-        return self.data_dir / "run" / name
+        return self.data_dir / RUN_DIR / name
 
     def connectors_dir(self) -> Path:
         return self.data_dir / "connectors"
@@ -116,7 +117,7 @@ class Layout:
     @cached_property
     def _socket_overhead(self) -> int:
         """Bytes of a plugin's socket path besides its name: ``ROOT/`` + ``/sockets/api.sock``."""
-        return len(os.fsencode(self._prefix)) + len(f"//sockets/{SOCKET_NAME}")
+        return len(os.fsencode(self._prefix)) + len(f"//{SOCKETS_DIR}/{SOCKET_NAME}")
 
     def namespace_str(self, name: str) -> str:
         return f"{self._prefix}/{name}"
@@ -125,7 +126,7 @@ class Layout:
         return f"{self._prefix}/{name}/{MANIFEST_NAME}"
 
     def plugin_socket_str(self, name: str) -> str:
-        return f"{self._prefix}/{name}/sockets/{SOCKET_NAME}"
+        return f"{self._prefix}/{name}/{SOCKETS_DIR}/{SOCKET_NAME}"
 
     def paths(self, name: str) -> dict[str, str]:
         """The spec's ``paths`` object for a namespace, keyed the JSON way."""
@@ -133,10 +134,10 @@ class Layout:
         return {json_key(sub): f"{base}/{sub}" for sub in SUBDIRS}
 
     def plugin_socket(self, name: str) -> Path:
-        return self.namespace(name) / "sockets" / SOCKET_NAME
+        return self.namespace(name) / SOCKETS_DIR / SOCKET_NAME
 
     def plugin_pid_file(self, name: str) -> Path:
-        return self.namespace(name) / "run" / PID_FILE
+        return self.namespace(name) / RUN_DIR / PID_FILE
 
     def manifest_path(self, name: str) -> Path:
         return self.namespace(name) / MANIFEST_NAME

@@ -24,10 +24,17 @@ SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024
 VERSION_MAX = 64
 DESCRIPTION_MAX = 1024
+# Tables and arrays nested deeper than this in a hand edit are refused: tomllib reads far
+# deeper than tomli_w can write back (a RecursionError), and no entry needs it.
+NESTING_MAX = 32
 KNOWN_KEYS = frozenset({"schema", "name", "version", "description", "registered_at", "updated_at"})
 # Control characters but tab and newline: refused in free text.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _LINE_RE = re.compile(r"\(at line (\d+)(?:, column (\d+))?\)")
+# A TOML date-time with more fractional digits than Python keeps (tomllib cuts to µs).
+_FINE_TIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}\.\d{7,}(?:[Zz]|[+-]\d{2}:\d{2})?"
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class Manifest:
     updated_at: datetime | None = None
     schema: int = SCHEMA_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Hand-written times finer than a microsecond: (as Python would write them, as written),
+    # so a rewrite puts back what the person wrote instead of a value cut to microseconds.
+    fine_times: tuple[tuple[str, str], ...] = ()
 
     def updated(self, version: str, description: str, now: datetime) -> Manifest:
         return replace(self, version=version, description=description, updated_at=now)
@@ -91,28 +101,33 @@ def _timestamp(value: object, key: str, path: str) -> datetime | None:
     raise ManifestError(path, f"{key!r} must be a TOML date-time")
 
 
-def parse(data: bytes, expected_name: str, path: str) -> Manifest:
-    """Parse and validate a ``plugin.toml``; raise ``ManifestError`` saying why not."""
+def _load(data: bytes, path: str) -> tuple[str, dict[str, Any]]:
+    """The file's text and its TOML document; ``ManifestError`` with the line when not TOML."""
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        return text, tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ManifestError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        text = str(exc)
-        match = _LINE_RE.search(text)
+        why = str(exc)
+        match = _LINE_RE.search(why)
         if match:
             line: int | None = int(match.group(1))
-        elif "end of document" in text:
+        elif "end of document" in why:
             line = max(1, data.count(b"\n") + (0 if data.endswith(b"\n") else 1))
         else:
             line = None
-        msg = _LINE_RE.sub("", text).replace("(at end of document)", "at end of file").strip()
+        msg = _LINE_RE.sub("", why).replace("(at end of document)", "at end of file").strip()
         raise ManifestError(path, f"invalid TOML: {msg}", line) from None
     except RecursionError:
         raise ManifestError(path, "invalid TOML: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer past Python's digit limit
         raise ManifestError(path, f"invalid TOML: {exc}") from None
 
+
+def parse(data: bytes, expected_name: str, path: str) -> Manifest:
+    """Parse and validate a ``plugin.toml``; raise ``ManifestError`` saying why not."""
+    text, doc = _load(data, path)
     schema = doc.get("schema", SCHEMA_VERSION)
     if not isinstance(schema, int) or isinstance(schema, bool):
         raise ManifestError(path, "'schema' must be an integer")
@@ -134,6 +149,13 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
         description = check_text("description", doc.get("description", ""), DESCRIPTION_MAX)
     except InvalidFieldError as exc:
         raise ManifestError(path, exc.message) from None
+    extra = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
+    if extra and _too_deep(extra):
+        raise ManifestError(
+            path,
+            f"tables or arrays nested more than {NESTING_MAX} levels deep; hecated could not "
+            "write them back",
+        )
     return Manifest(
         name=name,
         version=version,
@@ -141,8 +163,35 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
         registered_at=_timestamp(doc.get("registered_at"), "registered_at", path),
         updated_at=_timestamp(doc.get("updated_at"), "updated_at", path),
         schema=schema,
-        extra={k: v for k, v in doc.items() if k not in KNOWN_KEYS},
+        extra=extra,
+        fine_times=_fine_times(text) if "." in text else (),
     )
+
+
+def _fine_times(text: str) -> tuple[tuple[str, str], ...]:
+    """Each date-time literal with sub-microsecond digits: how ``dumps`` would render
+    the value tomllib read from it, and the literal itself."""
+    found = []
+    for match in _FINE_TIME_RE.finditer(text):
+        literal = match.group()
+        try:
+            value = tomllib.loads(f"v = {literal}")["v"]
+        except (tomllib.TOMLDecodeError, ValueError):
+            continue
+        found.append((str(value), literal))
+    return tuple(found)
+
+
+def _too_deep(doc: dict[str, Any]) -> bool:
+    """More than ``NESTING_MAX`` levels of tables and arrays (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > NESTING_MAX:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def dumps(manifest: Manifest) -> bytes:
@@ -166,7 +215,10 @@ def dumps(manifest: Manifest) -> bytes:
         "# deleting it deregisters the plugin. The data directories beside it are kept.\n"
         "\n"
     )
-    return header.encode() + tomli_w.dumps(doc).encode()
+    body = tomli_w.dumps(doc)
+    for rendered, literal in manifest.fine_times:  # a value (never a string) as written
+        body = re.sub(rf"(?<![^\s=\[,]){re.escape(rendered)}(?=,|\]|\}}|\s*\n)", literal, body)
+    return header.encode() + body.encode()
 
 
 def read(ns_fd: int, name: str, path: str) -> Manifest | None:

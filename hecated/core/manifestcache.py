@@ -74,6 +74,7 @@ class ManifestCache:
             found is not None
             and key is not None
             and not found.extra
+            and not found.fine_times  # the cache's rows keep times to the microsecond
             and settled(key, now_ns, self.racy_ns)
         )
         with self._lock:

@@ -18,7 +18,7 @@ from hecated.core.files import (
     remove_file,
     remove_stale_temps,
 )
-from hecated.core.layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, STATE_FILE, Layout
+from hecated.core.layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, RUN_DIR, STATE_FILE, Layout
 
 
 class LockedError(RuntimeError):
@@ -32,7 +32,7 @@ class RunFiles:
 
     def _run_fd(self) -> int:
         with opened(self.layout.open_namespace(self.layout.primary_name)) as ns_fd:
-            return open_dir(ns_fd, "run", create=True)
+            return open_dir(ns_fd, RUN_DIR, create=True)
 
     def acquire(self) -> None:
         """Take the data dir's lock, or say who holds it."""

@@ -1,10 +1,11 @@
 """The store: ``plugin.toml`` files on disk, read and written without following a link.
 
 The index (index.py) decides *what* the registry holds; this module only
-knows the files: reading one name's entry (through the manifest cache on
-scans), writing an entry atomically, removing it, purging a namespace, and
-cleaning temp files a crashed writer left. Everything below the data root is
-reached through directory fds (files.py).
+knows the ``plugin.toml`` files: reading one name's entry (through the manifest
+cache on scans), writing an entry atomically, removing it, and cleaning temp
+files a crashed writer left. Everything below the data root is reached through
+directory fds (files.py). A namespace's purge is purge.py's, a plugin's run
+state runstate.py's, the start scan's child and the cache file startscan.py's.
 
 Two rules live here because every reader must obey them:
 
@@ -26,7 +27,6 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,17 +34,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from hecated.core import manifest
-from hecated.core.errors import (
-    NotFoundError,
-    PluginRunningError,
-    StillRegisteredError,
-    StorageError,
-    UnsafePathError,
-)
+from hecated.core.errors import UnsafePathError
 from hecated.core.files import (
     GroupCommit,
     atomic_write,
-    connect_unix_at,
     open_dir,
     open_root,
     opened,
@@ -52,21 +45,12 @@ from hecated.core.files import (
     remove_file,
     remove_stale_temps,
 )
-from hecated.core.layout import (
-    INDEX_CACHE_FILE,
-    MANIFEST_NAME,
-    PID_FILE,
-    SOCKET_NAME,
-    SOCKETS_DIR,
-    Layout,
-)
+from hecated.core.layout import MANIFEST_NAME, Layout
 from hecated.core.manifest import Manifest, ManifestError
 from hecated.core.manifestcache import Key, ManifestCache, key_of, now_ns
 
 log = logging.getLogger("hecated.core.store")
 
-RUN_DIR = "run"
-PURGE_CONNECT_TIMEOUT = 1.0  # seconds; a Unix connect answers at once
 # How long after its last change a broken file may still be a write in progress: the
 # watcher waits at most this long for a writer's close (watch.MAX_DEFER) before it reads.
 SETTLE_NS = 1_000_000_000
@@ -104,7 +88,7 @@ class Written:
 
 
 @dataclass
-class _Raw:
+class Raw:
     """One ``plugin.toml`` read but not parsed yet: its bytes and the file's identity
     before and after the read (``ns_fd`` kept open only by single reads)."""
 
@@ -125,7 +109,8 @@ class _Crash:
     exc: Exception
 
 
-Parsed = Manifest | ManifestError | _Crash
+# What parsing one file's bytes gave: ``Store.finish`` decides what it means.
+ParseOutcome = Manifest | ManifestError | _Crash
 
 
 class Root:
@@ -183,7 +168,7 @@ class Store:
         self._written: dict[str, Written] = {}
         self._written_lock = threading.Lock()
         self.parses = 0  # parses of plugin.toml files (tests and the closing note count them)
-        self.parsed_in_child = 0  # of which a forked child did (read_each, a large tree)
+        self.parsed_in_child = 0  # of which the start scan's child did (startscan.py)
 
     @contextlib.contextmanager
     def root(self) -> Iterator[Root]:
@@ -194,55 +179,24 @@ class Store:
 
     def read(self, name: str, root: Root, cached: bool = False) -> Found:
         """Read ``name``'s entry below ``root``; ``cached``: use the manifest cache (scans)."""
-        step = self._fetch(name, root, cached)
+        step = self.fetch(name, root, cached)
         if isinstance(step, Found):
             return step
         try:
-            return self._finish(step, self._parse_raw(step))
+            return self.finish(step, self.parse_raw(step))
         finally:
             if step.ns_fd is not None:
                 os.close(step.ns_fd)
 
-    def read_each(self, names: list[str], root: Root) -> Iterator[tuple[str, Found]]:
-        """Each name's entry in order, the same as ``read(name, root, cached=True)`` each;
-        on a large tree never seen, the later names read and parsed by a forked child
-        while these are read here and published by the caller.
+    def adopt(
+        self, name: str, before: Key | None, after: Key | None, started: int, parsed: Manifest
+    ) -> None:
+        """Take a manifest another process read and parsed (the start scan's child)."""
+        self.parses += 1
+        self.parsed_in_child += 1
+        self.cache.put(name, before if before == after else None, parsed, started)
 
-        For the start scan only: nothing is served and nobody writes through us yet,
-        so no name's lock needs holding between its read and its publication.
-        """
-        split = _split(len(names), len(self.cache))
-        child = _ReadChild.start(self, names[split:], root) if split < len(names) else None
-        for name in names[:split]:
-            yield name, self.read(name, root, cached=True)
-        theirs = child.results() if child is not None else None
-        for i, name in enumerate(names[split:]):
-            got = theirs[i] if theirs is not None else None
-            if got is None:  # not read there, or not a plain valid file: read it here
-                yield name, self.read(name, root, cached=True)
-                continue
-            before, after, started, parsed = got
-            self.parses += 1
-            self.parsed_in_child += 1
-            self.cache.put(name, before if before == after else None, parsed, started)
-            yield name, Found(Entry(name, manifest=parsed))
-
-    def read_parsed(self, name: str, root: Root) -> _Parsed | None:
-        """For the child: a valid file's manifest and identity; None for anything else
-        (absent, cached, invalid, unreadable), which the parent reads itself."""
-        step = self._fetch(name, root, cached=True)
-        if not isinstance(step, _Raw):
-            return None
-        try:
-            parsed = self._parse_raw(step)
-        finally:
-            if step.ns_fd is not None:
-                os.close(step.ns_fd)
-        if not isinstance(parsed, Manifest):
-            return None
-        return step.before, step.after, step.started, parsed
-
-    def _fetch(self, name: str, root: Root, cached: bool) -> Found | _Raw:
+    def fetch(self, name: str, root: Root, cached: bool) -> Found | Raw:
         """The I/O half of a read: a final ``Found``, or the bytes still to be parsed."""
         path = self.layout.manifest_str(name)
         try:
@@ -264,13 +218,13 @@ class Store:
         except Exception as exc:  # one strange file must never stop a scan or a start
             log.exception("reading %s failed", path)
             step = Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
-        if isinstance(step, _Raw):
+        if isinstance(step, Raw):
             step.ns_fd = ns_fd  # the caller closes it
         else:
             os.close(ns_fd)
         return step
 
-    def _fetch_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found | _Raw:
+    def _fetch_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found | Raw:
         before = _key(ns_fd)
         if cached:
             hit = self.cache.get(name, before)
@@ -286,10 +240,10 @@ class Store:
         after = _key(ns_fd)
         if data is None:
             return Found(None)
-        return _Raw(name, path, data, before, after, started, cached)
+        return Raw(name, path, data, before, after, started, cached)
 
-    def _parse_raw(self, raw: _Raw) -> Parsed:
-        """``manifest.parse`` of the bytes read, its failure as a value (``_finish`` decides)."""
+    def parse_raw(self, raw: Raw) -> ParseOutcome:
+        """``manifest.parse`` of the bytes read, its failure as a value (``finish`` decides)."""
         try:
             return self._parse(raw.name, raw.data, raw.before, raw.path)
         except ManifestError as exc:
@@ -297,7 +251,7 @@ class Store:
         except Exception as exc:
             return _Crash(exc)
 
-    def _finish(self, raw: _Raw, parsed: Parsed) -> Found:
+    def finish(self, raw: Raw, parsed: ParseOutcome) -> Found:
         """What a parsed (or unparsable) file means for the index: the other half of a read."""
         name, path, cached = raw.name, raw.path, raw.cached
         if isinstance(parsed, Manifest):
@@ -401,43 +355,7 @@ class Store:
         with opened(ns_fd):
             return remove_file(ns_fd, MANIFEST_NAME)
 
-    def purge(self, name: str) -> None:
-        """Delete a deregistered, stopped plugin's namespace without following links.
-
-        The running check is made here, on disk, at purge time (stdlib only, no
-        adapter): deleting data must never depend on how the daemon was wired,
-        nor on a liveness value that may be a moment old.
-        """
-        self.forget(name)
-        with Root(self.layout) as root:
-            try:
-                ns_fd = root.namespace(name)
-            except FileNotFoundError:
-                raise NotFoundError(f"no namespace {name!r}") from None
-            with opened(ns_fd):
-                if _exists(ns_fd, MANIFEST_NAME):
-                    raise StillRegisteredError(
-                        f"plugin {name!r} is still registered; deregister it before purging"
-                    )
-                pid = read_pid(ns_fd)
-                if pid is not None and pid_alive(pid):
-                    raise PluginRunningError(
-                        f"plugin {name!r} is running (run/{PID_FILE} names a live process)"
-                    )
-                if _socket_accepts(ns_fd):
-                    raise PluginRunningError(
-                        f"plugin {name!r} accepts connections on sockets/{SOCKET_NAME}; "
-                        "stop it before purging its data"
-                    )
-            assert root.fd is not None
-            try:
-                # rmtree on a dir fd never follows a symlink found inside the tree.
-                shutil.rmtree(name, dir_fd=root.fd)
-                os.fsync(root.fd)
-            except OSError as exc:
-                raise StorageError(f"cannot remove namespace {name!r}: {exc.strerror}") from exc
-
-    # -- temp files and the cache file ---------------------------------------------------
+    # -- temp files ---------------------------------------------------------------------
 
     def clean_temps(self, root: Root | None = None, names: list[str] | None = None) -> int:
         """Remove crashed writers' temp files; returns how many.
@@ -458,172 +376,6 @@ class Store:
             except (OSError, UnsafePathError):
                 pass
         return removed
-
-    def load_cache(self) -> int:
-        """Take the manifest cache a previous run saved; 0 entries when there is none."""
-        try:
-            with opened(self._run_fd()) as run_fd:
-                return self.cache.load(run_fd, INDEX_CACHE_FILE)
-        except (OSError, UnsafePathError):
-            return 0
-
-    def save_cache(self) -> bool:
-        """Save the manifest cache (atomically) if it changed; a failure only costs speed."""
-        try:
-            with opened(self._run_fd()) as run_fd:
-                return self.cache.save(run_fd, INDEX_CACHE_FILE)
-        except (OSError, UnsafePathError, StorageError) as exc:
-            log.warning("cannot save the manifest cache: %s", exc)
-            return False
-
-    def _run_fd(self) -> int:
-        with opened(self.layout.open_namespace(self.layout.primary_name)) as ns_fd:
-            return open_dir(ns_fd, RUN_DIR)
-
-
-# -- pid files: the stdlib check purge needs, shared with the liveness adapter -------------
-
-
-def pid_alive(pid: int) -> bool:
-    """True when ``pid`` is a live process (a zombie is dead: it only awaits reaping)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # a pid file may hold any number
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return True
-    # The state follows the parenthesised command name, which may itself hold ")".
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] not in (b"Z", b"X")
-
-
-def read_pid(ns_fd: int) -> int | None:
-    """The pid in a namespace's ``run/daemon.pid``; None when absent or not a number."""
-    try:
-        run_fd = open_dir(ns_fd, RUN_DIR)
-    except (OSError, UnsafePathError):
-        return None
-    with opened(run_fd):
-        return pid_in(run_fd)
-
-
-def pid_in(run_fd: int) -> int | None:
-    """``read_pid`` for a ``run/`` already open (a reader of more than that one file)."""
-    try:
-        raw = read_regular(run_fd, PID_FILE, 64)
-    except (OSError, UnsafePathError):
-        return None
-    try:
-        return int(raw.strip()) if raw else None
-    except ValueError:
-        return None
-
-
-# -- parsing in a second process -----------------------------------------------------------
-
-# Below this many files a fork costs more than the parsing it shares (~100 µs a file).
-PARALLEL_MIN = 1000
-# The parent's share: it also publishes what it reads (the run dirs, the index) while
-# the child only reads and parses, so the child takes the larger part.
-PARENT_SHARE = 0.42
-
-_Parsed = tuple[Key | None, Key | None, int, Manifest]
-
-
-def _split(count: int, cached: int) -> int:
-    """Where the child's part of ``count`` names starts (``count``: no child).
-
-    A child pays only with a second CPU, enough files to parse (a restart finds
-    most of them in the manifest cache), and no other thread running: a fork
-    copies locks other threads may hold, and the start scan runs before any.
-    """
-    if (
-        count - cached < PARALLEL_MIN
-        or len(os.sched_getaffinity(0)) < 2
-        or threading.active_count() != 1
-        or not hasattr(os, "fork")
-    ):
-        return count
-    return int(count * PARENT_SHARE)
-
-
-class _ReadChild:
-    """A forked child reading and parsing the later names while the parent does the rest.
-
-    It sends back one pickled list, per name the manifest and file identity of a
-    valid file (``Store.read_parsed``), or None: the parent reads those names
-    itself, so what an invalid, missing or odd file says is never the child's.
-    Any failure of the child reads as "nothing read": the parent reads them all.
-    """
-
-    def __init__(self, pid: int, fd: int, count: int) -> None:
-        self.pid, self.fd, self.count = pid, fd, count
-
-    @classmethod
-    def start(cls, store: Store, names: list[str], root: Root) -> _ReadChild | None:
-        import pickle  # here, not at the top: 2 ms of every cold start otherwise
-
-        try:
-            rfd, wfd = os.pipe2(os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(rfd)
-            os.close(wfd)
-            return None
-        if pid == 0:  # pragma: no cover - the child; its output is checked by the parent
-            code = 1
-            try:
-                os.close(rfd)
-                logging.disable(logging.CRITICAL)  # the parent says it, if anything, once
-                out: list[_Parsed | None] = []
-                for name in names:
-                    try:
-                        out.append(store.read_parsed(name, root))
-                    except Exception:
-                        out.append(None)
-                with os.fdopen(wfd, "wb") as pipe:
-                    pipe.write(pickle.dumps(out, pickle.HIGHEST_PROTOCOL))
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        return cls(pid, rfd, len(names))
-
-    def results(self) -> list[_Parsed | None] | None:
-        """The child's findings, in order; None when it failed in any way."""
-        import pickle
-
-        try:
-            with os.fdopen(self.fd, "rb") as pipe:
-                data = pipe.read()
-        except OSError:
-            data = b""
-        try:
-            _, status = os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            status = 1
-        if status != 0 or not data:
-            log.warning("the reading child failed (status %d); reading its part here", status)
-            return None
-        try:
-            out = pickle.loads(data)
-        except Exception:
-            log.exception("the reading child's answer is unreadable; reading its part here")
-            return None
-        if not isinstance(out, list) or len(out) != self.count:
-            return None
-        if not all(x is None or isinstance(x[3], Manifest) for x in out):
-            return None
-        return out
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -667,28 +419,3 @@ def _writer_holds(ns_fd: int) -> bool | None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         return False
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _socket_accepts(ns_fd: int) -> bool:
-    """Whether something accepts on the namespace's ``sockets/api.sock`` right now.
-
-    Asked at purge time, under the name's lock, of the socket itself (a plugin that
-    writes no pid file is known alive only this way): a connect to a Unix socket
-    answers at once, so the check costs nothing and never rests on an old probe.
-    """
-    try:
-        with opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd:
-            connect_unix_at(sockets_fd, SOCKET_NAME, PURGE_CONNECT_TIMEOUT).close()
-    except TimeoutError:
-        return True  # a listener whose backlog is full is still a listener
-    except (OSError, UnsafePathError):
-        return False  # no socket, a stale one (refused), or a link we never follow
-    return True

@@ -28,7 +28,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
-from hecated.core.index import Registry
+from hecated.core.index import Index as Registry  # (helper B: the alias is gone)
 from hecated.http import openapi
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (

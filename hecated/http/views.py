@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hecated import __version__
-from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin, Registry
+from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin
+from hecated.core.index import Index as Registry  # (helper B: the alias is gone)
 from hecated.protocol import (
     PLUGIN_DEGRADED,
     PLUGIN_OK,

@@ -17,9 +17,19 @@ from pathlib import Path
 
 from hecated.client import DaemonUnavailableError, HecateClient
 from hecated.core.config import ConfigError, resolve
-from hecated.core.layout import MANIFEST_NAME, PID_FILE, SOCKET_NAME, SUBDIRS, Layout
+from hecated.core.errors import ForeignOwnerError, UnsafePathError
+from hecated.core.files import opened
+from hecated.core.layout import (
+    MANIFEST_NAME,
+    PID_FILE,
+    RUN_DIR,
+    SOCKET_NAME,
+    SOCKETS_DIR,
+    SUBDIRS,
+    Layout,
+)
 from hecated.core.manifest import MAX_FILE_BYTES, ManifestError, parse
-from hecated.core.store import pid_alive
+from hecated.core.runstate import connect_plugin, nobody_listens, pid_alive, read_pid
 from hecated.protocol import accepts  # the daemon's own stale-socket test
 from hecated.tools.units import COMMANDS, UNIT_NAMES, user_unit_dir
 
@@ -198,12 +208,14 @@ def _check_namespace(report: Report, layout: Layout, name: str, answering: bool)
         report.add(PROBLEM, "layout", f"{path} is not a directory", "move it away", path)
         return
     clean = _private(report, path, st)
+    if st.st_uid != os.geteuid():
+        return  # another user's: reported; nothing in it is read, probed or connected to
     clean = _check_subdirs(report, path, name, primary) and clean
     if primary:
-        clean = _check_primary_pid(report, path, answering) and clean
+        clean = _check_primary_pid(report, layout, name, answering) and clean
     else:
         clean = _check_manifest(report, layout, name) and clean
-        clean = _check_plugin_run(report, path) and clean
+        clean = _check_plugin_run(report, layout, name) and clean
     if clean:
         what = "primary namespace" if primary else "namespace"
         report.add(OK, "layout", f"{what} {name}: layout and permissions ok", path=path)
@@ -259,30 +271,32 @@ def _read_small(path: Path, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _pid_in(report: Report, pid_file: Path) -> tuple[bool, int | None]:
+def _pid_in(report: Report, layout: Layout, name: str) -> tuple[bool, int | None]:
+    """The namespace's pid file read as the daemon reads it (``runstate``), and what is
+    wrong with it reported instead of ignored."""
+    pid_file = layout.namespace(name) / RUN_DIR / PID_FILE
     try:
-        raw = _read_small(pid_file, 64)
-    except OSError as exc:
-        report.add(PROBLEM, "pidfile", f"{pid_file}: {exc}", f"rm {pid_file}", pid_file)
-        return False, None
-    if raw is None:
+        with opened(layout.open_namespace(name)) as ns_fd:
+            return True, read_pid(ns_fd, strict=True)
+    except FileNotFoundError:
         return True, None
-    try:
-        return True, int(raw.strip())
     except ValueError:
         report.add(
             PROBLEM,
             "pidfile",
-            f"{pid_file} does not hold a pid: {raw[:40]!r}",
+            f"{pid_file} does not hold a pid",
             f"rm {shlex.quote(str(pid_file))}",
             pid_file,
         )
-        return False, None
+    except (OSError, UnsafePathError) as exc:
+        why = exc.message if isinstance(exc, UnsafePathError) else exc.strerror or str(exc)
+        report.add(PROBLEM, "pidfile", f"{pid_file}: {why}", f"rm {pid_file}", pid_file)
+    return False, None
 
 
-def _check_primary_pid(report: Report, ns: Path, answering: bool) -> bool:
-    pid_file = ns / "run" / PID_FILE
-    fine, pid = _pid_in(report, pid_file)
+def _check_primary_pid(report: Report, layout: Layout, name: str, answering: bool) -> bool:
+    pid_file = layout.namespace(name) / RUN_DIR / PID_FILE
+    fine, pid = _pid_in(report, layout, name)
     if pid is None:
         return fine
     if not pid_alive(pid):
@@ -345,9 +359,9 @@ def _check_manifest(report: Report, layout: Layout, name: str) -> bool:
     return True
 
 
-def _check_plugin_run(report: Report, ns: Path) -> bool:
-    pid_file = ns / "run" / PID_FILE
-    fine, pid = _pid_in(report, pid_file)
+def _check_plugin_run(report: Report, layout: Layout, name: str) -> bool:
+    pid_file = layout.namespace(name) / RUN_DIR / PID_FILE
+    fine, pid = _pid_in(report, layout, name)
     if pid is not None and not pid_alive(pid):
         report.add(
             WARNING,
@@ -358,12 +372,29 @@ def _check_plugin_run(report: Report, ns: Path) -> bool:
             pid_file,
         )
         fine = False
-    sock = ns / "sockets" / SOCKET_NAME
-    return _check_socket(report, sock, answering=None, plugin=True) and fine
+    sock = layout.namespace(name) / SOCKETS_DIR / SOCKET_NAME
+    return _check_socket(report, sock, answering=None, plugin=(layout, name)) and fine
 
 
-def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bool = False) -> bool:
-    """A socket file: a socket, mode 0600, and not a stale leftover of a crash."""
+def _plugin_answers(report: Report, path: Path, layout: Layout, name: str) -> bool | None:
+    """Does something of this user's listen on a plugin's socket? None: reported here
+    (its peer is another user). The connect is the daemon's own (``connect_plugin``)."""
+    try:
+        connect_plugin(layout, name, 1.0).close()
+    except ForeignOwnerError as exc:
+        report.add(PROBLEM, "owner", f"{path}: {exc.message}", "stop that process", path)
+        return None
+    except UnsafePathError:
+        return False
+    except OSError as exc:
+        return not nobody_listens(exc)
+    return True
+
+
+def _check_socket(
+    report: Report, path: Path, answering: bool | None, plugin: tuple[Layout, str] | None = None
+) -> bool:
+    """A socket file: a socket, ours, mode 0600, and not a stale leftover of a crash."""
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -372,10 +403,13 @@ def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bo
     if not stat.S_ISSOCK(st.st_mode):
         report.add(PROBLEM, "socket", f"{path} exists but is not a socket", f"rm {quoted}", path)
         return False
+    if st.st_uid != os.geteuid():
+        _private(report, path, st)  # reported as another user's; never connected to
+        return False
     fine = True
     if stat.S_IMODE(st.st_mode) & 0o077:
         report.add(
-            PROBLEM if not plugin else WARNING,
+            PROBLEM if plugin is None else WARNING,
             "socket",
             f"socket {path} is mode {_mode(st)} (should be 0600)",
             f"chmod 600 {quoted}",
@@ -383,17 +417,19 @@ def _check_socket(report: Report, path: Path, answering: bool | None, plugin: bo
         )
         fine = False
     if answering is None:
-        answering = accepts(path)
+        answering = accepts(path) if plugin is None else _plugin_answers(report, path, *plugin)
+        if answering is None:
+            return False
     if not answering:
         report.add(
-            PROBLEM if not plugin else WARNING,
+            PROBLEM if plugin is None else WARNING,
             "socket",
             f"stale socket {path}: nothing listens on it",
-            f"rm {quoted}" + ("" if plugin else f", then {START_HINT}"),
+            f"rm {quoted}" + ("" if plugin is not None else f", then {START_HINT}"),
             path,
         )
         return False
-    if fine and not plugin:
+    if fine and plugin is None:
         report.add(OK, "socket", f"socket {path}: mode {_mode(st)}", path=path)
     return fine
 
