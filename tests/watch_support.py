@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from hecated.adapters.liveness import Prober
 from hecated.adapters.watch import Watcher
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 
@@ -60,7 +61,7 @@ def dead_pid() -> int:
 def fresh_scan(layout: Layout) -> dict:
     """What the index should hold: a new registry's scan of the same tree (its run dirs
     read; no socket probed: none of these trees has a socket that answers)."""
-    reg = Registry(layout)
+    reg = Index(layout)
     Prober(reg).hold()
     try:
         reg.scan()
@@ -69,17 +70,17 @@ def fresh_scan(layout: Layout) -> dict:
         reg.close()
 
 
-def index_of(reg: Registry) -> dict:
+def index_of(reg: Index) -> dict:
     return {p.name: p for p in reg.list()}
 
 
 @contextmanager
-def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watcher]]:
+def watching(root: Path, create: bool = True) -> Iterator[tuple[Index, Watcher]]:
     """A registry over ``root`` with a running watcher, as the daemon composes them."""
     layout = Layout.at(root)
     if create:
         layout.ensure_layout()
-    reg = Registry(layout)
+    reg = Index(layout)
     prober = Prober(reg)
     prober.hold()  # as the daemon starts: the start scan's probes run after it
     reg.scan()
@@ -90,3 +91,42 @@ def watching(root: Path, create: bool = True) -> Iterator[tuple[Registry, Watche
     finally:
         watcher.stop()
         reg.close()
+
+
+class WatcherLog(logging.Handler):
+    """Counts the watcher's refreshes and rescans of one tree, from its own log records
+    (a refresh is logged at debug level): the daemon keeps no counter for tests."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.root = str(root)
+        self.refreshed: list[str] = []
+        self.rescans = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(f"watcher: refreshed {self.root}/"):
+            self.refreshed.append(message.rpartition("/")[2])
+        elif message.startswith("watcher: watches (re)built") and message.endswith(
+            f" in {self.root}"
+        ):
+            self.rescans += 1
+
+    @property
+    def refreshes(self) -> int:
+        return len(self.refreshed)
+
+
+@contextmanager
+def watcher_log(root: Path) -> Iterator[WatcherLog]:
+    """Count what the watcher of ``root`` does while the block runs."""
+    logger = logging.getLogger("hecated.adapters.watch")
+    counter = WatcherLog(root)
+    level = logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
