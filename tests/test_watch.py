@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,11 @@ from watch_support import (
     write_vim_style,
 )
 
+from hecated.adapters import catchup
 from hecated.adapters.inotifytree import IN, Cue, file_cue
+from hecated.adapters.liveness import Prober
 from hecated.adapters.watch import Watcher
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 # -- in-process: a registry and its watcher over a real tree ---------------------------
@@ -302,6 +306,47 @@ def test_settle_after_stop_says_no(home: Path) -> None:
     assert watcher.settle(timeout=1) is False
 
 
+def test_edits_between_the_read_and_the_watches_are_read_and_only_they(home: Path) -> None:
+    """The watches come after the index read the tree (the daemon's start scan, then the
+    first answer): what changed in between is read once they are in place, and nothing
+    else is read again."""
+    root = home / ".hecate"
+    layout = Layout.at(root)
+    layout.ensure_layout()
+    names = ("alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta")
+    for name in names:
+        make_plugin(root, name)
+    # Older than the read by more than the catch-up's margin for the coarse file clock:
+    # waiting on the clock here ages the tree, it synchronises with nothing.
+    made = time.clock_gettime(time.CLOCK_BOOTTIME)
+    wait_for(lambda: time.clock_gettime(time.CLOCK_BOOTTIME) > made + 2 * catchup.MARGIN)
+    reg = Index(layout)
+    Prober(reg).hold()
+    read_after = time.clock_gettime(time.CLOCK_BOOTTIME)
+    reg.scan()
+    # Between the read and the watches: every kind of change a name can have.
+    write_in_place(root / "alpha" / "plugin.toml", manifest_text("alpha", "2.0"))
+    write_rename_over(root / "beta" / "plugin.toml", manifest_text("beta", "2.0"))
+    (root / "gamma" / "plugin.toml").unlink()
+    shutil.rmtree(root / "delta")
+    (root / "eps" / "run" / "daemon.pid").write_text(f"{os.getpid()}\n")
+    make_plugin(root, "iota")
+    os.rename(root / "zeta", root / "kappa")
+    watcher = Watcher(reg, read_after=read_after)
+    try:
+        with watcher_log(root) as seen:
+            watcher.start()
+            assert watcher.settle()
+        assert index_of(reg) == fresh_scan(layout)
+        assert version_of(reg, "alpha") == version_of(reg, "beta") == "2.0"
+        assert seen.rescans == 0  # not the whole tree read again...
+        changed = {"alpha", "beta", "gamma", "delta", "eps", "iota", "kappa", "zeta"}
+        assert set(seen.refreshed) == changed  # ...only these: not eta, nor theta
+    finally:
+        watcher.stop()
+        reg.close()
+
+
 @pytest.mark.parametrize(
     ("mask", "cue"),
     [
@@ -479,8 +524,6 @@ def test_watcher_on_missing_parent_waits(home: Path) -> None:
     """A root whose parent does not exist yet: the watcher retries instead of failing."""
     root = home / "later" / ".hecate"
     layout = Layout.at(root)
-    from hecated.core.index import Index
-
     reg = Index(layout)
     watcher = Watcher(reg, timeout=0.1).start()
     try:

@@ -6,7 +6,9 @@ one waits for the writer's close (``CLOSE_WAIT`` after its last event, never
 more than ``MAX_DEFER`` after the first, so a writer that never closes cannot
 hold it off), so one save is one refresh; a GONE ``plugin.toml`` is dropped
 only if it is still missing ``DELETE_GRACE`` later (vim moves the file away and
-writes a new one). A RESCAN drops whatever is due and reads the whole tree.
+writes a new one). A RESCAN drops whatever is due and reads the whole tree; a
+CATCH_UP (the first watches, over a tree the index has read) reads only the
+names changed since that read (``adapters/catchup.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from hecated.adapters.catchup import changed_since, fs_threshold_ns, process_start
 from hecated.adapters.inotifytree import Cue
 from hecated.core.index import Index
 
@@ -38,15 +41,21 @@ class _Due:
 class Refresher:
     """Turns bursts of events per name into one ``index.refresh(name)`` each."""
 
-    def __init__(self, index: Index, debounce: float = DEBOUNCE) -> None:
+    def __init__(
+        self, index: Index, debounce: float = DEBOUNCE, read_after: float | None = None
+    ) -> None:
         self.index = index
         self.debounce = debounce
+        # When the index's last full read began (CLOCK_BOOTTIME): the process's start
+        # unless told, which is right for the daemon, whose start scan comes first.
+        self.read_after = process_start() if read_after is None else read_after
         self._cond = threading.Condition()
         self._due: dict[str, float] = {}
         self._first: dict[str, float] = {}  # when the pending events of a name began
         self._heap: list[_Due] = []
         self._deleted_at: dict[str, float] = {}
         self._rescan = False
+        self._catch_up = False
         self._stop = False
         self._idle = True  # nothing due and no refresh running
         self._thread = threading.Thread(target=self._run, name="hecated-refresher", daemon=True)
@@ -63,8 +72,8 @@ class Refresher:
 
     def touch(self, name: str, cue: Cue) -> None:
         """Schedule the refresh of ``name`` as ``cue`` asks (a rescan for RESCAN)."""
-        if cue is Cue.RESCAN:
-            self.request_rescan()
+        if cue is Cue.RESCAN or cue is Cue.CATCH_UP:
+            self.request_rescan(whole=cue is Cue.RESCAN)
             return
         now = time.monotonic()
         with self._cond:
@@ -80,9 +89,13 @@ class Refresher:
                 at = min(max(at, current), first + MAX_DEFER)
             self._schedule(name, at)
 
-    def request_rescan(self) -> None:
+    def request_rescan(self, whole: bool = True) -> None:
+        """Read the whole tree (``whole``), or the names changed since the last full read."""
         with self._cond:
-            self._rescan = True
+            if whole:
+                self._rescan = True
+            else:
+                self._catch_up = True
             self._idle = False
             self._cond.notify_all()
 
@@ -98,13 +111,17 @@ class Refresher:
         self._cond.notify_all()
 
     def _next(self) -> str | Cue | None:
-        """The next name due, waiting for it; ``Cue.RESCAN`` for a rescan; None to stop."""
+        """The next name due, waiting for it; ``Cue.RESCAN`` for a rescan, ``Cue.CATCH_UP``
+        for a catch-up; None to stop."""
         with self._cond:
             while True:
                 if self._stop:
                     return None
+                if self._catch_up and not self._rescan:
+                    self._catch_up = False
+                    return Cue.CATCH_UP
                 if self._rescan:
-                    self._rescan = False
+                    self._rescan = self._catch_up = False
                     self._due.clear()
                     self._first.clear()
                     self._heap.clear()
@@ -156,19 +173,50 @@ class Refresher:
                 return
             try:
                 if job is Cue.RESCAN:
-                    count = self.index.scan()
-                    # Not "rescanned the tree", which is what SIGHUP and POST /api/rescan
-                    # log: a reader of the log can tell a reload from the watcher's work.
-                    log.info(
-                        "watcher: watches (re)built, tree read: %d plugin(s) in %s",
-                        count,
-                        self.index.layout.root,
-                    )
+                    self._read_all()
+                elif job is Cue.CATCH_UP:
+                    self._read_changed()
                 else:
-                    self.index.refresh(job)
-                    log.debug("watcher: refreshed %s/%s", self.index.layout.root, job)
+                    self._refresh(job)
             except Exception:
-                name = job if isinstance(job, str) else ""
-                log.exception("refreshing %r failed; rescanning", name or "the tree")
-                if name:
+                log.exception("refreshing %r failed; rescanning", job)
+                if job is not Cue.RESCAN:
                     self.request_rescan()
+
+    def _refresh(self, name: str) -> None:
+        self.index.refresh(name)
+        log.debug("watcher: refreshed %s/%s", self.index.layout.root, name)
+
+    def _read_all(self) -> None:
+        count = self.index.scan()
+        # Not "rescanned the tree", which is what SIGHUP and POST /api/rescan
+        # log: a reader of the log can tell a reload from the watcher's work.
+        log.info(
+            "watcher: watches (re)built, tree read: %d plugin(s) in %s",
+            count,
+            self.index.layout.root,
+        )
+
+    def _read_changed(self) -> None:
+        """The watches are in place over a tree the index read: read what changed since."""
+        layout = self.index.layout
+        root = os.fspath(layout.root)
+        in_index = [plugin.name for plugin in self.index.list()]
+        threshold = fs_threshold_ns(root, self.read_after) if in_index else None
+        if threshold is None:  # never read, or no clock to ask: read it all
+            self._read_all()
+            return
+        try:
+            on_disk = [name for name in os.listdir(root) if layout.is_plugin_name(name)]
+        except FileNotFoundError:
+            on_disk = []
+        stale = changed_since(root, on_disk, in_index, threshold)
+        for name in stale:
+            self._refresh(name)
+        log.info(
+            "watcher: watches built, %d of %d plugin(s) changed since they were read: "
+            "read again in %s",
+            len(stale),
+            len(on_disk),
+            root,
+        )

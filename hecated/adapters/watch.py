@@ -6,7 +6,9 @@ The composition of three parts, each in its own module:
   watches that matter (the root's parent, the root, and per plugin its
   namespace, ``run/`` and ``sockets/``), turning each raw mask into a ``Cue``;
 - ``adapters/refresher.py``: bursts of cues per name -> one refresh each,
-  debounced, with a grace for a deleted ``plugin.toml``;
+  debounced, with a grace for a deleted ``plugin.toml``; once the first watches
+  are in place, only the names changed since the index read the tree are read
+  again (``adapters/catchup.py``);
 - ``adapters/barrier.py``: ``settle()``, the seam tests and benchmarks use to
   know every event made before now has been handled.
 
@@ -63,10 +65,14 @@ class Watcher:
         debounce: float = DEBOUNCE,
         timeout: float = 1.0,
         on_socket: Callable[[str], None] | None = None,
+        read_after: float | None = None,
     ):
+        """``read_after``: when the index's last full read began (``CLOCK_BOOTTIME``
+        seconds; default: the process's start, as the daemon's start scan follows it).
+        Once the watches are in place, only what changed since is read again."""
         self.index = index
         self.root = index.layout.root
-        self.refresher = Refresher(index, debounce)
+        self.refresher = Refresher(index, debounce, read_after)
         self.barrier = Barrier(self.refresher.wait_idle)
         emitter_class = partial(
             TreeEmitter, is_plugin_name=index.layout.is_plugin_name, barrier=self.barrier
@@ -90,7 +96,7 @@ class Watcher:
         """Rebuild the watches and rescan now (SIGHUP, ``POST /api/rescan``)."""
         emitter = self.emitter
         if emitter is not None:
-            emitter.establish(notify=False)  # the scan below reads what changed meanwhile
+            emitter.establish(None)  # the scan below reads what changed meanwhile
         return self.index.scan()
 
     @property
