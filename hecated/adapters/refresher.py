@@ -71,7 +71,8 @@ class Refresher:
             self._thread.join(timeout=5)
 
     def touch(self, name: str, cue: Cue) -> None:
-        """Schedule the refresh of ``name`` as ``cue`` asks (a rescan for RESCAN)."""
+        """Schedule the refresh of ``name`` as ``cue`` asks (RESCAN, CATCH_UP: a read of
+        the tree, whole or what changed)."""
         if cue is Cue.RESCAN or cue is Cue.CATCH_UP:
             self.request_rescan(whole=cue is Cue.RESCAN)
             return
