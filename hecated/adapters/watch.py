@@ -71,15 +71,15 @@ class Watcher:
         seconds; default: the process's start, as the daemon's start scan follows it).
         Once the watches are in place, only what changed since is read again."""
         self.index = index
-        self.root = index.layout.root
         self.refresher = Refresher(index, debounce, read_after)
         self.barrier = Barrier(self.refresher.wait_idle)
         emitter_class = partial(
             TreeEmitter, is_plugin_name=index.layout.is_plugin_name, barrier=self.barrier
         )
         self.observer = BaseObserver(emitter_class, timeout=timeout)
-        self.handler = IndexHandler(self.refresher, on_socket)
-        self.observer.schedule(self.handler, os.fspath(self.root))
+        self.observer.schedule(
+            IndexHandler(self.refresher, on_socket), os.fspath(index.layout.root)
+        )
 
     def start(self) -> Watcher:
         self.refresher.start()
