@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -93,3 +94,42 @@ def watching(root: Path, create: bool = True) -> Iterator[tuple[Index, Watcher]]
         watcher.stop()
         prober.close()
         reg.close()
+
+
+class WatcherLog(logging.Handler):
+    """Counts the watcher's refreshes and rescans of one tree, from its own log records
+    (a refresh is logged at debug level): the daemon keeps no counter for tests."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.root = str(root)
+        self.refreshed: list[str] = []
+        self.rescans = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(f"watcher: refreshed {self.root}/"):
+            self.refreshed.append(message.rpartition("/")[2])
+        elif message.startswith("watcher: watches (re)built") and message.endswith(
+            f" in {self.root}"
+        ):
+            self.rescans += 1
+
+    @property
+    def refreshes(self) -> int:
+        return len(self.refreshed)
+
+
+@contextmanager
+def watcher_log(root: Path) -> Iterator[WatcherLog]:
+    """Count what the watcher of ``root`` does while the block runs."""
+    logger = logging.getLogger("hecated.adapters.watch")
+    counter = WatcherLog(root)
+    level = logger.level
+    logger.addHandler(counter)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
