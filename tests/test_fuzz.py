@@ -39,7 +39,7 @@ from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
 from hecated.http.fast import FastPath
-from hecated.http.forward import Forwarder
+from hecated.http.forwarding.relay import Forwarder
 from hecated.http.views import Views
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 

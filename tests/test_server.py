@@ -447,7 +447,7 @@ def test_the_daemon_never_listens_on_tcp(home: Path) -> None:
 def test_forward_threads_never_outnumber_the_stream_cap() -> None:
     """A stream's slot is freed only once its thread is idle again, so the request that
     slot lets in takes that thread instead of starting another (the cap bounds threads)."""
-    from hecated.http.streamthreads import StreamThreads
+    from hecated.http.forwarding.threads import StreamThreads
 
     cap, open_now, most = 4, [0], 0
     lock = threading.Lock()

@@ -28,8 +28,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
-from hecated.core.index import Registry
+from hecated.core.index import Index
 from hecated.http import openapi
+from hecated.http.forwarding.settings import PREFIX
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
     MAX_BODY,
@@ -73,8 +74,8 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
-        # Relayed to the plugin's own socket (forward.py), on the serving layer's stream pool.
-        Rule("/plugin/<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
+        # Relayed to the plugin's own socket (forwarding/relay.py), on the wing's threads.
+        Rule(f"{PREFIX}<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
     ],
     strict_slashes=False,
     # No redirects: a 308 to a merged path helps no client of a Unix socket, and
@@ -124,7 +125,7 @@ class HecateApp:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Index,
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         rescan: Callable[[], int] | None = None,
@@ -132,7 +133,7 @@ class HecateApp:
         forward: Callable[..., Callable] | None = None,
     ) -> None:
         self.registry = registry
-        # Relays /plugin/{name}/... (hecated.http.forward.Forwarder); None: not served.
+        # Relays forwarded requests (hecated.http.forwarding.relay.Forwarder); None: not served.
         self.forward = forward
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid

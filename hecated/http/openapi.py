@@ -14,6 +14,7 @@ from typing import Any
 
 from hecated import __version__
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX
+from hecated.http.forwarding.settings import PREFIX
 from hecated.protocol import (
     BUSY_RETRY_AFTER,
     MAX_BODY,
@@ -474,7 +475,7 @@ PATHS: dict[str, Any] = {
             },
         ),
     },
-    "/plugin/{name}/{rest}": {
+    f"{PREFIX}{{name}}/{{rest}}": {
         "parameters": [
             {
                 "name": "name",
