@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, UnixHTTPConnection, short_tempdir, wait_for
 
-from hecated.http.server import UnixServer, bind_unix
+from hecated.http.server import Admission, UnixServer, bind_unix
 from hecated.protocol import PEER_ENVIRON_KEY, RETRY_AFTER_HEADER, error_body
 
 
@@ -297,6 +297,36 @@ def test_connection_count_and_idle_time(served) -> None:
     sock.close()
     wait_for(lambda: s.server.active_connections == 0)
     wait_for(lambda: s.server.idle_for() > 0)
+
+
+def test_idle_connections_cannot_lock_new_clients_out(served) -> None:
+    """Three times the connection limit held open and silent (issue 23's 1,100 idle
+    connections, scaled down): the idle ones silent longest are closed to keep room,
+    so a new client is still accepted and answered, not left in the backlog."""
+    s = served(max_connections=20, admission=Admission(reserve=4, per_peer=1000))
+    idle = [s.connect() for _ in range(60)]
+    try:
+        with s.connect() as sock:
+            status, _, body = get(sock, "/new")
+        assert status == 200 and json.loads(body)["path"] == "/new"
+        assert s.server.active_connections <= 20
+        assert idle[0].recv(1) == b"", "the connection silent longest was not closed"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_one_process_holds_at_most_its_share_of_connections(served) -> None:
+    s = served(max_connections=100, admission=Admission(reserve=4, per_peer=8))
+    idle = [s.connect() for _ in range(30)]
+    try:
+        wait_for(lambda: s.server.active_connections <= 8)
+        with s.connect() as sock:  # the same process: its own idle one silent longest goes
+            status, _, _ = get(sock, "/mine")
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_loop_stamps_heartbeat_and_runs_tick(served) -> None:

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -279,15 +280,19 @@ def _describe(exc: HTTPException, request: Request) -> str:
     return exc.description or exc.name
 
 
+_WHOLE = re.compile(r"[0-9]+")
+# The SDK sends waits with "%g": "0.5", "1e-05", "1e+06".
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _query_number(request: Request, key: str, kind: type, low: float, high: float | None):
     """A numeric query parameter, or the 400 that says what is wrong with it."""
     raw = request.args.get(key)
     if raw is None:
         return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
+    # ASCII digits as written: int() and float() also take "1_0", " 5", "+5" and
+    # other scripts' digits.
+    value = kind(raw) if (_WHOLE if kind is int else _DECIMAL).fullmatch(raw) else None
     if value is None or value != value or value < low or value in (float("inf"),):
         raise ApiError(
             Code.INVALID_PARAMETER,

@@ -19,7 +19,7 @@ import socket
 import stat
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from hecated.core.errors import NotFoundError
 from hecated.core.layout import Layout
@@ -29,7 +29,7 @@ from hecated.http.forwarding.errors import (
     PluginTimeoutError,
     PluginUnreachableError,
 )
-from hecated.http.forwarding.headers import request_headers, response_headers
+from hecated.http.forwarding.headers import answer_problem, request_headers, response_headers
 from hecated.http.forwarding.pool import Connection, Pool, connect_plugin
 from hecated.http.forwarding.settings import PREFIX, ForwardSettings
 from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
@@ -56,17 +56,25 @@ def candidates(name: str) -> list[str]:
     return [name, f"hecate-app-{name}d", f"hecate-{name}d"]
 
 
-def target(environ: dict[str, Any], rest: str) -> str:
+def target(environ: dict[str, Any], name: str, rest: str) -> str:
     """``/{rest}`` with the query string, taken raw when the server kept the raw URI.
 
     The raw request target keeps percent-escapes (``%2F``) the plugin may rely on;
-    without it (a test client) the decoded path is quoted again.
+    without it (a test client) the decoded path is quoted again. The raw name
+    segment must decode to the name the router matched: an escaped slash in it
+    (``a%2Fb``) would make the router and the raw target cut the path apart at
+    different places, and the plugin receive another path than the one routed.
     """
     raw = environ.get("REQUEST_URI")
     if raw:
         path = urlsplit(raw).path if not raw.startswith("/") else raw.split("?", 1)[0]
+        path = "/" + path.lstrip("/")  # as the server's PATH_INFO: leading slashes as one
         if path.startswith(PREFIX):
-            _, sep, tail = path[len(PREFIX) :].partition("/")
+            raw_name, sep, tail = path[len(PREFIX) :].partition("/")
+            if unquote(raw_name) != name:
+                raise BadForwardError(
+                    f"the plugin name {raw_name!r} holds an escaped '/': send the name as is"
+                )
             if sep:
                 query = raw.partition("?")[2]
                 return "/" + tail + (f"?{query}" if query else "")
@@ -122,48 +130,62 @@ class Forwarder:
         failure only ends the client's stream.
         """
         namespace = self.resolve(name)
+        path = target(environ, name, rest)
         length = _content_length(environ)
         if length > self.settings.body_limit:
             raise BodyTooLargeError(
                 f"request body is {length} bytes; at most {self.settings.body_limit} forwarded"
             )
-        method = environ.get("REQUEST_METHOD", "GET")
-        reusable = length == 0 and method in REUSABLE_METHODS
-        conn = self.pool.take(namespace) if reusable else None
-        if conn is not None:  # a kept-alive connection the plugin may have closed since
-            conn.raw.settimeout(self.settings.first_byte_timeout)
-            try:
-                response = self._send(conn, environ, peer, rest, length, namespace)
-            except PluginUnreachableError:
-                conn.discard()
-                conn = None  # once more, on a new connection
-            except BaseException:
-                conn.discard()
-                raise
-        if conn is None:
-            conn = Connection(self.connect(namespace))
-            try:
-                response = self._send(conn, environ, peer, rest, length, namespace)
-            except BaseException:
-                conn.discard()
-                raise
+        reusable = length == 0 and environ.get("REQUEST_METHOD", "GET") in REUSABLE_METHODS
+        conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
+        problem = answer_problem(response)
+        if problem is not None:  # nothing of it reaches the client; the connection goes
+            response.close()
+            conn.discard()
+            raise PluginUnreachableError(f"plugin {namespace!r} {problem}")
         give_back = self.pool.give if reusable else None
         return _Relay(conn, response, namespace, self.settings.idle_timeout, give_back)
+
+    def _exchange(
+        self,
+        environ: dict[str, Any],
+        peer: Peer,
+        path: str,
+        length: int,
+        namespace: str,
+        reusable: bool,
+    ) -> tuple[Connection, http.client.HTTPResponse]:
+        """The request sent and the answer's head read, on a kept-alive connection when
+        one is fit (sent again on a new one if the plugin had closed it), else a new one."""
+        conn = self.pool.take(namespace) if reusable else None
+        if conn is not None:
+            conn.raw.settimeout(self.settings.first_byte_timeout)
+            try:
+                return conn, self._send(conn, environ, peer, path, length, namespace)
+            except PluginUnreachableError:
+                conn.discard()  # once more, on a new connection
+            except BaseException:
+                conn.discard()
+                raise
+        conn = Connection(self.connect(namespace))
+        try:
+            return conn, self._send(conn, environ, peer, path, length, namespace)
+        except BaseException:
+            conn.discard()
+            raise
 
     def _send(
         self,
         conn: Connection,
         environ: dict[str, Any],
         peer: Peer,
-        rest: str,
+        path: str,
         length: int,
         namespace: str,
     ) -> http.client.HTTPResponse:
         method = environ.get("REQUEST_METHOD", "GET")
         try:
-            conn.putrequest(
-                method, target(environ, rest), skip_host=True, skip_accept_encoding=True
-            )
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
             for key, value in request_headers(environ, peer):
                 conn.putheader(key, value)
             if length or method in ("POST", "PUT", "PATCH"):
@@ -213,7 +235,8 @@ class _Relay:
         response = self.response
         status = f"{response.status} {response.reason or 'Unknown'}"
         try:
-            write = start_response(status, response_headers(response.getheaders()))
+            headers = response_headers(response.getheaders(), response.chunked)
+            write = start_response(status, headers)
             if response.length is None:  # chunked or to EOF: a stream, maybe a slow one
                 write(b"")  # the headers now, not with its first piece
         except BaseException:
