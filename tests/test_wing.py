@@ -8,7 +8,6 @@ extra answer), which no well-behaved HTTP server library would send.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import subprocess
@@ -143,6 +142,25 @@ def raw_get(sock: Path, target: str) -> tuple[int, dict[str, str], bytes]:
     return raw_exchange(sock, f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode(), 20)
 
 
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` answers read off one connection (each framed by Content-Length)."""
+    buf, answers = b"", []
+    while len(answers) < count:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            lines = head.decode("latin-1").split("\r\n")
+            fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+            length = int(fields["content-length"])
+            if len(rest) >= length:
+                answers.append((int(lines[0].split()[1]), rest[:length]))
+                buf = rest[length:]
+                continue
+        piece = sock.recv(65536)
+        assert piece, f"the connection closed after {len(answers)} answer(s): {buf!r}"
+        buf += piece
+    return answers
+
+
 def envelope(body: bytes, code: str) -> str:
     doc = json.loads(body)
     assert doc["ok"] is False and doc["code"] == code and doc["error"], doc
@@ -256,23 +274,17 @@ def test_an_answer_that_cannot_be_relayed_faithfully_is_a_502(
             f"GET /plugin/raw{route} HTTP/1.1\r\nHost: x\r\n\r\n"
             "GET /plugin/raw/after HTTP/1.1\r\nHost: x\r\n\r\n".encode()
         )
-        first = http.client.HTTPResponse(sock)
-        first.begin()
-        body = first.read()
-        assert first.status == 502
-        assert words in envelope(body, "plugin_unreachable")
-        second = http.client.HTTPResponse(sock)
-        second.begin()
-        assert (second.status, second.read()) == (200, b"/after")
+        (status, body), after = read_answers(sock, 2)
+    assert status == 502
+    assert words in envelope(body, "plugin_unreachable")
+    assert after == (200, b"/after")
 
 
 def test_a_chunked_answer_leaves_unchunked_with_one_framing(world: Any) -> None:
     daemon, _ = world
     status, headers, body = get(daemon.socket, "/plugin/raw/chunked")
     assert (status, body) == (200, b"hello")
-    assert not any(k.lower() == "content-length" for k, _ in headers) or dict(headers).get(
-        "Content-Length"
-    ) == str(len(body))
+    assert "content-length" not in {k.lower() for k, _ in headers}  # framed anew: chunked
 
 
 # -- minor: numbers as written -----------------------------------------------------------
