@@ -64,9 +64,8 @@ MAX_CONNECTIONS = 1000
 # the idle ones silent longest are closed, so a flood of idle connections never
 # fills every place (waitress would stop accepting, and the backlog then refuse).
 RESERVE = 50
-# Connections one process may hold; past it, its idle one silent longest is closed
-# (or, with none idle, the new one). Above the forwarding stream cap (256): a proxy
-# such as hecate-web holds its streams and its API connections at once.
+# Connections one process may hold (past it, its idle one silent longest is closed, or
+# the new one): above the stream cap (256), as a proxy (hecate-web) holds both kinds.
 MAX_PER_PEER = 512
 REQUEST_DEADLINE = 10.0  # seconds from a request's first byte to its last
 # How often the loop looks for requests past their deadline or lingering too long.
@@ -195,7 +194,8 @@ class _Listener(UnixWSGIServer):
                 log.info("pid %d holds %d connections; refusing another", pid, len(others))
                 channel.handle_close()
                 return
-        over = len(self._map) - (self.adj.connection_limit - self.admission.reserve)
+        limit = self.adj.connection_limit
+        over = len(self._map) - (limit - min(self.admission.reserve, limit // 4))
         if over > 0:
             self._close_idle(list(self.active_channels.values()), over, channel)
 

@@ -50,7 +50,8 @@ class Edge:
             self._open += 1
         try:
             self.hangups.watch(job.fileno, job.hung_up)
-        except (OSError, RuntimeError, ValueError) as exc:  # no epoll or thread: out of fds
+        # No epoll or thread to be had (out of fds), or the connection closed meanwhile.
+        except (OSError, RuntimeError, TypeError, ValueError) as exc:
             self._release()
             log.warning("cannot watch a forwarded request's client: %s", exc)
             return f"cannot run a forwarded request now: {exc}"
