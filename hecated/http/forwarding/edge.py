@@ -50,8 +50,8 @@ class Edge:
             self._open += 1
         try:
             self.hangups.watch(job.fileno, job.hung_up)
-        # No epoll or thread to be had (out of fds), or the connection closed meanwhile.
         except (OSError, RuntimeError, TypeError, ValueError) as exc:
+            # No epoll or thread to be had (out of fds), or the connection closed meanwhile.
             self._release()
             log.warning("cannot watch a forwarded request's client: %s", exc)
             return f"cannot run a forwarded request now: {exc}"
