@@ -54,7 +54,7 @@ class ConnectionLimits:
     claimed_adj: Adjustments | None = None  # a claimed request's (larger body) bounds
 
 
-class Busy(Error):
+class DetourRefused(Error):
     """A detour refused a request it claimed (its cap reached): 503, the connection kept."""
 
     code = 503
@@ -159,7 +159,7 @@ class RefusalTask(ErrorTask):
 
     def execute(self) -> None:
         error = self.request.error
-        busy = isinstance(error, Busy)
+        busy = isinstance(error, DetourRefused)
         code = Code.BUSY if busy else code_of_status(error.code)
         message = error.body if busy else f"{error.reason}: {error.body}"
         body = encode(error_body(code, message))

@@ -43,9 +43,9 @@ from waitress.server import UnixWSGIServer
 from hecated.http.connection import (
     LINGER_BYTES,
     LINGER_SECONDS,
-    Busy,
     Channel,
     ConnectionLimits,
+    DetourRefused,
 )
 from hecated.http.hooks import Detour
 from hecated.protocol import accepts
@@ -227,7 +227,7 @@ class _Listener(UnixWSGIServer):
             if refusal is None:
                 return
             self.returned(channel)  # back to the loop; a worker answers the refusal
-            request.error = Busy(refusal)
+            request.error = DetourRefused(refusal)
         super().add_task(channel)
 
     def _detach(self, channel: Channel) -> _Detached:
