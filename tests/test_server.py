@@ -505,3 +505,58 @@ def test_forward_threads_never_outnumber_the_stream_cap() -> None:
     finally:
         sys.setswitchinterval(switch)
     assert 1 <= most <= cap
+
+
+class HeldDetour:
+    """A detour of the test's own (not the forwarding wing): it claims ``/held/...``,
+    runs each on a thread of its own until the test lets it go, and refuses past one."""
+
+    body_limit = 4096
+    send_timeout = 10.0
+
+    def __init__(self) -> None:
+        self.running = threading.Semaphore(0)
+        self.go = threading.Event()
+        self.open = 0
+
+    def claims(self, path: str) -> bool:
+        return path.startswith("/held/")
+
+    def run(self, job) -> str | None:
+        if self.open:
+            return "one held request at a time"
+        self.open += 1
+
+        def serve() -> None:
+            self.running.release()
+            self.go.wait(20)
+            job.serve()
+            self.open -= 1
+            job.done()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return None
+
+    def close(self) -> None:
+        self.go.set()
+
+
+def test_the_one_hook_runs_what_a_detour_claims_and_answers_its_refusal(served) -> None:
+    """server.py's hook with a detour that is not the wing: the claimed request leaves the
+    API workers (the one worker still answers others), is served on the detour's thread
+    with its connection out of the loop, and a refusal is a 503 busy in the envelope,
+    decided before any routing, on a connection kept alive."""
+    detour = HeldDetour()
+    s = served(workers=1, detour=detour)
+    with s.connect() as held:
+        held.sendall(b"GET /held/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert detour.running.acquire(timeout=10)
+        with s.connect() as other:
+            assert get(other, "/free")[0] == 200  # the one API worker is not held
+            status, headers, body = get(other, "/held/y")
+            assert status == 503 and headers["retry-after"] == "1"
+            assert json.loads(body) == error_body("busy", "one held request at a time")
+            assert get(other, "/after-the-refusal")[0] == 200  # same connection, kept
+        detour.go.set()
+        status, _, body = read_response(held)
+    assert status == 200 and json.loads(body)["path"] == "/held/x"
