@@ -38,8 +38,9 @@ from hecated.core.errors import BusyError, HecateError
 from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
+from hecated.http.forwarding.edge import Edge
+from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
-from hecated.http.streams import ForwardSettings
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
 
@@ -274,7 +275,7 @@ class Lifecycle:
         def full_app() -> WSGIApp:
             # Werkzeug and the relay (http.client, email): off the cold-start path.
             from hecated.http.app import HecateApp
-            from hecated.http.forward import Forwarder
+            from hecated.http.forwarding.relay import Forwarder
 
             forwarder = Forwarder(registry, forward)
             return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
@@ -283,7 +284,7 @@ class Lifecycle:
         # it or after the first answer (_deferred_work), whichever comes first.
         self.app = app = FastPath(views, full_app)
         self.server = server = UnixServer(
-            sock, app, owned_path=owned, workers=config.workers, forward=forward
+            sock, app, owned_path=owned, workers=config.workers, detour=Edge(forward)
         )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog

@@ -481,7 +481,7 @@ def test_another_users_peer_is_refused_before_anything_is_forwarded(world: Any) 
     from hecated.core.index import Index
     from hecated.core.layout import Layout
     from hecated.http.app import HecateApp
-    from hecated.http.forward import Forwarder
+    from hecated.http.forwarding.relay import Forwarder
     from hecated.protocol import PEER_ENVIRON_KEY, Peer
 
     _, root, _ = world
@@ -584,8 +584,8 @@ def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: 
     from hecated.core.index import Index
     from hecated.core.layout import Layout
     from hecated.http.app import HecateApp
-    from hecated.http.forward import Forwarder
-    from hecated.http.streams import ForwardSettings
+    from hecated.http.forwarding.relay import Forwarder
+    from hecated.http.forwarding.settings import ForwardSettings
     from hecated.protocol import PEER_ENVIRON_KEY, Peer
 
     _, root, _ = world

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import pytest
 from conftest import Daemon, UnixHTTPConnection, memory_tempdir
@@ -39,7 +39,7 @@ from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
 from hecated.http.fast import FastPath
-from hecated.http.forward import Forwarder
+from hecated.http.forwarding.relay import Forwarder
 from hecated.http.views import Views
 from hecated.protocol import NAME_RE, PEER_ENVIRON_KEY, PRIMARY_NAME, Peer
 
@@ -384,6 +384,22 @@ def test_doubled_slashes_are_not_redirected(harness: Harness, path: str) -> None
 # -- the same requests through the real server -------------------------------------------
 
 SOCKET_EXAMPLES = max(10, EXAMPLES // 4)
+# How a path may be spelled on the wire (curl --path-as-is): slashes doubled in front
+# take the road the collapsed path takes (issue 23: //plugin/... once ran on the API's
+# workers); dot segments, plain or escaped, are refused before anyone resolves them.
+SPELLINGS = ["", "//", "///", "/.", "/x/..", "/%2e", "/a/%2E%2E", "suffix /.."]
+SPELLINGS += [""] * 10  # mostly as written: the documented answers stay the subject
+
+
+def respell(path: str, spelling: str) -> str:
+    if spelling.startswith("suffix "):
+        return path + spelling.removeprefix("suffix ")
+    return spelling + path
+
+
+def has_dots(target: str) -> bool:
+    path = unquote(target.split("?", 1)[0])
+    return any(seg in (".", "..") for seg in path.split("/"))
 
 
 @pytest.mark.slow
@@ -397,13 +413,16 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
         suppress_health_check=[HealthCheck.too_slow],
         database=None,
     )
-    @given(sequence=st.lists(calls(), min_size=8, max_size=20))
-    def run(sequence: list[Call]) -> None:
-        for call in sequence:
+    @given(
+        sequence=st.lists(st.tuples(calls(), st.sampled_from(SPELLINGS)), min_size=8, max_size=20)
+    )
+    def run(sequence: list[tuple[Call, str]]) -> None:
+        for call, spelling in sequence:
             if call.peer != "owner":
                 continue  # the real socket always carries the real peer
             conn = UnixHTTPConnection(daemon.socket)
-            target = call.path + ("?" + urlencode(call.query) if call.query else "")
+            target = respell(call.path, spelling)
+            target += "?" + urlencode(call.query) if call.query else ""
             headers = {"Content-Type": call.content_type} if call.content_type else {}
             try:
                 conn.request(call.method, target, body=call.body, headers=headers)
@@ -412,6 +431,11 @@ def test_fuzz_over_the_real_socket(daemon: Daemon) -> None:
             finally:
                 conn.close()
             stats["requests"] += 1
+            if has_dots(target):
+                stats["dot segments refused"] += 1
+                assert resp.status == 400, (target, resp.status, data[:300])
+            elif spelling:
+                stats["respelled"] += 1
             if plugins_fault(call.path, resp.status, data):
                 stats["plugin's 5xx"] += 1
             else:
@@ -445,14 +469,15 @@ def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
         rest=st.sampled_from(["echo", "manifest"]) | st.text(min_size=1, max_size=30),
         query=st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
         body=st.none() | bodies,
+        spelling=st.sampled_from(SPELLINGS),
         headers=st.dictionaries(
             st.sampled_from(["X-A", "Connection", "Keep-Alive", "TE", "X-Hecate-Peer-Uid"]),
             st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=10),
             max_size=3,
         ),
     )
-    def run(method, name, rest, query, body, headers) -> None:
-        target = f"/plugin/{quote(name)}/{quote(rest, safe='/')}"
+    def run(method, name, rest, query, body, spelling, headers) -> None:
+        target = respell(f"/plugin/{quote(name)}/{quote(rest, safe='/')}", spelling)
         if query:
             target += "?" + urlencode(query)
         conn = UnixHTTPConnection(daemon.socket)
@@ -463,8 +488,12 @@ def test_fuzz_forwarding_to_a_live_plugin(daemon: Daemon) -> None:
         finally:
             conn.close()
         stats["requests"] += 1
-        if resp.getheader("X-Plugin"):
+        if has_dots(target):
+            stats["dot segments refused"] += 1
+            assert resp.status == 400, (target, resp.status, data[:300])
+        elif resp.getheader("X-Plugin"):
             stats["the plugin's answer"] += 1
+            stats["respelled, answered by the plugin"] += bool(spelling)
             return
         if plugins_fault("/plugin/", resp.status, data):
             stats["plugin's 5xx"] += 1

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, UnixHTTPConnection, short_tempdir, wait_for
 
-from hecated.http.server import UnixServer, bind_unix
+from hecated.http.server import Admission, UnixServer, bind_unix
 from hecated.protocol import PEER_ENVIRON_KEY, RETRY_AFTER_HEADER, error_body
 
 
@@ -299,6 +299,36 @@ def test_connection_count_and_idle_time(served) -> None:
     wait_for(lambda: s.server.idle_for() > 0)
 
 
+def test_idle_connections_cannot_lock_new_clients_out(served) -> None:
+    """Three times the connection limit held open and silent (issue 23's 1,100 idle
+    connections, scaled down): the idle ones silent longest are closed to keep room,
+    so a new client is still accepted and answered, not left in the backlog."""
+    s = served(max_connections=20, admission=Admission(reserve=4, per_peer=1000))
+    idle = [s.connect() for _ in range(60)]
+    try:
+        with s.connect() as sock:
+            status, _, body = get(sock, "/new")
+        assert status == 200 and json.loads(body)["path"] == "/new"
+        assert s.server.active_connections <= 20
+        assert idle[0].recv(1) == b"", "the connection silent longest was not closed"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_one_process_holds_at_most_its_share_of_connections(served) -> None:
+    s = served(max_connections=100, admission=Admission(reserve=4, per_peer=8))
+    idle = [s.connect() for _ in range(30)]
+    try:
+        wait_for(lambda: s.server.active_connections <= 8)
+        with s.connect() as sock:  # the same process: its own idle one silent longest goes
+            status, _, _ = get(sock, "/mine")
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_loop_stamps_heartbeat_and_runs_tick(served) -> None:
     s = served(poll_interval=0.05)
     first = s.server.heartbeat
@@ -447,7 +477,7 @@ def test_the_daemon_never_listens_on_tcp(home: Path) -> None:
 def test_forward_threads_never_outnumber_the_stream_cap() -> None:
     """A stream's slot is freed only once its thread is idle again, so the request that
     slot lets in takes that thread instead of starting another (the cap bounds threads)."""
-    from hecated.http.streamthreads import StreamThreads
+    from hecated.http.forwarding.threads import StreamThreads
 
     cap, open_now, most = 4, [0], 0
     lock = threading.Lock()
@@ -475,3 +505,58 @@ def test_forward_threads_never_outnumber_the_stream_cap() -> None:
     finally:
         sys.setswitchinterval(switch)
     assert 1 <= most <= cap
+
+
+class HeldDetour:
+    """A detour of the test's own (not the forwarding wing): it claims ``/held/...``,
+    runs each on a thread of its own until the test lets it go, and refuses past one."""
+
+    body_limit = 4096
+    send_timeout = 10.0
+
+    def __init__(self) -> None:
+        self.running = threading.Semaphore(0)
+        self.go = threading.Event()
+        self.open = 0
+
+    def claims(self, path: str) -> bool:
+        return path.startswith("/held/")
+
+    def run(self, job) -> str | None:
+        if self.open:
+            return "one held request at a time"
+        self.open += 1
+
+        def serve() -> None:
+            self.running.release()
+            self.go.wait(20)
+            job.serve()
+            self.open -= 1
+            job.done()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return None
+
+    def close(self) -> None:
+        self.go.set()
+
+
+def test_the_one_hook_runs_what_a_detour_claims_and_answers_its_refusal(served) -> None:
+    """server.py's hook with a detour that is not the wing: the claimed request leaves the
+    API workers (the one worker still answers others), is served on the detour's thread
+    with its connection out of the loop, and a refusal is a 503 busy in the envelope,
+    decided before any routing, on a connection kept alive."""
+    detour = HeldDetour()
+    s = served(workers=1, detour=detour)
+    with s.connect() as held:
+        held.sendall(b"GET /held/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert detour.running.acquire(timeout=10)
+        with s.connect() as other:
+            assert get(other, "/free")[0] == 200  # the one API worker is not held
+            status, headers, body = get(other, "/held/y")
+            assert status == 503 and headers["retry-after"] == "1"
+            assert json.loads(body) == error_body("busy", "one held request at a time")
+            assert get(other, "/after-the-refusal")[0] == 200  # same connection, kept
+        detour.go.set()
+        status, _, body = read_response(held)
+    assert status == 200 and json.loads(body)["path"] == "/held/x"

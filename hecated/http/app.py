@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,8 +29,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
-from hecated.core.index import Index as Registry  # (helper B: the alias is gone)
+from hecated.core.index import Index
 from hecated.http import openapi
+from hecated.http.forwarding.settings import PREFIX
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
     MAX_BODY,
@@ -73,8 +75,8 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
-        # Relayed to the plugin's own socket (forward.py), on the serving layer's stream pool.
-        Rule("/plugin/<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
+        # Relayed to the plugin's own socket (forwarding/relay.py), on the wing's threads.
+        Rule(f"{PREFIX}<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
     ],
     strict_slashes=False,
     # No redirects: a 308 to a merged path helps no client of a Unix socket, and
@@ -124,7 +126,7 @@ class HecateApp:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Index,
         owner_uid: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         rescan: Callable[[], int] | None = None,
@@ -132,7 +134,7 @@ class HecateApp:
         forward: Callable[..., Callable] | None = None,
     ) -> None:
         self.registry = registry
-        # Relays /plugin/{name}/... (hecated.http.forward.Forwarder); None: not served.
+        # Relays forwarded requests (hecated.http.forwarding.relay.Forwarder); None: not served.
         self.forward = forward
         self.layout = registry.layout
         self.owner_uid = os.getuid() if owner_uid is None else owner_uid
@@ -278,15 +280,19 @@ def _describe(exc: HTTPException, request: Request) -> str:
     return exc.description or exc.name
 
 
+_WHOLE = re.compile(r"[0-9]+")
+# The SDK sends waits with "%g": "0.5", "1e-05", "1e+06".
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _query_number(request: Request, key: str, kind: type, low: float, high: float | None):
     """A numeric query parameter, or the 400 that says what is wrong with it."""
     raw = request.args.get(key)
     if raw is None:
         return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
+    # ASCII digits as written: int() and float() also take "1_0", " 5", "+5" and
+    # other scripts' digits.
+    value = kind(raw) if (_WHOLE if kind is int else _DECIMAL).fullmatch(raw) else None
     if value is None or value != value or value < low or value in (float("inf"),):
         raise ApiError(
             Code.INVALID_PARAMETER,

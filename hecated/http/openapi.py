@@ -14,6 +14,7 @@ from typing import Any
 
 from hecated import __version__
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX
+from hecated.http.forwarding.settings import PREFIX
 from hecated.protocol import (
     BUSY_RETRY_AFTER,
     MAX_BODY,
@@ -310,7 +311,9 @@ def _error(description: str, headers: dict | None = None) -> dict[str, Any]:
 
 
 RESPONSES: dict[str, Any] = {
-    "BadRequest": _error("Invalid name, field, JSON or body shape."),
+    "BadRequest": _error(
+        "Invalid name, field, JSON or body shape; a path with a '.' or '..' segment."
+    ),
     "Forbidden": _error("The peer is not the user who owns the daemon (SO_PEERCRED)."),
     "NotFound": _error("No such plugin or endpoint."),
     "MethodNotAllowed": _error("The method is not allowed on this path."),
@@ -334,8 +337,10 @@ RESPONSES: dict[str, Any] = {
     ),
     "PluginUnreachable": _error(
         "plugin_unreachable: the plugin has no socket, nothing accepts on it (a stale "
-        "socket file), its socket is not a socket inside its namespace (a symlink), or it "
-        "closed the connection before answering."
+        "socket file), its socket is not a socket inside its namespace (a symlink), it "
+        "closed the connection before answering, or its answer cannot be relayed as it came "
+        "(conflicting framing, 101 or another interim status, a folded header, a control "
+        "character in the status line)."
     ),
     "PluginTimeout": _error(
         "plugin_timeout: the plugin sent no first byte within forward_timeout (default 30 s)."
@@ -474,7 +479,7 @@ PATHS: dict[str, Any] = {
             },
         ),
     },
-    "/plugin/{name}/{rest}": {
+    f"{PREFIX}{{name}}/{{rest}}": {
         "parameters": [
             {
                 "name": "name",

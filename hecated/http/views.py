@@ -15,8 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hecated import __version__
-from hecated.core.index import INVALID, RUNNING, STOPPED, Plugin
-from hecated.core.index import Index as Registry  # (helper B: the alias is gone)
+from hecated.core.index import INVALID, RUNNING, STOPPED, Index, Plugin
 from hecated.protocol import (
     PLUGIN_DEGRADED,
     PLUGIN_OK,
@@ -46,7 +45,7 @@ class Views:
     one phase for ``/health``), and holds no Werkzeug object.
     """
 
-    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, registry: Index, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.layout = registry.layout
         self._clock = clock

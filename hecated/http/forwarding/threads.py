@@ -1,8 +1,8 @@
 """Where a forwarded stream runs: reusable threads, and one watch for clients hanging up.
 
-A forwarded request (``/plugin/...``) may stream for minutes, so it never holds one
-of the registry API's workers, and while it runs its connection is out of
-waitress's loop (server.py's ``_Listener`` detaches it): the stream's own thread
+A forwarded request may stream for minutes, so it never holds one of the registry
+API's workers, and while it runs its connection is out of the serving loop (the
+server detaches it before handing it to the wing's edge): the stream's own thread
 sends the answer, and ``HangUps`` tells it when the client has gone. Both are
 plain threads and an epoll set; nothing here knows HTTP.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["HangUps", "StreamThreads"]
 
-log = logging.getLogger("hecated.http.server")
+log = logging.getLogger("hecated.http.forwarding")
 
 
 class StreamThreads:
@@ -76,10 +76,14 @@ class HangUps:
     EPOLLHUP/EPOLLERR are reported, which a Unix socket raises when its peer has
     closed, not when it only shut its sending side (``nc -N``: that client still
     gets its answer). The hook runs once, then the socket is forgotten.
+
+    Each running request of a connection watches it (pipelining may run a second
+    before the first's thread has let go): the fd is watched until the last forgets it.
     """
 
     def __init__(self) -> None:
         self._hooks: dict[int, Callable[[], None]] = {}
+        self._counts: dict[int, int] = {}
         self._lock = threading.Lock()
         self._epoll: Any = None
         self._closed = False
@@ -96,12 +100,17 @@ class HangUps:
                     epoll.close()
                     raise
                 self._epoll = epoll
-            self._epoll.register(fd, 0)
+            if fd not in self._hooks:
+                self._epoll.register(fd, 0)
             self._hooks[fd] = hook
+            self._counts[fd] = self._counts.get(fd, 0) + 1
 
     def forget(self, fd: int) -> None:
         with self._lock:
-            if self._hooks.pop(fd, None) is not None:
+            left = self._counts.pop(fd, 0) - 1
+            if left > 0:
+                self._counts[fd] = left
+            elif self._hooks.pop(fd, None) is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(fd)
 
@@ -122,6 +131,7 @@ class HangUps:
                     if fd not in self._hooks or not _hung_up(fd):
                         continue
                     hook = self._hooks.pop(fd)
+                    self._counts.pop(fd, None)
                     with contextlib.suppress(OSError, ValueError):
                         epoll.unregister(fd)
                 if hook is not None:

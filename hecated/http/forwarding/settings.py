@@ -1,8 +1,7 @@
-"""What the serving layer and the forwarder agree on: the ``/plugin/`` prefix, the
-environ keys a forwarded request carries, and the bounds on forwarding.
+"""The forwarding wing's one spelling of its prefix, and its bounds.
 
-Kept apart from ``forward.py`` (which relays with ``http.client``, and so imports
-``email``) so that the serving layer and the daemon's start-up never load the relay:
+Kept apart from ``relay.py`` (which relays with ``http.client``, and so imports
+``email``) so that the daemon's start-up and the wing's edge never load the relay:
 forwarded requests go through the full app, which is built off the cold-start path.
 """
 
@@ -11,13 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The one place the forwarded prefix is spelled: the edge's decision, the router's rule,
+# the relay's target and the OpenAPI document all take it from here.
 PREFIX = "/plugin/"
-# What the serving layer puts in the environ of a forwarded request.
-BUSY_KEY = "hecated.forward_busy"  # the stream cap was reached: answer 503 busy
-ABORT_KEY = "hecated.forward_abort"  # call to end the client's stream abruptly
-# Call with a function the serving layer runs when the client's connection closes: a
-# stream whose plugin is silent must not hold its place until the idle timeout.
-ON_CLOSE_KEY = "hecated.forward_on_close"
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 DEFAULT_STREAMS = 256
@@ -26,6 +21,13 @@ DEFAULT_FIRST_BYTE_TIMEOUT = 30.0  # hecate-web's own read timeout
 # A kept-alive connection to a plugin idle this long is closed (before most servers'
 # own keep-alive timeouts, so a kept one is seldom found closed).
 DEFAULT_POOL_IDLE = 30.0
+# Seconds an idle stream thread is kept for the next forwarded request.
+DEFAULT_THREAD_KEEP = 30.0
+
+
+def is_forwarded(path: str) -> bool:
+    """Is ``path`` (as the router sees it: PATH_INFO) one the wing forwards?"""
+    return path.startswith(PREFIX)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ForwardSettings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT
     pool_idle: float = DEFAULT_POOL_IDLE
+    thread_keep: float = DEFAULT_THREAD_KEEP
 
     @classmethod
     def from_config(cls, config: Any) -> ForwardSettings:

@@ -1,0 +1,17 @@
+"""The forwarding wing: requests to a plugin, relayed through hecated's one socket.
+
+Everything about forwarding lives here, each in one module:
+
+- ``settings``: the forwarded prefix (spelled once) and the wing's bounds;
+- ``edge``: the serving layer's ``Detour`` (``hecated.http.hooks``): which
+  requests are forwarded, decided once on the path the router sees, the stream
+  cap (``503 busy`` decided there), the stream threads and the hang-up watch;
+- ``threads``: the reusable stream threads and the epoll watch for hang-ups;
+- ``relay``: one request relayed to the plugin's socket and its answer streamed;
+- ``pool``: the one connect to a plugin's socket, and kept-alive connections;
+- ``headers``: which headers cross, each way;
+- ``errors``: what can go wrong, each with its code.
+
+The daemon's start-up loads ``settings``, ``edge`` and ``threads`` only; the relay
+(``http.client``, ``email``) comes with the full app, off the cold-start path.
+"""

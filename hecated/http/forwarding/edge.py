@@ -1,0 +1,82 @@
+"""The forwarding wing's edge: which requests it takes, and where they run.
+
+The serving layer asks ``claims`` once per request, when its head is read, with
+the very path the router will see (PATH_INFO, slashes collapsed as waitress does
+and dot segments already refused): a forwarded request is known then, before its
+body arrives, so it may carry the larger body limit. Once it has arrived whole,
+``run`` either takes it onto a stream thread of its own, out of the serving loop,
+or refuses it at once when the stream cap is reached: the ``503 busy`` is decided
+here, and answered without going through the fast path or the router.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from hecated.http.forwarding.settings import ForwardSettings, is_forwarded
+from hecated.http.forwarding.threads import HangUps, StreamThreads
+from hecated.http.hooks import Job
+
+log = logging.getLogger("hecated.http.forwarding")
+
+
+class Edge:
+    """The ``Detour`` the daemon hands the server: the stream cap, threads and hang-ups."""
+
+    def __init__(self, settings: ForwardSettings | None = None) -> None:
+        self.settings = settings = settings or ForwardSettings()
+        self.body_limit = settings.body_limit
+        self.send_timeout = settings.idle_timeout or None
+        self.threads = StreamThreads(keep=settings.thread_keep)
+        self.hangups = HangUps()
+        self._lock = threading.Lock()
+        self._open = 0
+
+    @property
+    def open_streams(self) -> int:
+        """Forwarded requests being served now (at most ``settings.max_streams``)."""
+        return self._open
+
+    def claims(self, path: str) -> bool:
+        return is_forwarded(path)
+
+    def run(self, job: Job) -> str | None:
+        """On a stream thread, with the client's hang-up watched; or why not."""
+        with self._lock:
+            if self._open >= self.settings.max_streams:
+                return f"{self.settings.max_streams} forwarded streams are open; retry shortly"
+            self._open += 1
+        try:
+            self.hangups.watch(job.fileno, job.hung_up)
+        except (OSError, RuntimeError, TypeError, ValueError) as exc:
+            # No epoll or thread to be had (out of fds), or the connection closed meanwhile.
+            self._release()
+            log.warning("cannot watch a forwarded request's client: %s", exc)
+            return f"cannot run a forwarded request now: {exc}"
+        try:
+            self.threads.submit(lambda: self._serve(job))
+        except RuntimeError as exc:  # no thread to be had
+            self.hangups.forget(job.fileno)
+            self._release()
+            log.warning("cannot run a forwarded request on its own: %s", exc)
+            return f"cannot run a forwarded request now: {exc}"
+        return None
+
+    def _serve(self, job: Job) -> Callable[[], None]:
+        """Serve; what to do once this thread is idle again: free the slot, hand back."""
+        job.serve()
+        return lambda: self._ended(job)
+
+    def _ended(self, job: Job) -> None:
+        self.hangups.forget(job.fileno)
+        self._release()
+        job.done()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def close(self) -> None:
+        self.hangups.close()

@@ -1,0 +1,156 @@
+"""Connections to plugins: the one connect, and the pool of kept-alive ones.
+
+``connect_plugin`` is the only place the wing opens a connection to a plugin's
+socket: only ``ROOT/NAME/sockets/api.sock`` is ever reached, through directory fds
+opened without following symlinks, then connected to through ``/proc/self/fd`` so
+no symlink swapped in above it can redirect the connect.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import threading
+import time
+
+from hecated.core.errors import UnsafePathError
+from hecated.core.files import connect_unix_at, open_dir, open_root, opened
+from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, Layout
+from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
+
+# Anything at all to read, or the far end gone: not a connection to send a request on.
+_NOT_QUIET = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
+_NOT_QUIET |= getattr(select, "POLLRDHUP", 0)
+
+
+def connect_plugin(layout: Layout, namespace: str, timeout: float) -> socket.socket:
+    """A connected socket to ``ROOT/namespace/sockets/api.sock``, never anything else."""
+    try:
+        with (
+            opened(open_root(layout.root, create=False)) as root_fd,
+            opened(open_dir(root_fd, namespace)) as ns_fd,
+            opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd,
+        ):
+            return connect_unix_at(sockets_fd, SOCKET_NAME, timeout)
+    except UnsafePathError as exc:
+        raise PluginUnreachableError(f"plugin {namespace!r} refused: {exc.message}") from None
+    except FileNotFoundError:
+        raise PluginUnreachableError(f"plugin {namespace!r} has no socket") from None
+    except TimeoutError:
+        raise PluginTimeoutError(f"plugin {namespace!r} did not accept in time") from None
+    except OSError as exc:
+        raise PluginUnreachableError(
+            f"plugin {namespace!r} is not answering: {exc.strerror or exc}"
+        ) from None
+
+
+def quiet(sock: socket.socket) -> bool:
+    """Nothing to read on ``sock`` and its far end still open, now (never waits)."""
+    poller = select.poll()
+    try:
+        poller.register(sock, _NOT_QUIET)
+    except (OSError, ValueError):  # closed already
+        return False
+    return not poller.poll(0)
+
+
+class Connection(http.client.HTTPConnection):
+    """One request on a socket that is already connected (``connect`` is never needed)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__("localhost")
+        self.sock = sock
+        # http.client forgets ``sock`` once an answer that ends with the connection
+        # starts; the relay still needs it (timeouts, hanging up), so it is kept here.
+        self.raw = sock
+
+    def connect(self) -> None:  # the socket was closed: there is no reconnecting
+        raise ConnectionResetError("the plugin's connection is closed")
+
+    def discard(self) -> None:
+        self.close()
+        self.raw.close()
+
+
+class Pool:
+    """Kept-alive connections to plugins, for bodiless GET/HEAD/OPTIONS.
+
+    A new connection per request costs a connect and, in many plugins, a thread:
+    more than the request itself. A connection goes back here only after an answer
+    read to its end that did not say it closes. One idle for ``max_idle`` seconds
+    is closed by a reaper thread, whether or not another request comes (a plugin
+    must not hold a connection, and often a thread, for a client long gone); the
+    reaper runs only while the pool holds a connection.
+    """
+
+    def __init__(self, per_plugin: int = 8, max_idle: float = 30.0) -> None:
+        self.per_plugin = per_plugin
+        self.max_idle = max_idle
+        self._idle: dict[str, list[tuple[float, Connection]]] = {}
+        self._cond = threading.Condition()
+        self._reaping = False
+
+    def take(self, namespace: str) -> Connection | None:
+        """A kept-alive connection to ``namespace`` fit to carry a request, or None.
+
+        One the plugin has written to since its last answer (an unrequested answer,
+        or its close) is never used: the next request would read those bytes as its
+        own answer, and every later answer on it would be shifted by one.
+        """
+        now = time.monotonic()
+        stale: list[Connection] = []
+        found = None
+        with self._cond:
+            idle = self._idle.get(namespace, [])
+            while idle:
+                since, conn = idle.pop()
+                if now - since < self.max_idle and quiet(conn.raw):
+                    found = conn
+                    break
+                stale.append(conn)
+        for conn in stale:
+            conn.discard()
+        return found
+
+    def give(self, namespace: str, conn: Connection) -> None:
+        with self._cond:
+            idle = self._idle.setdefault(namespace, [])
+            if len(idle) < self.per_plugin:
+                idle.append((time.monotonic(), conn))
+                if not self._reaping:
+                    self._reaping = self._start_reaper()
+                return
+        conn.discard()
+
+    def _start_reaper(self) -> bool:
+        thread = threading.Thread(target=self._reap, name="hecated-pool-reaper", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: ``take`` still drops stale ones
+            return False
+        return True
+
+    def _reap(self) -> None:
+        """Close connections idle past ``max_idle``; end once none is left."""
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                stale = [
+                    c for idle in self._idle.values() for t, c in idle if now - t >= self.max_idle
+                ]
+                for name in list(self._idle):
+                    kept = [(t, c) for t, c in self._idle[name] if now - t < self.max_idle]
+                    if kept:
+                        self._idle[name] = kept
+                    else:
+                        del self._idle[name]
+                oldest = min((t for idle in self._idle.values() for t, _ in idle), default=None)
+                if oldest is None and not stale:
+                    self._reaping = False
+                    return
+            for conn in stale:
+                conn.discard()
+            if oldest is not None:
+                with self._cond:
+                    self._cond.wait(max(0.0, oldest + self.max_idle - time.monotonic()))

@@ -1,0 +1,316 @@
+"""Relaying one forwarded request to a plugin's own socket, streamed both ways.
+
+Clients of the Hecate ecosystem (hecate-web, containers given only the
+primary's socket directory) reach every plugin through the primary's one
+socket. The wing's edge (``edge.py``) runs these requests on threads of their
+own, so a long-lived stream never holds one of the registry API's workers; this
+module turns one such request into one request on the plugin's
+``sockets/api.sock`` (``pool.connect_plugin``) and streams the answer back as it
+arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+from hecated.core.errors import NotFoundError
+from hecated.core.layout import Layout
+from hecated.http.forwarding.errors import (
+    BadForwardError,
+    BodyTooLargeError,
+    PluginTimeoutError,
+    PluginUnreachableError,
+)
+from hecated.http.forwarding.headers import answer_problem, request_headers, response_headers
+from hecated.http.forwarding.pool import Connection, Pool, connect_plugin
+from hecated.http.forwarding.settings import PREFIX, ForwardSettings
+from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
+from hecated.protocol import Peer
+
+log = logging.getLogger("hecated.http.forwarding")
+
+# Requests that may go over a kept-alive connection (and be sent again on a new one
+# when the plugin had closed it): no body, nothing a second sending could repeat.
+REUSABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CHUNK = 64 * 1024  # bytes read or sent at a time: nothing is held whole
+
+
+class _Index(Protocol):
+    """What forwarding needs of the registry: its public read methods only."""
+
+    layout: Layout
+
+    def get(self, name: str) -> Any: ...
+
+
+def candidates(name: str) -> list[str]:
+    """The registry name itself, then the two conventions clients use, in order."""
+    return [name, f"hecate-app-{name}d", f"hecate-{name}d"]
+
+
+def target(environ: dict[str, Any], name: str, rest: str) -> str:
+    """``/{rest}`` with the query string, taken raw when the server kept the raw URI.
+
+    The raw request target keeps percent-escapes (``%2F``) the plugin may rely on;
+    without it (a test client) the decoded path is quoted again. The raw name
+    segment must decode to the name the router matched: an escaped slash in it
+    (``a%2Fb``) would make the router and the raw target cut the path apart at
+    different places, and the plugin receive another path than the one routed.
+    """
+    raw = environ.get("REQUEST_URI")
+    if raw:
+        path = urlsplit(raw).path if not raw.startswith("/") else raw.split("?", 1)[0]
+        path = "/" + path.lstrip("/")  # as the server's PATH_INFO: leading slashes as one
+        if path.startswith(PREFIX):
+            raw_name, sep, tail = path[len(PREFIX) :].partition("/")
+            if unquote(raw_name) != name:
+                raise BadForwardError(
+                    f"the plugin name {raw_name!r} holds an escaped '/': send the name as is"
+                )
+            if sep:
+                query = raw.partition("?")[2]
+                return "/" + tail + (f"?{query}" if query else "")
+    query = environ.get("QUERY_STRING", "")
+    return "/" + quote(rest, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
+
+
+class Forwarder:
+    """Resolves a name to a plugin socket and relays one request over it."""
+
+    def __init__(self, index: _Index, settings: ForwardSettings | None = None) -> None:
+        self.index = index
+        self.layout = index.layout
+        self.settings = settings or ForwardSettings()
+        self.pool = Pool(max_idle=self.settings.pool_idle)
+
+    # -- where ---------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        """The namespace ``name`` stands for: registered, or a real directory under the root.
+
+        The name is checked by the name rules first (a bad one is a 400); each
+        convention that breaks them (too long for a socket path) is skipped.
+        """
+        self.layout.check_plugin_name(name)
+        for candidate in candidates(name):
+            if not self.layout.is_plugin_name(candidate):
+                continue
+            if self.index.get(candidate) is not None or self._is_namespace(candidate):
+                return candidate
+        raise NotFoundError(f"no plugin named {name!r}")
+
+    def _is_namespace(self, name: str) -> bool:
+        try:
+            st = os.lstat(self.layout.namespace_str(name))
+        except OSError:
+            return False
+        # A symlink in a namespace's place is that name's (and refused when reached):
+        # whether the index has caught up with it must not change the answer.
+        return stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+
+    def connect(self, namespace: str) -> socket.socket:
+        """A connected socket to the plugin's ``sockets/api.sock`` (the one connect)."""
+        return connect_plugin(self.layout, namespace, self.settings.first_byte_timeout)
+
+    # -- the request -----------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], peer: Peer, name: str, rest: str) -> Callable:
+        """Relay the request; return the WSGI app that streams the plugin's answer.
+
+        Everything that can fail before the plugin's first byte raises a
+        ``HecateError`` (the app answers it in the envelope); after that, a
+        failure only ends the client's stream.
+        """
+        namespace = self.resolve(name)
+        path = target(environ, name, rest)
+        length = _content_length(environ)
+        if length > self.settings.body_limit:
+            raise BodyTooLargeError(
+                f"request body is {length} bytes; at most {self.settings.body_limit} forwarded"
+            )
+        reusable = length == 0 and environ.get("REQUEST_METHOD", "GET") in REUSABLE_METHODS
+        conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
+        problem = answer_problem(response)
+        if problem is not None:  # nothing of it reaches the client; the connection goes
+            response.close()
+            conn.discard()
+            raise PluginUnreachableError(f"plugin {namespace!r} {problem}")
+        give_back = self.pool.give if reusable else None
+        return _Relay(conn, response, namespace, self.settings.idle_timeout, give_back)
+
+    def _exchange(
+        self,
+        environ: dict[str, Any],
+        peer: Peer,
+        path: str,
+        length: int,
+        namespace: str,
+        reusable: bool,
+    ) -> tuple[Connection, http.client.HTTPResponse]:
+        """The request sent and the answer's head read, on a kept-alive connection when
+        one is fit (sent again on a new one if the plugin had closed it), else a new one."""
+        conn = self.pool.take(namespace) if reusable else None
+        if conn is not None:
+            conn.raw.settimeout(self.settings.first_byte_timeout)
+            try:
+                return conn, self._send(conn, environ, peer, path, length, namespace)
+            except PluginUnreachableError:
+                conn.discard()  # once more, on a new connection
+            except BaseException:
+                conn.discard()
+                raise
+        conn = Connection(self.connect(namespace))
+        try:
+            return conn, self._send(conn, environ, peer, path, length, namespace)
+        except BaseException:
+            conn.discard()
+            raise
+
+    def _send(
+        self,
+        conn: Connection,
+        environ: dict[str, Any],
+        peer: Peer,
+        path: str,
+        length: int,
+        namespace: str,
+    ) -> http.client.HTTPResponse:
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for key, value in request_headers(environ, peer):
+                conn.putheader(key, value)
+            if length or method in ("POST", "PUT", "PATCH"):
+                conn.putheader("Content-Length", str(length))
+        except (ValueError, http.client.InvalidURL) as exc:
+            raise BadForwardError(f"cannot forward: {exc}") from None
+        try:
+            conn.endheaders()
+            _send_body(conn, environ.get("wsgi.input"), length)
+        except TimeoutError:
+            raise PluginTimeoutError(f"plugin {namespace!r} did not read the request") from None
+        except OSError:
+            pass  # it may have answered without reading the body: see what it says
+        try:
+            return conn.getresponse()
+        except TimeoutError:
+            raise PluginTimeoutError(
+                f"plugin {namespace!r} sent nothing within {self.settings.first_byte_timeout:g} s"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise PluginUnreachableError(
+                f"plugin {namespace!r} closed the connection before answering ({exc!r})"
+            ) from None
+
+
+class _Relay:
+    """The plugin's answer as a WSGI app: status and headers at once, then each piece
+    of the body as it arrives (an SSE event reaches the client when the plugin sends it).
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        response: http.client.HTTPResponse,
+        namespace: str,
+        idle_timeout: float,
+        give_back: Callable[[str, Connection], None] | None = None,
+    ) -> None:
+        self.give_back = give_back
+        self.conn: Connection | None = conn
+        self.response = response
+        self.namespace = namespace
+        self.idle_timeout = idle_timeout
+        self.cut = False  # hang_up ran: whatever the plugin read ends in, the answer is cut
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterator[bytes]:
+        response = self.response
+        status = f"{response.status} {response.reason or 'Unknown'}"
+        try:
+            headers = response_headers(response.getheaders(), response.chunked)
+            write = start_response(status, headers)
+            if response.length is None:  # chunked or to EOF: a stream, maybe a slow one
+                write(b"")  # the headers now, not with its first piece
+        except BaseException:
+            self.close()
+            raise
+        on_close = environ.get(ON_CLOSE_KEY)
+        if on_close is not None:
+            on_close(self.hang_up)
+        return self._body(environ.get(ABORT_KEY))
+
+    def hang_up(self) -> None:
+        """The client went away (or hecated stops): wake the read on the plugin's socket
+        (any thread). The EOF that read then meets is ours, not the plugin's end of a
+        close-delimited answer: the answer is cut, never completed."""
+        self.cut = True
+        conn = self.conn
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.raw.shutdown(socket.SHUT_RDWR)
+
+    def _body(self, abort: Callable[[], None] | None) -> Iterator[bytes]:
+        response = self.response
+        try:
+            conn = self.conn
+            if conn is not None:
+                conn.raw.settimeout(self.idle_timeout or None)
+            while True:
+                try:
+                    data = response.read1(CHUNK)
+                except TimeoutError:
+                    log.info("%s: stream idle for %g s; ended", self.namespace, self.idle_timeout)
+                    _call(abort)
+                    return
+                except (OSError, http.client.HTTPException):
+                    log.info("%s: the plugin ended its answer abruptly", self.namespace)
+                    _call(abort)
+                    return
+                if not data:
+                    if response.length or self.cut:  # fewer bytes than it said, or we cut
+                        _call(abort)
+                    elif self.give_back is not None and not response.will_close and conn:
+                        response.close()  # read to its end: the connection may serve again
+                        self.give_back(self.namespace, conn)
+                        self.give_back = None
+                        self.conn = None  # the pool's now
+                    return
+                yield data
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.response.close()
+        if self.conn is not None:
+            self.conn.discard()
+
+
+def _call(abort: Callable[[], None] | None) -> None:
+    if abort is not None:
+        abort()
+
+
+def _content_length(environ: dict[str, Any]) -> int:
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        raise BadForwardError("Content-Length is not a number") from None
+
+
+def _send_body(conn: Connection, stream: Any, length: int) -> None:
+    """The body in pieces, as the server spooled it (never read whole)."""
+    left = length
+    while left > 0 and stream is not None:
+        data = stream.read(min(CHUNK, left))
+        if not data:
+            break
+        conn.send(data)
+        left -= len(data)

@@ -1,0 +1,54 @@
+"""The one hook between the serving layer and a party that runs requests on threads of its own.
+
+The serving layer (``server.py``) runs every request on its bounded pool of API
+workers, except the ones a ``Detour`` claims: those run on the detour's own
+threads, their connections out of the serving loop while they do, so a request
+that streams for minutes never holds an API worker. The forwarding wing
+(``hecated.http.forwarding``) is the one detour today; the daemon hands it to
+``UnixServer``. Neither side imports the other (an import-linter contract says so):
+they meet here, in two protocols and the environ keys a detoured request carries.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# What the serving layer puts in the environ of a detoured request.
+ABORT_KEY = "hecated.abort"  # call to end the client's answer abruptly (no clean end)
+# Call with a function to run when the client's connection closes: a stream whose
+# source is silent must not hold its place until an idle timeout.
+ON_CLOSE_KEY = "hecated.on_close"
+
+
+class Job(Protocol):
+    """One claimed request, received whole; its connection is out of the serving loop."""
+
+    fileno: int  # the client's connection, to watch for its hang-up
+
+    def serve(self) -> None:
+        """Answer the request on the calling thread (never raises)."""
+
+    def hung_up(self) -> None:
+        """The client has gone: run the request's hang-up hooks."""
+
+    def done(self) -> None:
+        """The thread that served is idle again: the connection goes back to the loop."""
+
+
+class Detour(Protocol):
+    """Who decides that a request runs on a thread of its own, and runs it there."""
+
+    # The largest body a claimed request may carry (the server's own limit otherwise).
+    body_limit: int
+    # How long sending a claimed request's answer may wait for a client reading nothing.
+    send_timeout: float | None
+
+    def claims(self, path: str) -> bool:
+        """Asked once per request, as soon as its head is read, with its PATH_INFO."""
+
+    def run(self, job: Job) -> str | None:
+        """Run ``job`` on a thread of yours (None), or refuse it now: the sentence for
+        the ``503 busy`` the server then answers on a worker, with no routing."""
+
+    def close(self) -> None:
+        """The server has stopped: let go of threads and watches."""
