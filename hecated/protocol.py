@@ -10,6 +10,7 @@ and the OpenAPI description all take them from here, so they cannot drift.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -222,20 +223,26 @@ class Peer(NamedTuple):
         return cls(*_PEERCRED.unpack(raw))
 
 
+# The only answers of a connect to a Unix socket that mean "nothing listens here"; any
+# other (EAGAIN: a full listen queue, a timeout, EACCES) means something may.
+NOBODY_LISTENS = frozenset({errno.ECONNREFUSED, errno.ENOENT})
+
+
 def accepts(path: str | os.PathLike[str], timeout: float = 1.0) -> bool:
     """Does something accept connections on this Unix socket path?
 
     The one test of "is this socket file stale": the daemon's start-up (it
     removes a socket only when nothing accepts on it) and ``hecatectl doctor``
-    both ask it. A hung daemon, or systemd holding the socket while the service
-    starts, still accepts: such a socket is never stale. Nothing is sent.
+    both ask it. A hung daemon, systemd holding the socket while the service
+    starts, or a listener whose queue is full (``EAGAIN`` at once) still
+    accepts: such a socket is never stale. Nothing is sent.
     """
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(timeout)
     try:
         probe.connect(os.fspath(path))
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.errno not in NOBODY_LISTENS
     finally:
         probe.close()
     return True

@@ -75,7 +75,32 @@ def test_purge_refuses_a_plugin_whose_listen_queue_is_full(hdaemon: Daemon) -> N
     finally:
         pending.close()
         listener.close()
-    assert purge(hdaemon, "queued")[0] == 200  # stopped: nothing listens, the data can go
+    # Stopped: its socket file refuses now; once the probes have seen it go (a plugin
+    # seen answering is refused from the index too), the data can go.
+    _until(hdaemon, lambda rows: "queued" not in rows)
+    assert purge(hdaemon, "queued")[0] == 200
+
+
+def test_a_daemon_never_takes_a_socket_path_whose_listener_has_a_full_queue(home: Path) -> None:
+    """The same rule at start-up (``protocol.accepts``): a socket whose queue is full is
+    someone's live socket, never a crash's leftover to unlink and take over."""
+    path = short_tempdir("hcq") / "api.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    pending = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(path))
+        listener.listen(0)
+        pending.setblocking(False)
+        pending.connect(str(path))
+        inode = path.lstat().st_ino
+        daemon = Daemon(home, env={"HECATE_SOCKET_PATH": str(path)}).start(wait=False)
+        assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 1, daemon.log()
+        assert "already answering" in daemon.log(), daemon.log()
+        assert path.lstat().st_ino == inode  # still the listener's own socket file
+    finally:
+        pending.close()
+        listener.close()
+        subprocess.run(["rm", "-rf", str(path.parent)], check=False)
 
 
 # -- 2: purge never waits on a FIFO, and never holds the name's lock for ever --------------

@@ -309,6 +309,19 @@ def test_with_no_periodic_probes_the_sockets_watch_finds_a_plugin_and_its_going(
         daemon.stop()
 
 
+def test_a_plugin_running_before_the_daemon_starts_is_discovered_at_start(home: Path) -> None:
+    """Never registered, already serving when hecated starts, no periodic probes: the
+    start scan asks about entries only, so the prober's first round (after the first
+    answer) is what looks at every socket file present."""
+    ns = home / ".hecate" / "hecate-app-earlyd"
+    with Plugin(ns):
+        daemon = Daemon(home, env={"HECATE_PROBE_INTERVAL": "0"}).start()
+        try:
+            until(daemon, status_is("hecate-app-earlyd", "running"))
+        finally:
+            daemon.stop()
+
+
 def test_probe_interval_from_flag_environment_file_and_default(tmp_path: Path) -> None:
     from hecated.core.config import ConfigError, resolve
 

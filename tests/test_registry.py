@@ -304,3 +304,32 @@ def test_rewriting_the_state_file_or_rescanning_asks_for_no_probe(home: Path) ->
     finally:
         prober.close()
         reg.close()
+
+
+def test_a_purge_is_bounded_and_a_second_purge_goes_on(
+    registry: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge removes at most MAX_ENTRIES entries and MAX_DEPTH levels; past them it
+    stops with a storage error that says so, the name's lock is free, and purging again
+    goes on where it stopped."""
+    from hecated.core import purge
+    from hecated.core.errors import StorageError
+
+    registry.register("big", "1", "")
+    registry.deregister("big")
+    data = registry.layout.namespace("big") / "sqlite"
+    for i in range(30):
+        (data / f"f{i}").write_bytes(b"x")
+    deep = data.joinpath(*["d"] * (purge.MAX_DEPTH + 5))
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(purge, "MAX_ENTRIES", 10)
+    with pytest.raises(StorageError, match="purge again"):
+        registry.purge("big")
+    assert registry.layout.namespace("big").exists()
+    registry.register("other", "1", "")  # nothing is held
+    monkeypatch.setattr(purge, "MAX_ENTRIES", 1_000_000)
+    with pytest.raises(StorageError, match="nested more than"):
+        registry.purge("big")
+    os.rename(data / "d", registry.layout.root / ".deep-tree")  # moved out of the way
+    registry.purge("big")
+    assert not registry.layout.namespace("big").exists()

@@ -1,4 +1,4 @@
 """Adapters around the core: systemd, the watchdog observer, process and socket liveness.
 
-They call into the core; the core never calls them by name.
+They follow the index's change feed and publish into it; the core never calls them.
 """

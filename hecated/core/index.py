@@ -32,7 +32,7 @@ from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
 from hecated.core.manifestcache import ManifestCache
 from hecated.core.purge import purge_namespace
 from hecated.core.runstate import RunState, read_run
-from hecated.core.status import LiveManifest, Liveness, SocketFinding, combine
+from hecated.core.status import Liveness, SocketFinding, combine
 from hecated.core.store import Entry, Found, Root, Store
 from hecated.protocol import PluginStatus
 
@@ -55,8 +55,6 @@ __all__ = [
     "Change",
     "Entry",
     "Index",
-    "LiveManifest",
-    "Liveness",
     "Plugin",
 ]
 

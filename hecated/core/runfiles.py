@@ -10,15 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 
-from hecated.core.files import (
-    atomic_write,
-    open_dir,
-    opened,
-    read_regular,
-    remove_file,
-    remove_stale_temps,
-)
+from hecated.core.files import atomic_write, open_dir, opened, remove_file, remove_stale_temps
 from hecated.core.layout import INDEX_CACHE_FILE, LOCK_FILE, PID_FILE, RUN_DIR, STATE_FILE, Layout
+from hecated.core.runstate import pid_in
 
 
 class LockedError(RuntimeError):
@@ -47,7 +41,7 @@ class RunFiles:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                holder = (read_regular(run_fd, PID_FILE, 64) or b"?").decode().strip()
+                holder = pid_in(run_fd) or "?"
                 raise LockedError(
                     f"another hecated (pid {holder}) is already serving {self.layout.data_dir}"
                 ) from None

@@ -21,7 +21,6 @@ The API:
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from hecated.core.errors import ForeignOwnerError, UnsafePathError
 from hecated.core.files import connect_unix_at, open_dir, opened, read_regular
 from hecated.core.layout import PID_FILE, RUN_DIR, SOCKET_NAME, SOCKETS_DIR, STATE_FILE, Layout
+from hecated.protocol import NOBODY_LISTENS
 
 __all__ = [
     "PID_MAX_BYTES",
@@ -47,8 +47,6 @@ __all__ = [
 PID_MAX_BYTES = 64  # the most of a pid file read
 STATE_MAX = 4096  # the most of a state line read
 LISTEN_CHECK_TIMEOUT = 1.0  # seconds; a Unix connect answers at once
-# The only answers of a connect that mean "nothing listens here".
-_NOBODY_LISTENS = (errno.ECONNREFUSED, errno.ENOENT)
 
 
 def pid_alive(pid: int) -> bool:
@@ -175,4 +173,4 @@ def listens(ns_fd: int) -> bool:
 def nobody_listens(exc: OSError) -> bool:
     """Does this failed connect say "nothing listens here"? Only ``ECONNREFUSED`` and
     ``ENOENT`` do; ``EAGAIN`` (a full listen queue) and a timeout are a listener."""
-    return exc.errno in _NOBODY_LISTENS
+    return exc.errno in NOBODY_LISTENS

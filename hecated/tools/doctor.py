@@ -18,7 +18,7 @@ from pathlib import Path
 from hecated.client import DaemonUnavailableError, HecateClient
 from hecated.core.config import ConfigError, resolve
 from hecated.core.errors import ForeignOwnerError, UnsafePathError
-from hecated.core.files import opened
+from hecated.core.files import opened, read_regular
 from hecated.core.layout import (
     MANIFEST_NAME,
     PID_FILE,
@@ -256,21 +256,6 @@ def _check_subdirs(report: Report, ns: Path, name: str, primary: bool) -> bool:
     return clean
 
 
-def _read_small(path: Path, limit: int) -> bytes | None:
-    """A regular file's bytes without following a symlink; ``None`` when missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-
-
 def _pid_in(report: Report, layout: Layout, name: str) -> tuple[bool, int | None]:
     """The namespace's pid file read as the daemon reads it (``runstate``), and what is
     wrong with it reported instead of ignored."""
@@ -322,13 +307,15 @@ def _check_primary_pid(report: Report, layout: Layout, name: str, answering: boo
 
 def _check_manifest(report: Report, layout: Layout, name: str) -> bool:
     path = layout.manifest_path(name)
-    try:
-        raw = _read_small(path, MAX_FILE_BYTES)
-    except OSError as exc:
+    try:  # read as the daemon reads it: no link, no FIFO or socket, no other user's file
+        with opened(layout.open_namespace(name)) as ns_fd:
+            raw = read_regular(ns_fd, MANIFEST_NAME, MAX_FILE_BYTES)
+    except (OSError, UnsafePathError) as exc:
+        why = exc.message if isinstance(exc, UnsafePathError) else exc.strerror or str(exc)
         report.add(
             PROBLEM,
             "manifest",
-            f"{path}: {exc.strerror or exc} (a symlink or not a regular file)",
+            f"{path}: {why}",
             f"remove it and run `hecatectl register {name}`",
             path,
         )
@@ -343,8 +330,6 @@ def _check_manifest(report: Report, layout: Layout, name: str) -> bool:
         )
         return True
     try:
-        if len(raw) > MAX_FILE_BYTES:
-            raise ManifestError(str(path), f"larger than {MAX_FILE_BYTES} bytes")
         parse(raw, name, str(path))
     except ManifestError as exc:
         where = f" (line {exc.line})" if exc.line else ""
