@@ -9,6 +9,7 @@ extra answer), which no well-behaved HTTP server library would send.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -104,6 +105,8 @@ class RawPlugin:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(b"go\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        assert ready, "the plugin could not send its extra answer: hecated closed the connection"
         assert self.proc.stdout.readline() == b"extra sent\n"
 
     def paths(self) -> list[str]:

@@ -250,8 +250,14 @@ class _Relay:
     def hang_up(self) -> None:
         """The client went away (or hecated stops): wake the read on the plugin's socket
         (any thread). The EOF that read then meets is ours, not the plugin's end of a
-        close-delimited answer: the answer is cut, never completed."""
+        close-delimited answer: the answer is cut, never completed.
+
+        An answer whose declared length has all arrived has nothing left to wake nor to
+        cut: a client that closes as soon as it has read it (curl does) must not cost
+        the plugin's kept-alive connection, which goes back to the pool as usual."""
         self.cut = True
+        if self.response.length == 0:
+            return
         conn = self.conn
         if conn is not None:
             with contextlib.suppress(OSError):
@@ -275,7 +281,8 @@ class _Relay:
                     _call(abort)
                     return
                 if not data:
-                    if response.length or self.cut:  # fewer bytes than it said, or we cut
+                    if response.length or (self.cut and response.length is None):
+                        # fewer bytes than it said, or we cut an answer of no set length
                         _call(abort)
                     elif self.give_back is not None and not response.will_close and conn:
                         response.close()  # read to its end: the connection may serve again
