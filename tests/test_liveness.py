@@ -258,8 +258,14 @@ def test_a_live_pid_whose_socket_accepts_nothing_yet_is_starting(live: Daemon) -
         (ns / "run" / "daemon.pid").write_text(f"{proc.pid}\n")
         listing = until(live, status_is("hecate-app-slowd", "starting"))
         assert listing["hecate-app-slowd"]["registered"] is True
-        _, _, detail = live.request("GET", "/api/plugins/hecate-app-slowd")
-        assert detail["pid"] == proc.pid and "nothing accepts" in detail["reason"]
+
+        def refused() -> dict | None:  # once the socket's probe has said why (it may be
+            # asked after the pid file's refresh has already made the status "starting")
+            detail = detail_of(live, "hecate-app-slowd")
+            return detail if "nothing accepts" in (detail["reason"] or "") else None
+
+        detail = wait_for(refused)
+        assert (detail["status"], detail["pid"]) == ("starting", proc.pid)
         _, _, health = live.request("GET", "/health")
         assert health["plugins"]["hecate-app-slowd"] == "degraded"
     finally:
