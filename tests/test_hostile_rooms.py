@@ -395,3 +395,24 @@ def test_a_socket_served_by_another_user_is_never_asked_anything(
     finally:
         server.kill()
         server.wait()
+
+
+def test_forwarding_to_a_plugin_whose_listen_queue_is_full_is_busy(hdaemon: Daemon) -> None:
+    """The same full queue seen by forwarding: the plugin runs and will take connections
+    again, so the client is told to retry (503 busy, Retry-After), not that it is gone."""
+    assert hdaemon.register("queued")[0] == 201
+    path = str(hdaemon.root / "queued" / "sockets" / "api.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    pending = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(path)
+        listener.listen(0)
+        pending.setblocking(False)
+        pending.connect(path)  # queued, never accepted: the queue is now full
+        status, headers, body = hdaemon.request("GET", "/plugin/queued/health")
+        assert (status, body.get("code")) == (503, "busy"), body
+        assert "accepting" in body["error"]
+        assert "Retry-After" in dict(headers)
+    finally:
+        pending.close()
+        listener.close()

@@ -1,9 +1,12 @@
 """Connections to plugins: the one connect, and the pool of kept-alive ones.
 
 ``connect_plugin`` is the only place the wing opens a connection to a plugin's
-socket: only ``ROOT/NAME/sockets/api.sock`` is ever reached, through directory fds
-opened without following symlinks, then connected to through ``/proc/self/fd`` so
-no symlink swapped in above it can redirect the connect.
+socket, and it is the run-state room's (``core.runstate.connect_plugin``): only
+``ROOT/NAME/sockets/api.sock`` is ever reached, through directory fds that refuse
+symlinks and other users' files, connected to through ``/proc/self/fd`` so no
+symlink swapped in above it can redirect the connect, and only when the process
+that accepts runs as this user (``SO_PEERCRED``). Here its failures become the
+wing's errors, each with the status a client should see.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import socket
 import threading
 import time
 
-from hecated.core.errors import UnsafePathError
-from hecated.core.files import connect_unix_at, open_dir, open_root, opened
-from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR, Layout
+from hecated.core import runstate
+from hecated.core.errors import BusyError, UnsafePathError
+from hecated.core.layout import Layout
 from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
 
 # Anything at all to read, or the far end gone: not a connection to send a request on.
@@ -27,18 +30,17 @@ _NOT_QUIET |= getattr(select, "POLLRDHUP", 0)
 def connect_plugin(layout: Layout, namespace: str, timeout: float) -> socket.socket:
     """A connected socket to ``ROOT/namespace/sockets/api.sock``, never anything else."""
     try:
-        with (
-            opened(open_root(layout.root, create=False)) as root_fd,
-            opened(open_dir(root_fd, namespace)) as ns_fd,
-            opened(open_dir(ns_fd, SOCKETS_DIR)) as sockets_fd,
-        ):
-            return connect_unix_at(sockets_fd, SOCKET_NAME, timeout)
+        return runstate.connect_plugin(layout, namespace, timeout)
     except UnsafePathError as exc:
         raise PluginUnreachableError(f"plugin {namespace!r} refused: {exc.message}") from None
     except FileNotFoundError:
         raise PluginUnreachableError(f"plugin {namespace!r} has no socket") from None
     except TimeoutError:
         raise PluginTimeoutError(f"plugin {namespace!r} did not accept in time") from None
+    except BlockingIOError:  # EAGAIN: it listens, but its queue of connections is full
+        raise BusyError(
+            f"plugin {namespace!r} is not accepting more connections now; retry shortly"
+        ) from None
     except OSError as exc:
         raise PluginUnreachableError(
             f"plugin {namespace!r} is not answering: {exc.strerror or exc}"
