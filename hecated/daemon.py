@@ -212,7 +212,7 @@ class Lifecycle:
         self.registry = Index(config.layout)
         # Liveness: socket probes and pidfds, fed by the index's change feed and publishing
         # into it; started after the first answer, closed in shutdown (the daemon owns it).
-        self.prober = Prober(self.registry, interval=config.probe_interval)
+        self.prober = Prober(self.registry, **config.section("probe"))
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
         self.server: UnixServer | None = None

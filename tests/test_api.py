@@ -1,4 +1,4 @@
-"""api.py through Werkzeug's test client: every route and every error shape."""
+"""app.py through Werkzeug's test client: every route and every error shape."""
 
 from __future__ import annotations
 

@@ -22,9 +22,10 @@ from hecated.core.errors import (
     StillRegisteredError,
     UnsafePathError,
 )
-from hecated.core.index import INVALID, STARTING, STOPPED, Index
+from hecated.core.index import Index
 from hecated.core.layout import SUBDIRS, Layout
 from hecated.core.runstate import pid_alive
+from hecated.protocol import PluginStatus
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_register_creates_namespace_and_manifest(registry: Index) -> None:
     ns = registry.layout.namespace("hecate-traderd")
     assert sorted(p.name for p in ns.iterdir()) == sorted([*SUBDIRS, "plugin.toml"])
     assert entry.manifest is not None and entry.manifest.version == "0.1.0"
-    assert registry.get("hecate-traderd").status == STOPPED
+    assert registry.get("hecate-traderd").status == PluginStatus.STOPPED
 
 
 def test_reregister_updates_and_keeps_registered_at(registry: Index) -> None:
@@ -139,9 +140,9 @@ def test_scan_finds_hand_made_entries_and_reports_invalid(registry: Index) -> No
     (root / "no-manifest").mkdir()
     (root / "Not_A_Name").mkdir()
     assert registry.scan() == 2
-    assert registry.get("good").status == STOPPED
+    assert registry.get("good").status == PluginStatus.STOPPED
     broken = registry.get("broken")
-    assert broken.status == INVALID
+    assert broken.status == PluginStatus.INVALID
     assert broken.entry.error.line == 2
     assert registry.get("no-manifest") is None
 
@@ -187,7 +188,7 @@ def test_a_live_pid_is_starting_until_its_socket_answers_and_a_stale_pid_is_stop
         registry.refresh("p")  # what the watcher does on run/ events
         plugin = registry.get("p")
         assert (plugin.status, plugin.live.pid, plugin.live.state) == (
-            STARTING,
+            PluginStatus.STARTING,
             proc.pid,
             "syncing",
         )
@@ -195,7 +196,7 @@ def test_a_live_pid_is_starting_until_its_socket_answers_and_a_stale_pid_is_stop
         proc.kill()
         proc.wait()
     # No file changed: the registry learns of the exit from the process itself (a pidfd).
-    wait_for(lambda: registry.get("p").status == STOPPED)
+    wait_for(lambda: registry.get("p").status == PluginStatus.STOPPED)
 
 
 def test_zombie_is_not_alive() -> None:
@@ -299,7 +300,7 @@ def test_rewriting_the_state_file_or_rescanning_asks_for_no_probe(home: Path) ->
         finally:
             proc.kill()
             proc.wait()
-        wait_for(lambda: reg.get("p").status == STOPPED)  # the pidfd: it went
+        wait_for(lambda: reg.get("p").status == PluginStatus.STOPPED)  # the pidfd: it went
         assert asked[2:] == ["p"]  # and that is a reason to look again
     finally:
         prober.close()

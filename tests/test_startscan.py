@@ -16,10 +16,11 @@ import pytest
 
 from hecated.adapters.liveness import Prober
 from hecated.core import startscan
-from hecated.core.index import INVALID, STARTING, Index
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.core.store import Store
 from hecated.http.views import Views
+from hecated.protocol import PluginStatus
 
 STAMP = "2026-01-02T03:04:05Z"
 
@@ -209,9 +210,9 @@ def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
     listed = {row["name"]: row for row in json.loads(first)}
     assert set(listed) == set(WANT)
     for name, want in WANT.items():
-        assert (listed[name]["status"] == INVALID) == (want == "invalid"), name
+        assert (listed[name]["status"] == PluginStatus.INVALID) == (want == "invalid"), name
     for p in ("", "zz-"):
-        assert listed[f"{p}odd-running"]["status"] == STARTING  # a live pid, no socket
+        assert listed[f"{p}odd-running"]["status"] == PluginStatus.STARTING  # a live pid, no socket
 
 
 @pytest.mark.parametrize("mode", ["no-fork", "killed", "malformed"])

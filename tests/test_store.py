@@ -12,10 +12,11 @@ import pytest
 from conftest import wait_for
 
 from hecated.core.errors import PluginRunningError
-from hecated.core.index import INVALID, RUNNING, STARTING, STOPPED, Index
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.core.status import SocketFinding, SocketKind
 from hecated.core.store import Root, Store
+from hecated.protocol import PluginStatus
 
 GOOD = 'name = "p"\nversion = "2.0"\n'
 
@@ -47,7 +48,7 @@ def test_a_truncated_file_held_open_is_not_condemned(index: Index) -> None:
         assert index.refresh("p") is None
         assert index.scan() == 1  # scans, SIGHUP and rescans take the same read
         plugin = index.get("p")
-        assert plugin is not None and plugin.status != INVALID
+        assert plugin is not None and plugin.status != PluginStatus.INVALID
         assert plugin.entry.manifest.version == "1.0"
         assert index.seq == seq
         assert index.pending_rereads == {"p"}
@@ -68,7 +69,7 @@ def test_a_half_written_new_file_is_not_published(index: Index) -> None:
         assert index.get("p") is None and index.seq == 0
         writer.write('ion = "1"\n')
     assert index.refresh("p") is not None
-    assert index.get("p").status == STOPPED
+    assert index.get("p").status == PluginStatus.STOPPED
 
 
 def test_a_closed_broken_file_is_invalid_at_once(index: Index, caplog) -> None:
@@ -76,7 +77,7 @@ def test_a_closed_broken_file_is_invalid_at_once(index: Index, caplog) -> None:
     path = index.layout.manifest_path("p")
     path.write_text('name = "p"\nversion = \n')  # written and closed: this is the file
     change = index.refresh("p")
-    assert change is not None and index.get("p").status == INVALID
+    assert change is not None and index.get("p").status == PluginStatus.INVALID
     assert index.get("p").entry.error.line == 2
     assert index.pending_rereads == set()
 
@@ -90,10 +91,10 @@ def test_a_file_broken_past_the_window_is_published_by_the_reread(home: Path) ->
             writer.write('name = "p"\nversion = \n')
             writer.flush()
             assert index.refresh("p") is None
-            assert index.get("p").status == STOPPED
+            assert index.get("p").status == PluginStatus.STOPPED
             # Nobody refreshes again: the index's own re-read publishes it once the
             # window is over, writer or no writer.
-            wait_for(lambda: index.get("p").status == INVALID)
+            wait_for(lambda: index.get("p").status == PluginStatus.INVALID)
             assert index.get("p").entry.error.line == 2
     finally:
         index.close()
@@ -169,8 +170,10 @@ def test_set_finding_changes_seq_only_on_a_real_change(index: Index) -> None:
     assert index.set_finding("ghost", absent) is not None and index.get("ghost") is None
     seq = index.seq
     change = index.set_finding("p", answering)
-    assert change is not None and change.seq == seq + 1 and change.live.status == RUNNING
-    assert index.get("p").status == RUNNING and index.get("p").live.pid is None
+    assert (
+        change is not None and change.seq == seq + 1 and change.live.status == PluginStatus.RUNNING
+    )
+    assert index.get("p").status == PluginStatus.RUNNING and index.get("p").live.pid is None
     assert index.set_finding("p", answering) is None
     assert index.seq == seq + 1
 
@@ -187,10 +190,12 @@ def test_the_status_of_a_run_dir_needs_no_adapter(index: Index) -> None:
     index.refresh("p")
     # Its live pid, with its socket not (yet) answering, is "starting" from the first
     # change on: never "stopped" first.
-    assert [(c.name, c.live.status, c.live.pid) for c in seen] == [("p", STARTING, os.getpid())]
+    assert [(c.name, c.live.status, c.live.pid) for c in seen] == [
+        ("p", PluginStatus.STARTING, os.getpid())
+    ]
     (ns / "run" / "daemon.pid").write_text("999999999\n")
     index.refresh("p")
-    assert (seen[-1].live.status, seen[-1].live.pid) == (STOPPED, None)
+    assert (seen[-1].live.status, seen[-1].live.pid) == (PluginStatus.STOPPED, None)
 
 
 def test_purge_refuses_a_running_plugin_without_any_adapter(index: Index) -> None:

@@ -32,8 +32,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from hecated.adapters.inotifytree import RUN_DIR
-from hecated.core.layout import MANIFEST_NAME, PID_FILE, STATE_FILE
+from hecated.core.layout import MANIFEST_NAME, PID_FILE, RUN_DIR, STATE_FILE
 
 MARGIN = 0.25  # seconds: the coarse clock file times are taken from, and then some
 # What a refresh of a name reads, as suffixes of its namespace's path.

@@ -47,6 +47,7 @@ from hecated.adapters.barrier import Barrier
 from hecated.core.layout import (
     MANIFEST_NAME,
     PID_FILE,
+    RUN_DIR,
     SOCKET_NAME,
     SOCKETS_DIR,
     STATE_FILE,
@@ -54,8 +55,6 @@ from hecated.core.layout import (
 
 log = logging.getLogger("hecated.adapters.watch")
 
-# One of layout.SUBDIRS; core/layout.py has no name for it yet (issue 19 adds one: use it then).
-RUN_DIR = "run"
 RUN_FILES = frozenset({PID_FILE, STATE_FILE})
 _CHANGES = IN.IN_CREATE | IN.IN_DELETE | IN.IN_MOVED_FROM | IN.IN_MOVED_TO
 _SELF = IN.IN_DELETE_SELF | IN.IN_MOVE_SELF

@@ -35,12 +35,12 @@ from hecated.adapters.procwatch import ProcessWatcher
 from hecated.core.index import Change, Entry, Index
 from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR
 from hecated.core.runstate import connect_plugin, pid_alive
+from hecated.core.settings import default
 from hecated.core.status import Liveness, SocketFinding, SocketKind
 from hecated.protocol import PluginStatus
 
 __all__ = ["Prober"]
 
-PROBE_INTERVAL = 10.0  # seconds between two probes of a plugin's socket (config: probe_interval)
 PROBE_WORKERS = 4  # probe threads: a plugin that never answers ties up one of them, briefly
 RETRIES = 5  # looks again at a socket refused just after it was bound (see _maybe_retry)
 
@@ -62,7 +62,7 @@ class Prober:
         self,
         index: Index,
         fallback_interval: float = 2.0,
-        interval: float = PROBE_INTERVAL,
+        interval: float = default("probe_interval"),
         timeout: float = PROBE_TIMEOUT,
         workers: int = PROBE_WORKERS,
     ) -> None:

@@ -38,20 +38,9 @@ from hecated.protocol import PluginStatus
 
 log = logging.getLogger("hecated.core.index")
 
-# The statuses by their old names (http/views.py and the tests import them from here).
-RUNNING = PluginStatus.RUNNING
-STARTING = PluginStatus.STARTING
-UNHEALTHY = PluginStatus.UNHEALTHY
-STOPPED = PluginStatus.STOPPED
-INVALID = PluginStatus.INVALID
 MAX_WAITERS = 8
 
 __all__ = [
-    "INVALID",
-    "RUNNING",
-    "STARTING",
-    "STOPPED",
-    "UNHEALTHY",
     "Change",
     "Entry",
     "Index",

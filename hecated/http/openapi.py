@@ -29,6 +29,7 @@ from hecated.protocol import (
     SUN_PATH_MAX,
     Code,
     HealthStatus,
+    PluginStatus,
 )
 
 
@@ -84,7 +85,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "Status": {
         "type": "string",
-        "enum": ["running", "starting", "unhealthy", "stopped", "invalid"],
+        "enum": [status.value for status in PluginStatus],
         "description": "running: sockets/api.sock answers GET /health with a 2xx; starting: "
         "run/daemon.pid names a live process whose socket does not answer (no socket file, "
         "nothing accepting, or not probed yet); unhealthy: the socket accepts but answers "

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hecated import __version__
-from hecated.core.index import INVALID, RUNNING, STOPPED, Index, Plugin
+from hecated.core.index import Index, Plugin
 from hecated.protocol import (
     PLUGIN_DEGRADED,
     PLUGIN_OK,
@@ -23,6 +23,7 @@ from hecated.protocol import (
     PLUGIN_STOPPED,
     SERVICE,
     HealthStatus,
+    PluginStatus,
     encode,
 )
 
@@ -199,11 +200,11 @@ def plugin_word(plugin: Plugin) -> str:
     """A plugin in the health answer: running -> ok, stopped -> stopped, an invalid
     plugin.toml -> why (short), any other live state (unhealthy, starting) -> degraded."""
     status = plugin.status
-    if status == RUNNING:
+    if status == PluginStatus.RUNNING:
         return PLUGIN_OK
-    if status == STOPPED:
+    if status == PluginStatus.STOPPED:
         return PLUGIN_STOPPED
-    if status == INVALID:
+    if status == PluginStatus.INVALID:
         err = plugin.entry.error
         reason = "invalid plugin.toml"
         if err is not None:

@@ -10,19 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hecated.core.settings import default
+
 # The one place the forwarded prefix is spelled: the edge's decision, the router's rule,
 # the relay's target and the OpenAPI document all take it from here.
 PREFIX = "/plugin/"
 
-DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
-DEFAULT_STREAMS = 256
-DEFAULT_IDLE_TIMEOUT = 300.0
-DEFAULT_FIRST_BYTE_TIMEOUT = 30.0  # hecate-web's own read timeout
-# A kept-alive connection to a plugin idle this long is closed (before most servers'
-# own keep-alive timeouts, so a kept one is seldom found closed).
-DEFAULT_POOL_IDLE = 30.0
-# Seconds an idle stream thread is kept for the next forwarded request.
-DEFAULT_THREAD_KEEP = 30.0
+# Not settings a user sets (the table in core/settings.py holds those): a kept-alive
+# connection to a plugin idle this long is closed (before most servers' own keep-alive
+# timeouts, so a kept one is seldom found closed); an idle stream thread is kept this
+# long for the next forwarded request.
+POOL_IDLE = 30.0
+THREAD_KEEP = 30.0
 
 
 def is_forwarded(path: str) -> bool:
@@ -32,20 +31,20 @@ def is_forwarded(path: str) -> bool:
 
 @dataclass(frozen=True)
 class ForwardSettings:
-    """Bounds on forwarding, so that plugins cannot starve the registry."""
+    """Bounds on forwarding, so that plugins cannot starve the registry.
 
-    body_limit: int = DEFAULT_BODY_LIMIT
-    max_streams: int = DEFAULT_STREAMS
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT
-    pool_idle: float = DEFAULT_POOL_IDLE
-    thread_keep: float = DEFAULT_THREAD_KEEP
+    The user's settings (``forward_*``, section "forward" of ``core.settings.SETTINGS``)
+    take their defaults from that table; ``from_config`` takes the section by its field
+    names, so a new forwarding setting is one line there and one field here.
+    """
+
+    body_limit: int = default("forward_body_limit")
+    max_streams: int = default("forward_streams")
+    idle_timeout: float = default("forward_idle_timeout")
+    first_byte_timeout: float = default("forward_timeout")
+    pool_idle: float = POOL_IDLE
+    thread_keep: float = THREAD_KEEP
 
     @classmethod
     def from_config(cls, config: Any) -> ForwardSettings:
-        return cls(
-            body_limit=config.forward_body_limit,
-            max_streams=config.forward_streams,
-            idle_timeout=config.forward_idle_timeout,
-            first_byte_timeout=config.forward_timeout,
-        )
+        return cls(**config.section("forward"))
