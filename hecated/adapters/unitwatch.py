@@ -1,0 +1,307 @@
+"""The units' states, live, from the user manager's own signals.
+
+A ``UnitWatcher`` thread holds one D-Bus connection, subscribes to the
+manager, and keeps the state of each unit it is asked to watch. It calls
+``publish(unit, state)`` on every change, from signals only: PropertiesChanged
+on each watched unit's object (systemd sends the Service interface's change
+first and the Unit interface's last, "so clients can rely on this order to get
+atomic behaviour", so a state is published on the second), JobRemoved, UnitNew,
+UnitRemoved and Reloading from the manager, NameOwnerChanged from the bus.
+Between signals the thread sleeps in one blocking receive: no timer, no poll,
+whatever the number of units.
+
+When the bus or the manager goes away, each watched unit is published as
+``None`` ("the manager says nothing now": status falls back to the probes) and
+the thread reconnects by itself, backing off from ``backoff_min`` to
+``backoff_max`` seconds between attempts; on reconnecting it reads every state
+again. It never dies of a D-Bus error. ``watch`` changes the set of units
+from any thread; ``close`` stops the thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+from hecated.adapters.units import NoSuchUnit, UnitState, check_unit_name
+
+log = logging.getLogger("hecated.adapters.unitwatch")
+
+Publish = Callable[[str, UnitState | None], None]
+# The properties a UnitState is made of: a change to any other is not news.
+_UNIT_PROPS = frozenset({"LoadState", "ActiveState", "SubState", "StateChangeTimestamp"})
+_SERVICE_PROPS = frozenset(
+    {"Result", "NRestarts", "MainPID", "ExecMainCode", "ExecMainStatus", "Restart"}
+)
+
+
+def _bus() -> ModuleType:
+    """The D-Bus half, imported in the watcher's thread, never on a cold start's path."""
+    from hecated.adapters import unitbus
+
+    return unitbus
+
+
+class _Lost(Exception):
+    """The manager left the bus (or the bus left us): reconnect."""
+
+
+class _Stopped(Exception):
+    """``close`` was called."""
+
+
+class UnitWatcher:
+    """Watches a changing set of units; see the module's docstring."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        units: Iterable[str] = (),
+        *,
+        address: str | None = None,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self._publish = publish
+        self._wanted = frozenset(check_unit_name(u) for u in units)
+        self.address = address
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._last: dict[str, UnitState | None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._conn: Any = None
+        self._thread = threading.Thread(target=self._run, name="unit-watcher", daemon=True)
+
+    def start(self) -> UnitWatcher:
+        self._thread.start()
+        return self
+
+    def watch(self, units: Iterable[str]) -> None:
+        """Watch exactly these units from now on (names checked here, in the caller)."""
+        wanted = frozenset(check_unit_name(u) for u in units)
+        with self._lock:
+            self._wanted = wanted
+            if self._conn is not None:
+                self._conn.interrupt()  # the session picks the new set up between messages
+
+    def wanted(self) -> frozenset[str]:
+        with self._lock:
+            return self._wanted
+
+    def states(self) -> dict[str, UnitState | None]:
+        """The last state published for each watched unit (None: the manager is away)."""
+        with self._lock:
+            return {u: self._last.get(u) for u in self._wanted}
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.interrupt()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = self.backoff_min
+        while not self._stop.is_set():
+            session = None
+            try:
+                session = _Session(self, _bus())
+                session.serve()
+            except _Stopped:
+                break
+            except Exception as exc:
+                log.info("unit watcher: user manager unavailable (%s); reconnecting", exc)
+            finally:
+                if session is not None:
+                    session.close()
+            if session is not None and session.established:
+                delay = self.backoff_min
+            self._lost()
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self.backoff_max)
+
+    def _lost(self) -> None:
+        for unit, state in list(self._last.items()):
+            if state is not None:
+                self.emit(unit, None)
+
+    def emit(self, unit: str, state: UnitState | None) -> None:
+        """Publish a unit's state if it changed (the watcher's thread only)."""
+        if unit in self._last and self._last[unit] == state:
+            return
+        with self._lock:
+            self._last[unit] = state
+        try:
+            self._publish(unit, state)
+        except Exception:
+            log.exception("unit watcher: publish(%s) failed", unit)
+
+    def forget(self, unit: str) -> None:
+        with self._lock:
+            self._last.pop(unit, None)
+
+
+class _Session:
+    """One connection's life: set up, read the states, then follow the signals."""
+
+    def __init__(self, watcher: UnitWatcher, bus: ModuleType) -> None:
+        self.watcher = watcher
+        self.bus = bus
+        self.established = False
+        self.woken = False
+        self.pending: collections.deque = collections.deque()
+        self.paths: dict[str, str] = {}  # object path -> unit, for the watched units
+        self.props: dict[str, tuple[dict, dict]] = {}  # unit -> (Unit, Service) properties
+        self.conn = bus.open_interruptible(watcher.address or bus.bus_address())
+        with watcher._lock:
+            watcher._conn = self.conn
+        if watcher._stop.is_set():
+            raise _Stopped
+
+    def close(self) -> None:
+        with self.watcher._lock:
+            self.watcher._conn = None
+        self.conn.close()
+        for fd in (self.conn._stop_r, self.conn._stop_w):  # jeepney leaves its pipe open
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def serve(self) -> None:
+        bus = self.bus
+        bus.check_ours(self.call(bus.owner_uid()))
+        self.call(bus.add_match(bus.manager_owner_changes()))
+        for member in ("JobRemoved", "UnitNew", "UnitRemoved", "Reloading"):
+            self.call(bus.add_match(bus.manager_signals(member)))
+        self.call(bus.manager_call("Subscribe"))
+        self.established = True
+        self.sync()
+        while True:
+            if self.woken:
+                self.woken = False
+                self.sync()
+            msg = self.pending.popleft() if self.pending else self.receive()
+            if msg is not None:
+                self.handle(msg)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def receive(self) -> Any:
+        """The next message; None when woken (by ``watch`` or ``close``)."""
+        from jeepney.io.threading import ReceiveStopped
+
+        try:
+            return self.conn.receive()
+        except ReceiveStopped:
+            self._woken()
+            return None
+
+    def _woken(self) -> None:
+        self.conn.reset_interrupt()
+        if self.watcher._stop.is_set():
+            raise _Stopped
+        self.woken = True
+
+    def call(self, msg: Any, unit: str = "") -> tuple[Any, ...]:
+        """Send a method call and wait for its reply; signals meanwhile wait in ``pending``."""
+        bus = self.bus
+        serial = next(self.conn.outgoing_serial)
+        self.conn.send(msg, serial=serial)
+        while True:
+            reply = self.receive()
+            if reply is None:
+                continue
+            if bus.reply_serial(reply) == serial:
+                return bus.unwrap(reply, unit)
+            if bus.signal_of(reply) is not None:
+                self.pending.append(reply)
+
+    def handle(self, msg: Any) -> None:
+        bus = self.bus
+        kind = bus.signal_of(msg)
+        if kind is None:
+            return
+        interface, member, path = kind
+        if member == "PropertiesChanged" and path in self.paths:
+            self.changed(self.paths[path], *msg.body)
+        elif interface == bus.MANAGER_IFACE:
+            self.manager_signal(member, msg.body)
+        elif member == "NameOwnerChanged" and msg.body[0] == bus.SYSTEMD and not msg.body[2]:
+            raise _Lost("the user manager left the bus")
+
+    def manager_signal(self, member: str, body: tuple[Any, ...]) -> None:
+        wanted = self.watcher.wanted()
+        if member == "Reloading" and not body[0]:
+            for unit in list(self.props):
+                self.load(unit)  # a daemon-reload may have changed any unit file
+        elif member == "JobRemoved" and body[2] in self.props:
+            self.load(body[2])
+        elif member == "UnitNew" and body[0] in wanted and body[1] not in self.paths:
+            self.load(body[0])
+        elif member == "UnitRemoved" and body[0] in self.props:
+            self.unloaded(body[0])
+
+    # -- states --------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Follow the watched set: read the new units, drop the ones no longer wanted."""
+        wanted = self.watcher.wanted()
+        for unit in sorted(wanted - self.props.keys()):
+            self.load(unit)
+        for unit in sorted(self.props.keys() - wanted):
+            self.drop(unit)
+            self.watcher.forget(unit)
+
+    def load(self, unit: str) -> None:
+        """Read a unit's state now, and follow its object's PropertiesChanged from now on."""
+        bus = self.bus
+        path, unit_props, service_props = bus.read_props(lambda m: self.call(m, unit), unit)
+        if path not in self.paths:
+            self.drop(unit)
+            self.call(bus.add_match(bus.unit_changes(path)))
+            # Referenced, a unit stays loaded while we watch it (no unload, no re-load churn).
+            self.call(bus.manager_call("RefUnit", "s", unit), unit)
+            self.paths[path] = unit
+        self.props[unit] = (unit_props, service_props)
+        self.watcher.emit(unit, bus.state_from(unit, unit_props, service_props))
+
+    def drop(self, unit: str) -> None:
+        bus = self.bus
+        for path in [p for p, u in self.paths.items() if u == unit]:
+            del self.paths[path]
+            self.call(bus.remove_match(bus.unit_changes(path)))
+            with contextlib.suppress(NoSuchUnit):
+                self.call(bus.manager_call("UnrefUnit", "s", unit), unit)
+        self.props.pop(unit, None)
+
+    def unloaded(self, unit: str) -> None:
+        """The manager let the unit go: it is not running, and we hold no object of it."""
+        for path in [p for p, u in self.paths.items() if u == unit]:
+            del self.paths[path]
+            self.call(self.bus.remove_match(self.bus.unit_changes(path)))
+        self.props.pop(unit, None)
+        self.watcher.emit(unit, UnitState(unit, "not-loaded", "inactive", "dead"))
+
+    def changed(self, unit: str, interface: str, changed: dict, invalidated: list) -> None:
+        bus = self.bus
+        unit_props, service_props = self.props[unit]
+        if interface == bus.SERVICE_IFACE:
+            service_props.update(bus.plain(changed))
+        elif interface == bus.UNIT_IFACE:
+            unit_props.update(bus.plain(changed))
+        else:
+            return
+        if set(invalidated) & (_UNIT_PROPS | _SERVICE_PROPS):
+            self.load(unit)
+        elif interface == bus.UNIT_IFACE:  # systemd sends the Unit interface's change last
+            self.watcher.emit(unit, bus.state_from(unit, unit_props, service_props))
