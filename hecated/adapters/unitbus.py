@@ -122,6 +122,15 @@ def manager_signals(member: str | None = None) -> MatchRule:
     )
 
 
+def unit_path(unit: str) -> str:
+    """The unit's object path, as systemd's bus_label_escape makes it (``_2e`` for '.')."""
+    label = "".join(
+        c if c.isascii() and (c.isalpha() or (c.isdigit() and i)) else f"_{ord(c):02x}"
+        for i, c in enumerate(unit)
+    )
+    return f"{MANAGER_PATH}/unit/{label}"
+
+
 def unit_changes(path: str) -> MatchRule:
     """PropertiesChanged of one unit's object: only the watched units wake the watcher."""
     return MatchRule(

@@ -32,6 +32,7 @@ from typing import Any
 from hecated.adapters.units import NoSuchUnit, UnitState, check_unit_name
 
 log = logging.getLogger("hecated.adapters.unitwatch")
+_READ_TRIES = 5  # reads of one unit while it keeps changing, before the last one stands
 
 Publish = Callable[[str, UnitState | None], None]
 # The properties a UnitState is made of: a change to any other is not news.
@@ -162,6 +163,7 @@ class _Session:
         self.woken = False
         self.pending: collections.deque = collections.deque()
         self.paths: dict[str, str] = {}  # object path -> unit, for the watched units
+        self.refd: set[str] = set()  # units we hold a reference on (RefUnit)
         self.props: dict[str, tuple[dict, dict]] = {}  # unit -> (Unit, Service) properties
         self.conn = bus.open_interruptible(watcher.address or bus.bus_address())
         with watcher._lock:
@@ -246,7 +248,7 @@ class _Session:
                 self.load(unit)  # a daemon-reload may have changed any unit file
         elif member == "JobRemoved" and body[2] in self.props:
             self.load(body[2])
-        elif member == "UnitNew" and body[0] in wanted and body[1] not in self.paths:
+        elif member == "UnitNew" and body[0] in wanted and body[0] not in self.props:
             self.load(body[0])
         elif member == "UnitRemoved" and body[0] in self.props:
             self.unloaded(body[0])
@@ -263,32 +265,60 @@ class _Session:
             self.watcher.forget(unit)
 
     def load(self, unit: str) -> None:
-        """Read a unit's state now, and follow its object's PropertiesChanged from now on."""
+        """Read a unit's state now, following its object's PropertiesChanged from before
+        the read (the match first, so no change falls between the read and the match)."""
         bus = self.bus
-        path, unit_props, service_props = bus.read_props(lambda m: self.call(m, unit), unit)
+        path = bus.unit_path(unit)
         if path not in self.paths:
-            self.drop(unit)
             self.call(bus.add_match(bus.unit_changes(path)))
-            # Referenced, a unit stays loaded while we watch it (no unload, no re-load churn).
-            self.call(bus.manager_call("RefUnit", "s", unit), unit)
             self.paths[path] = unit
+        if unit not in self.refd:
+            # Referenced, a unit stays loaded while we watch it: LoadUnit alone would let
+            # the manager unload a stopped unit at once (UnitRemoved, UnitNew, churn).
+            self.call(bus.manager_call("RefUnit", "s", unit), unit)
+            self.refd.add(unit)
+        unit_props, service_props = self.read(unit, path)
         self.props[unit] = (unit_props, service_props)
         self.watcher.emit(unit, bus.state_from(unit, unit_props, service_props))
+
+    def read(self, unit: str, path: str) -> tuple[dict, dict]:
+        """The unit's Unit and Service properties as of one moment.
+
+        Two GetAll calls are not one read: the state may change between them. systemd
+        sends a change as the Service interface's signal then the Unit's, back to back,
+        and answers our calls in order on this one connection; so the Service read then
+        the Unit read saw one moment unless a change of the unit came between the two
+        answers, and then we read again. Every change still waiting came before the
+        second answer, so the read holds it: those are dropped, not applied over it."""
+        bus = self.bus
+        for _ in range(_READ_TRIES):
+            (service_props,) = self.call(bus.get_all(path, bus.SERVICE_IFACE), unit)
+            mark = len(self.pending)
+            (unit_props,) = self.call(bus.get_all(path, bus.UNIT_IFACE), unit)
+            if not any(self.changes(m, path) for m in list(self.pending)[mark:]):
+                break
+        self.pending = collections.deque(m for m in self.pending if not self.changes(m, path))
+        return bus.plain(unit_props), bus.plain(service_props)
+
+    def changes(self, msg: Any, path: str) -> bool:
+        kind = self.bus.signal_of(msg)
+        return kind is not None and kind[1:] == ("PropertiesChanged", path)
 
     def drop(self, unit: str) -> None:
         bus = self.bus
         for path in [p for p, u in self.paths.items() if u == unit]:
             del self.paths[path]
             self.call(bus.remove_match(bus.unit_changes(path)))
+        if unit in self.refd:
+            self.refd.discard(unit)
             with contextlib.suppress(NoSuchUnit):
                 self.call(bus.manager_call("UnrefUnit", "s", unit), unit)
         self.props.pop(unit, None)
 
     def unloaded(self, unit: str) -> None:
-        """The manager let the unit go: it is not running, and we hold no object of it."""
-        for path in [p for p, u in self.paths.items() if u == unit]:
-            del self.paths[path]
-            self.call(self.bus.remove_match(self.bus.unit_changes(path)))
+        """The manager let the unit go (our reference with it): it is not running. The
+        match stays, so UnitNew and the next read find the unit followed already."""
+        self.refd.discard(unit)
         self.props.pop(unit, None)
         self.watcher.emit(unit, UnitState(unit, "not-loaded", "inactive", "dead"))
 
