@@ -182,6 +182,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (an orphan is reaped by init: a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class UserManager:
     """A private ``systemd --user`` with its own HOME and XDG_RUNTIME_DIR.
 
@@ -327,6 +335,15 @@ class UserManager:
         self.orphans += descendants(self.proc.pid)
         self.proc.kill()
         self.proc.wait(15)
+
+    def kill_orphan(self, comm: str) -> None:
+        """SIGKILL what the crashed manager left running under that name (its bus:
+        ``dbus-daemon``), by pid, and wait until it is gone."""
+        for pid in self.orphans:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    os.kill(pid, signal.SIGKILL)
+                    wait_for(lambda p=pid: _gone(p), timeout=15)
 
     def respawn(self) -> None:
         """A new manager in the same HOME and XDG_RUNTIME_DIR, after ``crash``."""

@@ -341,10 +341,30 @@ def test_the_watcher_outlives_a_manager_crash(um, control, watcher, published) -
     um.crash()
     assert published.wait(unit, lambda s: s is None, mark) is None  # status: the probes
     with pytest.raises(SystemdUnavailable):
-        control.state(unit)
+        control.state(unit)  # the bus answers, no manager on it: a 503, not a hang
+    # The bus the crashed manager started runs on, orphaned; a new manager starts its own.
+    um.kill_orphan("dbus-daemon")
     mark = published.mark()
     um.respawn()
     # The new manager never started the unit: the watcher reads it again, by itself.
+    assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
+    mark = published.mark()
+    control.start(unit)
+    assert published.wait(unit, active, mark)
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_the_watcher_outlives_its_bus(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-busd.service")
+    watcher.watch([unit])
+    assert published.wait(unit, lambda s: s is not None)
+    mark = published.mark()
+    os.kill(int(um.prop("dbus.service", "MainPID")), signal.SIGKILL)
+    assert published.wait(unit, lambda s: s is None, mark) is None
+    # Reconnecting activates the bus again (dbus.socket); the manager joins it; states come.
+    mark = published.mark()
     assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
     mark = published.mark()
     control.start(unit)

@@ -112,7 +112,7 @@ class UnitWatcher:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = self.backoff_min
+        delay, down = self.backoff_min, False
         while not self._stop.is_set():
             session = None
             try:
@@ -120,13 +120,15 @@ class UnitWatcher:
                 session.serve()
             except _Stopped:
                 break
-            except Exception as exc:
-                log.info("unit watcher: user manager unavailable (%s); reconnecting", exc)
+            except Exception as exc:  # whatever the bus did, the watcher carries on
+                # The first failure says so; the retries of an outage stay quiet.
+                log.log(logging.DEBUG if down else logging.WARNING, "unit watcher: %s", exc)
             finally:
                 if session is not None:
                     session.close()
             if session is not None and session.established:
                 delay = self.backoff_min
+            down = not (session is not None and session.established)
             self._lost()
             if self._stop.wait(delay):
                 break
@@ -187,6 +189,7 @@ class _Session:
             self.call(bus.add_match(bus.manager_signals(member)))
         self.call(bus.manager_call("Subscribe"))
         self.established = True
+        log.info("unit watcher: following the user manager's signals")
         self.sync()
         while True:
             if self.woken:
