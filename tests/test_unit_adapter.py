@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -369,3 +370,15 @@ def test_the_watcher_outlives_its_bus(um, control, watcher, published) -> None:
     mark = published.mark()
     control.start(unit)
     assert published.wait(unit, active, mark)
+
+
+def test_importing_the_adapter_loads_no_dbus_library() -> None:
+    """A cold start pays for no D-Bus library: jeepney comes with the first unit call."""
+    code = (
+        "import sys; import hecated.daemon, hecated.adapters.unitwatch, "
+        "hecated.adapters.unitcontrol, hecated.adapters.journal; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jeepney', 'systemd')"
+        " or m == 'hecated.adapters.unitbus'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

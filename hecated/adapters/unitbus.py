@@ -30,6 +30,9 @@ PROPS_IFACE = "org.freedesktop.DBus.Properties"
 DBUS_IFACE = "org.freedesktop.DBus"
 CALL_TIMEOUT = 10.0  # seconds for one method call's reply (a job's end is waited for apart)
 
+# What an interruptible connection's receive raises when another thread interrupts it.
+ReceiveStopped = jthreading.ReceiveStopped
+
 _MANAGER = DBusAddress(MANAGER_PATH, SYSTEMD, MANAGER_IFACE)
 # D-Bus errors meaning "nobody is there", as opposed to "the manager said no".
 _GONE = {

@@ -5,8 +5,11 @@ manager, and keeps the state of each unit it is asked to watch. It calls
 ``publish(unit, state)`` on every change, from signals only: PropertiesChanged
 on each watched unit's object (systemd sends the Service interface's change
 first and the Unit interface's last, "so clients can rely on this order to get
-atomic behaviour", so a state is published on the second), JobRemoved, UnitNew,
-UnitRemoved and Reloading from the manager, NameOwnerChanged from the bus.
+atomic behaviour", so a state is published on the second), UnitNew, UnitRemoved
+and Reloading from the manager, NameOwnerChanged from the bus. Not JobRemoved:
+a job that changes a unit's state changes its properties too, and re-reading a
+unit at each job's end cost a 50-unit login storm a second of round trips to a
+busy manager (docs/units.md); control calls wait for their own job's end.
 Between signals the thread sleeps in one blocking receive: no timer, no poll,
 whatever the number of units.
 
@@ -185,7 +188,7 @@ class _Session:
         bus = self.bus
         bus.check_ours(self.call(bus.owner_uid()))
         self.call(bus.add_match(bus.manager_owner_changes()))
-        for member in ("JobRemoved", "UnitNew", "UnitRemoved", "Reloading"):
+        for member in ("UnitNew", "UnitRemoved", "Reloading"):
             self.call(bus.add_match(bus.manager_signals(member)))
         self.call(bus.manager_call("Subscribe"))
         self.established = True
@@ -203,11 +206,9 @@ class _Session:
 
     def receive(self) -> Any:
         """The next message; None when woken (by ``watch`` or ``close``)."""
-        from jeepney.io.threading import ReceiveStopped
-
         try:
             return self.conn.receive()
-        except ReceiveStopped:
+        except self.bus.ReceiveStopped:
             self._woken()
             return None
 
@@ -249,8 +250,6 @@ class _Session:
         if member == "Reloading" and not body[0]:
             for unit in list(self.props):
                 self.load(unit)  # a daemon-reload may have changed any unit file
-        elif member == "JobRemoved" and body[2] in self.props:
-            self.load(body[2])
         elif member == "UnitNew" and body[0] in wanted and body[0] not in self.props:
             self.load(body[0])
         elif member == "UnitRemoved" and body[0] in self.props:
