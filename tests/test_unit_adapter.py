@@ -26,6 +26,7 @@ from hecated.adapters.unitcontrol import UserManager as Control
 from hecated.adapters.units import (
     InvalidUnitName,
     JobFailed,
+    JobTimeout,
     SystemdUnavailable,
     UnitState,
     check_unit_name,
@@ -104,6 +105,19 @@ def test_a_failed_unit_in_words() -> None:
     assert unit_reason(killed) == "killed by SIGKILL; restarted once"
     timeout = failed(0, restart="no", result="timeout", exit_code=0, exit_status=0)
     assert unit_status(timeout) == ("failed", "timed out")
+
+
+def test_the_start_limit_is_told_from_the_failed_state_a_restart_passes_through() -> None:
+    # systemd 252 keeps Result=exit-code when the limit stops the restarts; the limit
+    # stops them when a restart was due, RestartSec after the exit...
+    stopped = failed(5, since=1000.1, exit_time=1000.0, restart_delay=0.1)
+    assert stopped.start_limit_hit
+    assert unit_reason(stopped) == "exited with status 1; restarted 5 times; start limit hit"
+    # ...whereas every exit passes through failed at once, just before auto-restart.
+    passing = failed(1, since=1000.0002, exit_time=1000.0, restart_delay=0.1)
+    assert not passing.start_limit_hit
+    assert unit_status(passing) == ("failed", "exited with status 1; restarted once")
+    assert failed(0, result="start-limit-hit", exit_code=0).start_limit_hit
 
 
 def test_states_that_decide_a_status_and_those_that_do_not() -> None:
@@ -254,7 +268,9 @@ def test_a_plugin_exiting_1_fails_with_its_story(um, control, watcher, published
     watcher.watch([unit])
     mark = published.mark()
     control.start(unit)
-    state = published.wait(unit, lambda s: s is not None and s.active_state == "failed", mark)
+    # A unit passes through failed each time its process exits (then auto-restart):
+    # the failed state that stays is the one the start limit leaves.
+    state = published.wait(unit, lambda s: s is not None and s.start_limit_hit, mark)
     assert state.n_restarts == 5  # systemd's default StartLimitBurst
     assert unit_status(state) == (
         "failed",
@@ -382,3 +398,14 @@ def test_importing_the_adapter_loads_no_dbus_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_job_that_does_not_end_in_time_is_a_timeout(um, control: Control) -> None:
+    unit = add_unit(um, "hecate-slowd.service", "Type=oneshot\nExecStart=/bin/sleep infinity\n")
+    with pytest.raises(JobTimeout) as caught:
+        control.start(unit, timeout=0.2)
+    assert caught.value.state.active_state == "activating"  # the job goes on in the manager
+    assert control.stop(unit).state.active_state == "inactive"

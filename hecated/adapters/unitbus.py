@@ -196,6 +196,8 @@ def state_from(name: str, unit: dict[str, Any], service: dict[str, Any]) -> Unit
         exit_code=int(service.get("ExecMainCode", 0)),
         exit_status=int(service.get("ExecMainStatus", 0)),
         restart=str(service.get("Restart", "no")),
+        exit_time=_usec(service.get("ExecMainExitTimestamp")),
+        restart_delay=(_usec(service.get("RestartUSec")) or 0.0),
     )
 
 

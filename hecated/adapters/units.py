@@ -114,17 +114,25 @@ class UnitState:
     exit_code: int = 0
     exit_status: int = 0
     restart: str = "no"
+    exit_time: float | None = None
+    restart_delay: float = 0.0
 
     @property
     def start_limit_hit(self) -> bool:
-        """Whether the start limit stopped it. systemd keeps the first failure's Result
-        (exit-code, say), so a failed unit whose Restart= policy covers that result, and
-        which therefore should be restarting, was stopped by the limit."""
+        """Whether the start limit stopped it, which systemd (252) does not say outright.
+
+        It keeps the first failure's Result (exit-code, say), so a failed unit whose
+        Restart= policy covers that result was stopped by the limit -- if it failed
+        when a restart was due (RestartSec after the main process exited). A unit also
+        passes through ``failed`` as its process exits, just before ``auto-restart``:
+        that ``failed`` comes with the exit, and is no limit."""
         if self.result == "start-limit-hit":
             return True
-        if self.active_state != "failed":
+        if self.active_state != "failed" or self.result not in _RESTARTED_ON.get(self.restart, ()):
             return False
-        return self.result in _RESTARTED_ON.get(self.restart, ())
+        if self.since is None or self.exit_time is None:
+            return True
+        return self.since - self.exit_time >= max(self.restart_delay / 2, _SAME_EVENT)
 
     @property
     def exists(self) -> bool:
@@ -154,6 +162,8 @@ _RESTARTED_ON = {
     "on-watchdog": ("watchdog",),
     "on-abort": ("signal", "core-dump"),
 }
+# Two clock reads in one manager event (the exit, then the state change) are this close.
+_SAME_EVENT = 0.001
 # siginfo codes for ExecMainCode (CLD_EXITED, CLD_KILLED, CLD_DUMPED).
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 # systemd's service results (service.c, service_result_table) in words.

@@ -41,7 +41,16 @@ Publish = Callable[[str, UnitState | None], None]
 # The properties a UnitState is made of: a change to any other is not news.
 _UNIT_PROPS = frozenset({"LoadState", "ActiveState", "SubState", "StateChangeTimestamp"})
 _SERVICE_PROPS = frozenset(
-    {"Result", "NRestarts", "MainPID", "ExecMainCode", "ExecMainStatus", "Restart"}
+    {
+        "Result",
+        "NRestarts",
+        "MainPID",
+        "ExecMainCode",
+        "ExecMainStatus",
+        "ExecMainExitTimestamp",
+        "Restart",
+        "RestartUSec",
+    }
 )
 
 
