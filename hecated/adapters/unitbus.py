@@ -9,11 +9,14 @@ on it is ours, and turns replies and D-Bus errors into ``units`` values.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_call
+from jeepney.bus import get_bus
 from jeepney.bus_messages import MatchRule, message_bus
 from jeepney.io import blocking
 from jeepney.io import threading as jthreading
@@ -63,11 +66,37 @@ def open_blocking(address: str) -> blocking.DBusConnection:
 
 
 def open_interruptible(address: str) -> jthreading.DBusConnection:
-    """A connection whose blocking receive another thread can interrupt (the watcher's)."""
+    """A connection whose blocking receive another thread can interrupt (the watcher's).
+
+    Not jeepney.io.threading.open_dbus_connection: its Hello goes through a router
+    thread that, closing, can fail on the reply it already delivered (jeepney 0.8:
+    InvalidStateError in drop_all, a traceback on stderr). We say Hello ourselves."""
+    conn = None
     try:
-        return jthreading.open_dbus_connection(address)
-    except (OSError, TimeoutError, RuntimeError, ValueError, DBusErrorResponse) as exc:
+        conn = jthreading.DBusConnection(blocking.prep_socket(get_bus(address), timeout=1.0))
+        hello = message_bus.Hello()
+        serial = next(conn.outgoing_serial)
+        conn.send(hello, serial=serial)
+        deadline = time.monotonic() + CALL_TIMEOUT
+        while (
+            reply_serial(reply := conn.receive(timeout=max(0.0, deadline - time.monotonic())))
+            != serial
+        ):
+            pass
+        conn.unique_name = unwrap(reply)[0]
+        return conn
+    except (OSError, TimeoutError, RuntimeError, ValueError, UnitError) as exc:
+        if conn is not None:
+            close_interruptible(conn)
         raise SystemdUnavailable(f"cannot reach the session bus at {address}: {exc}") from exc
+
+
+def close_interruptible(conn: jthreading.DBusConnection) -> None:
+    """Close the connection and the wake-up pipe jeepney leaves open."""
+    conn.close()
+    for fd in (conn._stop_r, conn._stop_w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def unwrap(reply: Message, unit: str = "") -> tuple[Any, ...]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -188,10 +187,7 @@ class _Session:
     def close(self) -> None:
         with self.watcher._lock:
             self.watcher._conn = None
-        self.conn.close()
-        for fd in (self.conn._stop_r, self.conn._stop_w):  # jeepney leaves its pipe open
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self.bus.close_interruptible(self.conn)
 
     def serve(self) -> None:
         bus = self.bus
