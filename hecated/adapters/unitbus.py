@@ -77,18 +77,20 @@ def open_interruptible(address: str) -> jthreading.DBusConnection:
         hello = message_bus.Hello()
         serial = next(conn.outgoing_serial)
         conn.send(hello, serial=serial)
-        deadline = time.monotonic() + CALL_TIMEOUT
-        while (
-            reply_serial(reply := conn.receive(timeout=max(0.0, deadline - time.monotonic())))
-            != serial
-        ):
-            pass
-        conn.unique_name = unwrap(reply)[0]
+        conn.unique_name = unwrap(_await_reply(conn, serial, CALL_TIMEOUT))[0]
         return conn
     except (OSError, TimeoutError, RuntimeError, ValueError, UnitError) as exc:
         if conn is not None:
             close_interruptible(conn)
         raise SystemdUnavailable(f"cannot reach the session bus at {address}: {exc}") from exc
+
+
+def _await_reply(conn: jthreading.DBusConnection, serial: int, timeout: float) -> Message:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = conn.receive(timeout=max(0.0, deadline - time.monotonic()))
+        if reply_serial(reply) == serial:
+            return reply
 
 
 def close_interruptible(conn: jthreading.DBusConnection) -> None:
