@@ -8,8 +8,9 @@ first and the Unit interface's last, "so clients can rely on this order to get
 atomic behaviour", so a state is published on the second), UnitNew, UnitRemoved
 and Reloading from the manager, NameOwnerChanged from the bus. Not JobRemoved:
 a job that changes a unit's state changes its properties too, and re-reading a
-unit at each job's end cost a 50-unit login storm a second of round trips to a
-busy manager (docs/units.md); control calls wait for their own job's end.
+unit at each job's end made a 50-unit login storm's states ~0.3 s late, queued
+behind round trips to a busy manager (docs/units.md); control calls wait for
+their own job's end.
 Between signals the thread sleeps in one blocking receive: no timer, no poll,
 whatever the number of units.
 
