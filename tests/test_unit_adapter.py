@@ -419,3 +419,21 @@ def test_a_job_that_does_not_end_in_time_is_a_timeout(um, control: Control) -> N
         control.start(unit, timeout=0.2)
     assert caught.value.state.active_state == "activating"  # the job goes on in the manager
     assert control.stop(unit).state.active_state in ("inactive", "failed")  # SIGTERM: failed
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_daemon_reload_is_read_once_it_is_over(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-reloadd.service")
+    watcher.watch([unit])
+    control.start(unit)
+    assert published.wait(unit, active)
+    mark = published.mark()
+    plugin_unit(um, unit, "Restart=always\n")  # a changed unit file, then daemon-reload
+    changed = published.wait(unit, lambda s: s is not None and s.restart == "always", mark)
+    assert active(changed)
+    # The reload takes the unit apart and builds it again (UnitRemoved, UnitNew...):
+    # none of that is published as a state of a unit that never stopped.
+    between = [s for u, s in published.events[mark:] if u == unit]
+    assert all(active(s) for s in between), between

@@ -175,6 +175,7 @@ class _Session:
         self.bus = bus
         self.established = False
         self.woken = False
+        self.reloading = False
         self.pending: collections.deque = collections.deque()
         self.paths: dict[str, str] = {}  # object path -> unit, for the watched units
         self.refd: set[str] = set()  # units we hold a reference on (RefUnit)
@@ -244,7 +245,7 @@ class _Session:
         if kind is None:
             return
         interface, member, path = kind
-        if member == "PropertiesChanged" and path in self.paths:
+        if member == "PropertiesChanged" and path in self.paths and not self.reloading:
             self.changed(self.paths[path], *msg.body)
         elif interface == bus.MANAGER_IFACE:
             self.manager_signal(member, msg.body)
@@ -253,9 +254,15 @@ class _Session:
 
     def manager_signal(self, member: str, body: tuple[Any, ...]) -> None:
         wanted = self.watcher.wanted()
-        if member == "Reloading" and not body[0]:
-            for unit in list(self.props):
-                self.load(unit)  # a daemon-reload may have changed any unit file
+        if member == "Reloading":
+            # A daemon-reload (or re-exec) takes every unit apart and builds it again:
+            # what is said meanwhile (UnitRemoved above all) is not news. Read after.
+            self.reloading = bool(body[0])
+            if not self.reloading:
+                for unit in list(self.props):
+                    self.load(unit)
+        elif self.reloading:
+            return
         elif member == "UnitNew" and body[0] in wanted and body[0] not in self.props:
             self.load(body[0])
         elif member == "UnitRemoved" and body[0] in self.props:
@@ -332,6 +339,8 @@ class _Session:
 
     def changed(self, unit: str, interface: str, changed: dict, invalidated: list) -> None:
         bus = self.bus
+        if unit not in self.props:  # unloaded: UnitNew reads it again
+            return
         unit_props, service_props = self.props[unit]
         if interface == bus.SERVICE_IFACE:
             service_props.update(bus.plain(changed))
