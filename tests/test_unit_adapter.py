@@ -437,3 +437,18 @@ def test_a_daemon_reload_is_read_once_it_is_over(um, control, watcher, published
     # none of that is published as a state of a unit that never stopped.
     between = [s for u, s in published.events[mark:] if u == unit]
     assert all(active(s) for s in between), between
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_the_watcher_follows_on_after_a_daemon_reexec(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-reexecd.service")
+    watcher.watch([unit])
+    control.start(unit)
+    assert published.wait(unit, active)
+    um.systemctl("daemon-reexec")  # a package upgrade does this to every user manager
+    mark = published.mark()
+    control.stop(unit)
+    stopped = published.wait(unit, lambda s: s is not None and s.active_state == "inactive", mark)
+    assert unit_status(stopped)[0] == "stopped"
