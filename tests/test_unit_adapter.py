@@ -28,6 +28,7 @@ from hecated.adapters.units import (
     InvalidUnitName,
     JobFailed,
     JobTimeout,
+    NoSuchUnit,
     SystemdUnavailable,
     UnitState,
     check_unit_name,
@@ -452,3 +453,27 @@ def test_the_watcher_follows_on_after_a_daemon_reexec(um, control, watcher, publ
     control.stop(unit)
     stopped = published.wait(unit, lambda s: s is not None and s.active_state == "inactive", mark)
     assert unit_status(stopped)[0] == "stopped"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_unit_without_a_file_is_followed_until_it_has_one(um, control, watcher, published):
+    unit = "hecate-laterd.service"
+    um.made.append(unit)
+    watcher.watch([unit])
+    missing = published.wait(unit, lambda s: s is not None)
+    assert missing.load_state == "not-found" and not missing.exists
+    assert unit_status(missing) is None  # no unit: the probes say what the plugin is
+    with pytest.raises(NoSuchUnit):
+        control.start(unit)
+    # The file appears; a start loads it (no daemon-reload): UnitNew, and it is followed.
+    namespace = um.home / ".hecate" / "hecate-laterd"
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    service = f"[Service]\nExecStart={sys.executable} {PLUGIN} {namespace}\n"
+    (um.unit_dir / unit).write_text(service)
+    control.start(unit)
+    assert published.wait(unit, active)
+    # Reading a missing unit never set the manager loading and unloading it in a loop.
+    states = [s.load_state for u, s in published.events if u == unit and s is not None]
+    assert states.count("not-found") == 1 and "not-loaded" not in states, states

@@ -165,11 +165,18 @@ def unit_path(unit: str) -> str:
     return f"{MANAGER_PATH}/unit/{label}"
 
 
-def unit_changes(path: str) -> MatchRule:
-    """PropertiesChanged of one unit's object: only the watched units wake the watcher."""
-    return MatchRule(
+def unit_rules(unit: str, path: str) -> list[MatchRule]:
+    """The signals of one watched unit: its object's PropertiesChanged, the manager's
+    UnitNew and UnitRemoved naming it. Only the watched units wake the watcher."""
+    changes = MatchRule(
         type="signal", sender=SYSTEMD, interface=PROPS_IFACE, member="PropertiesChanged", path=path
     )
+    rules = [changes]
+    for member in ("UnitNew", "UnitRemoved"):
+        rule = manager_signals(member)
+        rule.add_arg_condition(0, unit)
+        rules.append(rule)
+    return rules
 
 
 def manager_owner_changes() -> MatchRule:

@@ -32,7 +32,13 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from hecated.adapters.units import NoSuchUnit, UnitState, check_unit_name
+from hecated.adapters.units import (
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitError,
+    UnitState,
+    check_unit_name,
+)
 
 log = logging.getLogger("hecated.adapters.unitwatch")
 _READ_TRIES = 5  # reads of one unit while it keeps changing, before the last one stands
@@ -124,11 +130,17 @@ class UnitWatcher:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            bus = _bus()
+            address = self.address or bus.bus_address()
+        except (ImportError, SystemdUnavailable) as exc:  # nothing will ever change that
+            log.warning("unit watcher: not following units: %s", exc)
+            return
         delay, down = self.backoff_min, False
         while not self._stop.is_set():
             session = None
             try:
-                session = _Session(self, _bus())
+                session = _Session(self, bus, address)
                 session.serve()
             except _Stopped:
                 break
@@ -170,7 +182,7 @@ class UnitWatcher:
 class _Session:
     """One connection's life: set up, read the states, then follow the signals."""
 
-    def __init__(self, watcher: UnitWatcher, bus: ModuleType) -> None:
+    def __init__(self, watcher: UnitWatcher, bus: ModuleType, address: str) -> None:
         self.watcher = watcher
         self.bus = bus
         self.established = False
@@ -180,11 +192,9 @@ class _Session:
         self.paths: dict[str, str] = {}  # object path -> unit, for the watched units
         self.refd: set[str] = set()  # units we hold a reference on (RefUnit)
         self.props: dict[str, tuple[dict, dict]] = {}  # unit -> (Unit, Service) properties
-        self.conn = bus.open_interruptible(watcher.address or bus.bus_address())
+        self.conn = bus.open_interruptible(address)
         with watcher._lock:
             watcher._conn = self.conn
-        if watcher._stop.is_set():
-            raise _Stopped
 
     def close(self) -> None:
         with self.watcher._lock:
@@ -193,10 +203,11 @@ class _Session:
 
     def serve(self) -> None:
         bus = self.bus
+        if self.watcher._stop.is_set():  # closed while we connected
+            raise _Stopped
         bus.check_ours(self.call(bus.owner_uid()))
         self.call(bus.add_match(bus.manager_owner_changes()))
-        for member in ("UnitNew", "UnitRemoved", "Reloading"):
-            self.call(bus.add_match(bus.manager_signals(member)))
+        self.call(bus.add_match(bus.manager_signals("Reloading")))
         self.call(bus.manager_call("Subscribe"))
         self.established = True
         log.info("unit watcher: following the user manager's signals")
@@ -259,13 +270,13 @@ class _Session:
             # what is said meanwhile (UnitRemoved above all) is not news. Read after.
             self.reloading = bool(body[0])
             if not self.reloading:
-                for unit in list(self.props):
+                for unit in sorted(set(self.paths.values())):
                     self.load(unit)
         elif self.reloading:
             return
-        elif member == "UnitNew" and body[0] in wanted and body[0] not in self.props:
-            self.load(body[0])
-        elif member == "UnitRemoved" and body[0] in self.props:
+        elif member == "UnitNew" and body[0] in wanted and not self.loaded(body[0]):
+            self.probe(body[0])
+        elif member == "UnitRemoved" and self.loaded(body[0]):
             self.unloaded(body[0])
 
     # -- states --------------------------------------------------------------------------
@@ -280,21 +291,42 @@ class _Session:
             self.watcher.forget(unit)
 
     def load(self, unit: str) -> None:
-        """Read a unit's state now, following its object's PropertiesChanged from before
-        the read (the match first, so no change falls between the read and the match)."""
+        """Read a unit's state now, following its signals from before the read (the
+        matches first, so no change falls between the read and the matches)."""
         bus = self.bus
         path = bus.unit_path(unit)
         if path not in self.paths:
-            self.call(bus.add_match(bus.unit_changes(path)))
+            for rule in bus.unit_rules(unit, path):
+                self.call(bus.add_match(rule))
             self.paths[path] = unit
         if unit not in self.refd:
-            # Referenced, a unit stays loaded while we watch it: LoadUnit alone would let
-            # the manager unload a stopped unit at once (UnitRemoved, UnitNew, churn).
-            self.call(bus.manager_call("RefUnit", "s", unit), unit)
-            self.refd.add(unit)
+            # Referenced, a unit stays loaded while we watch it: LoadUnit alone lets the
+            # manager unload a stopped unit at once (UnitRemoved, UnitNew, churn). The
+            # manager refuses a reference on a unit without a unit file, or masked: such
+            # a unit is read all the same, and read again when UnitNew says it is back.
+            try:
+                self.call(bus.manager_call("RefUnit", "s", unit), unit)
+                self.refd.add(unit)
+            except SystemdUnavailable:
+                raise
+            except UnitError:
+                pass
         unit_props, service_props = self.read(unit, path)
         self.props[unit] = (unit_props, service_props)
         self.watcher.emit(unit, bus.state_from(unit, unit_props, service_props))
+
+    def probe(self, unit: str) -> None:
+        """UnitNew of a unit we hold without a unit file: read it if it has one now.
+        Only GetUnit and the object's own properties, which load nothing: a read that
+        loads a missing unit makes the manager say UnitNew again, and so on."""
+        bus = self.bus
+        try:
+            (path,) = self.call(bus.manager_call("GetUnit", "s", unit), unit)
+            (unit_props,) = self.call(bus.get_all(path, bus.UNIT_IFACE), unit)
+        except NoSuchUnit:  # gone again already
+            return
+        if bus.plain(unit_props).get("LoadState") != "not-found":
+            self.load(unit)
 
     def read(self, unit: str, path: str) -> tuple[dict, dict]:
         """The unit's Unit and Service properties as of one moment.
@@ -323,12 +355,18 @@ class _Session:
         bus = self.bus
         for path in [p for p, u in self.paths.items() if u == unit]:
             del self.paths[path]
-            self.call(bus.remove_match(bus.unit_changes(path)))
+            for rule in bus.unit_rules(unit, path):
+                self.call(bus.remove_match(rule))
         if unit in self.refd:
             self.refd.discard(unit)
             with contextlib.suppress(NoSuchUnit):
                 self.call(bus.manager_call("UnrefUnit", "s", unit), unit)
         self.props.pop(unit, None)
+
+    def loaded(self, unit: str) -> bool:
+        """Whether we hold the state of the unit, loaded from a unit file."""
+        props = self.props.get(unit)
+        return props is not None and props[0].get("LoadState") not in ("not-found", None)
 
     def unloaded(self, unit: str) -> None:
         """The manager let the unit go (our reference with it): it is not running. The
