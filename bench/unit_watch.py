@@ -13,6 +13,9 @@ manager lock) runs ``--units`` trivial service units (``sleep infinity``); a
   ``unitcontrol``; for each unit, the lag from the manager's own state change
   (``StateChangeTimestamp``) to the watcher publishing it ``active``: median and max.
 
+- **follow**: ``--lines`` restarts of a unit that prints a line, read through
+  ``journal.follow``: the time from journald's receipt to the iterator's yield.
+
 Goals (issue 20): idle CPU at most 1% of a core with 100 unit-backed plugins; a
 unit's state in the list within 1 s of the manager knowing. Everything started
 here is stopped by its pid (the manager stops its units).
@@ -32,6 +35,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from systemd_support import UserManager  # noqa: E402
 
+from hecated.adapters import journal  # noqa: E402
 from hecated.adapters.units import UnitState  # noqa: E402
 from hecated.adapters.unitwatch import UnitWatcher  # noqa: E402
 
@@ -103,15 +107,53 @@ def storm(um: UserManager, board: Board, units: list[str]) -> None:
     )
 
 
+LOG_UNIT = """[Unit]
+StartLimitIntervalSec=0
+
+[Service]
+ExecStart=/bin/sh -c 'echo tick; exec sleep infinity'
+"""
+
+
+def follow_lag(um: UserManager, rounds: int, wait: float) -> None:
+    """A unit's line through ``journal.follow``: the time from journald's receipt
+    (``__REALTIME_TIMESTAMP``) to the iterator yielding it, over ``rounds`` restarts."""
+    unit = "bench-log.service"
+    (um.unit_dir / unit).write_text(LOG_UNIT)
+    um.systemctl("daemon-reload")
+    stop, lags, seen = threading.Event(), [], threading.Semaphore(0)
+
+    def follow() -> None:
+        for line in journal.follow(unit, stop, wait=wait):
+            lags.append(time.time() - line.time)
+            seen.release()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(0.5)  # the reader is open and at the journal's end before the first line
+    for _ in range(rounds):
+        um.systemctl("restart", unit)
+        if not seen.acquire(timeout=30):
+            raise RuntimeError("no line through follow")
+    stop.set()
+    follower.join(5)
+    print(
+        f"journal follow (wait {wait:g} s), {rounds} lines: yield after journald's receipt"
+        f" median {1000 * statistics.median(lags):.1f} ms, max {1000 * max(lags):.1f} ms"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--units", type=int, default=100)
     parser.add_argument("--storm", type=int, default=50)
     parser.add_argument("--idle", type=float, default=20.0)
+    parser.add_argument("--lines", type=int, default=20)
+    parser.add_argument("--follow-wait", type=float, default=0.5)
     args = parser.parse_args()
     idle_units = [f"bench-idle{i:03d}.service" for i in range(args.units)]
     storm_units = [f"bench-storm{i:03d}.service" for i in range(args.storm)]
-    um = UserManager().start()
+    um = UserManager(journald=True).start()
     try:
         um.unit_dir.mkdir(parents=True, exist_ok=True)
         prepare(um, idle_units, storm_units)
@@ -126,6 +168,7 @@ def main() -> int:
             storm(um, board, storm_units)
         finally:
             watcher.close()
+        follow_lag(um, args.lines, args.follow_wait)
     finally:
         um.stop()
     return 0

@@ -117,8 +117,9 @@ def follow(
     """The last ``backlog`` lines, then each new line as journald writes it, until ``stop``.
 
     Between lines the reader sleeps in ``sd_journal_wait`` (inotify on the journal
-    files), waking at once for a new entry and every ``wait`` seconds only to see
-    whether ``stop`` is set: a new line shows within milliseconds, a stop within
+    files), woken when journald announces new entries (it coalesces those
+    announcements: ~0.46 s after the line on the test machine, docs/units.md) and
+    every ``wait`` seconds to see whether ``stop`` is set, which it notices within
     ``wait``. Closing the generator stops it too."""
     reader = open_reader(unit, uid)
     try:
