@@ -355,6 +355,18 @@ def test_journal_lines_and_follow(um, control: Control) -> None:
     assert [x.message for x in last[-2:]] == [seen.message, again.message]
     assert [x.message for x in journal.last_lines(unit, 1)] == [again.message]
     assert journal.last_lines(unit, 10, uid=os.getuid() + 4242) == []  # another user's: none
+    # A follow with a backlog: the last lines first, then the next new one, once each.
+    stop.clear()
+    tail = journal.follow(unit, stop, backlog=2)
+    bound = threading.Timer(TIMEOUT, stop.set)  # a line that never comes: StopIteration
+    bound.start()
+    try:
+        assert [next(tail).message, next(tail).message] == [seen.message, again.message]
+        third = control.restart(unit).state.main_pid
+        assert next(tail).message == f"line-{third}"
+    finally:
+        bound.cancel()
+        tail.close()
 
 
 @needs_user_manager
