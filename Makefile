@@ -68,7 +68,7 @@ PACKAGING_APT := debhelper dh-python pybuild-plugin-pyproject python3-all python
 	python3-build python3-installer help2man lintian rpm rpmlint \
 	pacman-package-manager libarchive-tools \
 	python3-werkzeug python3-waitress python3-watchdog python3-systemd python3-sdnotify \
-	python3-tomli-w
+	python3-tomli-w python3-jeepney
 APT_PACKAGES += $(PACKAGING_APT)
 
 # The packaging tests' Python side (kubernetes-validate: the Kubernetes schemas, offline).

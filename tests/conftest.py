@@ -227,6 +227,7 @@ MACHINE_WIDE = {
     "test_alias_e2e.py",
     "test_packaging.py",
     "test_units.py",
+    "test_unit_adapter.py",
 }
 
 

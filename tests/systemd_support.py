@@ -126,10 +126,78 @@ def _release_manager_lock() -> None:
         os.close(fd)  # closing the only fd drops the flock (an inherited one is not ours)
 
 
-class UserManager:
-    """A private ``systemd --user`` with its own HOME and XDG_RUNTIME_DIR."""
+JOURNALD = Path("/lib/systemd/systemd-journald")
+JOURNAL_DIR = Path("/run/systemd/journal")
+
+
+class Journald:
+    """The distro's systemd-journald, started by hand (it runs as root without being PID 1).
+
+    Started only when no journald listens already (then that one is used, and left
+    alone); stopped by its pid. A user manager started after it hands its services'
+    stdout to journald's stream socket, so their lines land in /run/log/journal."""
 
     def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Journald:
+        if journal_listening(JOURNAL_DIR / "socket"):
+            return self
+        self.proc = subprocess.Popen(
+            [str(JOURNALD)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None
+        )
+        wait_for(self._listening, timeout=30)
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"systemd-journald exited with {self.proc.returncode}")
+        return journal_listening(JOURNAL_DIR / "socket") and (JOURNAL_DIR / "stdout").exists()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.proc = None
+
+
+needs_journald = needs(
+    JOURNALD.exists() and os.geteuid() == 0, "needs /lib/systemd/systemd-journald and root"
+)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (children, their children...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (an orphan is reaped by init: a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class UserManager:
+    """A private ``systemd --user`` with its own HOME and XDG_RUNTIME_DIR.
+
+    ``journald``: start a journald first (if none runs), stopped with the manager."""
+
+    def __init__(self, journald: bool = False) -> None:
+        self.journald = Journald() if journald else None
+        self.orphans: list[int] = []  # processes a crashed manager left behind
         self.base = fresh_home("um")
         self.home = self.base / "home"
         self.runtime = self.base / "run"
@@ -161,6 +229,8 @@ class UserManager:
             RUN_SYSTEM.mkdir(parents=True)
             _MADE_RUN_SYSTEM.append(RUN_SYSTEM)
         try:
+            if self.journald is not None:
+                self.journald.start()  # before the manager, which connects its services to it
             self._spawn()
         except BaseException:
             self.stop()
@@ -254,11 +324,42 @@ class UserManager:
         path = self.home / "hecated.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    @property
+    def bus_address(self) -> str:
+        return f"unix:path={self.runtime}/bus"
+
+    def crash(self) -> None:
+        """SIGKILL the manager, as a crash would: what it started (the bus, the units'
+        processes) runs on, orphaned; ``stop`` ends them, by pid."""
+        assert self.proc is not None
+        self.orphans += descendants(self.proc.pid)
+        self.proc.kill()
+        self.proc.wait(15)
+
+    def kill_orphan(self, comm: str) -> None:
+        """SIGKILL what the crashed manager left running under that name (its bus:
+        ``dbus-daemon``), by pid, and wait until it is gone."""
+        for pid in self.orphans:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                    os.kill(pid, signal.SIGKILL)
+                    wait_for(lambda p=pid: _gone(p), timeout=15)
+
+    def respawn(self) -> None:
+        """A new manager in the same HOME and XDG_RUNTIME_DIR, after ``crash``."""
+        self._spawn()
+
     def stop(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self.systemctl("stop", "hecate.socket", "hecate.service", check=False)
             stop_pid(self.proc, timeout=20)
+        for pid in self.orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.orphans.clear()
+        if self.journald is not None:
+            self.journald.stop()
         shutil.rmtree(self.base, ignore_errors=True)
         if self in _RUNNING:
             _RUNNING.remove(self)

@@ -246,6 +246,7 @@ def test_deb_contents_and_metadata(deb: Path) -> None:
     for dep in ("python3-werkzeug", "python3-waitress", "python3-watchdog", "python3-systemd"):
         assert dep in info, info
     assert "python3-tomli-w" in info and "python3-sdnotify" in info
+    assert "python3-jeepney" in info
     files = run(["dpkg-deb", "-c", str(deb)]).stdout
     for path in (
         "./usr/bin/hecated",
@@ -259,7 +260,9 @@ def test_deb_contents_and_metadata(deb: Path) -> None:
     alias = "./usr/lib/systemd/user/hecate-daemon.service -> hecate.service"
     assert re.search(rf"^l.* {re.escape(alias)}$", files, re.M), files
     # no vendored copies of the libraries Debian ships
-    assert not re.search(r"dist-packages/(werkzeug|waitress|watchdog|tomli_w|sdnotify)/", files)
+    assert not re.search(
+        r"dist-packages/(werkzeug|waitress|watchdog|tomli_w|sdnotify|jeepney)/", files
+    )
 
 
 @pytest.mark.slow
@@ -278,7 +281,9 @@ def test_installed_package_uses_debian_python_and_libraries(installed: Path) -> 
                 "/usr/bin/python3",
                 "-c",
                 "import hecated, werkzeug, waitress, watchdog, tomli_w, sdnotify, systemd.daemon;"
-                "print(hecated.__file__, werkzeug.__file__, waitress.__file__, watchdog.__file__)",
+                "import jeepney;"
+                "print(hecated.__file__, werkzeug.__file__, waitress.__file__, watchdog.__file__,"
+                " jeepney.__file__)",
             ],
             env=env,
         ).stdout.split()

@@ -1,0 +1,138 @@
+"""Start, stop and restart a plugin's unit through the current user's systemd manager.
+
+One short D-Bus connection per call: control is rare (a person or an on-demand
+start asks), a connection costs a millisecond, and no connection is left to go
+stale when the manager restarts. Each call checks the unit name first, checks
+that the manager on the bus runs as us, and answers once the job has ended
+(its ``JobRemoved`` signal, bounded by ``job_timeout``) with the unit's state.
+Like the original hecate-daemon, a start or restart first clears a failed state
+(ResetFailedUnit), so a unit that hit its start limit can be started again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from hecated.adapters.units import (
+    JobFailed,
+    JobTimeout,
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitState,
+    check_unit_name,
+)
+
+JOB_TIMEOUT = 30.0  # seconds a control call waits for its job, as the original's systemctl
+
+
+def _bus() -> ModuleType:
+    """The D-Bus half, imported on first use (a cold start never pays for jeepney)."""
+    from hecated.adapters import unitbus
+
+    return unitbus
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job that ended ``done``, and the unit's state just after."""
+
+    unit: str
+    result: str
+    state: UnitState
+
+
+class UserManager:
+    """The current user's systemd manager, reached over the session bus.
+
+    ``address``: a D-Bus address; None means $DBUS_SESSION_BUS_ADDRESS or
+    $XDG_RUNTIME_DIR/bus, read at each call. Every method may raise
+    ``InvalidUnitName`` (before any call), ``SystemdUnavailable``, ``NoSuchUnit``;
+    the control methods also ``JobFailed`` (``JobTimeout`` when the bound passes)."""
+
+    def __init__(self, address: str | None = None, job_timeout: float = JOB_TIMEOUT) -> None:
+        self.address = address
+        self.job_timeout = job_timeout
+
+    def state(self, unit: str) -> UnitState:
+        """The unit's state now (a unit without a unit file has ``exists`` False)."""
+        check_unit_name(unit)
+        with self._connection() as conn:
+            return _bus().read_unit(self._caller(conn, unit), unit)[1]
+
+    def start(self, unit: str, timeout: float | None = None) -> JobOutcome:
+        return self._job("StartUnit", unit, timeout, reset=True)
+
+    def stop(self, unit: str, timeout: float | None = None) -> JobOutcome:
+        return self._job("StopUnit", unit, timeout, reset=False)
+
+    def restart(self, unit: str, timeout: float | None = None) -> JobOutcome:
+        return self._job("RestartUnit", unit, timeout, reset=True)
+
+    # -- the parts -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        bus = _bus()
+        conn = bus.open_blocking(self.address or bus.bus_address())
+        try:
+            bus.check_ours(self._caller(conn, "")(bus.owner_uid()))
+            yield conn
+        except (OSError, EOFError) as exc:  # the bus went away mid-call
+            raise SystemdUnavailable(f"lost the session bus: {exc}") from exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _caller(conn: Any, unit: str) -> Any:
+        bus = _bus()
+
+        def call(msg: Any) -> tuple[Any, ...]:
+            try:
+                reply = conn.send_and_get_reply(msg, timeout=bus.CALL_TIMEOUT)
+            except TimeoutError as exc:
+                raise SystemdUnavailable("the user manager did not answer") from exc
+            return bus.unwrap(reply, unit)
+
+        return call
+
+    def _job(self, method: str, unit: str, timeout: float | None, reset: bool) -> JobOutcome:
+        check_unit_name(unit)
+        bound = self.job_timeout if timeout is None else timeout
+        bus = _bus()
+        with self._connection() as conn:
+            call = self._caller(conn, unit)
+            removed: collections.deque = collections.deque()
+            with conn.filter(bus.job_removed_local(), queue=removed):
+                call(bus.add_match(bus.manager_signals()))
+                if reset:
+                    with contextlib.suppress(NoSuchUnit):  # not loaded: nothing failed
+                        call(bus.manager_call("ResetFailedUnit", "s", unit))
+                (job,) = call(bus.manager_call(method, "ss", unit, "replace"))
+                result = _wait_job(conn, removed, job, bound)
+            state = bus.read_unit(call, unit)[1]
+        if result is None:
+            raise JobTimeout(unit, bound, state)
+        if result != "done":
+            raise JobFailed(unit, result, state)
+        return JobOutcome(unit, result, state)
+
+
+def _wait_job(conn: Any, removed: collections.deque, job: str, bound: float) -> str | None:
+    """The result JobRemoved gives ``job`` (done, failed, canceled, timeout, dependency,
+    skipped...), or None when it has not ended within ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = conn.recv_until_filtered(removed, timeout=left)
+        except TimeoutError:
+            return None
+        _id, path, _unit, result = msg.body
+        if path == job:
+            return result
+    return None

@@ -1,0 +1,491 @@
+"""The unit adapter against a real ``systemd --user``, its session bus and a real journald.
+
+Plugins run as real ``.service`` units of a private user manager
+(systemd_support.UserManager, with dbus-user-session's bus and a journald
+started by hand); the adapter talks to them over D-Bus exactly as hecated
+will. Every wait is on an event (a published state, a journal line, a job's
+end), never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from systemd_support import UserManager, needs_journald, needs_user_manager
+
+from hecated.adapters import journal
+from hecated.adapters.unitcontrol import UserManager as Control
+from hecated.adapters.units import (
+    InvalidUnitName,
+    JobFailed,
+    JobTimeout,
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitState,
+    check_unit_name,
+    default_unit,
+    unit_reason,
+    unit_status,
+)
+from hecated.adapters.unitwatch import UnitWatcher
+
+PLUGIN = Path(__file__).resolve().parent / "plugin_support.py"
+TIMEOUT = 30.0
+
+# -- names and words: pure ------------------------------------------------------------------
+
+GOOD = ["hecate-traderd.service", "foo@bar.service", "a:b_c.d.service", "x" * 247 + ".service"]
+BAD = [
+    "",
+    "hecate-traderd",
+    "hecate.socket",
+    "../x.service",
+    "a/b.service",
+    "/etc/systemd/user/x.service",
+    "foo@.service",
+    "-x.service",
+    ".x.service",
+    "x\\x2d.service",
+    "a@b@c.service",
+    "a b.service",
+    "ünï.service",
+    "x.service\n",
+    ".service",
+    "x" * 248 + ".service",
+]
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_valid_unit_names_pass(name: str) -> None:
+    assert check_unit_name(name) == name
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_invalid_unit_names_are_refused_before_any_call(name: str) -> None:
+    with pytest.raises(InvalidUnitName):
+        check_unit_name(name)
+    # A bus address nobody listens on: had a call been tried, SystemdUnavailable.
+    control = Control(address="unix:path=/nonexistent/bus")
+    for action in (control.state, control.start, control.stop, control.restart):
+        with pytest.raises(InvalidUnitName):
+            action(name)
+    with pytest.raises(InvalidUnitName):
+        UnitWatcher(lambda *_: None, [name])
+    with pytest.raises(InvalidUnitName):
+        journal.last_lines(name)
+
+
+def test_the_default_unit_is_the_plugins_name() -> None:
+    assert default_unit("hecate-traderd") == "hecate-traderd.service"
+    assert default_unit("a/b") is None
+
+
+def failed(restarts: int, restart: str = "on-failure", **kw) -> UnitState:
+    base = {"result": "exit-code", "exit_code": 1, "exit_status": 1}
+    return UnitState(
+        "p.service", "loaded", "failed", "failed", n_restarts=restarts, restart=restart,
+        **{**base, **kw},
+    )  # fmt: skip
+
+
+def test_a_failed_unit_in_words() -> None:
+    assert unit_status(failed(5)) == (
+        "failed",
+        "exited with status 1; restarted 5 times; start limit hit",
+    )
+    assert unit_status(failed(0, restart="no")) == ("failed", "exited with status 1")
+    killed = failed(1, restart="no", result="signal", exit_code=2, exit_status=9)
+    assert unit_reason(killed) == "killed by SIGKILL; restarted once"
+    timeout = failed(0, restart="no", result="timeout", exit_code=0, exit_status=0)
+    assert unit_status(timeout) == ("failed", "timed out")
+
+
+def test_the_start_limit_is_told_from_the_failed_state_a_restart_passes_through() -> None:
+    # systemd 252 keeps Result=exit-code when the limit stops the restarts; the limit
+    # stops them when a restart was due, RestartSec after the exit...
+    stopped = failed(5, since=1000.1, exit_time=1000.0, restart_delay=0.1)
+    assert stopped.start_limit_hit
+    assert unit_reason(stopped) == "exited with status 1; restarted 5 times; start limit hit"
+    # ...whereas every exit passes through failed at once, just before auto-restart.
+    passing = failed(1, since=1000.0002, exit_time=1000.0, restart_delay=0.1)
+    assert not passing.start_limit_hit
+    assert unit_status(passing) == ("failed", "exited with status 1; restarted once")
+    assert failed(0, result="start-limit-hit", exit_code=0).start_limit_hit
+
+
+def test_states_that_decide_a_status_and_those_that_do_not() -> None:
+    def state(active: str, sub: str, load: str = "loaded") -> UnitState:
+        return UnitState("p.service", load, active, sub)
+
+    assert unit_status(state("activating", "start"))[0] == "starting"
+    assert unit_status(state("deactivating", "stop-sigterm"))[0] == "stopping"
+    assert unit_status(state("inactive", "dead"))[0] == "stopped"
+    assert unit_status(state("active", "running")) is None  # the socket probe decides
+    assert unit_status(state("inactive", "dead", load="not-found")) is None
+
+
+def test_no_bus_is_unavailable_and_the_watcher_lives_on() -> None:
+    control = Control(address="unix:path=/nonexistent/bus")
+    with pytest.raises(SystemdUnavailable):
+        control.state("x.service")
+    from hecated.adapters.unitbus import bus_address
+
+    with pytest.raises(SystemdUnavailable):
+        bus_address({})  # neither DBUS_SESSION_BUS_ADDRESS nor XDG_RUNTIME_DIR
+    assert bus_address({"XDG_RUNTIME_DIR": "/run/user/7"}) == "unix:path=/run/user/7/bus"
+    seen: list = []
+    watcher = UnitWatcher(lambda *a: seen.append(a), ["x.service"], address="unix:path=/no/bus")
+    watcher.start()
+    watcher.watch(["y.service"])
+    watcher.close()
+    assert not watcher._thread.is_alive()
+    assert seen == []
+
+
+# -- against a real user manager ------------------------------------------------------------
+
+
+class Published:
+    """The watcher's callback: every (unit, state) it publishes, waited on by condition."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, UnitState | None]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, unit: str, state: UnitState | None) -> None:
+        with self.cond:
+            self.events.append((unit, state))
+            self.cond.notify_all()
+
+    def mark(self) -> int:
+        with self.cond:
+            return len(self.events)
+
+    def wait(
+        self, unit: str, test: Callable[[UnitState | None], bool], since: int = 0
+    ) -> UnitState | None:
+        """The first state of ``unit`` published from event ``since`` on that passes ``test``."""
+        seen = since
+        with self.cond:
+            while True:
+                for name, state in self.events[seen:]:
+                    if name == unit and test(state):
+                        return state
+                seen = len(self.events)
+                if not self.cond.wait(TIMEOUT):
+                    raise AssertionError(f"no such state of {unit}; got {self.events}")
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[UserManager]:
+    um = UserManager(journald=True).start()
+    # "running" comes before the manager has joined the bus its dbus.socket started.
+    wait_for(lambda: on_bus(Control(address=um.bus_address)), timeout=60)
+    yield um
+    um.stop()
+
+
+def on_bus(control: Control) -> bool:
+    try:
+        return control.state("dbus.service").active_state == "active"
+    except SystemdUnavailable:
+        return False
+
+
+@pytest.fixture
+def um(manager: UserManager) -> Iterator[UserManager]:
+    made: list[str] = []
+    manager.made = made  # type: ignore[attr-defined]
+    yield manager
+    if made and manager.proc is not None and manager.proc.poll() is None:
+        manager.systemctl("stop", *made, check=False)
+        manager.systemctl("reset-failed", *made, check=False)
+    for unit in made:
+        (manager.unit_dir / unit).unlink(missing_ok=True)
+    if manager.proc is not None and manager.proc.poll() is None:
+        manager.systemctl("daemon-reload", check=False)
+
+
+def add_unit(um: UserManager, name: str, service: str) -> str:
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    (um.unit_dir / name).write_text(f"[Unit]\nDescription=test {name}\n\n[Service]\n{service}")
+    um.made.append(name)  # type: ignore[attr-defined]
+    um.systemctl("daemon-reload")
+    return name
+
+
+def plugin_unit(um: UserManager, name: str, extra: str = "") -> str:
+    namespace = um.home / ".hecate" / name.removesuffix(".service")
+    return add_unit(um, name, f"ExecStart={sys.executable} {PLUGIN} {namespace}\n{extra}")
+
+
+@pytest.fixture
+def control(um: UserManager) -> Control:
+    return Control(address=um.bus_address)
+
+
+@pytest.fixture
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+def watcher(um: UserManager, published: Published) -> Iterator[UnitWatcher]:
+    w = UnitWatcher(published, address=um.bus_address).start()
+    yield w
+    w.close()
+
+
+def active(state: UnitState | None) -> bool:
+    return state is not None and state.active_state == "active"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_start_then_stop(um, control: Control, watcher: UnitWatcher, published) -> None:
+    unit = plugin_unit(um, "hecate-startd.service")
+    watcher.watch([unit])  # a set changed after the start: the watcher reads the new unit
+    assert published.wait(unit, lambda s: s is not None and s.active_state == "inactive")
+    outcome = control.start(unit)
+    assert outcome.result == "done"
+    assert outcome.state.active_state == "active" and outcome.state.main_pid > 0
+    assert published.wait(unit, active).main_pid == outcome.state.main_pid
+    mark = published.mark()
+    outcome = control.stop(unit)
+    assert outcome.state.active_state == "inactive"
+    stopped = published.wait(unit, lambda s: s is not None and s.active_state == "inactive", mark)
+    assert unit_status(stopped)[0] == "stopped"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_plugin_exiting_1_fails_with_its_story(um, control, watcher, published) -> None:
+    unit = add_unit(
+        um,
+        "hecate-faild.service",
+        "ExecStart=/bin/sh -c 'echo failing; exit 1'\nRestart=on-failure\nRestartSec=50ms\n",
+    )
+    watcher.watch([unit])
+    mark = published.mark()
+    control.start(unit)
+    # A unit passes through failed each time its process exits (then auto-restart):
+    # the failed state that stays is the one the start limit leaves.
+    state = published.wait(unit, lambda s: s is not None and s.start_limit_hit, mark)
+    assert state.n_restarts == 5  # systemd's default StartLimitBurst
+    assert unit_status(state) == (
+        "failed",
+        "exited with status 1; restarted 5 times; start limit hit",
+    )
+    assert control.state(unit) == state
+    # A start clears the failed state first, as the original does: the unit runs again.
+    mark = published.mark()
+    control.start(unit)
+    assert published.wait(unit, lambda s: s is not None and s.active_state != "failed", mark)
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_start_job_that_fails_says_so(um, control: Control) -> None:
+    unit = add_unit(um, "hecate-onced.service", "Type=oneshot\nExecStart=/bin/false\n")
+    with pytest.raises(JobFailed) as caught:
+        control.start(unit)
+    assert caught.value.result == "failed"
+    assert caught.value.state.active_state == "failed"
+    assert unit_status(caught.value.state) == ("failed", "exited with status 1")
+    assert "exited with status 1" in str(caught.value)
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_kill_9_restarts_and_counts(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-killd.service", "Restart=on-failure\nRestartSec=50ms\n")
+    watcher.watch([unit])
+    first = control.start(unit).state
+    assert published.wait(unit, active)
+    mark = published.mark()
+    os.kill(first.main_pid, signal.SIGKILL)
+    again = published.wait(
+        unit, lambda s: active(s) and s.main_pid not in (0, first.main_pid), mark
+    )
+    assert again.n_restarts == first.n_restarts + 1
+    assert unit_status(again) is None  # active: running is the socket probe's to say
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_journal_lines_and_follow(um, control: Control) -> None:
+    unit = add_unit(
+        um, "hecate-logd.service", "ExecStart=/bin/sh -c 'echo line-$$$$; exec sleep infinity'\n"
+    )
+    lines: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def follow() -> None:
+        for line in journal.follow(unit, stop):
+            lines.put(line)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        pid = control.start(unit).state.main_pid
+        seen = lines.get(timeout=TIMEOUT)
+        assert seen.message == f"line-{pid}" and seen.pid == pid
+        control.restart(unit)  # a second run: a new line, through the same follow
+        again = lines.get(timeout=TIMEOUT)
+        assert again.message.startswith("line-") and again.message != seen.message
+    finally:
+        stop.set()
+        follower.join(TIMEOUT)
+    assert not follower.is_alive()
+    last = journal.last_lines(unit, 10)
+    assert [x.message for x in last[-2:]] == [seen.message, again.message]
+    assert [x.message for x in journal.last_lines(unit, 1)] == [again.message]
+    assert journal.last_lines(unit, 10, uid=os.getuid() + 4242) == []  # another user's: none
+    # A follow with a backlog: the last lines first, then the next new one, once each.
+    stop.clear()
+    tail = journal.follow(unit, stop, backlog=2)
+    bound = threading.Timer(TIMEOUT, stop.set)  # a line that never comes: StopIteration
+    bound.start()
+    try:
+        assert [next(tail).message, next(tail).message] == [seen.message, again.message]
+        third = control.restart(unit).state.main_pid
+        assert next(tail).message == f"line-{third}"
+    finally:
+        bound.cancel()
+        tail.close()
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_the_watcher_outlives_a_manager_crash(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-crashd.service")
+    watcher.watch([unit])
+    control.start(unit)
+    assert published.wait(unit, active)
+    mark = published.mark()
+    um.crash()
+    assert published.wait(unit, lambda s: s is None, mark) is None  # status: the probes
+    with pytest.raises(SystemdUnavailable):
+        control.state(unit)  # the bus answers, no manager on it: a 503, not a hang
+    # The bus the crashed manager started runs on, orphaned; a new manager starts its own.
+    um.kill_orphan("dbus-daemon")
+    mark = published.mark()
+    um.respawn()
+    # The new manager never started the unit: the watcher reads it again, by itself.
+    assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
+    mark = published.mark()
+    control.start(unit)
+    assert published.wait(unit, active, mark)
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_the_watcher_outlives_its_bus(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-busd.service")
+    watcher.watch([unit])
+    assert published.wait(unit, lambda s: s is not None)
+    mark = published.mark()
+    os.kill(int(um.prop("dbus.service", "MainPID")), signal.SIGKILL)
+    assert published.wait(unit, lambda s: s is None, mark) is None
+    # Reconnecting activates the bus again (dbus.socket); the manager joins it; states come.
+    mark = published.mark()
+    assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
+    mark = published.mark()
+    control.start(unit)
+    assert published.wait(unit, active, mark)
+
+
+def test_importing_the_adapter_loads_no_dbus_library() -> None:
+    """A cold start pays for no D-Bus library: jeepney comes with the first unit call."""
+    code = (
+        "import sys; import hecated.daemon, hecated.adapters.unitwatch, "
+        "hecated.adapters.unitcontrol, hecated.adapters.journal; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jeepney', 'systemd')"
+        " or m == 'hecated.adapters.unitbus'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_job_that_does_not_end_in_time_is_a_timeout(um, control: Control) -> None:
+    unit = add_unit(um, "hecate-slowd.service", "Type=oneshot\nExecStart=/bin/sleep infinity\n")
+    with pytest.raises(JobTimeout) as caught:
+        control.start(unit, timeout=0.2)
+    assert caught.value.state.active_state == "activating"  # the job goes on in the manager
+    assert control.stop(unit).state.active_state in ("inactive", "failed")  # SIGTERM: failed
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_daemon_reload_is_read_once_it_is_over(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-reloadd.service")
+    watcher.watch([unit])
+    control.start(unit)
+    assert published.wait(unit, active)
+    mark = published.mark()
+    plugin_unit(um, unit, "Restart=always\n")  # a changed unit file, then daemon-reload
+    changed = published.wait(unit, lambda s: s is not None and s.restart == "always", mark)
+    assert active(changed)
+    # The reload takes the unit apart and builds it again (UnitRemoved, UnitNew...):
+    # none of that is published as a state of a unit that never stopped.
+    between = [s for u, s in published.events[mark:] if u == unit]
+    assert all(active(s) for s in between), between
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_the_watcher_follows_on_after_a_daemon_reexec(um, control, watcher, published) -> None:
+    unit = plugin_unit(um, "hecate-reexecd.service")
+    watcher.watch([unit])
+    control.start(unit)
+    assert published.wait(unit, active)
+    um.systemctl("daemon-reexec")  # a package upgrade does this to every user manager
+    mark = published.mark()
+    control.stop(unit)
+    stopped = published.wait(unit, lambda s: s is not None and s.active_state == "inactive", mark)
+    assert unit_status(stopped)[0] == "stopped"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_unit_without_a_file_is_followed_until_it_has_one(um, control, watcher, published):
+    unit = "hecate-laterd.service"
+    um.made.append(unit)
+    watcher.watch([unit])
+    missing = published.wait(unit, lambda s: s is not None)
+    assert missing.load_state == "not-found" and not missing.exists
+    assert unit_status(missing) is None  # no unit: the probes say what the plugin is
+    with pytest.raises(NoSuchUnit):
+        control.start(unit)
+    # The file appears; a start loads it (no daemon-reload): UnitNew, and it is followed.
+    namespace = um.home / ".hecate" / "hecate-laterd"
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    service = f"[Service]\nExecStart={sys.executable} {PLUGIN} {namespace}\n"
+    (um.unit_dir / unit).write_text(service)
+    control.start(unit)
+    assert published.wait(unit, active)
+    # Reading a missing unit never set the manager loading and unloading it in a loop.
+    states = [s.load_state for u, s in published.events if u == unit and s is not None]
+    assert states.count("not-found") == 1 and "not-loaded" not in states, states
