@@ -378,8 +378,10 @@ def test_the_watcher_outlives_a_manager_crash(um, control, watcher, published) -
     control.start(unit)
     assert published.wait(unit, active)
     mark = published.mark()
+    assert watcher.connected
     um.crash()
     assert published.wait(unit, lambda s: s is None, mark) is None  # status: the probes
+    assert not watcher.connected
     with pytest.raises(SystemdUnavailable):
         control.state(unit)  # the bus answers, no manager on it: a 503, not a hang
     # The bus the crashed manager started runs on, orphaned; a new manager starts its own.

@@ -96,6 +96,7 @@ class UnitWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conn: Any = None
+        self._following = False  # a session is established: states come from signals
         self._thread = threading.Thread(target=self._run, name="unit-watcher", daemon=True)
 
     def start(self) -> UnitWatcher:
@@ -113,6 +114,12 @@ class UnitWatcher:
     def wanted(self) -> frozenset[str]:
         with self._lock:
             return self._wanted
+
+    @property
+    def connected(self) -> bool:
+        """Whether the watcher follows the manager now (for /health: states are live)."""
+        with self._lock:
+            return self._following
 
     def states(self) -> dict[str, UnitState | None]:
         """The last state published for each watched unit (None: the manager is away)."""
@@ -199,6 +206,7 @@ class _Session:
     def close(self) -> None:
         with self.watcher._lock:
             self.watcher._conn = None
+            self.watcher._following = False
         self.bus.close_interruptible(self.conn)
 
     def serve(self) -> None:
@@ -210,6 +218,8 @@ class _Session:
         self.call(bus.add_match(bus.manager_signals("Reloading")))
         self.call(bus.manager_call("Subscribe"))
         self.established = True
+        with self.watcher._lock:
+            self.watcher._following = True
         log.info("unit watcher: following the user manager's signals")
         self.sync()
         while True:
