@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from hypothesis import given
+from hypothesis import strategies as st
 from systemd_support import UserManager, needs_journald, needs_user_manager
 
 from hecated.adapters import journal
@@ -59,6 +61,10 @@ BAD = [
     "a b.service",
     "ünï.service",
     "x.service\n",
+    "x\n.service",
+    "\ud800.service",
+    "x.service\x00",
+    "x..service.service\n",
     ".service",
     "x" * 248 + ".service",
 ]
@@ -82,6 +88,17 @@ def test_invalid_unit_names_are_refused_before_any_call(name: str) -> None:
         UnitWatcher(lambda *_: None, [name])
     with pytest.raises(InvalidUnitName):
         journal.last_lines(name)
+
+
+@given(st.text() | st.from_regex(r"[A-Za-z0-9_:.@\\/-]{0,12}\.service", fullmatch=True))
+def test_any_text_is_a_safe_unit_name_or_refused(text: str) -> None:
+    try:
+        name = check_unit_name(text)
+    except InvalidUnitName:
+        return
+    assert name.isascii() and len(name) <= 255 and name.endswith(".service")
+    assert "/" not in name and "\\" not in name and name[0] not in "-."
+    assert name.count("@") <= 1 and not name.endswith("@.service")
 
 
 def test_the_default_unit_is_the_plugins_name() -> None:

@@ -22,7 +22,7 @@ SUFFIX = ".service"
 # systemd's own alphabet (unit-name.c, VALID_CHARS) minus the backslash of its escapes:
 # a plugin's unit is named by a person or by the convention, never by systemd-escape.
 _PART = r"[A-Za-z0-9_:][A-Za-z0-9_:.-]*"
-_UNIT_RE = re.compile(rf"^{_PART}(@{_PART})?\.service$")
+_UNIT_RE = re.compile(rf"{_PART}(@{_PART})?\.service")  # fullmatch: no "$" before a "\n"
 
 
 class UnitError(Exception):
@@ -72,7 +72,9 @@ def check_unit_name(unit: str) -> str:
     and a plugin.toml or a request body is where it comes from."""
     if not isinstance(unit, str) or not unit:
         raise InvalidUnitName("a unit name is a non-empty string")
-    if len(unit.encode()) > UNIT_NAME_MAX:
+    if not unit.isascii():  # (a lone surrogate from JSON would not even encode)
+        raise InvalidUnitName("a unit name is ASCII")
+    if len(unit) > UNIT_NAME_MAX:
         raise InvalidUnitName(f"a unit name has at most {UNIT_NAME_MAX} bytes")
     if not unit.endswith(SUFFIX):
         raise InvalidUnitName(f"only {SUFFIX} units run plugins: {unit!r}")
@@ -80,7 +82,7 @@ def check_unit_name(unit: str) -> str:
         raise InvalidUnitName(f"a unit name, not a path or an escape: {unit!r}")
     if unit.endswith("@" + SUFFIX):
         raise InvalidUnitName(f"a template needs an instance: {unit!r}")
-    if not _UNIT_RE.match(unit):
+    if not _UNIT_RE.fullmatch(unit):
         raise InvalidUnitName(
             f"not a unit name (letters, digits, ':', '_', '.', '-', one '@'): {unit!r}"
         )
