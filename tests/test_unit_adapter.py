@@ -32,6 +32,7 @@ from hecated.adapters.units import (
     JobTimeout,
     NoSuchUnit,
     SystemdUnavailable,
+    UnitError,
     UnitState,
     check_unit_name,
     default_unit,
@@ -42,6 +43,7 @@ from hecated.adapters.unitwatch import UnitWatcher
 
 PLUGIN = Path(__file__).resolve().parent / "plugin_support.py"
 TIMEOUT = 30.0
+MASKED = "the unit is masked: it cannot start until unmasked"
 
 # -- names and words: pure ------------------------------------------------------------------
 
@@ -508,3 +510,25 @@ def test_a_unit_without_a_file_is_followed_until_it_has_one(um, control, watcher
     # Reading a missing unit never set the manager loading and unloading it in a loop.
     states = [s.load_state for u, s in published.events if u == unit and s is not None]
     assert states.count("not-found") == 1 and "not-loaded" not in states, states
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_masked_unit_is_followed_and_refused(um, control, watcher, published) -> None:
+    unit = "hecate-maskd.service"
+    um.made.append(unit)
+    um.systemctl("mask", unit)  # ~/.config/systemd/user/hecate-maskd.service -> /dev/null
+    um.systemctl("daemon-reload")
+    try:
+        watcher.watch([unit])
+        masked = published.wait(unit, lambda s: s is not None)
+        assert masked.load_state == "masked"
+        assert unit_status(masked) == ("stopped", MASKED)
+        with pytest.raises(UnitError, match="masked"):
+            control.start(unit)
+        # The manager refuses a reference on it: read all the same, and once.
+        states = [s.load_state for u, s in published.events if u == unit and s is not None]
+        assert states == ["masked"], states
+    finally:
+        um.systemctl("unmask", unit)

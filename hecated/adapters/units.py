@@ -227,6 +227,8 @@ def unit_status(state: UnitState) -> tuple[str, str] | None:
     other way, or not at all, and the probes say which."""
     if not state.exists:
         return None
+    if state.load_state == "masked" and state.active_state == "inactive":
+        return "stopped", "the unit is masked: it cannot start until unmasked"
     active = state.active_state
     if active == "failed":
         return "failed", unit_reason(state) or "the unit failed"

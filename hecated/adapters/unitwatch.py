@@ -284,9 +284,9 @@ class _Session:
                     self.load(unit)
         elif self.reloading:
             return
-        elif member == "UnitNew" and body[0] in wanted and not self.loaded(body[0]):
+        elif member == "UnitNew" and body[0] in wanted and body[0] not in self.refd:
             self.probe(body[0])
-        elif member == "UnitRemoved" and self.loaded(body[0]):
+        elif member == "UnitRemoved" and body[0] in self.refd:
             self.unloaded(body[0])
 
     # -- states --------------------------------------------------------------------------
@@ -326,17 +326,23 @@ class _Session:
         self.watcher.emit(unit, bus.state_from(unit, unit_props, service_props))
 
     def probe(self, unit: str) -> None:
-        """UnitNew of a unit we hold without a unit file: read it if it has one now.
-        Only GetUnit and the object's own properties, which load nothing: a read that
-        loads a missing unit makes the manager say UnitNew again, and so on."""
+        """UnitNew of a unit we hold no reference on (no unit file, masked): follow it
+        if it has a unit file now, else say what it is. Only GetUnit and the object's
+        own properties, which load nothing: a read that loads a unit the manager then
+        unloads makes it say UnitNew again, and so on. UnitRemoved of such a unit is
+        that unload, and says nothing."""
         bus = self.bus
         try:
             (path,) = self.call(bus.manager_call("GetUnit", "s", unit), unit)
             (unit_props,) = self.call(bus.get_all(path, bus.UNIT_IFACE), unit)
         except NoSuchUnit:  # gone again already
             return
-        if bus.plain(unit_props).get("LoadState") != "not-found":
+        unit_props = bus.plain(unit_props)
+        if unit_props.get("LoadState") == "loaded":
             self.load(unit)
+        else:
+            self.props[unit] = (unit_props, {})
+            self.watcher.emit(unit, bus.state_from(unit, unit_props, {}))
 
     def read(self, unit: str, path: str) -> tuple[dict, dict]:
         """The unit's Unit and Service properties as of one moment.
@@ -372,11 +378,6 @@ class _Session:
             with contextlib.suppress(NoSuchUnit):
                 self.call(bus.manager_call("UnrefUnit", "s", unit), unit)
         self.props.pop(unit, None)
-
-    def loaded(self, unit: str) -> bool:
-        """Whether we hold the state of the unit, loaded from a unit file."""
-        props = self.props.get(unit)
-        return props is not None and props[0].get("LoadState") not in ("not-found", None)
 
     def unloaded(self, unit: str) -> None:
         """The manager let the unit go (our reference with it): it is not running. The
