@@ -72,9 +72,7 @@ def check_unit_name(unit: str) -> str:
     and a plugin.toml or a request body is where it comes from."""
     if not isinstance(unit, str) or not unit:
         raise InvalidUnitName("a unit name is a non-empty string")
-    if not unit.isascii():  # (a lone surrogate from JSON would not even encode)
-        raise InvalidUnitName("a unit name is ASCII")
-    if len(unit) > UNIT_NAME_MAX:
+    if len(unit) > UNIT_NAME_MAX:  # characters: the pattern below lets ASCII only through
         raise InvalidUnitName(f"a unit name has at most {UNIT_NAME_MAX} bytes")
     if not unit.endswith(SUFFIX):
         raise InvalidUnitName(f"only {SUFFIX} units run plugins: {unit!r}")
