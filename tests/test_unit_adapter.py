@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from hypothesis import given
+from hypothesis import strategies as st
 from systemd_support import UserManager, needs_journald, needs_user_manager
 
 from hecated.adapters import journal
@@ -30,6 +32,7 @@ from hecated.adapters.units import (
     JobTimeout,
     NoSuchUnit,
     SystemdUnavailable,
+    UnitError,
     UnitState,
     check_unit_name,
     default_unit,
@@ -40,6 +43,7 @@ from hecated.adapters.unitwatch import UnitWatcher
 
 PLUGIN = Path(__file__).resolve().parent / "plugin_support.py"
 TIMEOUT = 30.0
+MASKED = "the unit is masked: it cannot start until unmasked"
 
 # -- names and words: pure ------------------------------------------------------------------
 
@@ -59,6 +63,10 @@ BAD = [
     "a b.service",
     "ünï.service",
     "x.service\n",
+    "x\n.service",
+    "\ud800.service",
+    "x.service\x00",
+    "x..service.service\n",
     ".service",
     "x" * 248 + ".service",
 ]
@@ -82,6 +90,17 @@ def test_invalid_unit_names_are_refused_before_any_call(name: str) -> None:
         UnitWatcher(lambda *_: None, [name])
     with pytest.raises(InvalidUnitName):
         journal.last_lines(name)
+
+
+@given(st.text() | st.from_regex(r"[A-Za-z0-9_:.@\\/-]{0,12}\.service", fullmatch=True))
+def test_any_text_is_a_safe_unit_name_or_refused(text: str) -> None:
+    try:
+        name = check_unit_name(text)
+    except InvalidUnitName:
+        return
+    assert name.isascii() and len(name) <= 255 and name.endswith(".service")
+    assert "/" not in name and "\\" not in name and name[0] not in "-."
+    assert name.count("@") <= 1 and not name.endswith("@.service")
 
 
 def test_the_default_unit_is_the_plugins_name() -> None:
@@ -378,8 +397,10 @@ def test_the_watcher_outlives_a_manager_crash(um, control, watcher, published) -
     control.start(unit)
     assert published.wait(unit, active)
     mark = published.mark()
+    assert watcher.connected
     um.crash()
     assert published.wait(unit, lambda s: s is None, mark) is None  # status: the probes
+    assert not watcher.connected
     with pytest.raises(SystemdUnavailable):
         control.state(unit)  # the bus answers, no manager on it: a 503, not a hang
     # The bus the crashed manager started runs on, orphaned; a new manager starts its own.
@@ -489,3 +510,25 @@ def test_a_unit_without_a_file_is_followed_until_it_has_one(um, control, watcher
     # Reading a missing unit never set the manager loading and unloading it in a loop.
     states = [s.load_state for u, s in published.events if u == unit and s is not None]
     assert states.count("not-found") == 1 and "not-loaded" not in states, states
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_masked_unit_is_followed_and_refused(um, control, watcher, published) -> None:
+    unit = "hecate-maskd.service"
+    um.made.append(unit)
+    um.systemctl("mask", unit)  # ~/.config/systemd/user/hecate-maskd.service -> /dev/null
+    um.systemctl("daemon-reload")
+    try:
+        watcher.watch([unit])
+        masked = published.wait(unit, lambda s: s is not None)
+        assert masked.load_state == "masked"
+        assert unit_status(masked) == ("stopped", MASKED)
+        with pytest.raises(UnitError, match="masked"):
+            control.start(unit)
+        # The manager refuses a reference on it: read all the same, and once.
+        states = [s.load_state for u, s in published.events if u == unit and s is not None]
+        assert states == ["masked"], states
+    finally:
+        um.systemctl("unmask", unit)

@@ -109,7 +109,7 @@ class UserManager:
             call = self._caller(conn, unit)
             removed: collections.deque = collections.deque()
             with conn.filter(bus.job_removed_local(), queue=removed):
-                call(bus.add_match(bus.manager_signals()))
+                call(bus.add_match(bus.manager_signals("JobRemoved")))
                 if reset:
                     with contextlib.suppress(NoSuchUnit):  # not loaded: nothing failed
                         call(bus.manager_call("ResetFailedUnit", "s", unit))

@@ -22,7 +22,7 @@ SUFFIX = ".service"
 # systemd's own alphabet (unit-name.c, VALID_CHARS) minus the backslash of its escapes:
 # a plugin's unit is named by a person or by the convention, never by systemd-escape.
 _PART = r"[A-Za-z0-9_:][A-Za-z0-9_:.-]*"
-_UNIT_RE = re.compile(rf"^{_PART}(@{_PART})?\.service$")
+_UNIT_RE = re.compile(rf"{_PART}(@{_PART})?\.service")  # fullmatch: no "$" before a "\n"
 
 
 class UnitError(Exception):
@@ -72,7 +72,7 @@ def check_unit_name(unit: str) -> str:
     and a plugin.toml or a request body is where it comes from."""
     if not isinstance(unit, str) or not unit:
         raise InvalidUnitName("a unit name is a non-empty string")
-    if len(unit.encode()) > UNIT_NAME_MAX:
+    if len(unit) > UNIT_NAME_MAX:  # characters: the pattern below lets ASCII only through
         raise InvalidUnitName(f"a unit name has at most {UNIT_NAME_MAX} bytes")
     if not unit.endswith(SUFFIX):
         raise InvalidUnitName(f"only {SUFFIX} units run plugins: {unit!r}")
@@ -80,7 +80,7 @@ def check_unit_name(unit: str) -> str:
         raise InvalidUnitName(f"a unit name, not a path or an escape: {unit!r}")
     if unit.endswith("@" + SUFFIX):
         raise InvalidUnitName(f"a template needs an instance: {unit!r}")
-    if not _UNIT_RE.match(unit):
+    if not _UNIT_RE.fullmatch(unit):
         raise InvalidUnitName(
             f"not a unit name (letters, digits, ':', '_', '.', '-', one '@'): {unit!r}"
         )
@@ -225,6 +225,8 @@ def unit_status(state: UnitState) -> tuple[str, str] | None:
     other way, or not at all, and the probes say which."""
     if not state.exists:
         return None
+    if state.load_state == "masked" and state.active_state == "inactive":
+        return "stopped", "the unit is masked: it cannot start until unmasked"
     active = state.active_state
     if active == "failed":
         return "failed", unit_reason(state) or "the unit failed"
