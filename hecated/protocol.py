@@ -231,12 +231,16 @@ class PluginStatus(StrEnum):
     UNHEALTHY = "unhealthy"  # something accepts on its socket, but not a 2xx /health
     STOPPED = "stopped"
     INVALID = "invalid"  # its plugin.toml is not a valid entry
+    FAILED = "failed"  # its systemd unit failed (the reason says how, in words)
+    STOPPING = "stopping"  # its systemd unit is deactivating
 
 
 # A plugin's word in the health answer's ``plugins`` object (else a short reason).
 PLUGIN_OK = "ok"  # running
 PLUGIN_DEGRADED = "degraded"  # alive but not answering as it should
 PLUGIN_STOPPED = "stopped"
+PLUGIN_STOPPING = "stopping"  # its unit is deactivating
+PLUGIN_FAILED = "failed"  # its unit failed: "failed: " and the reason in words
 PLUGIN_REASON_MAX = 120  # characters of a reason (an invalid plugin.toml's message)
 
 # -- peers -----------------------------------------------------------------------------------

@@ -118,6 +118,7 @@ NOT_ANSWERED = {
     "tag": None,
     "ui": False,
     "problems": [],
+    "unit": None,  # no user manager here: no word of a unit
 }
 
 

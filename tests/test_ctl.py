@@ -115,11 +115,20 @@ def test_list(daemon: Daemon) -> None:
     result = ctl(daemon.home, "list")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET"]
+    assert lines[0].split() == [
+        "NAME",
+        "VERSION",
+        "STATUS",
+        "UNIT",
+        "REGISTERED",
+        "APP",
+        "SOCKET",
+    ]
     assert lines[1].split() == [
         "hecate-b",
         "2.0",
         "stopped",
+        "-",  # no user manager: no word of a unit
         "yes",
         "-",  # no manifest until the plugin answers on its socket
         str(daemon.root / "hecate-b/sockets/api.sock"),
@@ -140,6 +149,7 @@ def test_list(daemon: Daemon) -> None:
         "tag": None,
         "ui": False,
         "problems": [],
+        "unit": None,
     }
     assert ctl(daemon.home, "list", "-q").out == "hecate-b\nhecate-traderd\n"
 
