@@ -15,7 +15,8 @@ registered in hecated and wanted by one target; each run starts the target at on
   through the change feed's long poll, ``GET /api/plugins?since=SEQ&wait=S``);
 - **list latency**: ``GET /api/plugins`` (a new connection each, one after another) while
   the storm lasts, beside the same request while everything is idle: p99 during the storm
-  against the idle p50.
+  against the idle p50; beside it, a control hecated with an empty tree, asked in turn
+  with the same load, shows what the machine's load alone does to the same request.
 
 Goals (issue 20): listed <= sockets + 1 s; storm p99 <= 10x idle p50. Between runs the
 units are stopped and the list waited on until every plugin is ``stopped`` again.
@@ -27,8 +28,10 @@ units are stopped and the list waited on until every plugin is ``stopped`` again
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -42,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from conftest import HECATED, Daemon, http_request  # noqa: E402
-from systemd_support import UserManager  # noqa: E402
+from systemd_support import UserManager, fresh_home  # noqa: E402
 
 from hecated.adapters.unitcontrol import UserManager as Control  # noqa: E402
 from hecated.adapters.units import SystemdUnavailable  # noqa: E402
@@ -101,7 +104,10 @@ class Feed:
                 self.rows = {p["name"]: p for p in body}
                 self.cond.notify_all()
             seq = headers["X-Hecate-Seq"]
-            _, headers, body = self.d.request("GET", f"/api/plugins?since={seq}&wait=5")
+            try:
+                _, headers, body = self.d.request("GET", f"/api/plugins?since={seq}&wait=5")
+            except (OSError, http.client.HTTPException):  # the daemon stopped at the end
+                return
 
     def wait(self, names: list[str], test, timeout: float = TIMEOUT) -> float:
         """The monotonic time at which every name first passed ``test``."""
@@ -114,26 +120,30 @@ class Feed:
             return time.monotonic()
 
 
-def list_latency(sock: Path, n: int) -> list[float]:
-    samples = []
+def idle_p50(socks: list[Path], n: int) -> list[float]:
+    """The idle p50 of ``GET /api/plugins`` on each socket, asked in turn."""
+    samples: list[list[float]] = [[] for _ in socks]
     for _ in range(n):
-        t0 = time.perf_counter()
-        status, _, _ = http_request(sock, "GET", "/api/plugins")
-        samples.append(time.perf_counter() - t0)
-        assert status == 200
-    return samples
+        for sock, mine in zip(socks, samples, strict=True):
+            t0 = time.perf_counter()
+            status, _, _ = http_request(sock, "GET", "/api/plugins")
+            mine.append(time.perf_counter() - t0)
+            assert status == 200
+    return [statistics.median(mine) for mine in samples]
 
 
-def storm_run(um: UserManager, d: Daemon, feed: Feed, names: list[str]) -> dict:
+def storm_run(um: UserManager, d: Daemon, control: Daemon, feed: Feed, names: list[str]) -> dict:
     sockets = {n: um.home / ".hecate" / n / "sockets" / "api.sock" for n in names}
     during: list[float] = []
+    beside: list[float] = []  # the control hecated's, asked in turn with the same load
     done = threading.Event()
 
     def hammer() -> None:
         while not done.is_set():
-            t0 = time.perf_counter()
-            http_request(d.socket, "GET", "/api/plugins")
-            during.append(time.perf_counter() - t0)
+            for sock, samples in ((d.socket, during), (control.socket, beside)):
+                t0 = time.perf_counter()
+                http_request(sock, "GET", "/api/plugins")
+                samples.append(time.perf_counter() - t0)
 
     listed_at: list[float] = []
     t0 = time.monotonic()
@@ -161,6 +171,7 @@ def storm_run(um: UserManager, d: Daemon, feed: Feed, names: list[str]) -> dict:
         "listed": listed_at[0] - t0,
         "storm_p99": percentile(during, 99),
         "storm_n": len(during),
+        "control_p99": percentile(beside, 99),
     }
 
 
@@ -210,9 +221,10 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{mid:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
 
 
-def section(runs: list[dict], idle_p50: list[float], n: int, loads: tuple[str, str]) -> str:
+def section(runs: list[dict], n: int, loads: tuple[str, str]) -> str:
     lag = [r["listed"] - r["sockets"] for r in runs]
-    ratio = [r["storm_p99"] / p for r, p in zip(runs, idle_p50, strict=True)]
+    ratio = [r["storm_p99"] / r["idle_p50"] for r in runs]
+    control = [r["control_p99"] / r["control_p50"] for r in runs]
     lag_ok = "✅" if statistics.median(lag) <= 1.0 else "❌"
     ratio_ok = "✅" if statistics.median(ratio) <= 10 else "❌"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -238,11 +250,19 @@ def section(runs: list[dict], idle_p50: list[float], n: int, loads: tuple[str, s
             f"| all {n} sockets answer | {spread([r['sockets'] for r in runs])} s | |",
             f"| hecated lists all {n} `running` | {spread([r['listed'] for r in runs])} s | |",
             f"| listed minus sockets | {spread(lag, digits=3)} s | ≤ +1 s {lag_ok} |",
-            f"| `GET /api/plugins` p50, idle | {spread(idle_p50, 1000, 3)} ms | |",
+            f"| `GET /api/plugins` p50, idle | {spread([r['idle_p50'] for r in runs], 1000, 3)}"
+            " ms | |",
             f"| `GET /api/plugins` p99, during the storm | "
             f"{spread([r['storm_p99'] for r in runs], 1000, 3)} ms "
             f"(n = {min(r['storm_n'] for r in runs)} to {max(r['storm_n'] for r in runs)}) | |",
             f"| storm p99 / idle p50 | {spread(ratio, digits=1)}x | ≤ 10x {ratio_ok} |",
+            f"| control hecated (empty, follows nothing), p99 during the storm / its idle "
+            f"p50 | {spread(control, digits=1)}x | |",
+            "",
+            "The control is a second hecated with an empty tree, asked in turn with the "
+            "first during the same storms and the same idle rounds: what the machine's "
+            "load alone (50 Python processes starting on 2 CPUs, the bench's own loops) "
+            "does to a list request, beside what following the storm adds.",
             "",
         ]
     )
@@ -273,7 +293,7 @@ def main() -> int:
     args = parser.parse_args()
     names = [f"storm-p{i:03d}" for i in range(args.plugins)]
     um = UserManager(journald=False).start()
-    d = None
+    d = control = None
     try:
         wait_until(lambda: on_bus(um), 60, "the manager on its bus")
         units = prepare(um, names)
@@ -285,19 +305,24 @@ def main() -> int:
         feed = Feed(d)
         # Every unit read (inactive) before the first storm: the watcher follows them all.
         feed.wait(names, lambda r: r["unit"] is not None and r["status"] == "stopped")
+        control = Daemon(fresh_home("ls")).start()  # empty; no XDG_RUNTIME_DIR: no units
         loads = [loadavg()]
-        runs, idle = [], []
+        runs = []
         for i in range(args.runs):
-            idle.append(statistics.median(list_latency(d.socket, args.idle_samples)))
-            runs.append(storm_run(um, d, feed, names))
-            print(f"run {i + 1}: idle p50 {1000 * idle[-1]:.3f} ms, {runs[-1]}", flush=True)
+            p50, control_p50 = idle_p50([d.socket, control.socket], args.idle_samples)
+            run = storm_run(um, d, control, feed, names)
+            runs.append({**run, "idle_p50": p50, "control_p50": control_p50})
+            print(f"run {i + 1}: {runs[-1]}", flush=True)
             stop_all(um, feed, units, names)
         loads.append(loadavg())
         feed.stop = True
-        write(args.out, section(runs, idle, args.plugins, (loads[0], loads[1])))
+        write(args.out, section(runs, args.plugins, (loads[0], loads[1])))
     finally:
-        if d is not None:
-            d.kill()
+        for daemon in (d, control):
+            if daemon is not None:
+                daemon.kill()
+        if control is not None:
+            shutil.rmtree(control.home, ignore_errors=True)
         um.stop()
     return 0
 
