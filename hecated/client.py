@@ -189,6 +189,42 @@ class PluginPaths:
         return self.run_dir / STATE_FILE
 
 
+@dataclass(frozen=True)
+class UnitInfo:
+    """A plugin's systemd user unit as the user manager last said (the entry's ``unit``).
+
+    ``reason`` is the unit's story in words when it decides the plugin's status
+    ("exited with status 1; restarted 5 times; start limit hit"); ``since`` is the
+    last state change, seconds since the epoch."""
+
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    result: str = "success"
+    restarts: int = 0
+    since: float | None = None
+    main_pid: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> UnitInfo | None:
+        """The block, or None (null, or not an object: a daemon that predates units)."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None
+        return cls(
+            data["name"],
+            str(data.get("load_state", "")),
+            str(data.get("active_state", "")),
+            str(data.get("sub_state", "")),
+            str(data.get("result", "success")),
+            restarts if isinstance(restarts := data.get("restarts"), int) else 0,
+            data.get("since"),
+            data.get("main_pid"),
+            data.get("reason"),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class LiveFields:
     """What list rows and details both carry from the plugin itself (live data).
@@ -205,6 +241,7 @@ class LiveFields:
     tag: str | None = None
     ui: bool = False
     problems: tuple[str, ...] = ()
+    unit: UnitInfo | None = None  # the plugin's systemd user unit; None: no word of it
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -218,6 +255,7 @@ class LiveFields:
             "tag": data.get("tag"),
             "ui": bool(data.get("ui", False)),
             "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
+            "unit": UnitInfo.from_json(data.get("unit")),
             "raw": data,
         }
 
@@ -225,7 +263,7 @@ class LiveFields:
 @dataclass(frozen=True)
 class PluginSummary(LiveFields):
     """One row of ``GET /api/plugins``; ``status`` is running, starting, unhealthy,
-    stopped or invalid."""
+    stopped, invalid, failed or stopping."""
 
     name: str
     version: str | None
@@ -492,14 +530,22 @@ class HecateClient:
     # -- the API ------------------------------------------------------------------------
 
     def register(
-        self, name: str, version: str | None = None, description: str | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        description: str | None = None,
+        unit: str | None = None,
     ) -> PluginPaths:
         """Register (or re-register, on every start) and get the namespace's paths.
 
         ``version`` or ``description`` left out (None): the daemon takes them from the
         plugin's own ``GET /manifest`` when its socket answers, else leaves them empty.
+        ``unit``: the systemd user unit that runs the plugin (None: keep what plugin.toml
+        says; a plugin.toml without one means ``{name}.service``).
         """
         body: dict[str, str] = {"name": name}
+        if unit is not None:
+            body["unit"] = unit
         if version is not None:
             body["version"] = version
         if description is not None:

@@ -215,6 +215,7 @@ class Lifecycle:
         self.prober = Prober(self.registry, **config.section("probe"))
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
+        self.units = _Units(self.registry)  # the plugins' units, live (issue 20)
         self.server: UnixServer | None = None
         self.app: FastPath | None = None
         self.supervisor: Supervisor | None = None
@@ -331,7 +332,8 @@ class Lifecycle:
         self.runfiles.set_state("stopping")
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
-        self.watching.stop()  # adapters stop here: the watcher, then the prober
+        self.watching.stop()  # adapters stop here: the watcher, the units, then the prober
+        self.units.stop()
         self.prober.close()
         if self.server is not None:
             self.server.close()
@@ -406,6 +408,7 @@ class Lifecycle:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
         self.watching.start()  # adapters start here, beside the watcher
+        self.units.start()  # the units' states from the user manager's signals
         self.prober.start()  # the periodic socket probes
         if self.app is not None:
             try:
@@ -454,6 +457,36 @@ class _Watching:
             self._stopped = True
             if self.watcher is not None:
                 self.watcher.stop()
+
+
+class _Units:
+    """The plugins' units followed from the user manager's signals: started after the
+    first answer (the D-Bus library loads in the watcher's own thread, never on the
+    cold-start path), stopped in the shutdown. No manager: the probes alone decide."""
+
+    def __init__(self, registry: Index) -> None:
+        self.registry = registry
+        self.status = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self) -> None:
+        from hecated.adapters.unitstatus import UnitStatus  # off the cold-start path
+
+        with self._lock:
+            if self._stopped:
+                return
+            try:
+                self.status = UnitStatus(self.registry).start()
+            except Exception:
+                log.exception("cannot follow the plugins' units; statuses come from probes")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            status, self.status = self.status, None
+        if status is not None:
+            status.close()
 
 
 def status_line(registry: Index) -> str:

@@ -115,11 +115,20 @@ def test_list(daemon: Daemon) -> None:
     result = ctl(daemon.home, "list")
     assert result.code == 0
     lines = result.out.splitlines()
-    assert lines[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET"]
+    assert lines[0].split() == [
+        "NAME",
+        "VERSION",
+        "STATUS",
+        "UNIT",
+        "REGISTERED",
+        "APP",
+        "SOCKET",
+    ]
     assert lines[1].split() == [
         "hecate-b",
         "2.0",
         "stopped",
+        "-",  # no user manager: no word of a unit
         "yes",
         "-",  # no manifest until the plugin answers on its socket
         str(daemon.root / "hecate-b/sockets/api.sock"),
@@ -140,6 +149,7 @@ def test_list(daemon: Daemon) -> None:
         "tag": None,
         "ui": False,
         "problems": [],
+        "unit": None,
     }
     assert ctl(daemon.home, "list", "-q").out == "hecate-b\nhecate-traderd\n"
 
@@ -241,6 +251,17 @@ def test_register_and_reregister(daemon: Daemon) -> None:
     assert answer["paths"]["run"] == str(daemon.root / "hecate-traderd/run")
     assert daemon.request("GET", "/api/plugins/hecate-traderd")[2]["version"] == "0.2.0"
     assert ctl(daemon.home, "register", "hecate-traderd").out.startswith("re-registered")
+
+
+def test_register_with_a_unit(daemon: Daemon) -> None:
+    result = ctl(daemon.home, "register", "hecate-traderd", "--unit", "traderd.service")
+    assert result.code == 0, result
+    text = (daemon.root / "hecate-traderd" / "plugin.toml").read_text()
+    assert 'unit = "traderd.service"' in text
+    bad = ctl(daemon.home, "register", "hecate-other", "--unit", "/etc/x.service")
+    assert bad.code != 0
+    assert "not a valid unit" in bad.err
+    assert not (daemon.root / "hecate-other").exists()
 
 
 def test_deregister_keeps_the_data(daemon: Daemon) -> None:

@@ -114,10 +114,11 @@ def test_a_plugin_that_never_registered_is_discovered_running_with_its_manifest(
         listed = ctl(live.home, "list")
         assert listed.code == 0
         row_line = next(li for li in listed.out.splitlines() if li.startswith("hecate-app"))
-        assert row_line.split()[:6] == [
+        assert row_line.split()[:7] == [
             "hecate-app-traderd",
             "0.3.0",
             "running",
+            "-",  # no user manager here: no word of a unit
             "no",
             "\N{CHART WITH UPWARDS TREND}",
             "Trader",

@@ -6,10 +6,11 @@ and put what was read into the index. Because there is only that one path,
 the index and the tree cannot disagree for long, and a watcher (adapters/watch)
 keeps the index current by calling ``refresh`` on the names it sees move.
 
-A plugin's status is computed here by one rule (status.combine) from two
+A plugin's status is computed here by one rule (status.combine) from three
 findings: its run dir, which every refresh reads itself (runstate.read_run: a
-new entry and its status are one change), and the last look at its socket,
-which an adapter (adapters/liveness) publishes with ``set_finding``. The core
+new entry and its status are one change), the last look at its socket, which
+an adapter (adapters/liveness) publishes with ``set_finding``, and its unit's
+state, which the unit adapters (adapters/unitstatus) publish with ``set_unit``. The core
 calls no adapter: adapters learn of changes from the change feed
 (``subscribe``) and publish into the index; the daemon wires them.
 """
@@ -28,11 +29,11 @@ from hecated.core import manifest, startscan
 from hecated.core.errors import BusyError, NotFoundError, PluginRunningError, UnsafePathError
 from hecated.core.files import GroupCommit, opened
 from hecated.core.layout import Layout
-from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text, check_unit
 from hecated.core.manifestcache import ManifestCache
 from hecated.core.purge import purge_namespace
 from hecated.core.runstate import RunState, read_run
-from hecated.core.status import Liveness, SocketFinding, combine
+from hecated.core.status import Liveness, SocketFinding, UnitFinding, combine
 from hecated.core.store import Entry, Found, Root, Store
 from hecated.protocol import PluginStatus
 
@@ -109,6 +110,8 @@ class Index:
         self._listeners: list[Callable[[Change], None]] = []
         # The last look at each listed name's socket, as an adapter published it.
         self._findings: dict[str, SocketFinding] = {}
+        # What the user manager last said of each listed name's unit (absent: nothing).
+        self._units: dict[str, UnitFinding] = {}
         self._rereads: dict[str, threading.Timer] = {}
         self._rereads_lock = threading.Lock()
 
@@ -163,8 +166,8 @@ class Index:
         except (OSError, UnsafePathError):
             run = RunState()
         with self._lock:
-            found = self._findings.get(name)
-        return combine(run, found)
+            found, unit = self._findings.get(name), self._units.get(name)
+        return combine(run, found, unit)
 
     def scan(self, clean_temps: bool = False, at_start: bool = False) -> int:
         """Rebuild the whole index from the tree; returns the number of entries.
@@ -252,6 +255,7 @@ class Index:
         if plugin is None:
             del self._plugins[name]
             self._findings.pop(name, None)
+            self._units.pop(name, None)
         else:
             self._plugins[name] = plugin
         self._seq += 1
@@ -272,6 +276,26 @@ class Index:
                 self._findings[name] = found
             return self.refresh_status(name)
 
+    def set_unit(self, name: str, unit: UnitFinding | None) -> Change | None:
+        """Publish what the user manager says of ``name``'s unit (None: nothing now, the
+        manager is away or the plugin has no unit); a change only when the status or the
+        unit block it makes differs. For the unit adapters, like ``set_finding``: a name
+        not in the index is ignored (a unit never makes a plugin listed)."""
+        with self.name_lock(name):
+            with self._lock:
+                if name not in self._plugins:
+                    return None
+                if unit is None:
+                    self._units.pop(name, None)
+                else:
+                    self._units[name] = unit
+            return self.refresh_status(name)
+
+    def unit(self, name: str) -> UnitFinding | None:
+        """The last unit finding published for ``name`` (None: none)."""
+        with self._lock:
+            return self._units.get(name)
+
     def refresh_status(self, name: str) -> Change | None:
         """Compute ``name``'s status again (its run dir read now, its last socket
         finding) without reading its ``plugin.toml``: a process exit, a finding."""
@@ -287,6 +311,7 @@ class Index:
                     plugin = _plugin_of(name, None, live)
                 if plugin is None and old is None:
                     self._findings.pop(name, None)
+                    self._units.pop(name, None)
                     return None
                 entry = None if plugin is None or not plugin.registered else plugin.entry
                 change = self._put_locked(name, plugin, entry, live)
@@ -348,20 +373,24 @@ class Index:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def register(self, name: object, version: object, description: object) -> tuple[Entry, bool]:
+    def register(
+        self, name: object, version: object, description: object, unit: object = None
+    ) -> tuple[Entry, bool]:
         """Create or update ``name``'s entry; True in the pair when it is new.
 
         Re-registering is how a plugin daemon restarts: version and description
         are updated, ``registered_at`` and any keys a person added are kept.
         What was written is published as is, not read back; the watcher's echo
-        of the write is recognised by the store and costs no parse.
+        of the write is recognised by the store and costs no parse. ``unit``
+        (the systemd user unit that runs it) is written when given, else kept.
         """
         name = self.layout.check_plugin_name(name)
         version = check_text("version", version, VERSION_MAX)
         description = check_text("description", description, DESCRIPTION_MAX)
+        unit = None if unit is None else check_unit(unit)
         with self.name_lock(name):
             try:
-                written = self.store.write(name, version, description, self._clock())
+                written = self.store.write(name, version, description, self._clock(), unit)
             except BaseException:
                 with self.store.root() as root:
                     self._refresh_locked(name, root)  # the index follows the disk

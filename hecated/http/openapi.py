@@ -21,12 +21,16 @@ from hecated.protocol import (
     NAME_MAX,
     NAME_PATTERN,
     PLUGIN_DEGRADED,
+    PLUGIN_FAILED,
     PLUGIN_OK,
     PLUGIN_STOPPED,
+    PLUGIN_STOPPING,
     RETRY_AFTER_HEADER,
     SEQ_HEADER,
     SERVICE,
     SUN_PATH_MAX,
+    UNIT_NAME_MAX,
+    UNIT_PATTERN,
     Code,
     HealthStatus,
     PluginStatus,
@@ -92,7 +96,51 @@ SCHEMAS: dict[str, Any] = {
         "something else, garbage, or nothing within 2 s (see reason); stopped: no socket, or "
         "nothing accepts on it; invalid: plugin.toml is not a valid entry. Probed off the "
         "request path on socket events, process exits, edits, and every probe_interval "
-        "seconds (default 10).",
+        "seconds (default 10). With a systemd user unit (see unit), the user manager's word "
+        "comes first, from its signals: failed: the unit failed (the reason in words); "
+        "starting: activating (or active, the socket not answering yet); stopping: "
+        "deactivating; stopped: inactive (unless the plugin answers anyway, started by "
+        "hand). running still needs the socket's 2xx. No word from the manager (no unit "
+        "file, the manager away): the probes alone.",
+    },
+    "Unit": {
+        "type": ["object", "null"],
+        "description": "The plugin's systemd user unit as the user manager last said "
+        "(plugin.toml's unit, else {name}.service); null: no word from the manager (none "
+        "reachable, not asked yet, or an invalid plugin.toml). load_state not-found: no "
+        "unit file by that name.",
+        "required": [
+            "name",
+            "load_state",
+            "active_state",
+            "sub_state",
+            "result",
+            "restarts",
+            "since",
+            "main_pid",
+            "reason",
+        ],
+        "properties": {
+            "name": {"type": "string", "pattern": UNIT_PATTERN, "maxLength": UNIT_NAME_MAX},
+            "load_state": {"type": "string", "description": "loaded, not-found, masked..."},
+            "active_state": {
+                "type": "string",
+                "description": "active, activating, deactivating, inactive, failed...",
+            },
+            "sub_state": {"type": "string", "description": "running, auto-restart, dead..."},
+            "result": {"type": "string", "description": "systemd's word: success, exit-code..."},
+            "restarts": {"type": "integer", "minimum": 0, "description": "NRestarts"},
+            "since": {
+                "type": ["number", "null"],
+                "description": "The last state change, seconds since the epoch.",
+            },
+            "main_pid": {"type": ["integer", "null"]},
+            "reason": {
+                "type": ["string", "null"],
+                "description": "The unit's story in words when it decides the status "
+                '("exited with status 1; restarted 5 times; start limit hit").',
+            },
+        },
     },
     "Health": {
         "type": "object",
@@ -124,8 +172,9 @@ SCHEMAS: dict[str, Any] = {
             "plugins": {
                 "type": "object",
                 "description": f"name -> {PLUGIN_OK} (running), {PLUGIN_STOPPED} (stopped), "
-                f"{PLUGIN_DEGRADED} (unhealthy or starting: alive but not answering as it "
-                "should), or a short reason (invalid: what is wrong with plugin.toml). "
+                f"{PLUGIN_STOPPING} (stopping), {PLUGIN_DEGRADED} (unhealthy or starting: "
+                "alive but not answering as it should), or a short reason (invalid: what is "
+                f"wrong with plugin.toml; failed: '{PLUGIN_FAILED}: ' and the unit's story). "
                 "Discovered plugins are included.",
                 "additionalProperties": {"type": "string", "minLength": 1},
             },
@@ -152,6 +201,14 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "maxLength": DESCRIPTION_MAX,
                 "description": "Left out: as version.",
+            },
+            "unit": {
+                "type": ["string", "null"],
+                "maxLength": UNIT_NAME_MAX,
+                "pattern": UNIT_PATTERN,
+                "description": "The systemd user unit that runs the plugin, written to its "
+                "plugin.toml. Left out or null: plugin.toml's own unit is kept (none: "
+                "{name}.service). Not a .service unit name: 400 invalid_field.",
             },
         },
     },
@@ -192,6 +249,7 @@ SCHEMAS: dict[str, Any] = {
             "tag",
             "ui",
             "problems",
+            "unit",
         ],
         "properties": {
             "name": _ref("Name"),
@@ -229,6 +287,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Plain sentences: a manifest name that fits none of the "
                 "namespace's conventions, missing fields, no /ui/component.js.",
             },
+            "unit": _ref("Unit"),
         },
     },
     "PluginDetail": {
@@ -254,7 +313,8 @@ SCHEMAS: dict[str, Any] = {
                     "reason": {
                         "type": ["string", "null"],
                         "description": "Why the status is what it is (unhealthy, starting, "
-                        "stopped), when the probe said.",
+                        "stopped; failed, stopping: the unit's story), when the probe or the "
+                        "user manager said.",
                     },
                     "registered_at": {"type": ["string", "null"]},
                     "updated_at": {"type": ["string", "null"]},

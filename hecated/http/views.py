@@ -18,9 +18,11 @@ from hecated import __version__
 from hecated.core.index import Index, Plugin
 from hecated.protocol import (
     PLUGIN_DEGRADED,
+    PLUGIN_FAILED,
     PLUGIN_OK,
     PLUGIN_REASON_MAX,
     PLUGIN_STOPPED,
+    PLUGIN_STOPPING,
     SERVICE,
     HealthStatus,
     PluginStatus,
@@ -177,6 +179,7 @@ class Views:
             "tag": live.tag if live else None,
             "ui": live.ui if live else False,
             "problems": list(live.problems) if live else [],
+            "unit": _unit_block(plugin),
         }
 
     def detail(self, plugin: Plugin) -> dict[str, Any]:
@@ -196,21 +199,37 @@ class Views:
         }
 
 
+def _unit_block(plugin: Plugin) -> dict[str, Any] | None:
+    """The plugin's unit as the user manager last said (None: no word from it)."""
+    unit = plugin.live.unit
+    return None if unit is None else unit.as_dict()
+
+
 def plugin_word(plugin: Plugin) -> str:
-    """A plugin in the health answer: running -> ok, stopped -> stopped, an invalid
-    plugin.toml -> why (short), any other live state (unhealthy, starting) -> degraded."""
+    """A plugin in the health answer: running -> ok, stopped -> stopped, stopping ->
+    stopping, an invalid plugin.toml or a failed unit -> why (short), any other live
+    state (unhealthy, starting) -> degraded."""
     status = plugin.status
     if status == PluginStatus.RUNNING:
         return PLUGIN_OK
     if status == PluginStatus.STOPPED:
         return PLUGIN_STOPPED
+    if status == PluginStatus.STOPPING:
+        return PLUGIN_STOPPING
+    if status == PluginStatus.FAILED:
+        why = plugin.live.detail
+        return _short(f"{PLUGIN_FAILED}: {why}" if why else PLUGIN_FAILED)
     if status == PluginStatus.INVALID:
         err = plugin.entry.error
         reason = "invalid plugin.toml"
         if err is not None:
             where = f" line {err.line}" if err.line else ""
             reason = f"invalid plugin.toml{where}: {err.message}"
-        if len(reason) > PLUGIN_REASON_MAX:
-            reason = reason[: PLUGIN_REASON_MAX - 1] + "\u2026"
-        return reason
+        return _short(reason)
     return PLUGIN_DEGRADED
+
+
+def _short(reason: str) -> str:
+    if len(reason) > PLUGIN_REASON_MAX:
+        return reason[: PLUGIN_REASON_MAX - 1] + "\u2026"
+    return reason

@@ -15,7 +15,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
@@ -29,8 +29,9 @@ from hecated.client import (
     PluginInfo,
     PluginSummary,
     Snapshot,
+    UnitInfo,
 )
-from hecated.protocol import PLUGIN_OK, PLUGIN_STOPPED
+from hecated.protocol import PLUGIN_OK, PLUGIN_STOPPED, PluginStatus
 
 PROG = "hecatectl"
 START_HINT = "start it with `systemctl --user start hecate.socket` (or run `hecated`)"
@@ -89,11 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PATH_FIELDS,
         help="print just this one path",
     )
-    reg = add("register", "register a plugin (creates its namespace) and print its paths")
-    reg.add_argument("name")
-    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
-    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
-    reg.add_argument("--description", default=None, metavar="D")
+    _register_args(add("register", "register a plugin (creates its namespace) and print its paths"))
     add("deregister", "remove a registry entry (keeps the data)").add_argument("name")
     purge = add("purge", "delete a deregistered plugin's namespace and all its data")
     purge.add_argument("name")
@@ -120,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     comp = add("completion", "print the bash completion script")
     comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     return parser
+
+
+def _register_args(reg: argparse.ArgumentParser) -> None:
+    reg.add_argument("name")
+    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
+    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
+    reg.add_argument("--description", default=None, metavar="D")
+    reg.add_argument(
+        "--unit",
+        default=None,
+        metavar="UNIT",
+        help="the systemd user unit that runs it (default: NAME.service; kept when left out)",
+    )
 
 
 def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
@@ -211,10 +221,12 @@ def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
     elif not plugins:
         print("no plugins registered")
     else:
-        rows = [("NAME", "VERSION", "STATUS", "REGISTERED", "APP", "SOCKET")]
+        rows = [("NAME", "VERSION", "STATUS", "UNIT", "REGISTERED", "APP", "SOCKET")]
         rows += [_list_row(p) for p in plugins]
         _table(rows)
         for p in plugins:  # below the table: a sentence needs the whole line
+            if p.status == PluginStatus.FAILED and p.unit is not None and p.unit.reason:
+                print(f"{p.name}: failed: {p.unit.reason}")
             for problem in p.problems:
                 print(f"{p.name}: {problem}")
     return Exit.OK
@@ -222,9 +234,11 @@ def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
 
 def _list_row(p: PluginSummary) -> tuple[str, ...]:
     """One plugin: ``APP`` is the icon and display name its own manifest gave (``-``
-    until it has answered)."""
+    until it has answered); ``UNIT`` its systemd user unit (``-``: no word of one)."""
     app = " ".join(x for x in (p.icon, p.display_name) if x) or "-"
-    return (p.name, p.version or "-", p.status, "yes" if p.registered else "no", app, p.socket)
+    unit = p.unit.name if p.unit is not None else "-"
+    registered = "yes" if p.registered else "no"
+    return (p.name, p.version or "-", p.status, unit, registered, app, p.socket)
 
 
 def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
@@ -255,11 +269,27 @@ def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
         ("ui", "yes" if info.ui else "no"),
         ("reason", info.reason),
     ]
+    pairs += _unit_fields(info.unit)
     pairs += [("problem", problem) for problem in info.problems]
     if info.error:
         pairs.append(("error", str(info.error)))
     _fields(pairs)
     return Exit.OK
+
+
+def _unit_fields(unit: UnitInfo | None) -> list[tuple[str, Any]]:
+    """The plugin's unit as the user manager said: "name (active/running)", its last
+    result, restarts, main pid and since when (none when there is no word of one)."""
+    if unit is None:
+        return []
+    since = None if unit.since is None else datetime.fromtimestamp(unit.since, UTC)
+    return [
+        ("unit", f"{unit.name} ({unit.load_state}, {unit.active_state}/{unit.sub_state})"),
+        ("  result", unit.result),
+        ("  restarts", unit.restarts),
+        ("  main_pid", unit.main_pid),
+        ("  since", _when(since)),
+    ]
 
 
 def _path_fields(info: PluginInfo) -> dict[str, str]:
@@ -280,7 +310,7 @@ def cmd_paths(client: HecateClient, args: argparse.Namespace) -> Exit:
 
 
 def cmd_register(client: HecateClient, args: argparse.Namespace) -> Exit:
-    result = client.register(args.name, args.plugin_version, args.description)
+    result = client.register(args.name, args.plugin_version, args.description, args.unit)
     if args.json:
         _json(result.raw)
         return Exit.OK
