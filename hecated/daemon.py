@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hecated.adapters.liveness import Prober
 from hecated.adapters.systemd import (
@@ -43,6 +44,9 @@ from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
+
+if TYPE_CHECKING:
+    from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
 
@@ -110,6 +114,14 @@ def run(config: Config) -> int:
         return Lifecycle(config, runfiles, passed).run()
     finally:
         runfiles.release()
+
+
+def plugin_units(config: Config) -> UnitControl:
+    """Start, stop, restart and logs of the plugins' units, for the app (issue 20): over
+    the user's systemd manager and journald; jeepney and systemd-python load on first use."""
+    from hecated.adapters.unitapi import SystemdUnits
+
+    return SystemdUnits(**config.section("units"))
 
 
 class Rescans:
@@ -278,7 +290,10 @@ class Lifecycle:
             from hecated.http.forwarding.relay import Forwarder
 
             forwarder = Forwarder(registry, forward)
-            return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
+            units = plugin_units(config)
+            return HecateApp(
+                registry, rescan=self.rescan, views=views, forward=forwarder, units=units
+            )
 
         # The hot GETs from cached bytes; the full app on the first request that needs
         # it or after the first answer (_deferred_work), whichever comes first.
