@@ -41,7 +41,9 @@ from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.edge import Edge
 from hecated.http.forwarding.settings import ForwardSettings
+from hecated.http.hooks import Detours
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
+from hecated.http.units import LogDetour
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
 
@@ -122,6 +124,12 @@ def plugin_units(config: Config) -> UnitControl:
     from hecated.adapters.unitapi import SystemdUnits
 
     return SystemdUnits(**config.section("units"))
+
+
+def detours(forward: ForwardSettings) -> Detours:
+    """What runs on threads of its own, out of the serving loop: forwarded requests
+    (the wing's edge) and log requests (a followed log streams until its client goes)."""
+    return Detours(Edge(forward), LogDetour())
 
 
 class Rescans:
@@ -299,7 +307,7 @@ class Lifecycle:
         # it or after the first answer (_deferred_work), whichever comes first.
         self.app = app = FastPath(views, full_app)
         self.server = server = UnixServer(
-            sock, app, owned_path=owned, workers=config.workers, detour=Edge(forward)
+            sock, app, owned_path=owned, workers=config.workers, detour=detours(forward)
         )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog

@@ -25,7 +25,7 @@ from systemd_support import UserManager, fresh_home, needs_journald, needs_user_
 from hecated.adapters.unitcontrol import UserManager as Control
 from hecated.adapters.units import SystemdUnavailable
 from hecated.client import HecateClient, LogLine, UnitFailedError
-from hecated.http.units import FOLLOW_STREAMS
+from hecated.http.units import FOLLOW_STREAMS, HEARTBEAT
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
 TIMEOUT = 30.0
@@ -213,13 +213,21 @@ def test_logs_and_follow(um: UserManager, hecated: Daemon) -> None:
     assert json.loads(as_json.stdout)["message"] == f"line-{again}"
 
 
-def open_follow(d: Daemon, name: str) -> tuple[UnixHTTPConnection, int, bytes]:
-    """A follow stream's status and its first bytes (the stream is then being served)."""
-    conn = UnixHTTPConnection(d.socket, timeout=TIMEOUT)
-    conn.request("GET", f"/api/plugins/{name}/logs?follow=1&lines=0")
-    resp = conn.getresponse()
-    first = resp.readline() if resp.status == 200 else resp.read()
-    return conn, resp.status, first
+class Follow:
+    """A follow stream held open: its status and first bytes (then it is being served)."""
+
+    def __init__(self, d: Daemon, name: str) -> None:
+        self.conn = UnixHTTPConnection(d.socket, timeout=TIMEOUT)
+        self.conn.request("GET", f"/api/plugins/{name}/logs?follow=1&lines=0")
+        # The response holds the socket (http.client lets the connection drop it):
+        # kept here, or the stream's client would go with it.
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.first = self.resp.readline() if self.status == 200 else self.resp.read()
+
+    def close(self) -> None:
+        self.resp.close()
+        self.conn.close()
 
 
 def test_follow_streams_are_bounded_and_end_when_the_client_goes(
@@ -229,27 +237,27 @@ def test_follow_streams_are_bounded_and_end_when_the_client_goes(
     add_unit(um, f"{name}.service", "ExecStart=/bin/sh -c 'echo line-$$$$; exec sleep infinity'\n")
     register(hecated, name)
     assert hecated.request("POST", f"/api/plugins/{name}/start")[0] == 200
-    opened = [open_follow(hecated, name) for _ in range(FOLLOW_STREAMS)]
+    opened = [Follow(hecated, name) for _ in range(FOLLOW_STREAMS)]
     try:
-        assert [(status, first) for _, status, first in opened] == [
-            (200, b": following\n")
-        ] * FOLLOW_STREAMS
-        conn, status, body = open_follow(hecated, name)
-        conn.close()
-        assert status == 503 and json.loads(body)["code"] == "busy"
+        assert [(f.status, f.first) for f in opened] == [(200, b": following\n")] * FOLLOW_STREAMS
+        refused = Follow(hecated, name)
+        refused.close()
+        assert refused.status == 503 and json.loads(refused.first)["code"] == "busy"
     finally:
-        for conn, _, _ in opened:
-            conn.close()
-    # The clients have gone: each stream ends (at the latest at its next write, here the
-    # restart's line) and gives its place back.
-    assert hecated.request("POST", f"/api/plugins/{name}/restart")[0] == 200
+        for follow in opened:
+            follow.close()
+    # The clients have gone: each stream's stop is set on the hang-up (no line is written,
+    # and the bound is below the first heartbeat, whose write would also find them gone),
+    # so each ends and gives its place back.
 
     def a_place_again() -> bool:
-        conn, status, _ = open_follow(hecated, name)
-        conn.close()
-        return status == 200
+        follow = Follow(hecated, name)
+        follow.close()
+        return follow.status == 200
 
-    wait_for(a_place_again, timeout=TIMEOUT, interval=0.1)
+    wait_for(a_place_again, timeout=HEARTBEAT / 2, interval=0.1)
+    assert hecated.request("GET", "/api/plugins")[0] == 200  # the daemon serves on
+    assert "Traceback" not in hecated.log()
 
 
 def test_no_user_manager_is_503_and_the_registry_works() -> None:

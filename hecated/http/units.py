@@ -17,12 +17,15 @@ when the daemon stops, or when the source ends.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from hecated.core.errors import BusyError
+from hecated.http.forwarding.threads import HangUps, StreamThreads
+from hecated.http.hooks import Job
 from hecated.protocol import encode
 
 FOLLOW_STREAMS = 8  # followed logs served at once: each holds a thread and a journal reader
@@ -76,6 +79,65 @@ class FollowStreams:
     def give_back(self) -> None:
         with self._lock:
             self._open -= 1
+
+
+LOGS_PATH = re.compile(r"^/api/plugins/[^/]+/logs/?$")
+LOG_REQUESTS = 64  # log requests (followed or not) run at once on the detour's threads
+
+
+class LogDetour:
+    """The ``Detour`` for log requests: each on a thread of its own, out of the serving
+    loop, its client's hang-up watched (``hooks.ON_CLOSE_KEY`` then sets the stream's
+    stop event at once), every event sent as it is written. A followed log never
+    holds an API worker; the app's ``FollowStreams`` caps those, this the rest."""
+
+    body_limit = 0  # a GET: the server's own limit is more than enough
+    send_timeout: float | None = HEARTBEAT * 4  # a client that reads nothing for a minute
+
+    def __init__(self, limit: int = LOG_REQUESTS) -> None:
+        self.limit = limit
+        self.threads = StreamThreads()
+        self.hangups = HangUps()
+        self._lock = threading.Lock()
+        self._open = 0
+
+    def claims(self, path: str) -> bool:
+        return bool(LOGS_PATH.match(path))
+
+    def run(self, job: Job) -> str | None:
+        with self._lock:
+            if self._open >= self.limit:
+                return f"{self.limit} log requests are being answered; retry shortly"
+            self._open += 1
+        try:
+            self.hangups.watch(job.fileno, job.hung_up)
+        except (OSError, RuntimeError, TypeError, ValueError) as exc:
+            self._release()
+            return f"cannot answer a log request now: {exc}"
+        try:
+            self.threads.submit(lambda: self._serve(job))
+        except RuntimeError as exc:
+            self.hangups.forget(job.fileno)
+            self._release()
+            return f"cannot answer a log request now: {exc}"
+        return None
+
+    def _serve(self, job: Job) -> Callable[[], None]:
+        job.serve()
+
+        def ended() -> None:
+            self.hangups.forget(job.fileno)
+            self._release()
+            job.done()
+
+        return ended
+
+    def _release(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def close(self) -> None:
+        self.hangups.close()
 
 
 def event(line: dict[str, Any]) -> bytes:
