@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +23,11 @@ import pytest
 from conftest import HECATECTL, Daemon, UnixHTTPConnection, wait_for
 from systemd_support import UserManager, fresh_home, needs_journald, needs_user_manager
 
+from hecated.adapters.unitapi import SystemdUnits
 from hecated.adapters.unitcontrol import UserManager as Control
 from hecated.adapters.units import SystemdUnavailable
 from hecated.client import HecateClient, LogLine, UnitFailedError
+from hecated.core.errors import InvalidUnitError, SystemdUnavailableError
 from hecated.http.units import FOLLOW_STREAMS, HEARTBEAT
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
@@ -201,7 +204,9 @@ def test_logs_and_follow(um: UserManager, hecated: Daemon) -> None:
     assert first.message == f"line-{pid}" and first.pid == pid
     again = hecated.request("POST", f"/api/plugins/{name}/restart")[2]["state"]["main_pid"]
     new = lines.get(timeout=TIMEOUT)  # journald tells readers ~0.5 s after the line
+    lag = time.time() - new.time  # from journald's receipt to the SDK's hands
     assert new.message == f"line-{again}"
+    print(f"\nFIGURES follow through the API: a new line after {lag * 1000:.0f} ms")
     # hecatectl logs: the last lines, oldest first.
     out = ctl(um, "logs", name, "-n", "2")
     assert out.returncode == 0, out.stderr
@@ -278,3 +283,38 @@ def test_no_user_manager_is_503_and_the_registry_works() -> None:
     finally:
         d.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_job_bound_is_the_unit_job_timeout_setting(um: UserManager) -> None:
+    """A job still running at the bound: 502 unit_failed, saying so; the job goes on."""
+    name = "hecate-slowd"
+    add_unit(um, f"{name}.service", "Type=oneshot\nExecStart=/bin/sleep 20\n")
+    env = {
+        "XDG_RUNTIME_DIR": str(um.runtime),
+        "DBUS_SESSION_BUS_ADDRESS": um.bus_address,
+        "HECATE_UNIT_JOB_TIMEOUT": "0.5",
+    }
+    d = Daemon(um.home, env=env).start()
+    try:
+        register(d, name)
+        status, _, body = d.request("POST", f"/api/plugins/{name}/start")
+        assert (status, body["code"]) == (502, "unit_failed"), body
+        assert "still running after 0.5 s" in body["error"]
+        assert body["state"]["active_state"] == "activating"
+    finally:
+        d.stop()
+
+
+def test_bad_unit_names_are_refused_before_any_call() -> None:
+    """invalid_unit (400), not systemd_unavailable: no bus was ever tried."""
+    units = SystemdUnits(address="unix:path=/nonexistent/bus")
+    for bad in ("../x.service", "x.socket", "foo@.service", "a b.service"):
+        for call in (units.start, units.stop, units.restart):
+            with pytest.raises(InvalidUnitError):
+                call(bad)
+        with pytest.raises(InvalidUnitError):
+            units.logs(bad, 10)
+        with pytest.raises(InvalidUnitError):
+            units.follow(bad, threading.Event(), 0)
+    with pytest.raises(SystemdUnavailableError):
+        units.start("fine.service")  # a good name does reach for the bus
