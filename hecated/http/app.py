@@ -314,7 +314,8 @@ class HecateApp:
         """The unit's last lines (``lines``, default 100, at most 10,000); with ``follow``,
         those lines and then each new one as server-sent events."""
         lines = _query_number(request, "lines", int, 0, LINES_MAX)
-        follow = _query_flag(request, "follow")
+        # A HEAD gets the plain answer's head: a stream with no body would never end.
+        follow = _query_flag(request, "follow") and request.method != "HEAD"
         units, unit = self._unit(name)
         count = LINES_DEFAULT if lines is None else lines
         if not follow:
