@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -216,6 +217,20 @@ def test_logs_and_follow(um: UserManager, hecated: Daemon) -> None:
     ]
     as_json = ctl(um, "logs", name, "-n", "1", "--json")
     assert json.loads(as_json.stdout)["message"] == f"line-{again}"
+    # hecatectl logs -f: the last line, then the next one; Ctrl-C ends it quietly.
+    env = {**um.env, "HECATE_SOCKET_PATH": str(um.socket)}
+    proc = subprocess.Popen(
+        [str(HECATECTL), "logs", name, "-f", "-n", "1"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    printed: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [printed.put(x) for x in proc.stdout], daemon=True).start()
+    try:
+        assert printed.get(timeout=TIMEOUT).rstrip().endswith(f"line-{again}")
+        third = hecated.request("POST", f"/api/plugins/{name}/restart")[2]["state"]["main_pid"]
+        assert printed.get(timeout=TIMEOUT).rstrip().endswith(f"line-{third}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 130
 
 
 class Follow:
