@@ -23,7 +23,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +43,10 @@ from hecated.protocol import (
 # What a connect sees while the socket is being (re)created: no file yet, or a
 # file nobody listens on yet. Worth retrying for a moment; anything else is not.
 ACTIVATION_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.EAGAIN})
+# Plugin units: a control call waits for the daemon's job bound (unit_job_timeout, 30 s);
+# a followed log hears a heartbeat every 15 s, so this much silence means a broken stream.
+CONTROL_WAIT = 35.0
+FOLLOW_READ_TIMEOUT = 60.0
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -89,23 +93,30 @@ class DaemonTimeoutError(DaemonUnavailableError):
 class ApiError(ClientError):
     """The daemon answered with an error; carries its HTTP status, code and message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, body: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{message} ({code})")
         self.status = status
         self.code = code
         self.message = message
+        self.body: dict[str, Any] = body or {}  # the whole error answer (its extra fields)
 
     @staticmethod
-    def from_response(status: int, code: str, message: str) -> ApiError:
+    def from_response(
+        status: int, code: str, message: str, body: dict[str, Any] | None = None
+    ) -> ApiError:
         """The most specific class for an error answer, so callers can ``except`` by kind."""
         cls: type[ApiError] = ApiError
         if code in NAME_CODES:
             cls = InvalidNameError
+        elif code in UNIT_ERRORS:
+            cls = UNIT_ERRORS[code]
         elif status == 404:
             cls = NotFoundError
         elif status == 409:
             cls = ConflictError
-        return cls(status, code, message)
+        return cls(status, code, message, body)
 
 
 class InvalidNameError(ApiError):
@@ -118,6 +129,68 @@ class NotFoundError(ApiError):
 
 class ConflictError(ApiError):
     """The request clashes with the state (``still_registered``, ``plugin_running``)."""
+
+
+# -- plugin units (issue 20) ---------------------------------------------------------------
+
+
+class NoUnitError(ConflictError):
+    """The plugin has no unit the user manager knows (``no_unit``, 409)."""
+
+
+class UnitFailedError(ApiError):
+    """The unit's start/stop/restart job failed (``unit_failed``, 502); ``logs`` holds
+    the plugin's last journal lines, ``state`` the unit block after the job."""
+
+    @property
+    def logs(self) -> builtins.list[LogLine]:
+        return [LogLine.from_json(line) for line in self.body.get("logs") or []]
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        return self.body.get("state")
+
+
+class SystemdUnavailableError(ApiError):
+    """No systemd user manager (or journal) can be reached (``systemd_unavailable``, 503)."""
+
+
+UNIT_ERRORS: dict[str, type[ApiError]] = {
+    Code.NO_UNIT: NoUnitError,
+    Code.UNIT_FAILED: UnitFailedError,
+    Code.SYSTEMD_UNAVAILABLE: SystemdUnavailableError,
+}
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a plugin's unit's journal: when (epoch seconds), who, what."""
+
+    time: float | None
+    message: str
+    pid: int | None = None
+    identifier: str | None = None
+    priority: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogLine:
+        return cls(
+            data.get("time"),
+            str(data.get("message", "")),
+            data.get("pid"),
+            data.get("identifier"),
+            data.get("priority"),
+        )
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """A start, stop or restart that ended ``done``: the unit and its state after."""
+
+    name: str
+    unit: str
+    state: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -586,6 +659,69 @@ class HecateClient:
         resp = self.request("GET", f"/api/plugins?{query}", timeout=wait + self.timeout)
         return _snapshot(resp)
 
+    # -- plugin units ----------------------------------------------------------------------
+
+    def start(self, name: str) -> UnitResult:
+        """Start the plugin's unit (a failed state cleared first); waits for the job."""
+        return self._control(name, "start")
+
+    def stop(self, name: str) -> UnitResult:
+        return self._control(name, "stop")
+
+    def restart(self, name: str) -> UnitResult:
+        return self._control(name, "restart")
+
+    def _control(self, name: str, verb: str) -> UnitResult:
+        # The daemon waits up to unit_job_timeout (30 s) for the job: wait a little longer.
+        timeout = self.timeout + CONTROL_WAIT
+        body = self.request("POST", f"{_plugin_url(name)}/{verb}", timeout=timeout).body
+        return UnitResult(name, body.get("unit", ""), body.get("state") or {}, body)
+
+    def logs(self, name: str, lines: int = 100) -> builtins.list[LogLine]:
+        """The last ``lines`` lines of the plugin's unit's journal, oldest first."""
+        path = f"{_plugin_url(name)}/logs?{urlencode({'lines': int(lines)})}"
+        return [LogLine.from_json(x) for x in self.request("GET", path).body.get("lines", [])]
+
+    def follow_logs(self, name: str, lines: int = 10) -> Iterator[LogLine]:
+        """The last ``lines`` lines, then each new one as it is written (server-sent
+        events), until the caller stops iterating (closing the generator hangs up)."""
+        path = f"{_plugin_url(name)}/logs?{urlencode({'lines': int(lines), 'follow': 1})}"
+        conn = _UnixConnection(self.socket_path, FOLLOW_READ_TIMEOUT)
+        try:
+            try:
+                conn.request("GET", path, headers={"Accept": "text/event-stream"})
+                resp = conn.getresponse()
+            except OSError as exc:
+                raise DaemonUnavailableError(self.socket_path, str(exc)) from None
+            if resp.status >= 400:
+                payload = _json_or_none(resp.read())
+                _check(Response(resp.status, {}, payload))
+            yield from _events(resp, self.socket_path)
+        finally:
+            conn.close()
+
+
+def _events(resp: http.client.HTTPResponse, where: Path) -> Iterator[LogLine]:
+    """The ``data:`` events of a server-sent event stream, each one JSON line."""
+    while True:
+        try:
+            raw = resp.readline()
+        except TimeoutError:
+            raise DaemonTimeoutError(where, "the log stream went silent") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonUnavailableError(where, f"the log stream broke: {exc}") from None
+        if not raw:
+            return
+        if raw.startswith(b"data:"):
+            yield LogLine.from_json(json.loads(raw[5:]))
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
 
 def _plugin_url(name: str) -> str:
     return f"/api/plugins/{quote(name, safe='')}"
@@ -612,5 +748,8 @@ def _check(resp: Response) -> Response:
         return resp
     code, message = parse_error(resp.body) or ("", "")
     raise ApiError.from_response(
-        resp.status, code or f"http_{resp.status}", message or f"HTTP {resp.status}"
+        resp.status,
+        code or f"http_{resp.status}",
+        message or f"HTTP {resp.status}",
+        resp.body if isinstance(resp.body, dict) else None,
     )

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hecated.adapters.liveness import Prober
 from hecated.adapters.systemd import (
@@ -40,9 +41,14 @@ from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.edge import Edge
 from hecated.http.forwarding.settings import ForwardSettings
+from hecated.http.hooks import Detours
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
+from hecated.http.units import LogDetour
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
+
+if TYPE_CHECKING:
+    from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
 
@@ -110,6 +116,20 @@ def run(config: Config) -> int:
         return Lifecycle(config, runfiles, passed).run()
     finally:
         runfiles.release()
+
+
+def plugin_units(config: Config) -> UnitControl:
+    """Start, stop, restart and logs of the plugins' units, for the app (issue 20): over
+    the user's systemd manager and journald; jeepney and systemd-python load on first use."""
+    from hecated.adapters.unitapi import SystemdUnits
+
+    return SystemdUnits(**config.section("units"))
+
+
+def detours(forward: ForwardSettings) -> Detours:
+    """What runs on threads of its own, out of the serving loop: forwarded requests
+    (the wing's edge) and log requests (a followed log streams until its client goes)."""
+    return Detours(Edge(forward), LogDetour())
 
 
 class Rescans:
@@ -279,13 +299,16 @@ class Lifecycle:
             from hecated.http.forwarding.relay import Forwarder
 
             forwarder = Forwarder(registry, forward)
-            return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
+            units = plugin_units(config)
+            return HecateApp(
+                registry, rescan=self.rescan, views=views, forward=forwarder, units=units
+            )
 
         # The hot GETs from cached bytes; the full app on the first request that needs
         # it or after the first answer (_deferred_work), whichever comes first.
         self.app = app = FastPath(views, full_app)
         self.server = server = UnixServer(
-            sock, app, owned_path=owned, workers=config.workers, detour=Edge(forward)
+            sock, app, owned_path=owned, workers=config.workers, detour=detours(forward)
         )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog

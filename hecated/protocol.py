@@ -107,6 +107,11 @@ class Code(StrEnum):
     PLUGIN_TIMEOUT = "plugin_timeout"  # forwarding: no first byte in time
     INTERNAL_ERROR = "internal_error"
     HTTP_ERROR = "http_error"  # any other HTTP failure, named by its status
+    # Plugin units (issue 20): control and logs through the user's systemd manager.
+    INVALID_UNIT = "invalid_unit"  # not a plain .service name; refused before any call
+    NO_UNIT = "no_unit"  # the user manager has no unit file for the plugin
+    UNIT_FAILED = "unit_failed"  # the start/stop/restart job did not end "done"
+    SYSTEMD_UNAVAILABLE = "systemd_unavailable"  # no user manager can be reached
 
 
 # The HTTP status each code is answered with.
@@ -133,6 +138,10 @@ STATUS: dict[Code, int] = {
     Code.PLUGIN_UNREACHABLE: 502,
     Code.PLUGIN_TIMEOUT: 504,
     Code.STORAGE_ERROR: 507,
+    Code.INVALID_UNIT: 400,
+    Code.NO_UNIT: 409,
+    Code.UNIT_FAILED: 502,
+    Code.SYSTEMD_UNAVAILABLE: 503,
 }
 
 # The code of a failure known only by its HTTP status (a bad route, a refusal of

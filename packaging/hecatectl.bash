@@ -24,7 +24,7 @@ _hecatectl() {
         "")
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket --version -h" -- "$cur"))
-            else COMPREPLY=($(compgen -W "list show paths register deregister purge status doctor watch completion" -- "$cur")); fi;;
+            else COMPREPLY=($(compgen -W "list show paths register deregister purge status doctor watch start stop restart logs completion" -- "$cur")); fi;;
         list)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --quiet --socket" -- "$cur"))
@@ -66,6 +66,26 @@ _hecatectl() {
         watch)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--count --help --interval --json --socket --wait" -- "$cur"))
+            fi;;
+        start)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
+            fi;;
+        stop)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
+            fi;;
+        restart)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
+            fi;;
+        logs)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--follow --help --json --lines --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
             fi;;
         completion)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi

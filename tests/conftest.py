@@ -229,6 +229,7 @@ MACHINE_WIDE = {
     "test_units.py",
     "test_unit_adapter.py",
     "test_unit_status.py",
+    "test_unit_control.py",
 }
 
 

@@ -543,7 +543,7 @@ def test_bash_completion(daemon: Daemon) -> None:
     daemon.register("hecate-traderd")
     daemon.register("hecate-other")
     env = clean_env(daemon.home, PATH=f"{HECATECTL.parent}{os.pathsep}{os.environ['PATH']}")
-    assert _complete(daemon.home, "hecatectl s", env) == ["show", "status"]
+    assert _complete(daemon.home, "hecatectl s", env) == ["show", "start", "status", "stop"]
     assert _complete(daemon.home, "hecatectl show hecate-t", env) == ["hecate-traderd"]
     assert _complete(daemon.home, "hecatectl purge ", env) == ["hecate-other", "hecate-traderd"]
     assert "--field" in _complete(daemon.home, "hecatectl paths x --f", env)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters.units import UnitState
-from hecated.adapters.unitstatus import unit_finding, unit_of
+from hecated.adapters.unitstatus import unit_finding, watched_unit
 from hecated.core.index import Index
 from hecated.core.layout import Layout
 from hecated.core.runstate import RunState
@@ -118,11 +118,11 @@ def test_which_unit_a_plugin_has(tmp_path: Path) -> None:
     registry.register("hecate-traderd", "1", "")
     registry.register("hecate-otherd", "1", "", unit="other@x.service")
     plain, other = registry.get("hecate-traderd"), registry.get("hecate-otherd")
-    assert unit_of("hecate-traderd", plain.entry, listed=True) == "hecate-traderd.service"
-    assert unit_of("hecate-otherd", other.entry, listed=True) == "other@x.service"
-    assert unit_of("hecate-discovered", None, listed=True) == "hecate-discovered.service"
-    assert unit_of("hecate-traderd", plain.entry, listed=False) is None  # removed
-    assert unit_of("bad", Entry("bad"), listed=True) is None  # an invalid plugin.toml
+    assert watched_unit("hecate-traderd", plain.entry, listed=True) == "hecate-traderd.service"
+    assert watched_unit("hecate-otherd", other.entry, listed=True) == "other@x.service"
+    assert watched_unit("hecate-discovered", None, listed=True) == "hecate-discovered.service"
+    assert watched_unit("hecate-traderd", plain.entry, listed=False) is None  # removed
+    assert watched_unit("bad", Entry("bad"), listed=True) is None  # an invalid plugin.toml
 
 
 def test_set_unit_changes_status_block_and_health_once(tmp_path: Path) -> None:

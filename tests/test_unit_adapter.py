@@ -35,7 +35,6 @@ from hecated.adapters.units import (
     UnitError,
     UnitState,
     check_unit_name,
-    default_unit,
     unit_reason,
     unit_status,
 )
@@ -101,11 +100,6 @@ def test_any_text_is_a_safe_unit_name_or_refused(text: str) -> None:
     assert name.isascii() and len(name) <= 255 and name.endswith(".service")
     assert "/" not in name and "\\" not in name and name[0] not in "-."
     assert name.count("@") <= 1 and not name.endswith("@.service")
-
-
-def test_the_default_unit_is_the_plugins_name() -> None:
-    assert default_unit("hecate-traderd") == "hecate-traderd.service"
-    assert default_unit("a/b") is None
 
 
 def failed(restarts: int, restart: str = "on-failure", **kw) -> UnitState:

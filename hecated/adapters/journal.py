@@ -98,6 +98,21 @@ def _backlog(reader: Any, count: int) -> list[dict[str, Any]]:
     return entries
 
 
+def backlog_of(reader: Any, count: int) -> list[LogLine]:
+    """The last ``count`` lines (at most ``LINES_MAX``), the reader left so that its
+    next ``get_next`` is the first line written after them: where a follow starts."""
+    entries = _backlog(reader, max(0, min(count, LINES_MAX)))
+    if not entries:
+        reader.seek_tail()
+        reader.get_previous()  # onto the newest entry, as _backlog leaves it
+    return [_line(e) for e in entries]
+
+
+def line_of(entry: dict[str, Any]) -> LogLine:
+    """A journal entry as a ``LogLine``."""
+    return _line(entry)
+
+
 def last_lines(unit: str, count: int = 100, uid: int | None = None) -> list[LogLine]:
     """The unit's last ``count`` lines (at most ``LINES_MAX``), oldest first."""
     reader = open_reader(unit, uid)
@@ -123,12 +138,7 @@ def follow(
     ``wait``. Closing the generator stops it too."""
     reader = open_reader(unit, uid)
     try:
-        entries = _backlog(reader, max(0, min(backlog, LINES_MAX)))
-        if not entries:
-            reader.seek_tail()
-            reader.get_previous()  # onto the newest entry, as _backlog leaves it
-        for entry in entries:
-            yield _line(entry)
+        yield from backlog_of(reader, backlog)
         while not stop.is_set():
             entry = reader.get_next()
             if entry:

@@ -73,14 +73,6 @@ def check_unit_name(unit: str) -> str:
         raise InvalidUnitName(str(exc)) from None
 
 
-def default_unit(plugin: str) -> str | None:
-    """The convention's unit for a plugin, ``{name}.service``, when that is a valid name."""
-    try:
-        return check_unit_name(plugin + SUFFIX)
-    except InvalidUnitName:
-        return None
-
-
 @dataclass(frozen=True)
 class UnitState:
     """What the user manager says of one unit (org.freedesktop.systemd1 Unit + Service).

@@ -28,11 +28,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from hecated.adapters.units import UnitState, default_unit, unit_reason, unit_status
+from hecated.adapters.units import UnitState, unit_reason, unit_status
 from hecated.adapters.unitwatch import UnitWatcher
 from hecated.core.index import Change, Index, Plugin
 from hecated.core.status import UnitFinding
 from hecated.core.store import Entry
+from hecated.core.units import unit_of
+from hecated.protocol import InvalidUnitName, check_unit_name
 
 log = logging.getLogger("hecated.adapters.unitstatus")
 
@@ -60,17 +62,17 @@ def unit_finding(state: UnitState | None) -> UnitFinding | None:
     )
 
 
-def unit_of(name: str, entry: Entry | None, listed: bool) -> str | None:
-    """The unit to watch for ``name``: ``plugin.toml``'s ``unit``, else the convention;
-    None when it is not listed, or its ``plugin.toml`` is invalid (``entry`` None and
-    listed: a discovered plugin, the convention's unit)."""
-    if not listed:
+def watched_unit(name: str, entry: Entry | None, listed: bool) -> str | None:
+    """The unit to watch for ``name`` (``core.units.unit_of``: ``plugin.toml``'s ``unit``,
+    else the convention); None when it is not listed, its ``plugin.toml`` is invalid, or
+    the convention's name is no valid unit name (``entry`` None and listed: a
+    discovered plugin, the convention's unit)."""
+    if not listed or (entry is not None and entry.manifest is None):
         return None
-    if entry is None:
-        return default_unit(name)
-    if entry.manifest is None:
+    try:
+        return check_unit_name(unit_of(entry, name))
+    except InvalidUnitName:
         return None
-    return entry.manifest.unit or default_unit(name)
 
 
 class UnitStatus:
@@ -120,7 +122,7 @@ class UnitStatus:
             if self._seen is not None and plugin.name in self._seen:  # the feed's is newer
                 return
         entry = plugin.entry if plugin.registered else None
-        self._remap(plugin.name, unit_of(plugin.name, entry, listed=True))
+        self._remap(plugin.name, watched_unit(plugin.name, entry, listed=True))
 
     def _changed(self, change: Change) -> None:
         with self._lock:
@@ -128,7 +130,7 @@ class UnitStatus:
                 return
             if self._seen is not None:
                 self._seen.add(change.name)
-        unit = unit_of(change.name, change.entry, listed=change.live is not None)
+        unit = watched_unit(change.name, change.entry, listed=change.live is not None)
         moved, new_set = self._remap(change.name, unit)
         if new_set:
             self._watch()

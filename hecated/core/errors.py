@@ -19,6 +19,10 @@ class HecateError(Exception):
         super().__init__(message)
         self.message = message
 
+    def fields(self) -> dict[str, object]:
+        """What the error envelope carries beside ``ok``, ``error`` and ``code``."""
+        return {}
+
 
 class InvalidNameError(HecateError):
     code = Code.INVALID_NAME
@@ -72,3 +76,49 @@ class BusyError(HecateError):
     """Too many requests are already waiting; retry shortly (not the request's fault)."""
 
     code = Code.BUSY
+
+
+# -- plugin units (issue 20): what the user manager answered, named for the client -------------
+
+
+class InvalidUnitError(HecateError):
+    """A unit name that is not a plain ``.service`` name: refused before any D-Bus call."""
+
+    code = Code.INVALID_UNIT
+
+
+class NoUnitError(HecateError):
+    """The user manager has no unit file for the plugin's unit: nothing to start or stop."""
+
+    code = Code.NO_UNIT
+
+
+class UnitFailedError(HecateError):
+    """The unit's job ended other than ``done`` (or not in time).
+
+    ``logs`` are the plugin's last journal lines (dicts), so the answer says why
+    without a second request; ``state`` the unit block just after the job."""
+
+    code = Code.UNIT_FAILED
+
+    def __init__(
+        self,
+        message: str,
+        result: str = "failed",
+        state: dict[str, object] | None = None,
+        logs: list[dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.result = result
+        self.state = state
+        self.logs = logs or []
+
+    def fields(self) -> dict[str, object]:
+        return {"result": self.result, "state": self.state, "logs": self.logs}
+
+
+class SystemdUnavailableError(HecateError):
+    """No user manager can be reached (no session bus, none on it, not ours): the
+    registry keeps working, control and logs answer 503 until it is back."""
+
+    code = Code.SYSTEMD_UNAVAILABLE

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,10 +29,18 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from hecated.core.errors import HecateError, InvalidFieldError, NotFoundError
+from hecated.core.errors import (
+    HecateError,
+    InvalidFieldError,
+    NotFoundError,
+    SystemdUnavailableError,
+)
 from hecated.core.index import Index
+from hecated.core.units import unit_of
 from hecated.http import openapi
 from hecated.http.forwarding.settings import PREFIX
+from hecated.http.hooks import ON_CLOSE_KEY
+from hecated.http.units import LINES_DEFAULT, LINES_MAX, FollowStreams, UnitControl, sse
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
     MAX_BODY,
@@ -73,6 +82,11 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>", endpoint="get_plugin", methods=["GET"]),
         Rule("/api/plugins/<name>", endpoint="deregister", methods=["DELETE"]),
         Rule("/api/plugins/<name>/purge", endpoint="purge", methods=["POST"]),
+        # The plugin's unit, through the user's systemd manager (http/units.py).
+        Rule("/api/plugins/<name>/start", endpoint="control", methods=["POST"]),
+        Rule("/api/plugins/<name>/stop", endpoint="control", methods=["POST"]),
+        Rule("/api/plugins/<name>/restart", endpoint="control", methods=["POST"]),
+        Rule("/api/plugins/<name>/logs", endpoint="logs", methods=["GET"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
         # Relayed to the plugin's own socket (forwarding/relay.py), on the wing's threads.
@@ -132,8 +146,12 @@ class HecateApp:
         rescan: Callable[[], int] | None = None,
         views: Views | None = None,
         forward: Callable[..., Callable] | None = None,
+        units: UnitControl | None = None,
     ) -> None:
         self.registry = registry
+        # The plugins' units (adapters/unitapi.py, built by the daemon); None: no control.
+        self.units = units
+        self.follow_streams = FollowStreams()
         # Relays forwarded requests (hecated.http.forwarding.relay.Forwarder); None: not served.
         self.forward = forward
         self.layout = registry.layout
@@ -167,7 +185,8 @@ class HecateApp:
             endpoint, args = URL_MAP.bind_to_environ(request.environ).match()
             return getattr(self, f"on_{endpoint}")(request, peer, **args)
         except HecateError as exc:
-            return error_response(status_of(exc.code), exc.code, exc.message)
+            body = {**error_body(exc.code, exc.message), **exc.fields()}
+            return json_response(body, status_of(exc.code), error_headers(exc.code))
         except ApiError as exc:
             return error_response(exc.code or 400, exc.error_code, exc.description or "")
         except HTTPException as exc:
@@ -272,6 +291,57 @@ class HecateApp:
         _audit(logging.WARNING, "purge", name, peer, f"purged the namespace of {name}")
         return json_response({"ok": True, "purged": self.layout.namespace_str(name)})
 
+    # -- the plugins' units ---------------------------------------------------------------
+
+    def _unit(self, name: str) -> tuple[UnitControl, str]:
+        """The control object and the registered plugin's unit; 400, 404 or 503 first."""
+        self.layout.check_plugin_name(name)
+        plugin = self.registry.get(name)
+        if plugin is None or not plugin.registered:
+            raise NotFoundError(f"plugin {name!r} is not registered")
+        if self.units is None:
+            raise SystemdUnavailableError("this daemon does not control plugin units")
+        return self.units, unit_of(plugin, name)
+
+    def on_control(self, request: Request, peer: Peer, name: str) -> Response:
+        """start, stop or restart (the path's last part); the answer waits for the job."""
+        verb = request.path.rstrip("/").rsplit("/", 1)[-1]
+        units, unit = self._unit(name)
+        state = getattr(units, verb)(unit)
+        _audit(logging.INFO, verb, name, peer, f"{verb} of plugin {name} ({unit}) done")
+        return json_response({"ok": True, "unit": unit, "state": state})
+
+    def on_logs(self, request: Request, peer: Peer, name: str) -> Response:
+        """The unit's last lines (``lines``, default 100, at most 10,000); with ``follow``,
+        those lines and then each new one as server-sent events."""
+        lines = _query_number(request, "lines", int, 0, LINES_MAX)
+        # A HEAD gets the plain answer's head: a stream with no body would never end.
+        follow = _query_flag(request, "follow") and request.method != "HEAD"
+        units, unit = self._unit(name)
+        count = LINES_DEFAULT if lines is None else lines
+        if not follow:
+            return json_response({"ok": True, "unit": unit, "lines": units.logs(unit, count)})
+        streams = self.follow_streams
+        streams.take()
+        try:
+            stop = threading.Event()
+            source = units.follow(unit, stop, count)
+        except BaseException:
+            streams.give_back()
+            raise
+        on_close = request.environ.get(ON_CLOSE_KEY)
+        if callable(on_close):  # a serving layer that says when the client hangs up
+            on_close(stop.set)
+        stopping = lambda: self.phase == HealthStatus.STOPPING  # noqa: E731
+        body = sse(source, stop, streams.give_back, stopping)
+        return Response(
+            body,
+            status=200,
+            mimetype="text/event-stream",
+            headers=[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
+            direct_passthrough=True,
+        )
+
 
 def _describe(exc: HTTPException, request: Request) -> str:
     if exc.code == 404:
@@ -302,6 +372,19 @@ def _query_number(request: Request, key: str, kind: type, low: float, high: floa
     if high is not None and value > high:
         value = kind(high)
     return value
+
+
+_TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"0", "false", "no", ""})
+
+
+def _query_flag(request: Request, key: str) -> bool:
+    """A yes/no query parameter (``1``/``true``/``yes``, ``0``/``false``/``no``), else 400."""
+    raw = request.args.get(key)
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise ApiError(Code.INVALID_PARAMETER, f"{key!r} must be 1 or 0 (got {raw!r})")
 
 
 def _json_object(request: Request) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class Job(Protocol):
     """One claimed request, received whole; its connection is out of the serving loop."""
 
     fileno: int  # the client's connection, to watch for its hang-up
+    path: str  # its PATH_INFO, as ``claims`` was asked with
 
     def serve(self) -> None:
         """Answer the request on the calling thread (never raises)."""
@@ -52,3 +53,30 @@ class Detour(Protocol):
 
     def close(self) -> None:
         """The server has stopped: let go of threads and watches."""
+
+
+class Detours:
+    """Several detours as one: each request goes to the first that claims its path.
+
+    The server takes one ``Detour``; the forwarding wing and the followed logs
+    (``http/units.py``) are two. A claimed request may carry the largest body any
+    of them takes, and sending to a silent client may wait as long as any allows."""
+
+    def __init__(self, *detours: Detour) -> None:
+        self.detours = detours
+        self.body_limit = max(d.body_limit for d in detours)
+        timeouts = [d.send_timeout for d in detours]
+        self.send_timeout = None if None in timeouts else max(t for t in timeouts if t)
+
+    def claims(self, path: str) -> bool:
+        return any(d.claims(path) for d in self.detours)
+
+    def run(self, job: Job) -> str | None:
+        for detour in self.detours:
+            if detour.claims(job.path):
+                return detour.run(job)
+        return "no detour claims this request"  # not reached: claims() said one did
+
+    def close(self) -> None:
+        for detour in self.detours:
+            detour.close()

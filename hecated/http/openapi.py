@@ -15,6 +15,7 @@ from typing import Any
 from hecated import __version__
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX
 from hecated.http.forwarding.settings import PREFIX
+from hecated.http.units import FOLLOW_STREAMS, LINES_MAX
 from hecated.protocol import (
     BUSY_RETRY_AFTER,
     MAX_BODY,
@@ -77,6 +78,13 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Stable machine-readable code, e.g. invalid_name, "
                 "not_found, storage_error, forbidden, busy.",
             },
+            # unit_failed only: what systemd said, and why, without a second request.
+            "result": {
+                "type": "string",
+                "description": "unit_failed: systemd's job result (failed, timeout, ...).",
+            },
+            "state": {"oneOf": [_ref("UnitState"), {"type": "null"}]},
+            "logs": {"type": "array", "items": _ref("LogLine")},
         },
     },
     "Name": {
@@ -350,6 +358,51 @@ SCHEMAS: dict[str, Any] = {
         "required": ["ok", "purged"],
         "properties": {"ok": {"type": "boolean", "enum": [True]}, "purged": {"type": "string"}},
     },
+    # -- plugin units (issue 20) -----------------------------------------------------------
+    "UnitState": {
+        "type": "object",
+        "description": "What the user's systemd manager says of the plugin's unit.",
+        "required": ["name", "load_state", "active_state", "sub_state"],
+        "properties": {
+            "name": {"type": "string"},
+            "load_state": {"type": "string"},
+            "active_state": {"type": "string"},
+            "sub_state": {"type": "string"},
+            "result": {"type": "string"},
+            "restarts": {"type": "integer", "minimum": 0},
+            "since": {"type": ["number", "null"]},
+            "main_pid": {"type": ["integer", "null"]},
+        },
+    },
+    "UnitControlled": {
+        "type": "object",
+        "required": ["ok", "unit", "state"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "unit": {"type": "string"},
+            "state": _ref("UnitState"),
+        },
+    },
+    "LogLine": {
+        "type": "object",
+        "required": ["time", "message"],
+        "properties": {
+            "time": {"type": ["number", "null"], "description": "Seconds since the epoch."},
+            "message": {"type": "string"},
+            "pid": {"type": ["integer", "null"]},
+            "identifier": {"type": ["string", "null"]},
+            "priority": {"type": ["integer", "null"]},
+        },
+    },
+    "Logs": {
+        "type": "object",
+        "required": ["ok", "unit", "lines"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "unit": {"type": "string"},
+            "lines": {"type": "array", "items": _ref("LogLine")},
+        },
+    },
     "Rescanned": {
         "type": "object",
         "required": ["ok", "plugins"],
@@ -402,6 +455,24 @@ RESPONSES: dict[str, Any] = {
         "closed the connection before answering, or its answer cannot be relayed as it came "
         "(conflicting framing, 101 or another interim status, a folded header, a control "
         "character in the status line)."
+    ),
+    "NoUnit": _error(
+        "no_unit: the user manager has no unit file for the plugin's unit (its plugin.toml's "
+        "unit, else NAME.service); the message says how to install or name one."
+    ),
+    "UnitFailed": _error(
+        "unit_failed: the job did not end done (or not within unit_job_timeout, default "
+        "30 s); result, the unit's state and the plugin's last log lines are in the body."
+    ),
+    "SystemdUnavailable": _error(
+        "systemd_unavailable: no systemd user manager can be reached (no session bus, none "
+        "on it, not ours); the registry keeps working."
+    ),
+    "LogsUnavailable": _error(
+        "systemd_unavailable: the journal cannot be read (no systemd-python, no journal); "
+        f"or busy: as many followed logs are open as hecated serves ({FOLLOW_STREAMS}), "
+        "retry after the Retry-After seconds.",
+        {RETRY_AFTER_HEADER: {**RETRY_HEADERS[RETRY_AFTER_HEADER], "required": False}},
     ),
     "PluginTimeout": _error(
         "plugin_timeout: the plugin sent no first byte within forward_timeout (default 30 s)."
@@ -538,6 +609,67 @@ PATHS: dict[str, Any] = {
                 "409": _resp("Conflict"),
                 "507": _resp("Storage"),
             },
+        ),
+    },
+    **{
+        f"/api/plugins/{{name}}/{verb}": {
+            "parameters": [NAME_PARAM],
+            "post": _op(
+                verb,
+                f"{summary}; the answer waits for the job (unit_job_timeout, default 30 s)",
+                {
+                    "200": _json(_ref("UnitControlled"), "The job ended done: the unit's state"),
+                    "400": _resp("BadRequest"),
+                    "404": _resp("NotFound"),
+                    "409": _resp("NoUnit"),
+                    "502": _resp("UnitFailed"),
+                    "503": _resp("SystemdUnavailable"),
+                },
+            ),
+        }
+        for verb, summary in (
+            ("start", "Start the plugin's systemd user unit (a failed state cleared first)"),
+            ("stop", "Stop the plugin's systemd user unit"),
+            ("restart", "Restart the plugin's systemd user unit (a failed state cleared first)"),
+        )
+    },
+    "/api/plugins/{name}/logs": {
+        "parameters": [NAME_PARAM],
+        "get": _op(
+            "logs",
+            "The plugin's unit's journal lines; with follow, then each new one (SSE)",
+            {
+                "200": {
+                    "description": "The last lines, oldest first. With follow=1: "
+                    "text/event-stream, the last lines and then each new one as it is written, "
+                    "each a `data:` event holding one LogLine as JSON; a comment line every "
+                    "15 s of silence; it ends when the client goes or the daemon stops.",
+                    "content": {
+                        "application/json": {"schema": _ref("Logs")},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                "400": _resp("BadRequest"),
+                "404": _resp("NotFound"),
+                "503": _resp("LogsUnavailable"),
+            },
+            parameters=[
+                {
+                    "name": "lines",
+                    "in": "query",
+                    "required": False,
+                    "description": "How many of the last lines (default 100; more than "
+                    f"{LINES_MAX} reads {LINES_MAX}).",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "required": False,
+                    "description": "1: stream the lines and each new one as server-sent events.",
+                    "schema": {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no"]},
+                },
+            ],
         ),
     },
     f"{PREFIX}{{name}}/{{rest}}": {

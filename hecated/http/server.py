@@ -132,6 +132,7 @@ class _Detached:
         self.listener = listener
         self.channel = channel
         self.fileno: int = channel._fileno  # kept: a closed channel forgets its own
+        self.path: str = channel.requests[0].path if channel.requests else ""
 
     def hung_up(self) -> None:
         self.channel.hung_up()

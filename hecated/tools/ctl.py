@@ -9,6 +9,7 @@ one line on stderr, and the exit code says what kind of failure it was (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -25,10 +26,12 @@ from hecated.client import (
     ClientError,
     DaemonUnavailableError,
     HecateClient,
+    LogLine,
     NotFoundError,
     PluginInfo,
     PluginSummary,
     Snapshot,
+    UnitFailedError,
     UnitInfo,
 )
 from hecated.protocol import PLUGIN_OK, PLUGIN_STOPPED, PluginStatus
@@ -37,6 +40,7 @@ PROG = "hecatectl"
 START_HINT = "start it with `systemctl --user start hecate.socket` (or run `hecated`)"
 # Long enough to ride out a daemon restarting, short enough that "not running" is prompt.
 CONNECT_RETRY = 0.5
+UNIT_VERBS = ("start", "stop", "restart")
 PATH_FIELDS = ("base_dir", "sqlite", "reckon_db", "sockets", "run", "connectors", "socket")
 
 
@@ -114,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--count", type=int, metavar="N", help="exit after N changes (default: run until Ctrl-C)"
     )
+    _unit_commands(add)
     comp = add("completion", "print the bash completion script")
     comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     return parser
@@ -130,6 +135,18 @@ def _register_args(reg: argparse.ArgumentParser) -> None:
         metavar="UNIT",
         help="the systemd user unit that runs it (default: NAME.service; kept when left out)",
     )
+
+
+def _unit_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """start, stop, restart and logs: the plugin's unit, through hecated (issue 20)."""
+    for verb in UNIT_VERBS:
+        add(verb, f"{verb} a plugin's systemd user unit and wait for the job").add_argument("name")
+    logs = add("logs", "a plugin's unit's journal lines; -f: follow new ones (Ctrl-C to stop)")
+    logs.add_argument("name")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=None, metavar="N", help="last N lines (default 100)"
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
 
 
 def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
@@ -350,6 +367,58 @@ def cmd_purge(client: HecateClient, args: argparse.Namespace) -> Exit:
     else:
         print(f"purged {args.name}: removed {result.purged}")
     return Exit.OK
+
+
+def cmd_unit(client: HecateClient, args: argparse.Namespace) -> Exit:
+    """start / stop / restart NAME: the job's end, or why it failed with the last lines."""
+    try:
+        result = getattr(client, args.command)(args.name)
+    except UnitFailedError as exc:
+        if args.json:
+            _json(exc.body)
+        else:
+            for line in exc.logs:
+                print(_log_text(line), file=sys.stderr)
+        raise
+    if args.json:
+        _json(result.raw)
+        return Exit.OK
+    state = result.state
+    pid = f", pid {state['main_pid']}" if state.get("main_pid") else ""
+    print(
+        f"{args.command} {args.name}: {result.unit} is "
+        f"{state.get('active_state', '?')} ({state.get('sub_state', '?')}){pid}"
+    )
+    return Exit.OK
+
+
+def cmd_logs(client: HecateClient, args: argparse.Namespace) -> Exit:
+    """The unit's last lines; with -f, then each new one until Ctrl-C."""
+    if args.lines is not None and args.lines < 0:
+        raise CommandError("-n takes a number >= 0", Exit.USAGE)
+    if args.follow:
+        lines = client.follow_logs(args.name, 10 if args.lines is None else args.lines)
+    else:
+        lines = iter(client.logs(args.name, 100 if args.lines is None else args.lines))
+    for line in lines:
+        if args.json:
+            print(json.dumps(dataclasses.asdict(line)), flush=True)
+        else:
+            print(_log_text(line), flush=True)
+    return Exit.OK
+
+
+def _log_text(line: LogLine) -> str:
+    """journalctl's short format: time, identifier[pid]: message."""
+    when = (
+        datetime.fromtimestamp(line.time).strftime("%b %d %H:%M:%S")
+        if line.time is not None
+        else "-"
+    )
+    who = line.identifier or "?"
+    return (
+        f"{when} {who}[{line.pid}]: {line.message}" if line.pid else f"{when} {who}: {line.message}"
+    )
 
 
 def _confirm(prompt: str) -> bool:
@@ -592,6 +661,10 @@ COMMANDS: dict[str, Callable[[HecateClient, argparse.Namespace], Exit]] = {
     "doctor": cmd_doctor,
     "watch": cmd_watch,
     "completion": cmd_completion,
+    "start": cmd_unit,
+    "stop": cmd_unit,
+    "restart": cmd_unit,
+    "logs": cmd_logs,
 }
 
 
