@@ -39,6 +39,9 @@ from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.edge import Edge
+from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
+from hecated.http.forwarding.idlestop import IdleStops
+from hecated.http.forwarding.ondemand import OnDemand
 from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
@@ -215,6 +218,13 @@ class Lifecycle:
         self.prober = Prober(self.registry, **config.section("probe"))
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
+        # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
+        # user manager; the adapters start at once when a start is wanted before they would.
+        units = config.section("units")
+        self.units = _PluginUnits(units["job_timeout"], self._adapters_now)
+        idle_stops = IdleStops(self.units.stop, units["job_timeout"])
+        self.on_demand = OnDemand(self.registry, self.units.start, idle_stops)
+        self._defer_lock = threading.Lock()
         self.server: UnixServer | None = None
         self.app: FastPath | None = None
         self.supervisor: Supervisor | None = None
@@ -277,7 +287,7 @@ class Lifecycle:
             from hecated.http.app import HecateApp
             from hecated.http.forwarding.relay import Forwarder
 
-            forwarder = Forwarder(registry, forward)
+            forwarder = Forwarder(registry, forward, on_demand=self.on_demand)
             return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
 
         # The hot GETs from cached bytes; the full app on the first request that needs
@@ -311,10 +321,10 @@ class Lifecycle:
         if not self._deferred and (
             server.idle_for() > 0 or time.monotonic() - self._began > self.config.defer_at_most
         ):
-            self._deferred = True
-            self._after_first_answer()
+            self._adapters_now()
         idle = self.config.idle_timeout
-        if idle and server.idle_for() >= idle:
+        # Not while a plugin's idle stop is due: exiting would lose it.
+        if idle and server.idle_for() >= idle and not self.on_demand.idle.pending():
             log.info("idle for %.0f s: exiting until the next connection", idle)
             server.shutdown()
 
@@ -329,6 +339,7 @@ class Lifecycle:
         if self.supervisor is not None:
             self.supervisor.stop()
         self.runfiles.set_state("stopping")
+        self.on_demand.close()  # requests held for a plugin's start answer now
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
         self.watching.stop()  # adapters stop here: the watcher, then the prober
@@ -383,6 +394,16 @@ class Lifecycle:
 
     # -- after the first answer -------------------------------------------------------------
 
+    def _adapters_now(self) -> None:
+        """The after-first-answer work, now, once: from the loop's tick, or from an
+        on-demand start before the first answer is out (the watcher and the prober are
+        what see the started plugin's socket answer; the request waits for them)."""
+        with self._defer_lock:
+            if self._deferred:
+                return
+            self._deferred = True
+        self._after_first_answer()
+
     def _after_first_answer(self) -> None:
         """Start-up work no first request needs, started once the first answer is out.
 
@@ -417,6 +438,51 @@ class Lifecycle:
 
     def status_line(self) -> str:
         return status_line(self.registry)
+
+
+_DONE = {"start": "started", "stop": "stopped"}
+
+
+class _PluginUnits:
+    """The wing's starter and stopper, over the user manager (``adapters/unitcontrol``).
+
+    The wing may not import adapters: the unit adapter's exceptions become the wing's
+    errors here. Until the core has unit errors of its own, a unit that cannot be
+    started leaves the request the ``502 plugin_unreachable`` it would have had anyway,
+    with why in its sentence (a job that does not end in time: ``504``).
+    """
+
+    def __init__(self, job_timeout: float, before_start: Callable[[], None]) -> None:
+        self.job_timeout = job_timeout
+        self.before_start = before_start
+
+    def start(self, unit: str, timeout: float) -> None:
+        self.before_start()
+        self._job("start", unit, min(timeout, self.job_timeout))
+
+    def stop(self, unit: str, timeout: float) -> None:
+        self._job("stop", unit, min(timeout, self.job_timeout))
+
+    def _job(self, action: str, unit: str, timeout: float) -> None:
+        from hecated.adapters import units  # off the cold-start path, like jeepney itself
+        from hecated.adapters.unitcontrol import UserManager
+
+        try:
+            getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
+        except units.JobTimeout:
+            raise PluginTimeoutError(
+                f"the plugin is not running, and the {action} job of its unit {unit} did not "
+                f"end within {timeout:g} s"
+            ) from None
+        except units.NoSuchUnit:
+            raise PluginUnreachableError(
+                f"the plugin is not running, and the user manager has no unit {unit} to "
+                f'{action} it (name one with unit = "NAME.service" in its plugin.toml)'
+            ) from None
+        except units.UnitError as exc:  # JobFailed, SystemdUnavailable, InvalidUnitName
+            raise PluginUnreachableError(
+                f"the plugin is not running; its unit {unit} could not be {_DONE[action]}: {exc}"
+            ) from None
 
 
 class _Watching:

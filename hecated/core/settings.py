@@ -147,6 +147,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forward_timeout", number(0.001), 30.0, "seconds to wait for a plugin's first byte "
             "before a 504", env="HECATE_FORWARD_TIMEOUT", section="forward",
             field="first_byte_timeout"),
+    Setting("unit_job_timeout", number(0.001), 30.0, "seconds to wait for a plugin unit's start "
+            "or stop job", env="HECATE_UNIT_JOB_TIMEOUT", section="units", field="job_timeout"),
 )
 # fmt: on
 
