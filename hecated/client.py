@@ -492,14 +492,22 @@ class HecateClient:
     # -- the API ------------------------------------------------------------------------
 
     def register(
-        self, name: str, version: str | None = None, description: str | None = None
+        self,
+        name: str,
+        version: str | None = None,
+        description: str | None = None,
+        unit: str | None = None,
     ) -> PluginPaths:
         """Register (or re-register, on every start) and get the namespace's paths.
 
         ``version`` or ``description`` left out (None): the daemon takes them from the
         plugin's own ``GET /manifest`` when its socket answers, else leaves them empty.
+        ``unit``: the systemd user unit that runs the plugin (None: keep what plugin.toml
+        says; a plugin.toml without one means ``{name}.service``).
         """
         body: dict[str, str] = {"name": name}
+        if unit is not None:
+            body["unit"] = unit
         if version is not None:
             body["version"] = version
         if description is not None:

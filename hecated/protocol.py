@@ -32,6 +32,46 @@ SUN_PATH_MAX = 107
 # The largest request body the API reads (a registration is a few hundred bytes).
 MAX_BODY = 64 * 1024
 
+# -- unit names ----------------------------------------------------------------------------
+
+# systemd's UNIT_NAME_MAX is 256 with the NUL: a unit name has at most 255 bytes.
+UNIT_NAME_MAX = 255
+UNIT_SUFFIX = ".service"
+# systemd's own alphabet (unit-name.c, VALID_CHARS) minus the backslash of its escapes:
+# a plugin's unit is named by a person or by the convention, never by systemd-escape.
+_UNIT_PART = r"[A-Za-z0-9_:][A-Za-z0-9_:.-]*"
+UNIT_PATTERN = rf"^{_UNIT_PART}(@{_UNIT_PART})?\.service$"
+_UNIT_RE = re.compile(UNIT_PATTERN)
+
+
+class InvalidUnitName(ValueError):
+    """A unit name that is not a plain ``.service`` name; refused before any call."""
+
+
+def check_unit_name(unit: object) -> str:
+    """``unit`` if it is a name we may hand to the user manager, else ``InvalidUnitName``.
+
+    Why so strict: the name reaches systemd's D-Bus API and the journal's matches, and a
+    plugin.toml or a request body is where it comes from. It lives here, beside the plugin
+    name rule, so the manifest, the API and the unit adapter refuse the same names.
+    Only ``.service`` units: no path, no backslash escape, no template without an instance."""
+    if not isinstance(unit, str) or not unit:
+        raise InvalidUnitName("a unit name is a non-empty string")
+    if len(unit.encode("utf-8", "surrogatepass")) > UNIT_NAME_MAX:
+        raise InvalidUnitName(f"a unit name has at most {UNIT_NAME_MAX} bytes")
+    if not unit.endswith(UNIT_SUFFIX):
+        raise InvalidUnitName(f"only {UNIT_SUFFIX} units run plugins: {unit!r}")
+    if "/" in unit or "\\" in unit:
+        raise InvalidUnitName(f"a unit name, not a path or an escape: {unit!r}")
+    if unit.endswith("@" + UNIT_SUFFIX):
+        raise InvalidUnitName(f"a template needs an instance: {unit!r}")
+    if not _UNIT_RE.match(unit):
+        raise InvalidUnitName(
+            f"not a unit name (letters, digits, ':', '_', '.', '-', one '@'): {unit!r}"
+        )
+    return unit
+
+
 # -- headers -------------------------------------------------------------------------------
 
 SEQ_HEADER = "X-Hecate-Seq"  # the registry's change sequence number behind an answer

@@ -42,7 +42,7 @@ _hecatectl() {
             fi;;
         register)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--description --help --json --socket --version" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--description --help --json --socket --unit --version" -- "$cur"))
             else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
             fi;;
         deregister)

@@ -89,6 +89,19 @@ def test_register_with_name_only_as_in_the_bootstrap_flow(client: Client) -> Non
     assert listed[0]["version"] == "" and listed[0]["description"] == ""
 
 
+def test_register_with_a_unit_writes_it_to_plugin_toml_and_keeps_it(
+    client: Client, app: HecateApp
+) -> None:
+    body = {"name": "hecate-traderd", "version": "1", "unit": "traderd@main.service"}
+    assert client.post("/api/plugins/register", json=body).status_code == 201
+    path = app.layout.manifest_path("hecate-traderd")
+    assert 'unit = "traderd@main.service"' in path.read_text()
+    again = {"name": "hecate-traderd", "version": "2"}  # a restart need not repeat it
+    assert client.post("/api/plugins/register", json=again).status_code == 200
+    assert 'unit = "traderd@main.service"' in path.read_text()
+    assert app.registry.get("hecate-traderd").entry.manifest.unit == "traderd@main.service"
+
+
 def test_reregister_is_200_with_same_body(client: Client) -> None:
     first = client.post("/api/plugins/register", json={"name": "p", "version": "1"})
     again = client.post("/api/plugins/register", json={"name": "p", "version": "2"})
@@ -242,6 +255,9 @@ def test_rescan_answers_with_the_seq(client: Client, app: HecateApp) -> None:
         ({"name": "p", "version": 1}, "invalid_field"),
         ({"name": "p", "description": ["x"]}, "invalid_field"),
         ({"name": "p", "colour": "red"}, "invalid_field"),
+        ({"name": "p", "unit": "../p.service"}, "invalid_field"),
+        ({"name": "p", "unit": "p.timer"}, "invalid_field"),
+        ({"name": "p", "unit": 5}, "invalid_field"),
     ],
 )
 def test_bad_registrations_are_400_and_create_nothing(

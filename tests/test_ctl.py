@@ -243,6 +243,17 @@ def test_register_and_reregister(daemon: Daemon) -> None:
     assert ctl(daemon.home, "register", "hecate-traderd").out.startswith("re-registered")
 
 
+def test_register_with_a_unit(daemon: Daemon) -> None:
+    result = ctl(daemon.home, "register", "hecate-traderd", "--unit", "traderd.service")
+    assert result.code == 0, result
+    text = (daemon.root / "hecate-traderd" / "plugin.toml").read_text()
+    assert 'unit = "traderd.service"' in text
+    bad = ctl(daemon.home, "register", "hecate-other", "--unit", "/etc/x.service")
+    assert bad.code != 0
+    assert "not a valid unit" in bad.err
+    assert not (daemon.root / "hecate-other").exists()
+
+
 def test_deregister_keeps_the_data(daemon: Daemon) -> None:
     daemon.register("hecate-traderd")
     keep = daemon.root / "hecate-traderd/sqlite/keep.db"

@@ -102,3 +102,57 @@ def test_oversized_manifest_is_refused(home: Path) -> None:
     (ns / "plugin.toml").write_bytes(b"#" * (manifest.MAX_FILE_BYTES + 1))
     with opened(_dir_fd(ns)) as fd, pytest.raises(ManifestError, match="bytes"):
         manifest.read(fd, "p", "ns/plugin.toml")
+
+
+# -- the unit keys (issue 20) ----------------------------------------------------------------
+
+
+def test_the_unit_keys_are_read_and_written_back() -> None:
+    data = (
+        b'name = "p"\nversion = "1"\nunit = "hecate-p@x.service"\n'
+        b"start_on_demand = false\nidle_stop_after = 300\n"
+    )
+    m = manifest.parse(data, "p", "p/plugin.toml")
+    assert (m.unit, m.start_on_demand, m.idle_stop_after) == ("hecate-p@x.service", False, 300)
+    assert m.extra == {}
+    doc = tomllib.loads(manifest.dumps(m).decode())
+    assert (doc["unit"], doc["start_on_demand"], doc["idle_stop_after"]) == (
+        "hecate-p@x.service",
+        False,
+        300,
+    )
+    assert manifest.parse(manifest.dumps(m), "p", "p/plugin.toml") == m
+
+
+def test_the_unit_keys_default_to_the_convention_and_are_not_written() -> None:
+    m = manifest.parse(b'name = "p"\nversion = "1"\n', "p", "p/plugin.toml")
+    assert (m.unit, m.start_on_demand, m.idle_stop_after) == (None, True, None)
+    doc = tomllib.loads(manifest.dumps(m).decode())
+    assert not {"unit", "start_on_demand", "idle_stop_after"} & set(doc)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('unit = "../evil.service"', "'unit' is not a valid unit: a unit name, not a path"),
+        ('unit = "p.socket"', "'unit' is not a valid unit: only .service units"),
+        ('unit = "p@.service"', "a template needs an instance"),
+        ('unit = "p q.service"', "not a unit name"),
+        ('unit = ""', "a unit name is a non-empty string"),
+        ("unit = 7", "a unit name is a non-empty string"),
+        ('unit = "a\\\\x2d.service"', "not a path or an escape"),
+        ('start_on_demand = "yes"', "'start_on_demand' must be true or false"),
+        ("start_on_demand = 1", "'start_on_demand' must be true or false"),
+        ("idle_stop_after = -1", "'idle_stop_after' must be a finite number >= 0"),
+        ("idle_stop_after = inf", "'idle_stop_after' must be a finite number >= 0"),
+        ("idle_stop_after = nan", "'idle_stop_after' must be a finite number >= 0"),
+        ("idle_stop_after = true", "'idle_stop_after' must be a number of seconds"),
+        ('idle_stop_after = "5m"', "'idle_stop_after' must be a number of seconds"),
+    ],
+)
+def test_bad_unit_keys_make_the_file_invalid_with_the_reason(line: str, fragment: str) -> None:
+    data = f'name = "p"\nversion = "1"\n{line}\n'.encode()
+    with pytest.raises(ManifestError) as info:
+        manifest.parse(data, "p", "p/plugin.toml")
+    assert fragment in info.value.message
+    assert str(info.value).startswith("p/plugin.toml: ")

@@ -124,3 +124,27 @@ def test_manifests_with_keys_a_person_added_are_not_cached(tmp_path: Path) -> No
     registry.scan()
     assert len(registry.cache) == 0
     assert registry.get("noted").entry.manifest.extra == {"notes": {"owner": "me"}}
+
+
+def test_the_unit_keys_survive_the_cache(tmp_path: Path) -> None:
+    layout = Layout.at(tmp_path / ".hecate")
+    layout.ensure_layout()
+    layout.ensure_namespace("unitful")
+    now = now_utc()
+    m = Manifest(
+        "unitful", "1", "d", now, now, unit="u@1.service", start_on_demand=False, idle_stop_after=9
+    )
+    layout.manifest_path("unitful").write_bytes(dumps(m))
+    first = _registry(layout)
+    first.scan()
+    assert first.save_cache()
+    second = _registry(layout)
+    assert second.load_cache() == 1
+    second.scan()
+    assert second.cache.hits == 1
+    cached = second.get("unitful").entry.manifest
+    assert (cached.unit, cached.start_on_demand, cached.idle_stop_after) == (
+        "u@1.service",
+        False,
+        9,
+    )

@@ -12,25 +12,24 @@ path, no backslash escape, no template without an instance.
 
 from __future__ import annotations
 
-import re
 import signal
 from dataclasses import dataclass
 
-# systemd's UNIT_NAME_MAX is 256 with the NUL: a unit name has at most 255 bytes.
-UNIT_NAME_MAX = 255
-SUFFIX = ".service"
-# systemd's own alphabet (unit-name.c, VALID_CHARS) minus the backslash of its escapes:
-# a plugin's unit is named by a person or by the convention, never by systemd-escape.
-_PART = r"[A-Za-z0-9_:][A-Za-z0-9_:.-]*"
-_UNIT_RE = re.compile(rf"^{_PART}(@{_PART})?\.service$")
+from hecated import protocol
+
+UNIT_NAME_MAX = protocol.UNIT_NAME_MAX
+SUFFIX = protocol.UNIT_SUFFIX
 
 
 class UnitError(Exception):
     """Anything the unit adapter refuses or the user manager reports."""
 
 
-class InvalidUnitName(UnitError, ValueError):
-    """A unit name that is not a plain ``.service`` name; refused before any call."""
+class InvalidUnitName(UnitError, protocol.InvalidUnitName):
+    """A unit name that is not a plain ``.service`` name; refused before any call.
+
+    The rule is ``protocol.check_unit_name`` (the name rules' home); here it is also a
+    ``UnitError``, so a caller of the adapter catches one family."""
 
 
 class SystemdUnavailable(UnitError):
@@ -66,25 +65,12 @@ class JobTimeout(JobFailed):
 
 
 def check_unit_name(unit: str) -> str:
-    """``unit`` if it is a name we may hand to the user manager, else ``InvalidUnitName``.
-
-    Why so strict: the name reaches systemd's D-Bus API and the journal's matches,
-    and a plugin.toml or a request body is where it comes from."""
-    if not isinstance(unit, str) or not unit:
-        raise InvalidUnitName("a unit name is a non-empty string")
-    if len(unit.encode()) > UNIT_NAME_MAX:
-        raise InvalidUnitName(f"a unit name has at most {UNIT_NAME_MAX} bytes")
-    if not unit.endswith(SUFFIX):
-        raise InvalidUnitName(f"only {SUFFIX} units run plugins: {unit!r}")
-    if "/" in unit or "\\" in unit:
-        raise InvalidUnitName(f"a unit name, not a path or an escape: {unit!r}")
-    if unit.endswith("@" + SUFFIX):
-        raise InvalidUnitName(f"a template needs an instance: {unit!r}")
-    if not _UNIT_RE.match(unit):
-        raise InvalidUnitName(
-            f"not a unit name (letters, digits, ':', '_', '.', '-', one '@'): {unit!r}"
-        )
-    return unit
+    """``unit`` if it is a name we may hand to the user manager, else ``InvalidUnitName``
+    (the protocol's rule, raised as the adapter's error)."""
+    try:
+        return protocol.check_unit_name(unit)
+    except protocol.InvalidUnitName as exc:
+        raise InvalidUnitName(str(exc)) from None
 
 
 def default_unit(plugin: str) -> str | None:

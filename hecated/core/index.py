@@ -28,7 +28,7 @@ from hecated.core import manifest, startscan
 from hecated.core.errors import BusyError, NotFoundError, PluginRunningError, UnsafePathError
 from hecated.core.files import GroupCommit, opened
 from hecated.core.layout import Layout
-from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text
+from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text, check_unit
 from hecated.core.manifestcache import ManifestCache
 from hecated.core.purge import purge_namespace
 from hecated.core.runstate import RunState, read_run
@@ -348,20 +348,24 @@ class Index:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def register(self, name: object, version: object, description: object) -> tuple[Entry, bool]:
+    def register(
+        self, name: object, version: object, description: object, unit: object = None
+    ) -> tuple[Entry, bool]:
         """Create or update ``name``'s entry; True in the pair when it is new.
 
         Re-registering is how a plugin daemon restarts: version and description
         are updated, ``registered_at`` and any keys a person added are kept.
         What was written is published as is, not read back; the watcher's echo
-        of the write is recognised by the store and costs no parse.
+        of the write is recognised by the store and costs no parse. ``unit``
+        (the systemd user unit that runs it) is written when given, else kept.
         """
         name = self.layout.check_plugin_name(name)
         version = check_text("version", version, VERSION_MAX)
         description = check_text("description", description, DESCRIPTION_MAX)
+        unit = None if unit is None else check_unit(unit)
         with self.name_lock(name):
             try:
-                written = self.store.write(name, version, description, self._clock())
+                written = self.store.write(name, version, description, self._clock(), unit)
             except BaseException:
                 with self.store.root() as root:
                     self._refresh_locked(name, root)  # the index follows the disk

@@ -8,6 +8,7 @@ TOML with a comment saying what the file is, and keys nobody defined here
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -19,6 +20,7 @@ from typing import Any
 from hecated.core.errors import InvalidFieldError, UnsafePathError
 from hecated.core.files import Sync, atomic_write, read_regular
 from hecated.core.layout import MANIFEST_NAME
+from hecated.protocol import InvalidUnitName, check_unit_name
 
 SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024
@@ -27,7 +29,12 @@ DESCRIPTION_MAX = 1024
 # Tables and arrays nested deeper than this in a hand edit are refused: tomllib reads far
 # deeper than tomli_w can write back (a RecursionError), and no entry needs it.
 NESTING_MAX = 32
-KNOWN_KEYS = frozenset({"schema", "name", "version", "description", "registered_at", "updated_at"})
+# The keys of the plugin's unit (issue 20): which systemd user unit runs it, whether a
+# forwarded request may start it, and after how many idle seconds hecated stops it.
+UNIT_KEYS = frozenset({"unit", "start_on_demand", "idle_stop_after"})
+KNOWN_KEYS = frozenset(
+    {"schema", "name", "version", "description", "registered_at", "updated_at", *UNIT_KEYS}
+)
 # Control characters but tab and newline: refused in free text.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _LINE_RE = re.compile(r"\(at line (\d+)(?:, column (\d+))?\)")
@@ -49,6 +56,13 @@ class Manifest:
     # Hand-written times finer than a microsecond: (as Python would write them, as written),
     # so a rewrite puts back what the person wrote instead of a value cut to microseconds.
     fine_times: tuple[tuple[str, str], ...] = ()
+    # The systemd user unit that runs the plugin; None: the convention, ``{name}.service``.
+    unit: str | None = None
+    # False: a forwarded request to the stopped plugin is refused, not answered by a start.
+    start_on_demand: bool = True
+    # Seconds with no forwarded request and no open stream before hecated stops the unit;
+    # None: never (the default). As written (an int stays an int across a rewrite).
+    idle_stop_after: int | float | None = None
 
     def updated(self, version: str, description: str, now: datetime) -> Manifest:
         return replace(self, version=version, description=description, updated_at=now)
@@ -149,6 +163,7 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
         description = check_text("description", doc.get("description", ""), DESCRIPTION_MAX)
     except InvalidFieldError as exc:
         raise ManifestError(path, exc.message) from None
+    unit_keys = _unit_keys(doc, path)
     extra = {k: v for k, v in doc.items() if k not in KNOWN_KEYS}
     if extra and _too_deep(extra):
         raise ManifestError(
@@ -165,7 +180,42 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
         schema=schema,
         extra=extra,
         fine_times=_fine_times(text) if "." in text else (),
+        **unit_keys,
     )
+
+
+def check_unit(value: object) -> str:
+    """A ``unit`` value, the same rule for the API and for hand edits (``InvalidFieldError``)."""
+    try:
+        return check_unit_name(value)
+    except InvalidUnitName as exc:
+        raise InvalidFieldError(f"'unit' is not a valid unit: {exc}") from None
+
+
+def check_idle_stop_after(value: object) -> int | float:
+    """Seconds, a finite number >= 0 (TOML's ``inf``/``nan`` and booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidFieldError("'idle_stop_after' must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidFieldError(f"'idle_stop_after' must be a finite number >= 0, not {value}")
+    return value
+
+
+def _unit_keys(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The unit keys present in ``doc``, validated; ``ManifestError`` saying which is wrong."""
+    found: dict[str, Any] = {}
+    try:
+        if "unit" in doc:
+            found["unit"] = check_unit(doc["unit"])
+        if "start_on_demand" in doc:
+            if not isinstance(doc["start_on_demand"], bool):
+                raise InvalidFieldError("'start_on_demand' must be true or false")
+            found["start_on_demand"] = doc["start_on_demand"]
+        if "idle_stop_after" in doc:
+            found["idle_stop_after"] = check_idle_stop_after(doc["idle_stop_after"])
+    except InvalidFieldError as exc:
+        raise ManifestError(path, exc.message) from None
+    return found
 
 
 def _fine_times(text: str) -> tuple[tuple[str, str], ...]:
@@ -208,6 +258,12 @@ def dumps(manifest: Manifest) -> bytes:
         doc["registered_at"] = manifest.registered_at
     if manifest.updated_at is not None:
         doc["updated_at"] = manifest.updated_at
+    if manifest.unit is not None:
+        doc["unit"] = manifest.unit
+    if not manifest.start_on_demand:
+        doc["start_on_demand"] = False
+    if manifest.idle_stop_after is not None:
+        doc["idle_stop_after"] = manifest.idle_stop_after
     doc.update({k: v for k, v in manifest.extra.items() if k not in KNOWN_KEYS})
     header = (
         f"# Registry entry of the Hecate plugin daemon {manifest.name!r}, kept by hecated.\n"

@@ -25,11 +25,18 @@ from datetime import datetime
 
 from hecated.core.errors import UnsafePathError
 from hecated.core.files import atomic_write, read_regular
-from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, Manifest, check_text
+from hecated.core.manifest import (
+    DESCRIPTION_MAX,
+    VERSION_MAX,
+    Manifest,
+    check_idle_stop_after,
+    check_text,
+    check_unit,
+)
 
 log = logging.getLogger("hecated.cache")
 
-FORMAT = 1
+FORMAT = 2  # 2: the unit keys (unit, start_on_demand, idle_stop_after) in each row
 RACY_NS = 2_000_000_000
 MAX_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -137,15 +144,20 @@ def _stamp(value: datetime | None) -> str | None:
 
 
 def _to_row(key: Key, m: Manifest) -> list:
-    return [*key, m.version, m.description, _stamp(m.registered_at), _stamp(m.updated_at), m.schema]
+    stamps = [_stamp(m.registered_at), _stamp(m.updated_at)]
+    units = [m.unit, m.start_on_demand, m.idle_stop_after]
+    return [*key, m.version, m.description, *stamps, m.schema, *units]
 
 
 def _from_row(name: str, row: object) -> tuple[Key, Manifest] | None:
     """One cached entry, checked as strictly as a parse would; None when anything is off."""
     try:
-        ino, mtime, size, ctime, version, description, registered, updated, schema = row  # type: ignore[misc]
+        ino, mtime, size, ctime, version, description, registered, updated, schema = row[:9]  # type: ignore[index]
+        unit, on_demand, idle = row[9:]  # type: ignore[index]
         key = (ino, mtime, size, ctime)
         if not all(type(k) is int for k in key) or type(schema) is not int:
+            return None
+        if type(on_demand) is not bool:
             return None
         m = Manifest(
             name=name,
@@ -154,6 +166,9 @@ def _from_row(name: str, row: object) -> tuple[Key, Manifest] | None:
             registered_at=None if registered is None else datetime.fromisoformat(registered),
             updated_at=None if updated is None else datetime.fromisoformat(updated),
             schema=schema,
+            unit=None if unit is None else check_unit(unit),
+            start_on_demand=on_demand,
+            idle_stop_after=None if idle is None else check_idle_stop_after(idle),
         )
     except Exception:  # a hand-mangled cache is ignored, entry by entry
         return None

@@ -311,11 +311,14 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------
 
-    def write(self, name: str, version: str, description: str, now: datetime) -> Written:
+    def write(
+        self, name: str, version: str, description: str, now: datetime, unit: str | None = None
+    ) -> Written:
         """Create or update ``name``'s file (caller holds the name's lock); what was written.
 
         The merge base is the file on disk (a hand edit's keys are kept), read
-        once; a broken one is replaced by a valid entry.
+        once; a broken one is replaced by a valid entry. ``unit`` None keeps the
+        file's own ``unit`` (a re-registration need not repeat it).
         """
         with opened(self.layout.open_namespace(name, create=True)) as ns_fd:
             path = self.layout.manifest_str(name)
@@ -330,6 +333,8 @@ class Store:
                 new = existing.updated(version, description, now)
                 if new.registered_at is None:
                     new = replace(new, registered_at=now)
+            if unit is not None:
+                new = replace(new, unit=unit)
             raw = manifest.dumps(new)
             try:
                 atomic_write(ns_fd, MANIFEST_NAME, raw, sync=self.commit.sync)

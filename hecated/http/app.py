@@ -50,7 +50,7 @@ from hecated.protocol import (
 log = logging.getLogger("hecated.http.app")
 
 MAX_WAIT = 60.0  # seconds a long poll may hold a worker; longer asks are capped
-REGISTER_FIELDS = frozenset({"name", "version", "description"})
+REGISTER_FIELDS = frozenset({"name", "version", "description", "unit"})
 
 
 class ApiError(HTTPException):
@@ -242,7 +242,8 @@ class HecateApp:
         if "name" not in body:
             raise InvalidFieldError("missing required field 'name'")
         version, description = self._from_live_manifest(body)
-        entry, created = self.registry.register(body["name"], version, description)
+        unit = body.get("unit")
+        entry, created = self.registry.register(body["name"], version, description, unit)
         version = entry.manifest.version if entry.manifest else ""
         verb = "registered" if created else "re-registered"
         _audit(logging.INFO, "register", entry.name, peer, f"{verb} plugin {entry.name} {version}")

@@ -27,6 +27,8 @@ from hecated.protocol import (
     SEQ_HEADER,
     SERVICE,
     SUN_PATH_MAX,
+    UNIT_NAME_MAX,
+    UNIT_PATTERN,
     Code,
     HealthStatus,
     PluginStatus,
@@ -152,6 +154,14 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "maxLength": DESCRIPTION_MAX,
                 "description": "Left out: as version.",
+            },
+            "unit": {
+                "type": ["string", "null"],
+                "maxLength": UNIT_NAME_MAX,
+                "pattern": UNIT_PATTERN,
+                "description": "The systemd user unit that runs the plugin, written to its "
+                "plugin.toml. Left out or null: plugin.toml's own unit is kept (none: "
+                "{name}.service). Not a .service unit name: 400 invalid_field.",
             },
         },
     },

@@ -89,11 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PATH_FIELDS,
         help="print just this one path",
     )
-    reg = add("register", "register a plugin (creates its namespace) and print its paths")
-    reg.add_argument("name")
-    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
-    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
-    reg.add_argument("--description", default=None, metavar="D")
+    _register_args(add("register", "register a plugin (creates its namespace) and print its paths"))
     add("deregister", "remove a registry entry (keeps the data)").add_argument("name")
     purge = add("purge", "delete a deregistered plugin's namespace and all its data")
     purge.add_argument("name")
@@ -120,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     comp = add("completion", "print the bash completion script")
     comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     return parser
+
+
+def _register_args(reg: argparse.ArgumentParser) -> None:
+    reg.add_argument("name")
+    # Left out: the plugin's own GET /manifest says (a discovered plugin), else empty.
+    reg.add_argument("--version", dest="plugin_version", default=None, metavar="V")
+    reg.add_argument("--description", default=None, metavar="D")
+    reg.add_argument(
+        "--unit",
+        default=None,
+        metavar="UNIT",
+        help="the systemd user unit that runs it (default: NAME.service; kept when left out)",
+    )
 
 
 def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
@@ -280,7 +289,7 @@ def cmd_paths(client: HecateClient, args: argparse.Namespace) -> Exit:
 
 
 def cmd_register(client: HecateClient, args: argparse.Namespace) -> Exit:
-    result = client.register(args.name, args.plugin_version, args.description)
+    result = client.register(args.name, args.plugin_version, args.description, args.unit)
     if args.json:
         _json(result.raw)
         return Exit.OK
