@@ -68,27 +68,15 @@ class Plan:
     idle_stop_after: float | None = None
 
 
-def _key(manifest: Any, key: str) -> Any:
-    """A manifest key: the field once ``core.manifest`` has it, else a hand-written extra."""
-    value = getattr(manifest, key, None)
-    if value is None:
-        value = (getattr(manifest, "extra", None) or {}).get(key)
-    return value
-
-
 def plan_of(plugin: Any) -> Plan:
     """The plan for an index entry: only a registered plugin with a valid manifest has a
-    unit (a discovered namespace is nobody's to start); left out, ``{name}.service``."""
+    unit (a discovered namespace is nobody's to start); left out, ``{name}.service``
+    (``core.manifest`` has checked the three keys)."""
     if plugin is None or not plugin.registered or plugin.entry.manifest is None:
         return Plan()
     manifest = plugin.entry.manifest
-    unit = _key(manifest, "unit")
-    if not isinstance(unit, str) or not unit:
-        unit = f"{plugin.name}.service"
-    idle = _key(manifest, "idle_stop_after")
-    if isinstance(idle, bool) or not isinstance(idle, int | float) or not idle >= 0:
-        idle = None
-    return Plan(unit, _key(manifest, "start_on_demand") is not False, idle)
+    unit = manifest.unit or f"{plugin.name}.service"
+    return Plan(unit, manifest.start_on_demand, manifest.idle_stop_after)
 
 
 class _Start:
