@@ -228,6 +228,7 @@ MACHINE_WIDE = {
     "test_packaging.py",
     "test_units.py",
     "test_unit_adapter.py",
+    "test_ondemand.py",
 }
 
 
