@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hecated.core.errors import HecateError
+from hecated.core.errors import BusyError, HecateError
 from hecated.core.status import SocketFinding, SocketKind
 from hecated.http.forwarding.errors import (
     PluginNotListeningError,
@@ -131,7 +131,7 @@ class OnDemand:
                 raise self._late(namespace, unit, timeout)
         if start.error is not None:  # a copy: one exception object is not for many threads
             raise type(start.error)(start.error.message)
-        return connect()
+        return _patiently(connect, deadline)
 
     def _lead(
         self,
@@ -198,7 +198,7 @@ class OnDemand:
             found = self.index.finding(namespace)
             if found is not None and found.kind == SocketKind.ANSWERING:
                 try:
-                    return connect()
+                    return _patiently(connect, deadline)
                 except PluginNotListeningError:
                     pass
             with self._cond:
@@ -223,3 +223,22 @@ class OnDemand:
             self._closed = True
             self._cond.notify_all()
         self.idle.close()
+
+
+# A full listen queue (EAGAIN) just after a start: the held requests were let go at once,
+# a herd of our own making, and a plugin's queue may be short (Python's socketserver: 5).
+# Looked at again this many times, 5 ms doubling, within the request's deadline.
+BUSY_RETRIES = 6
+
+
+def _patiently(connect: Callable[[], socket.socket], deadline: float) -> socket.socket:
+    """``connect``, again after a short pause while the plugin's listen queue is full."""
+    for attempt in range(BUSY_RETRIES):
+        try:
+            return connect()
+        except BusyError:
+            pause = 0.005 * 2**attempt
+            if time.monotonic() + pause >= deadline:
+                raise
+            time.sleep(pause)
+    return connect()
