@@ -22,6 +22,7 @@ the registry API reaches this module.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
@@ -129,8 +130,8 @@ class OnDemand:
             self._cond.wait_for(lambda: start.done or self._closed, deadline - time.monotonic())
             if not start.done:
                 raise self._late(namespace, unit, timeout)
-        if start.error is not None:  # a copy: one exception object is not for many threads
-            raise type(start.error)(start.error.message)
+        if start.error is not None:
+            raise _again(start.error)
         return _patiently(connect, deadline)
 
     def _lead(
@@ -223,6 +224,15 @@ class OnDemand:
             self._closed = True
             self._cond.notify_all()
         self.idle.close()
+
+
+def _again(error: HecateError) -> HecateError:
+    """The start's error for one more request: a copy where it can be made (one exception
+    object raised on many threads gets their tracebacks mixed), else the same one."""
+    try:
+        return copy.copy(error)
+    except Exception:
+        return error
 
 
 # A full listen queue (EAGAIN) just after a start: the held requests were let go at once,
