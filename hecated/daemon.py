@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hecated.adapters.liveness import Prober
 from hecated.adapters.systemd import (
@@ -39,13 +40,13 @@ from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.edge import Edge
-from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
-from hecated.http.forwarding.idlestop import IdleStops
-from hecated.http.forwarding.ondemand import OnDemand
 from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
+
+if TYPE_CHECKING:
+    from hecated.http.forwarding.ondemand import OnDemand
 
 log = logging.getLogger("hecated")
 
@@ -219,11 +220,9 @@ class Lifecycle:
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
         # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
-        # user manager; the adapters start at once when a start is wanted before they would.
-        units = config.section("units")
-        self.units = _PluginUnits(units["job_timeout"], self._adapters_now)
-        idle_stops = IdleStops(self.units.stop, units["job_timeout"])
-        self.on_demand = OnDemand(self.registry, self.units.start, idle_stops)
+        # user manager; built with the full app (no forwarded request comes before it).
+        self.units = _PluginUnits(config.section("units")["job_timeout"], self._adapters_now)
+        self.on_demand: OnDemand | None = None
         self._defer_lock = threading.Lock()
         self.server: UnixServer | None = None
         self.app: FastPath | None = None
@@ -287,7 +286,7 @@ class Lifecycle:
             from hecated.http.app import HecateApp
             from hecated.http.forwarding.relay import Forwarder
 
-            forwarder = Forwarder(registry, forward, on_demand=self.on_demand)
+            forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
             return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder)
 
         # The hot GETs from cached bytes; the full app on the first request that needs
@@ -324,7 +323,7 @@ class Lifecycle:
             self._adapters_now()
         idle = self.config.idle_timeout
         # Not while a plugin's idle stop is due: exiting would lose it.
-        if idle and server.idle_for() >= idle and not self.on_demand.idle.pending():
+        if idle and server.idle_for() >= idle and not self._idle_stop_due():
             log.info("idle for %.0f s: exiting until the next connection", idle)
             server.shutdown()
 
@@ -339,7 +338,8 @@ class Lifecycle:
         if self.supervisor is not None:
             self.supervisor.stop()
         self.runfiles.set_state("stopping")
-        self.on_demand.close()  # requests held for a plugin's start answer now
+        if self.on_demand is not None:
+            self.on_demand.close()  # requests held for a plugin's start answer now
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
         self.watching.stop()  # adapters stop here: the watcher, then the prober
@@ -393,6 +393,22 @@ class Lifecycle:
         return count
 
     # -- after the first answer -------------------------------------------------------------
+
+    def _build_on_demand(self) -> OnDemand:
+        """The wing's on-demand starts and idle stops, over the user manager."""
+        from hecated.http.forwarding.idlestop import IdleStops
+        from hecated.http.forwarding.ondemand import OnDemand
+
+        units = self.units
+        self.on_demand = OnDemand(
+            self.registry, units.start, IdleStops(units.stop, units.job_timeout)
+        )
+        return self.on_demand
+
+    def _idle_stop_due(self) -> bool:
+        """A plugin's idle stop is due or runs: exiting idle now would lose it."""
+        on_demand = self.on_demand
+        return on_demand is not None and on_demand.idle.pending()
 
     def _adapters_now(self) -> None:
         """The after-first-answer work, now, once: from the loop's tick, or from an
@@ -466,6 +482,7 @@ class _PluginUnits:
     def _job(self, action: str, unit: str, timeout: float) -> None:
         from hecated.adapters import units  # off the cold-start path, like jeepney itself
         from hecated.adapters.unitcontrol import UserManager
+        from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
 
         try:
             getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
