@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Daemon, http_request, wait_for
+from conftest import Daemon, UnixHTTPConnection, http_request, wait_for
 from systemd_support import UserManager, needs_user_manager
 
 from hecated.adapters.unitcontrol import UserManager as Control
@@ -30,6 +30,46 @@ pytestmark = [needs_user_manager, pytest.mark.slow]
 
 EXAMPLED = Path(__file__).resolve().parent.parent / "examples" / "hecate-exampled.py"
 NAME = "hecate-exampled"
+
+
+# A plugin that streams: GET /health, and GET /stream sending an event every 0.2 s until
+# the client goes. Run as a unit: ExecStart=python THIS NAMESPACE_DIR.
+STREAMER = """
+import os, sys, time, socketserver
+from http.server import BaseHTTPRequestHandler
+sockets = os.path.join(sys.argv[1], "sockets")
+os.makedirs(sockets, exist_ok=True)
+path = os.path.join(sockets, "api.sock")
+if os.path.exists(path):
+    os.unlink(path)
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/health":
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(10000):
+                data = ("data: %d\\n\\n" % i).encode()
+                self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+Server(path, Handler).serve_forever()
+"""
 
 
 class Jobs:
@@ -92,6 +132,20 @@ class World:
             f"[Unit]\nDescription=test {name}\n\n[Service]\n"
             f"ExecStartPre=/bin/sh -c 'echo start >> %h/{name}.starts'\n"
             f"ExecStart={sys.executable} {EXAMPLED} --name {name}\n{extra}"
+        )
+        self.units.append(unit)
+        self.um.systemctl("daemon-reload")
+        return unit
+
+    def streamer(self, name: str) -> str:
+        """A streaming plugin as ``name.service`` (it does not register itself)."""
+        script = self.um.home / "streamer.py"
+        script.write_text(STREAMER)
+        namespace = self.um.home / ".hecate" / name
+        unit = f"{name}.service"
+        self.um.unit_dir.mkdir(parents=True, exist_ok=True)
+        (self.um.unit_dir / unit).write_text(
+            f"[Service]\nExecStart={sys.executable} {script} {namespace}\n"
         )
         self.units.append(unit)
         self.um.systemctl("daemon-reload")
@@ -194,7 +248,7 @@ def test_idle_stop_stops_it_and_the_next_request_starts_it_again(world: World) -
     assert world.jobs.started(unit) == 3  # start, the idle stop, start
 
 
-def test_an_open_stream_keeps_the_plugin_up_and_hecated_waits_for_its_idle_stop(
+def test_hecated_waits_for_a_plugins_idle_stop_before_its_own_idle_exit(
     world: World,
 ) -> None:
     unit = world.unit(NAME)
@@ -232,3 +286,35 @@ def test_a_unit_that_fails_to_start_answers_502_with_the_reason(world: World) ->
     assert status == 502 and body["code"] == "plugin_unreachable", body
     assert "could not be started" in body["error"] and "failed" in body["error"], body
     assert world.jobs.started(unit) == 1
+
+
+def test_an_open_stream_keeps_the_plugin_up_and_its_end_starts_the_idle_clock(
+    world: World,
+) -> None:
+    name = "hecate-streamd"
+    unit = world.streamer(name)
+    d = world.hecated()
+    world.register(name, "idle_stop_after = 0.5\n")
+    conn = UnixHTTPConnection(d.socket, timeout=30)
+    try:
+        conn.request("GET", f"/plugin/{name}/stream")  # started on demand
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert world.jobs.started(unit) == 1
+        got = b""
+        # Events 0..5 arrive over a second: longer than idle_stop_after, and the plugin
+        # is still up because the stream is open.
+        while got.count(b"data: ") < 6:
+            piece = resp.read1(4096)
+            assert piece, f"the stream ended early: {got!r}"
+            got += piece
+        assert world.active(unit) == "active"
+        resp.close()  # the client goes (the response holds the socket open too)
+    finally:
+        conn.close()
+    # The stream gone, nobody uses the plugin: hecated stops it.
+    try:
+        wait_for(lambda: world.active(unit) == "inactive", timeout=15)
+    except AssertionError:
+        raise AssertionError(d.log()) from None
+    assert "hecate-streamd: unused; stopping" in d.log()
