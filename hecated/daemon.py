@@ -48,6 +48,7 @@ from hecated.http.views import Views
 from hecated.protocol import PluginStatus
 
 if TYPE_CHECKING:
+    from hecated.http.forwarding.ondemand import OnDemand
     from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
@@ -236,6 +237,11 @@ class Lifecycle:
         self.rescans = Rescans(self._rescan_pass)
         self.watching = _Watching(self.registry, self.prober.socket_changed)
         self.units = _Units(self.registry)  # the plugins' units, live (issue 20)
+        # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
+        # user manager; built with the full app (no forwarded request comes before it).
+        self.starter = _OnDemandUnits(config.section("units")["job_timeout"], self._adapters_now)
+        self.on_demand: OnDemand | None = None
+        self._defer_lock = threading.Lock()
         self.server: UnixServer | None = None
         self.app: FastPath | None = None
         self.supervisor: Supervisor | None = None
@@ -298,7 +304,7 @@ class Lifecycle:
             from hecated.http.app import HecateApp
             from hecated.http.forwarding.relay import Forwarder
 
-            forwarder = Forwarder(registry, forward)
+            forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
             units = plugin_units(config)
             return HecateApp(
                 registry, rescan=self.rescan, views=views, forward=forwarder, units=units
@@ -335,10 +341,10 @@ class Lifecycle:
         if not self._deferred and (
             server.idle_for() > 0 or time.monotonic() - self._began > self.config.defer_at_most
         ):
-            self._deferred = True
-            self._after_first_answer()
+            self._adapters_now()
         idle = self.config.idle_timeout
-        if idle and server.idle_for() >= idle:
+        # Not while a plugin's idle stop is due: exiting would lose it.
+        if idle and server.idle_for() >= idle and not self._idle_stop_due():
             log.info("idle for %.0f s: exiting until the next connection", idle)
             server.shutdown()
 
@@ -353,6 +359,8 @@ class Lifecycle:
         if self.supervisor is not None:
             self.supervisor.stop()
         self.runfiles.set_state("stopping")
+        if self.on_demand is not None:
+            self.on_demand.close()  # requests held for a plugin's start answer now
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
         self.watching.stop()  # adapters stop here: the watcher, the units, then the prober
@@ -408,6 +416,32 @@ class Lifecycle:
 
     # -- after the first answer -------------------------------------------------------------
 
+    def _build_on_demand(self) -> OnDemand:
+        """The wing's on-demand starts and idle stops, over the user manager."""
+        from hecated.http.forwarding.idlestop import IdleStops
+        from hecated.http.forwarding.ondemand import OnDemand
+
+        starter = self.starter
+        self.on_demand = OnDemand(
+            self.registry, starter.start, IdleStops(starter.stop, starter.job_timeout)
+        )
+        return self.on_demand
+
+    def _idle_stop_due(self) -> bool:
+        """A plugin's idle stop is due or runs: exiting idle now would lose it."""
+        on_demand = self.on_demand
+        return on_demand is not None and on_demand.idle.pending()
+
+    def _adapters_now(self) -> None:
+        """The after-first-answer work, now, once: from the loop's tick, or from an
+        on-demand start before the first answer is out (the watcher and the prober are
+        what see the started plugin's socket answer; the request waits for them)."""
+        with self._defer_lock:
+            if self._deferred:
+                return
+            self._deferred = True
+        self._after_first_answer()
+
     def _after_first_answer(self) -> None:
         """Start-up work no first request needs, started once the first answer is out.
 
@@ -443,6 +477,52 @@ class Lifecycle:
 
     def status_line(self) -> str:
         return status_line(self.registry)
+
+
+_DONE = {"start": "started", "stop": "stopped"}
+
+
+class _OnDemandUnits:
+    """The wing's starter and stopper, over the user manager (``adapters/unitcontrol``).
+
+    The wing may not import adapters: the unit adapter's exceptions become the wing's
+    errors here. Until the core has unit errors of its own, a unit that cannot be
+    started leaves the request the ``502 plugin_unreachable`` it would have had anyway,
+    with why in its sentence (a job that does not end in time: ``504``).
+    """
+
+    def __init__(self, job_timeout: float, before_start: Callable[[], None]) -> None:
+        self.job_timeout = job_timeout
+        self.before_start = before_start
+
+    def start(self, unit: str, timeout: float) -> None:
+        self.before_start()
+        self._job("start", unit, min(timeout, self.job_timeout))
+
+    def stop(self, unit: str, timeout: float) -> None:
+        self._job("stop", unit, min(timeout, self.job_timeout))
+
+    def _job(self, action: str, unit: str, timeout: float) -> None:
+        from hecated.adapters import units  # off the cold-start path, like jeepney itself
+        from hecated.adapters.unitcontrol import UserManager
+        from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
+
+        try:
+            getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
+        except units.JobTimeout:
+            raise PluginTimeoutError(
+                f"the plugin is not running, and the {action} job of its unit {unit} did not "
+                f"end within {timeout:g} s"
+            ) from None
+        except units.NoSuchUnit:
+            raise PluginUnreachableError(
+                f"the plugin is not running, and the user manager has no unit {unit} to "
+                f'{action} it (name one with unit = "NAME.service" in its plugin.toml)'
+            ) from None
+        except units.UnitError as exc:  # JobFailed, SystemdUnavailable, InvalidUnitName
+            raise PluginUnreachableError(
+                f"the plugin is not running; its unit {unit} could not be {_DONE[action]}: {exc}"
+            ) from None
 
 
 class _Watching:

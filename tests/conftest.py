@@ -230,6 +230,7 @@ MACHINE_WIDE = {
     "test_unit_adapter.py",
     "test_unit_status.py",
     "test_unit_control.py",
+    "test_ondemand.py",
 }
 
 

@@ -10,7 +10,13 @@ Everything about forwarding lives here, each in one module:
 - ``relay``: one request relayed to the plugin's socket and its answer streamed;
 - ``pool``: the one connect to a plugin's socket, and kept-alive connections;
 - ``headers``: which headers cross, each way;
-- ``errors``: what can go wrong, each with its code.
+- ``errors``: what can go wrong, each with its code;
+- ``ondemand``: a plugin that is not running started for a forwarded request (one
+  start per plugin, the requests held on the index's change feed until it answers);
+- ``idlestop``: a plugin's unit stopped after ``idle_stop_after`` seconds unused.
+
+The wing never talks to systemd: the daemon injects the starter and the stopper
+(over ``adapters/unitcontrol``), and asks ``IdleStops.pending`` before an idle exit.
 
 The daemon's start-up loads ``settings``, ``edge`` and ``threads`` only; the relay
 (``http.client``, ``email``) comes with the full app, off the cold-start path.

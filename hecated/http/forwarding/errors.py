@@ -13,6 +13,11 @@ class PluginUnreachableError(HecateError):
     code = Code.PLUGIN_UNREACHABLE
 
 
+class PluginNotListeningError(PluginUnreachableError):
+    """Nothing listens on the plugin's socket (no socket file, or the connect is refused):
+    a plugin that is not running, which the wing may start on demand (``ondemand``)."""
+
+
 class PluginTimeoutError(HecateError):
     """The plugin accepted but sent no first byte in time."""
 

@@ -20,7 +20,11 @@ import time
 from hecated.core import runstate
 from hecated.core.errors import BusyError, UnsafePathError
 from hecated.core.layout import Layout
-from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
+from hecated.http.forwarding.errors import (
+    PluginNotListeningError,
+    PluginTimeoutError,
+    PluginUnreachableError,
+)
 
 # Anything at all to read, or the far end gone: not a connection to send a request on.
 _NOT_QUIET = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -34,9 +38,13 @@ def connect_plugin(layout: Layout, namespace: str, timeout: float) -> socket.soc
     except UnsafePathError as exc:
         raise PluginUnreachableError(f"plugin {namespace!r} refused: {exc.message}") from None
     except FileNotFoundError:
-        raise PluginUnreachableError(f"plugin {namespace!r} has no socket") from None
+        raise PluginNotListeningError(f"plugin {namespace!r} has no socket") from None
     except TimeoutError:
         raise PluginTimeoutError(f"plugin {namespace!r} did not accept in time") from None
+    except ConnectionRefusedError:  # a socket file nothing listens on: a stopped plugin's
+        raise PluginNotListeningError(
+            f"plugin {namespace!r} is not answering: nothing listens on its socket"
+        ) from None
     except BlockingIOError:  # EAGAIN: it listens, but its queue of connections is full
         raise BusyError(
             f"plugin {namespace!r} is not accepting more connections now; retry shortly"

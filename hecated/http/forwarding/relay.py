@@ -26,10 +26,12 @@ from hecated.core.layout import Layout
 from hecated.http.forwarding.errors import (
     BadForwardError,
     BodyTooLargeError,
+    PluginNotListeningError,
     PluginTimeoutError,
     PluginUnreachableError,
 )
 from hecated.http.forwarding.headers import answer_problem, request_headers, response_headers
+from hecated.http.forwarding.ondemand import OnDemand
 from hecated.http.forwarding.pool import Connection, Pool, connect_plugin
 from hecated.http.forwarding.settings import PREFIX, ForwardSettings
 from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
@@ -85,11 +87,18 @@ def target(environ: dict[str, Any], name: str, rest: str) -> str:
 class Forwarder:
     """Resolves a name to a plugin socket and relays one request over it."""
 
-    def __init__(self, index: _Index, settings: ForwardSettings | None = None) -> None:
+    def __init__(
+        self,
+        index: _Index,
+        settings: ForwardSettings | None = None,
+        on_demand: OnDemand | None = None,
+    ) -> None:
         self.index = index
         self.layout = index.layout
         self.settings = settings or ForwardSettings()
         self.pool = Pool(max_idle=self.settings.pool_idle)
+        # Starts a plugin that is not running, and stops it when unused (None: neither).
+        self.on_demand = on_demand
 
     # -- where ---------------------------------------------------------------------------
 
@@ -120,6 +129,29 @@ class Forwarder:
         """A connected socket to the plugin's ``sockets/api.sock`` (the one connect)."""
         return connect_plugin(self.layout, namespace, self.settings.first_byte_timeout)
 
+    def connect_or_start(self, namespace: str) -> socket.socket:
+        """``connect``; a plugin nothing listens for is started first when it may be
+        (a unit, no opt-out), the request held until its socket answers."""
+        try:
+            return self.connect(namespace)
+        except PluginNotListeningError:
+            plan = self.on_demand.plan(namespace) if self.on_demand is not None else None
+            if plan is None or plan.unit is None or not plan.start:
+                raise
+        assert self.on_demand is not None
+        return self.on_demand.connect(
+            namespace, plan.unit, lambda: self.connect(namespace), self.settings.first_byte_timeout
+        )
+
+    def _in_use(self, namespace: str) -> Callable[[], None]:
+        """The request counts as open for the idle stop; what to call when it ends."""
+        if self.on_demand is None:
+            return _nothing
+        plan = self.on_demand.plan(namespace)
+        if plan.unit is None or plan.idle_stop_after is None:
+            return _nothing
+        return self.on_demand.idle.begin(namespace, plan.unit, plan.idle_stop_after)
+
     # -- the request -----------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], peer: Peer, name: str, rest: str) -> Callable:
@@ -137,14 +169,19 @@ class Forwarder:
                 f"request body is {length} bytes; at most {self.settings.body_limit} forwarded"
             )
         reusable = length == 0 and environ.get("REQUEST_METHOD", "GET") in REUSABLE_METHODS
-        conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
-        problem = answer_problem(response)
-        if problem is not None:  # nothing of it reaches the client; the connection goes
-            response.close()
-            conn.discard()
-            raise PluginUnreachableError(f"plugin {namespace!r} {problem}")
+        ended = self._in_use(namespace)
+        try:
+            conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
+            problem = answer_problem(response)
+            if problem is not None:  # nothing of it reaches the client; the connection goes
+                response.close()
+                conn.discard()
+                raise PluginUnreachableError(f"plugin {namespace!r} {problem}")
+        except BaseException:
+            ended()
+            raise
         give_back = self.pool.give if reusable else None
-        return _Relay(conn, response, namespace, self.settings.idle_timeout, give_back)
+        return _Relay(conn, response, namespace, self.settings.idle_timeout, give_back, ended)
 
     def _exchange(
         self,
@@ -167,7 +204,7 @@ class Forwarder:
             except BaseException:
                 conn.discard()
                 raise
-        conn = Connection(self.connect(namespace))
+        conn = Connection(self.connect_or_start(namespace))
         try:
             return conn, self._send(conn, environ, peer, path, length, namespace)
         except BaseException:
@@ -223,8 +260,10 @@ class _Relay:
         namespace: str,
         idle_timeout: float,
         give_back: Callable[[str, Connection], None] | None = None,
+        ended: Callable[[], None] | None = None,
     ) -> None:
         self.give_back = give_back
+        self.ended = ended  # the idle stop's count of open streams: called once, at close
         self.conn: Connection | None = conn
         self.response = response
         self.namespace = namespace
@@ -245,7 +284,7 @@ class _Relay:
         on_close = environ.get(ON_CLOSE_KEY)
         if on_close is not None:
             on_close(self.hang_up)
-        return self._body(environ.get(ABORT_KEY))
+        return _Body(self._body(environ.get(ABORT_KEY)), self.close)
 
     def hang_up(self) -> None:
         """The client went away (or hecated stops): wake the read on the plugin's socket
@@ -298,6 +337,29 @@ class _Relay:
         self.response.close()
         if self.conn is not None:
             self.conn.discard()
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended()
+
+
+class _Body:
+    """The answer's body with a ``close`` that ends the relay even when no piece was
+    read (closing a generator that never ran does not run its ``finally``)."""
+
+    def __init__(self, pieces: Iterator[bytes], close: Callable[[], None]) -> None:
+        self._pieces = pieces
+        self._close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._pieces
+
+    def close(self) -> None:
+        self._pieces.close()  # type: ignore[attr-defined]
+        self._close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _call(abort: Callable[[], None] | None) -> None:

@@ -1,0 +1,254 @@
+"""On-demand start: a forwarded request to a plugin that is not running starts its unit.
+
+A request for ``/plugin/NAME/...`` whose socket does not listen (no socket file,
+or the connect refused: ``PluginNotListeningError``), to a registered plugin
+that has a unit and does not opt out (``start_on_demand = false``), starts the
+unit through the starter the daemon injects (the wing never talks to systemd
+itself: ``lint-imports`` keeps adapters out of http) and is held until the
+plugin's socket answers, within the request's first-byte timeout; then it is
+relayed as usual.
+
+However many requests arrive meanwhile, a plugin gets ONE start: the first
+request's thread runs the start job and the wait, the others join it (a
+per-plugin shared start) and learn its outcome. The wait is event-driven: the
+index's change feed (``Index.subscribe``) wakes it on each change of that
+plugin, and it proceeds once the plugin's last socket finding says
+``answering`` (its own ``GET /health`` answered 2xx: ready, not merely bound)
+and a connect succeeds. ``Index.wait`` is the long polls' and is bounded by
+``max_waiters``: twenty held requests must neither be told ``busy`` nor take
+the long polls' places. ``GET /api/plugins`` reads the index only: nothing in
+the registry API reaches this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hecated.core.errors import BusyError, HecateError
+from hecated.core.status import SocketFinding, SocketKind
+from hecated.http.forwarding.errors import (
+    PluginNotListeningError,
+    PluginTimeoutError,
+    PluginUnreachableError,
+)
+from hecated.http.forwarding.idlestop import IdleStops
+
+__all__ = ["OnDemand", "Plan", "Starter", "plan_of"]
+
+log = logging.getLogger("hecated.http.forwarding")
+
+# start(unit, timeout): returns once the start job is done, or raises a HecateError
+# saying why not in a sentence (the daemon maps the unit adapter's exceptions).
+Starter = Callable[[str, float], None]
+
+
+class _Index(Protocol):
+    """What on-demand start needs of the registry: an entry, a finding, the feed."""
+
+    def get(self, name: str) -> Any: ...
+
+    def finding(self, name: str) -> SocketFinding | None: ...
+
+    def subscribe(self, listener: Callable[[Any], None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a plugin's ``plugin.toml`` says of its unit: which (None: no unit hecated may
+    act on), whether a request may start it, and the idle stop (None: off)."""
+
+    unit: str | None = None
+    start: bool = False
+    idle_stop_after: float | None = None
+
+
+def plan_of(plugin: Any) -> Plan:
+    """The plan for an index entry: only a registered plugin with a valid manifest has a
+    unit (a discovered namespace is nobody's to start); left out, ``{name}.service``
+    (``core.manifest`` has checked the three keys)."""
+    if plugin is None or not plugin.registered or plugin.entry.manifest is None:
+        return Plan()
+    manifest = plugin.entry.manifest
+    unit = manifest.unit or f"{plugin.name}.service"
+    return Plan(unit, manifest.start_on_demand, manifest.idle_stop_after)
+
+
+class _Start:
+    """One plugin's shared start: the changes seen while it waits, and its outcome."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self.done = False
+        self.error: HecateError | None = None
+
+
+class OnDemand:
+    """Starts plugins' units for forwarded requests, one start per plugin at a time."""
+
+    def __init__(self, index: _Index, start: Starter, idle: IdleStops) -> None:
+        self.index = index
+        self.idle = idle
+        self._start_unit = start
+        self._cond = threading.Condition()
+        self._starts: dict[str, _Start] = {}
+        self._closed = False
+        self.jobs = 0  # start jobs asked for (the tests and the bench read it)
+        index.subscribe(self._changed)
+
+    def plan(self, namespace: str) -> Plan:
+        return plan_of(self.index.get(namespace))
+
+    def _changed(self, change: Any) -> None:
+        """The change feed (told under the name's lock): wake whoever waits on that name."""
+        with self._cond:
+            start = self._starts.get(change.name)
+            if start is not None:
+                start.changes += 1
+                self._cond.notify_all()
+
+    def connect(
+        self, namespace: str, unit: str, connect: Callable[[], socket.socket], timeout: float
+    ) -> socket.socket:
+        """Start ``namespace``'s unit (or join the start under way) and return a connected
+        socket once its socket answers; raise why not (the same for every joiner)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            start = self._starts.get(namespace)
+            owner = start is None
+            if start is None:
+                start = self._starts[namespace] = _Start()
+        if owner:
+            return self._lead(start, namespace, unit, connect, deadline)
+        with self._cond:
+            self._cond.wait_for(lambda: start.done or self._closed, deadline - time.monotonic())
+            if not start.done:
+                raise self._late(namespace, unit, timeout)
+        if start.error is not None:
+            raise _again(start.error)
+        return _patiently(connect, deadline)
+
+    def _lead(
+        self,
+        start: _Start,
+        namespace: str,
+        unit: str,
+        connect: Callable[[], socket.socket],
+        deadline: float,
+    ) -> socket.socket:
+        """The first request's part: the start job, then the wait for the socket."""
+        try:
+            sock = self._start_and_wait(start, namespace, unit, connect, deadline)
+        except HecateError as exc:
+            start.error = exc
+            raise
+        except BaseException:
+            start.error = PluginUnreachableError(f"plugin {namespace!r}: starting it failed")
+            raise
+        finally:
+            with self._cond:
+                start.done = True
+                self._starts.pop(namespace, None)
+                self._cond.notify_all()
+        return sock
+
+    def _start_and_wait(
+        self,
+        start: _Start,
+        namespace: str,
+        unit: str,
+        connect: Callable[[], socket.socket],
+        deadline: float,
+    ) -> socket.socket:
+        with self.idle.guard(namespace):  # an idle stop of it under way ends first
+            try:  # it may have come up since this request's connect failed: no start then
+                return connect()
+            except PluginNotListeningError:
+                pass
+            left = deadline - time.monotonic()
+            log.info("%s: not running; starting %s for a forwarded request", namespace, unit)
+            with self._cond:
+                self.jobs += 1
+            try:
+                self._start_unit(unit, max(0.001, left))
+            except HecateError as exc:
+                log.warning("%s: starting %s on demand failed: %s", namespace, unit, exc.message)
+                raise
+        return self._until_answering(start, namespace, unit, connect, deadline)
+
+    def _until_answering(
+        self,
+        start: _Start,
+        namespace: str,
+        unit: str,
+        connect: Callable[[], socket.socket],
+        deadline: float,
+    ) -> socket.socket:
+        """Each change of ``namespace`` (a pid file, a finding): answering yet? A finding
+        left from before the start may say so still: the connect tells, else wait on."""
+        timeout = deadline - time.monotonic()
+        while True:
+            with self._cond:
+                seen = start.changes
+            found = self.index.finding(namespace)
+            if found is not None and found.kind == SocketKind.ANSWERING:
+                try:
+                    return _patiently(connect, deadline)
+                except PluginNotListeningError:
+                    pass
+            with self._cond:
+                left = deadline - time.monotonic()
+                woken = left > 0 and self._cond.wait_for(
+                    lambda seen=seen: start.changes != seen or self._closed, left
+                )
+                if not woken or self._closed:
+                    raise self._late(namespace, unit, timeout)
+
+    def _late(self, namespace: str, unit: str, timeout: float) -> HecateError:
+        if self._closed:
+            return PluginUnreachableError(f"plugin {namespace!r}: hecated is stopping")
+        return PluginTimeoutError(
+            f"plugin {namespace!r}: its unit {unit} was started, but its socket did not "
+            f"answer within {timeout:g} s"
+        )
+
+    def close(self) -> None:
+        """hecated stops: held requests are answered now; the idle timer ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.idle.close()
+
+
+def _again(error: HecateError) -> HecateError:
+    """The start's error for one more request: a copy where it can be made (one exception
+    object raised on many threads gets their tracebacks mixed), else the same one."""
+    try:
+        return copy.copy(error)
+    except Exception:
+        return error
+
+
+# A full listen queue (EAGAIN) just after a start: the held requests were let go at once,
+# a herd of our own making, and a plugin's queue may be short (Python's socketserver: 5).
+# Looked at again this many times, 5 ms doubling, within the request's deadline.
+BUSY_RETRIES = 6
+
+
+def _patiently(connect: Callable[[], socket.socket], deadline: float) -> socket.socket:
+    """``connect``, again after a short pause while the plugin's listen queue is full."""
+    for attempt in range(BUSY_RETRIES):
+        try:
+            return connect()
+        except BusyError:
+            pause = 0.005 * 2**attempt
+            if time.monotonic() + pause >= deadline:
+                raise
+            time.sleep(pause)
+    return connect()
