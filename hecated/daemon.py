@@ -17,7 +17,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,21 +34,18 @@ from hecated.adapters.systemd import (
     stderr_is_journal,
 )
 from hecated.core.config import Config
-from hecated.core.errors import BusyError, HecateError
+from hecated.core.errors import HecateError
 from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
-from hecated.http.forwarding.edge import Edge
 from hecated.http.forwarding.settings import ForwardSettings
-from hecated.http.hooks import Detours
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
-from hecated.http.units import LogDetour
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
+from hecated.wiring import LiveUnits, OnDemandUnits, Rescans, Watching, detours, plugin_units
 
 if TYPE_CHECKING:
     from hecated.http.forwarding.ondemand import OnDemand
-    from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
 
@@ -119,104 +115,6 @@ def run(config: Config) -> int:
         runfiles.release()
 
 
-def plugin_units(config: Config) -> UnitControl:
-    """Start, stop, restart and logs of the plugins' units, for the app (issue 20): over
-    the user's systemd manager and journald; jeepney and systemd-python load on first use."""
-    from hecated.adapters.unitapi import SystemdUnits
-
-    return SystemdUnits(**config.section("units"))
-
-
-def detours(forward: ForwardSettings) -> Detours:
-    """What runs on threads of its own, out of the serving loop: forwarded requests
-    (the wing's edge) and log requests (a followed log streams until its client goes)."""
-    return Detours(Edge(forward), LogDetour())
-
-
-class Rescans:
-    """Rescans of the tree, one at a time, none dropped: the pending-flag pattern.
-
-    Whoever wants the tree read again (SIGHUP, ``POST /api/rescan``) calls
-    ``request``: it never blocks, so a signal handler may call it. Requests that
-    arrive while a pass runs leave work pending, and the one thread that runs
-    passes runs exactly one more when it finishes, however many arrived. The
-    pending flag is a count (``requested > covered``) rather than a bool, so a
-    caller who waits learns the result of a pass that started after its request,
-    never one that was already half-way through the tree when it asked.
-    """
-
-    def __init__(self, run_pass: Callable[[], int]) -> None:
-        self._run_pass = run_pass
-        # Reentrant: a signal handler runs on the main thread, perhaps inside close().
-        self._cond = threading.Condition(threading.RLock())
-        self._requested = 0  # requests so far
-        self._covered = 0  # requests the last finished pass started after
-        self._outcome: tuple[int, BaseException | None] = (0, None)
-        self._closed = False
-        self.passes = 0
-        self._thread = threading.Thread(target=self._run, name="hecated-rescan", daemon=True)
-
-    @property
-    def pending(self) -> bool:
-        """Some request is not yet covered by a finished pass."""
-        with self._cond:
-            return self._requested > self._covered
-
-    def start(self) -> None:
-        """Start running passes (requests made before this wait for it)."""
-        self._thread.start()
-
-    def request(self) -> int:
-        """Ask for a pass that starts after now; returns the ticket ``wait`` takes."""
-        with self._cond:
-            self._requested += 1
-            self._cond.notify_all()
-            return self._requested
-
-    def wait(self, ticket: int, timeout: float | None = None) -> int:
-        """The plugin count of a pass that started after ``ticket`` was issued.
-
-        Raises what that pass raised, or ``BusyError`` when the daemon stops first.
-        """
-        with self._cond:
-            self._cond.wait_for(lambda: self._covered >= ticket or self._closed, timeout)
-            if self._covered < ticket:
-                raise BusyError("the daemon is shutting down: the tree was not rescanned")
-            count, error = self._outcome
-        if error is not None:
-            raise error
-        return count
-
-    def __call__(self) -> int:
-        """Request a pass and wait for it: what ``POST /api/rescan`` runs."""
-        return self.wait(self.request())
-
-    def close(self, timeout: float = 10.0) -> None:
-        """No pass starts after this one; waiters not covered are told so."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._requested > self._covered or self._closed)
-                if self._closed:
-                    return
-                covering = self._requested
-                self.passes += 1
-            try:
-                outcome: tuple[int, BaseException | None] = (self._run_pass(), None)
-            except Exception as exc:  # the waiters get it; the next request tries again
-                outcome = (0, exc)
-            with self._cond:
-                self._covered = covering
-                self._outcome = outcome
-                self._cond.notify_all()
-
-
 class Lifecycle:
     """The daemon's life, owned in one place: startup, the loop's tick, signals, shutdown.
 
@@ -235,11 +133,11 @@ class Lifecycle:
         # into it; started after the first answer, closed in shutdown (the daemon owns it).
         self.prober = Prober(self.registry, **config.section("probe"))
         self.rescans = Rescans(self._rescan_pass)
-        self.watching = _Watching(self.registry, self.prober.socket_changed)
-        self.units = _Units(self.registry)  # the plugins' units, live (issue 20)
+        self.watching = Watching(self.registry, self.prober.socket_changed)
+        self.units = LiveUnits(self.registry)  # the plugins' units, live (issue 20)
         # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
         # user manager; built with the full app (no forwarded request comes before it).
-        self.starter = _OnDemandUnits(config.section("units")["job_timeout"], self._adapters_now)
+        self.starter = OnDemandUnits(config.section("units")["job_timeout"], self._adapters_now)
         self.on_demand: OnDemand | None = None
         self._defer_lock = threading.Lock()
         self.server: UnixServer | None = None
@@ -477,119 +375,6 @@ class Lifecycle:
 
     def status_line(self) -> str:
         return status_line(self.registry)
-
-
-_DONE = {"start": "started", "stop": "stopped"}
-
-
-class _OnDemandUnits:
-    """The wing's starter and stopper, over the user manager (``adapters/unitcontrol``).
-
-    The wing may not import adapters: the unit adapter's exceptions become the wing's
-    errors here. Until the core has unit errors of its own, a unit that cannot be
-    started leaves the request the ``502 plugin_unreachable`` it would have had anyway,
-    with why in its sentence (a job that does not end in time: ``504``).
-    """
-
-    def __init__(self, job_timeout: float, before_start: Callable[[], None]) -> None:
-        self.job_timeout = job_timeout
-        self.before_start = before_start
-
-    def start(self, unit: str, timeout: float) -> None:
-        self.before_start()
-        self._job("start", unit, min(timeout, self.job_timeout))
-
-    def stop(self, unit: str, timeout: float) -> None:
-        self._job("stop", unit, min(timeout, self.job_timeout))
-
-    def _job(self, action: str, unit: str, timeout: float) -> None:
-        from hecated.adapters import units  # off the cold-start path, like jeepney itself
-        from hecated.adapters.unitcontrol import UserManager
-        from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
-
-        try:
-            getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
-        except units.JobTimeout:
-            raise PluginTimeoutError(
-                f"the plugin is not running, and the {action} job of its unit {unit} did not "
-                f"end within {timeout:g} s"
-            ) from None
-        except units.NoSuchUnit:
-            raise PluginUnreachableError(
-                f"the plugin is not running, and the user manager has no unit {unit} to "
-                f'{action} it (name one with unit = "NAME.service" in its plugin.toml)'
-            ) from None
-        except units.UnitError as exc:  # JobFailed, SystemdUnavailable, InvalidUnitName
-            raise PluginUnreachableError(
-                f"the plugin is not running; its unit {unit} could not be {_DONE[action]}: {exc}"
-            ) from None
-
-
-class _Watching:
-    """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
-
-    def __init__(self, registry: Index, on_socket: Callable[[str], None] | None = None) -> None:
-        self.registry = registry
-        self.on_socket = on_socket
-        self.watcher = None
-        self._lock = threading.Lock()
-        self._stopped = False
-
-    def start(self) -> None:
-        from hecated.adapters.watch import Watcher  # watchdog loads off the cold-start path
-
-        with self._lock:
-            if self._stopped:
-                return
-            try:
-                self.watcher = Watcher(self.registry, on_socket=self.on_socket).start()
-            except Exception:
-                log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
-                return
-        log.info(
-            "watching %s (%d inotify watches)", self.registry.layout.root, self.watcher.watch_count
-        )
-
-    def rescan(self) -> int:
-        """The watches rebuilt and the tree rescanned; only the latter before the watcher runs."""
-        watcher = self.watcher
-        return watcher.rescan() if watcher is not None else self.registry.scan()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            if self.watcher is not None:
-                self.watcher.stop()
-
-
-class _Units:
-    """The plugins' units followed from the user manager's signals: started after the
-    first answer (the D-Bus library loads in the watcher's own thread, never on the
-    cold-start path), stopped in the shutdown. No manager: the probes alone decide."""
-
-    def __init__(self, registry: Index) -> None:
-        self.registry = registry
-        self.status = None
-        self._lock = threading.Lock()
-        self._stopped = False
-
-    def start(self) -> None:
-        from hecated.adapters.unitstatus import UnitStatus  # off the cold-start path
-
-        with self._lock:
-            if self._stopped:
-                return
-            try:
-                self.status = UnitStatus(self.registry).start()
-            except Exception:
-                log.exception("cannot follow the plugins' units; statuses come from probes")
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            status, self.status = self.status, None
-        if status is not None:
-            status.close()
 
 
 def status_line(registry: Index) -> str:

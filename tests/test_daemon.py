@@ -16,7 +16,7 @@ import pytest
 from conftest import HECATED, Daemon, short_tempdir, wait_for
 
 from hecated.core.errors import BusyError
-from hecated.daemon import Rescans
+from hecated.wiring import Rescans
 
 SPEC_SUBDIRS = ["connectors", "reckon-db", "run", "sockets", "sqlite"]
 
