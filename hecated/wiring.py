@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hecated.core.config import Config
 from hecated.core.errors import BusyError
@@ -172,68 +172,74 @@ class OnDemandUnits:
             ) from None
 
 
-class Watching:
+class _Once:
+    """A part started once the daemon serves and stopped before it exits: a start that
+    comes after the stop (a slow deferred thread) starts nothing, and a part that fails
+    to start is logged, never fatal."""
+
+    def __init__(self) -> None:
+        self.part: Any = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def _start(self, make: Callable[[], Any], failed: str) -> bool:
+        with self._lock:
+            if self._stopped:
+                return False
+            try:
+                self.part = make()
+            except Exception:
+                log.exception(failed)
+                return False
+        return True
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            part, self.part = self.part, None
+        if part is not None:
+            getattr(part, self.halt)()
+
+
+class Watching(_Once):
     """The watcher's lifetime: started once the daemon serves, stopped before it exits."""
 
     def __init__(self, registry: Index, on_socket: Callable[[str], None] | None = None) -> None:
+        super().__init__()
         self.registry = registry
         self.on_socket = on_socket
-        self.watcher = None
-        self._lock = threading.Lock()
-        self._stopped = False
 
     def start(self) -> None:
         from hecated.adapters.watch import Watcher  # watchdog loads off the cold-start path
 
-        with self._lock:
-            if self._stopped:
-                return
-            try:
-                self.watcher = Watcher(self.registry, on_socket=self.on_socket).start()
-            except Exception:
-                log.exception("cannot watch %s; hand edits need SIGHUP", self.registry.layout.root)
-                return
-        log.info(
-            "watching %s (%d inotify watches)", self.registry.layout.root, self.watcher.watch_count
-        )
+        root = self.registry.layout.root
+        if self._start(
+            lambda: Watcher(self.registry, on_socket=self.on_socket).start(),
+            f"cannot watch {root}; hand edits need SIGHUP",
+        ):
+            log.info("watching %s (%d inotify watches)", root, self.part.watch_count)
 
     def rescan(self) -> int:
         """The watches rebuilt and the tree rescanned; only the latter before the watcher runs."""
-        watcher = self.watcher
+        watcher = self.part
         return watcher.rescan() if watcher is not None else self.registry.scan()
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            if self.watcher is not None:
-                self.watcher.stop()
 
-
-class LiveUnits:
+class LiveUnits(_Once):
     """The plugins' units followed from the user manager's signals: started after the
     first answer (the D-Bus library loads in the watcher's own thread, never on the
     cold-start path), stopped in the shutdown. No manager: the probes alone decide."""
 
+    halt = "close"
+
     def __init__(self, registry: Index) -> None:
+        super().__init__()
         self.registry = registry
-        self.status = None
-        self._lock = threading.Lock()
-        self._stopped = False
 
     def start(self) -> None:
         from hecated.adapters.unitstatus import UnitStatus  # off the cold-start path
 
-        with self._lock:
-            if self._stopped:
-                return
-            try:
-                self.status = UnitStatus(self.registry).start()
-            except Exception:
-                log.exception("cannot follow the plugins' units; statuses come from probes")
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            status, self.status = self.status, None
-        if status is not None:
-            status.close()
+        self._start(
+            lambda: UnitStatus(self.registry).start(),
+            "cannot follow the plugins' units; statuses come from probes",
+        )
