@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hecated.core.config import Config
-from hecated.core.errors import BusyError
+from hecated.core.errors import BusyError, SystemdUnavailableError
 from hecated.core.index import Index
 from hecated.http.forwarding.edge import Edge
 from hecated.http.forwarding.settings import ForwardSettings
@@ -133,9 +133,9 @@ class OnDemandUnits:
     """The wing's starter and stopper, over the user manager (``adapters/unitcontrol``).
 
     The wing may not import adapters: the unit adapter's exceptions become the wing's
-    errors here. Until the core has unit errors of its own, a unit that cannot be
-    started leaves the request the ``502 plugin_unreachable`` it would have had anyway,
-    with why in its sentence (a job that does not end in time: ``504``).
+    errors here: a unit that cannot be started leaves the request the ``502
+    plugin_unreachable`` it would have had anyway, with why in its sentence (a job that
+    does not end in time: ``504``; no user manager at all: ``503 systemd_unavailable``).
     """
 
     def __init__(self, job_timeout: float, before_start: Callable[[], None]) -> None:
@@ -166,7 +166,11 @@ class OnDemandUnits:
                 f"the plugin is not running, and the user manager has no unit {unit} to "
                 f'{action} it (name one with unit = "NAME.service" in its plugin.toml)'
             ) from None
-        except units.UnitError as exc:  # JobFailed, SystemdUnavailable, InvalidUnitName
+        except units.SystemdUnavailable as exc:
+            raise SystemdUnavailableError(
+                f"the plugin is not running, and no systemd user manager can start it: {exc}"
+            ) from None
+        except units.UnitError as exc:  # JobFailed, InvalidUnitName
             raise PluginUnreachableError(
                 f"the plugin is not running; its unit {unit} could not be {_DONE[action]}: {exc}"
             ) from None
@@ -175,23 +179,26 @@ class OnDemandUnits:
 class _Once:
     """A part started once the daemon serves and stopped before it exits: a start that
     comes after the stop (a slow deferred thread) starts nothing, and a part that fails
-    to start is logged, never fatal."""
+    to start is logged, never fatal. ``halt`` names the part's stopping method."""
+
+    halt = "stop"
 
     def __init__(self) -> None:
         self.part: Any = None
         self._lock = threading.Lock()
         self._stopped = False
 
-    def _start(self, make: Callable[[], Any], failed: str) -> bool:
+    def _start(self, make: Callable[[], Any], failed: str) -> Any:
+        """The part, started; None when stopped already or when it failed to start."""
         with self._lock:
             if self._stopped:
-                return False
+                return None
             try:
                 self.part = make()
             except Exception:
                 log.exception(failed)
-                return False
-        return True
+                return None
+            return self.part
 
     def stop(self) -> None:
         with self._lock:
@@ -213,11 +220,12 @@ class Watching(_Once):
         from hecated.adapters.watch import Watcher  # watchdog loads off the cold-start path
 
         root = self.registry.layout.root
-        if self._start(
+        watcher = self._start(
             lambda: Watcher(self.registry, on_socket=self.on_socket).start(),
             f"cannot watch {root}; hand edits need SIGHUP",
-        ):
-            log.info("watching %s (%d inotify watches)", root, self.part.watch_count)
+        )
+        if watcher is not None:
+            log.info("watching %s (%d inotify watches)", root, watcher.watch_count)
 
     def rescan(self) -> int:
         """The watches rebuilt and the tree rescanned; only the latter before the watcher runs."""

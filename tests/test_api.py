@@ -383,3 +383,19 @@ def test_a_discovered_plugin_is_listed_registered_false_and_registers_from_its_m
         app.registry.set_finding("hecate-gone", live)
         app.registry.set_finding("hecate-gone", gone)
     assert [p["name"] for p in client.get("/api/plugins").get_json()] == ["hecate-traderd"]
+
+
+def test_control_of_a_plugin_with_a_broken_plugin_toml_acts_on_no_unit(
+    client: Client, app: HecateApp
+) -> None:
+    """Its unit cannot be known: never start the convention's unit instead of the one
+    the broken file names (the watcher and on-demand treat it as unitless too)."""
+    assert client.post("/api/plugins/register", json={"name": "hecate-foo"}).status_code == 201
+    path = app.layout.manifest_path("hecate-foo")
+    path.write_text('name = "hecate-foo"\nunit = "hecate-foo-real@.service"\n')
+    app.registry.refresh("hecate-foo")
+    assert app.registry.get("hecate-foo").entry.manifest is None
+    for verb in ("start", "stop", "restart"):
+        body = _error(client.post(f"/api/plugins/hecate-foo/{verb}"), 409, "no_unit")
+        assert "invalid plugin.toml" in body["error"]
+    _error(client.get("/api/plugins/hecate-foo/logs"), 409, "no_unit")

@@ -560,3 +560,22 @@ def test_the_one_hook_runs_what_a_detour_claims_and_answers_its_refusal(served) 
         detour.go.set()
         status, _, body = read_response(held)
     assert status == 200 and json.loads(body)["path"] == "/held/x"
+
+
+def test_each_detour_keeps_its_own_send_timeout() -> None:
+    """A followed log keeps its minute for a client that reads nothing, even when the
+    forwarded streams may wait for ever (forward_idle_timeout = 0): one bound for all
+    claimed requests let a suspended `hecatectl logs -f` hold its place for ever."""
+    from hecated.http.forwarding.edge import Edge
+    from hecated.http.forwarding.settings import ForwardSettings
+    from hecated.http.hooks import Detours
+    from hecated.http.units import LogDetour
+
+    logs = LogDetour()
+    both = Detours(Edge(ForwardSettings(idle_timeout=0)), logs)
+    try:
+        assert both.send_timeout_of("/plugin/x/events") is None
+        assert both.send_timeout_of("/api/plugins/hecate-x/logs") == logs.send_timeout
+        assert logs.send_timeout is not None
+    finally:
+        both.close()

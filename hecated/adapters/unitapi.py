@@ -25,7 +25,9 @@ from hecated.adapters.units import (
     NoSuchUnit,
     SystemdUnavailable,
     UnitError,
+    UnitState,
 )
+from hecated.adapters.unitstatus import unit_finding
 from hecated.core.errors import (
     InvalidUnitError,
     NoUnitError,
@@ -76,7 +78,7 @@ class SystemdUnits:
     def follow(self, unit: str, stop: threading.Event, backlog: int) -> Iterator[Any]:
         with translated(unit):
             reader = journal.open_reader(unit, self.uid)  # now: a failure is an error answer
-        return _follow(reader, stop, backlog)
+        return _Followed(reader, _follow(reader, stop, backlog))
 
     def _job(self, call: Any, unit: str) -> dict[str, Any]:
         try:
@@ -85,7 +87,7 @@ class SystemdUnits:
         except UnitFailedError as exc:
             exc.logs = self._last_lines(unit)
             raise
-        return outcome.state.as_dict()
+        return _block(outcome.state)
 
     def _last_lines(self, unit: str) -> list[dict[str, Any]]:
         """The plugin's last lines for a failure's answer; none when the journal is away."""
@@ -93,6 +95,12 @@ class SystemdUnits:
             return self.logs(unit, FAILED_LINES)
         except SystemdUnavailableError:
             return []
+
+
+def _block(state: UnitState | None) -> dict[str, Any] | None:
+    """A unit state as the API shows it everywhere: the ``unit`` block of a list entry."""
+    finding = unit_finding(state)
+    return None if finding is None else finding.as_dict()
 
 
 @contextlib.contextmanager
@@ -105,7 +113,7 @@ def translated(unit: str) -> Iterator[None]:
     except NoSuchUnit as exc:
         raise NoUnitError(no_unit_sentence(unit)) from exc
     except JobFailed as exc:
-        state = exc.state.as_dict() if exc.state is not None else None
+        state = _block(exc.state)
         raise UnitFailedError(str(exc), exc.result, state) from exc
     except SystemdUnavailable as exc:
         raise SystemdUnavailableError(f"no systemd user manager: {exc}") from exc
@@ -113,6 +121,26 @@ def translated(unit: str) -> Iterator[None]:
         raise SystemdUnavailableError(f"the journal cannot be read: {exc}") from exc
     except UnitError as exc:  # any other refusal of the adapter: the manager's fault
         raise SystemdUnavailableError(str(exc)) from exc
+
+
+class _Followed:
+    """A followed log as the SSE body iterates it; ``close`` lets go of the journal
+    reader even when no line was ever asked for (a client gone at the first write, a
+    shutdown): a generator that never ran skips its ``finally``."""
+
+    def __init__(self, reader: Any, lines: Iterator[dict[str, Any] | None]) -> None:
+        self.reader = reader
+        self.lines = lines
+
+    def __iter__(self) -> _Followed:
+        return self
+
+    def __next__(self) -> dict[str, Any] | None:
+        return next(self.lines)
+
+    def close(self) -> None:
+        self.lines.close()
+        self.reader.close()  # again after the generator's own close: a no-op
 
 
 def _follow(reader: Any, stop: threading.Event, backlog: int) -> Iterator[dict[str, Any] | None]:

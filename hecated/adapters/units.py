@@ -117,19 +117,6 @@ class UnitState:
         """Whether a unit file backs it (a name the manager only made up is ``not-found``)."""
         return self.load_state not in ("not-found", "stub")
 
-    def as_dict(self) -> dict[str, object]:
-        """The ``unit`` block of a plugin's entry."""
-        return {
-            "name": self.name,
-            "load_state": self.load_state,
-            "active_state": self.active_state,
-            "sub_state": self.sub_state,
-            "result": self.result,
-            "restarts": self.n_restarts,
-            "since": self.since,
-            "main_pid": self.main_pid or None,
-        }
-
 
 # systemd's service_shall_restart(): the failed results each Restart= policy restarts on.
 _FAILURES = ("exit-code", "signal", "core-dump", "timeout", "watchdog", "oom-kill")

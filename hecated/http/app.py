@@ -33,6 +33,7 @@ from hecated.core.errors import (
     HecateError,
     InvalidFieldError,
     NotFoundError,
+    NoUnitError,
     SystemdUnavailableError,
 )
 from hecated.core.index import Index
@@ -299,6 +300,13 @@ class HecateApp:
         plugin = self.registry.get(name)
         if plugin is None or not plugin.registered:
             raise NotFoundError(f"plugin {name!r} is not registered")
+        if plugin.entry.manifest is None:
+            # Its unit cannot be known: never act on the convention's unit instead of
+            # the one a broken plugin.toml names (the watcher and on-demand agree).
+            raise NoUnitError(
+                f"plugin {name!r} has an invalid plugin.toml, so its unit is unknown; "
+                "fix the file (hecatectl doctor says what is wrong)"
+            )
         if self.units is None:
             raise SystemdUnavailableError("this daemon does not control plugin units")
         return self.units, unit_of(plugin, name)

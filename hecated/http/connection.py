@@ -196,6 +196,9 @@ class Channel(HTTPChannel):
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map=None) -> None:
         self.peer = Peer.of(sock)
         self.limits: ConnectionLimits = server.limits
+        # How long a claimed request's send may wait for a client reading nothing; its
+        # detour's (set when the request is handed over), the limits' until then.
+        self.send_timeout: float | None = self.limits.drain_timeout
         # Claimed requests of this connection being run (pipelining may queue a second
         # one before the first's thread has let go): out of waitress's loop while > 0.
         self.streaming = 0
@@ -248,7 +251,7 @@ class Channel(HTTPChannel):
         at most ``drain_timeout`` s; a client gone or that long silent ends the task.
         """
         fd = self.socket.fileno()
-        timeout = self.limits.drain_timeout
+        timeout = self.send_timeout
         while True:
             with self.outbuf_lock:
                 _, failed = self._flush_exception(self._flush_some, do_close=False)

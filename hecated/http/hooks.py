@@ -71,6 +71,14 @@ class Detours:
     def claims(self, path: str) -> bool:
         return any(d.claims(path) for d in self.detours)
 
+    def send_timeout_of(self, path: str) -> float | None:
+        """The send timeout of the detour that claims ``path``: a followed log keeps its
+        minute whatever the forwarded streams' bound (even none) is."""
+        for detour in self.detours:
+            if detour.claims(path):
+                return detour.send_timeout
+        return self.send_timeout
+
     def run(self, job: Job) -> str | None:
         for detour in self.detours:
             if detour.claims(job.path):

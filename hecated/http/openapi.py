@@ -83,7 +83,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "unit_failed: systemd's job result (failed, timeout, ...).",
             },
-            "state": {"oneOf": [_ref("UnitState"), {"type": "null"}]},
+            "state": _ref("Unit"),
             "logs": {"type": "array", "items": _ref("LogLine")},
         },
     },
@@ -359,28 +359,13 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"ok": {"type": "boolean", "enum": [True]}, "purged": {"type": "string"}},
     },
     # -- plugin units (issue 20) -----------------------------------------------------------
-    "UnitState": {
-        "type": "object",
-        "description": "What the user's systemd manager says of the plugin's unit.",
-        "required": ["name", "load_state", "active_state", "sub_state"],
-        "properties": {
-            "name": {"type": "string"},
-            "load_state": {"type": "string"},
-            "active_state": {"type": "string"},
-            "sub_state": {"type": "string"},
-            "result": {"type": "string"},
-            "restarts": {"type": "integer", "minimum": 0},
-            "since": {"type": ["number", "null"]},
-            "main_pid": {"type": ["integer", "null"]},
-        },
-    },
     "UnitControlled": {
         "type": "object",
         "required": ["ok", "unit", "state"],
         "properties": {
             "ok": {"type": "boolean", "enum": [True]},
             "unit": {"type": "string"},
-            "state": _ref("UnitState"),
+            "state": _ref("Unit"),
         },
     },
     "LogLine": {

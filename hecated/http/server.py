@@ -133,6 +133,13 @@ class _Detached:
         self.channel = channel
         self.fileno: int = channel._fileno  # kept: a closed channel forgets its own
         self.path: str = channel.requests[0].path if channel.requests else ""
+        # Sending its answer to a client that reads nothing waits as long as the detour
+        # that claims it allows (Detours: each its own; one detour: its own).
+        detour = listener.detour
+        send_timeout_of = getattr(detour, "send_timeout_of", None)
+        channel.send_timeout = (
+            send_timeout_of(self.path) if send_timeout_of is not None else detour.send_timeout
+        )
 
     def hung_up(self) -> None:
         self.channel.hung_up()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from hecated.core.errors import BusyError
@@ -151,11 +151,49 @@ def sse(
     ended: Callable[[], None],
     give_up: Callable[[], bool] = lambda: False,
     heartbeat: float = HEARTBEAT,
-) -> Iterator[bytes]:
+) -> Iterable[bytes]:
     """The body of a followed log: events, heartbeats; ``ended`` runs once, whatever ends it.
 
-    ``give_up`` is asked between lines (the daemon stopping); a closed generator
-    (the client gone, found when a write fails) sets ``stop`` so the source ends."""
+    ``give_up`` is asked between lines (the daemon stopping); a closed body (the
+    client gone, found when a write fails) sets ``stop`` so the source ends. The
+    body's ``close`` finishes too when it was never iterated (WSGI closes what it got):
+    a generator that never ran skips its ``finally``, and the place would be lost."""
+    done = threading.Lock()
+
+    def finish() -> None:
+        if not done.acquire(blocking=False):
+            return  # finished already
+        stop.set()
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
+        ended()
+
+    return _Body(_events(lines, stop, give_up, heartbeat, finish), finish)
+
+
+class _Body:
+    """A WSGI body whose ``close`` always runs its ``finish``, iterated or not."""
+
+    def __init__(self, events: Iterator[bytes], finish: Callable[[], None]) -> None:
+        self.events = events
+        self.finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.events
+
+    def close(self) -> None:
+        self.events.close()
+        self.finish()
+
+
+def _events(
+    lines: Iterator[Any],
+    stop: threading.Event,
+    give_up: Callable[[], bool],
+    heartbeat: float,
+    finish: Callable[[], None],
+) -> Iterator[bytes]:
     try:
         yield b": following\n\n"  # the head and a first byte now, before any line exists
         quiet_since = time.monotonic()
@@ -169,8 +207,4 @@ def sse(
                 yield b": heartbeat\n\n"
                 quiet_since = time.monotonic()
     finally:
-        stop.set()
-        close = getattr(lines, "close", None)
-        if close is not None:
-            close()
-        ended()
+        finish()

@@ -91,12 +91,17 @@ class IdleStops:
             return bool(self._due or self._stopping)
 
     @contextlib.contextmanager
-    def guard(self, name: str) -> Iterator[None]:
-        """Held by a stop of ``name`` and by a start of it: a start waits for the stop."""
+    def guard(self, name: str, timeout: float = -1) -> Iterator[None]:
+        """Held by a stop of ``name`` and by a start of it: a start waits for the stop, for
+        at most ``timeout`` seconds (then ``TimeoutError``: the request's time is up)."""
         with self._cond:
             lock = self._guards.setdefault(name, threading.Lock())
-        with lock:
+        if not lock.acquire(timeout=timeout):
+            raise TimeoutError(f"an idle stop of {name} is still under way")
+        try:
             yield
+        finally:
+            lock.release()
 
     def _next(self) -> tuple[str, str] | None:
         """Sleep until a deadline passes; that plugin and its unit (None: closed)."""

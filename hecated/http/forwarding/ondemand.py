@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from hecated.core.errors import BusyError, HecateError
 from hecated.core.status import SocketFinding, SocketKind
+from hecated.core.units import unit_of
 from hecated.http.forwarding.errors import (
     PluginNotListeningError,
     PluginTimeoutError,
@@ -76,8 +77,10 @@ def plan_of(plugin: Any) -> Plan:
     if plugin is None or not plugin.registered or plugin.entry.manifest is None:
         return Plan()
     manifest = plugin.entry.manifest
-    unit = manifest.unit or f"{plugin.name}.service"
-    return Plan(unit, manifest.start_on_demand, manifest.idle_stop_after)
+    # idle_stop_after = 0 is "off", as 0 is for hecated's own idle exit (not "stop the
+    # plugin after every request").
+    idle = manifest.idle_stop_after or None
+    return Plan(unit_of(manifest, plugin.name), manifest.start_on_demand, idle)
 
 
 class _Start:
@@ -166,7 +169,16 @@ class OnDemand:
         connect: Callable[[], socket.socket],
         deadline: float,
     ) -> socket.socket:
-        with self.idle.guard(namespace):  # an idle stop of it under way ends first
+        # An idle stop of it under way ends first, but the request waits for it no
+        # longer than its own time: the stop job may take up to the job timeout.
+        guard = self.idle.guard(namespace, max(0.0, deadline - time.monotonic()))
+        try:
+            guard.__enter__()
+        except TimeoutError:
+            raise PluginTimeoutError(
+                f"plugin {namespace!r} is being stopped (idle), and the stop did not end in time"
+            ) from None
+        try:
             try:  # it may have come up since this request's connect failed: no start then
                 return connect()
             except PluginNotListeningError:
@@ -180,6 +192,8 @@ class OnDemand:
             except HecateError as exc:
                 log.warning("%s: starting %s on demand failed: %s", namespace, unit, exc.message)
                 raise
+        finally:
+            guard.__exit__(None, None, None)
         return self._until_answering(start, namespace, unit, connect, deadline)
 
     def _until_answering(
