@@ -88,3 +88,10 @@ class Detours:
     def close(self) -> None:
         for detour in self.detours:
             detour.close()
+
+
+def send_timeout_of(detour: Detour, path: str) -> float | None:
+    """How long sending a claimed request's answer may wait for a client reading nothing:
+    as long as the detour that claims ``path`` allows (``Detours``: each its own)."""
+    of = getattr(detour, "send_timeout_of", None)
+    return of(path) if of is not None else detour.send_timeout

@@ -2,11 +2,9 @@
 
 The listening socket comes from outside: from systemd (socket activation) or
 from ``bind_unix`` (standalone). It is served by waitress, not Werkzeug's
-development server (no keep-alive, a thread per connection for its whole life;
-measured side by side in docs/benchmarks.md, table 0). Waitress reads requests
-in its event loop, so a slow or silent client holds a connection slot, never a
-worker thread; it keeps connections alive and caps threads, connections, header
-and body sizes. We drive its loop ourselves, one turn at a time, so that every
+development server (docs/benchmarks.md, table 0): it reads requests in its
+event loop, so a slow or silent client holds a connection slot, never a worker
+thread. We drive its loop ourselves, one turn at a time, so that every
 turn stamps ``heartbeat`` (the systemd watchdog's proof that the loop turns) and
 runs the daemon's ``tick``; ``waitress.serve``/``create_server`` are never used,
 because given anything but a socket object they quietly listen on TCP 0.0.0.0:8080.
@@ -47,7 +45,7 @@ from hecated.http.connection import (
     ConnectionLimits,
     DetourRefused,
 )
-from hecated.http.hooks import Detour
+from hecated.http.hooks import Detour, send_timeout_of
 from hecated.protocol import accepts
 
 log = logging.getLogger("hecated.http.server")
@@ -133,13 +131,7 @@ class _Detached:
         self.channel = channel
         self.fileno: int = channel._fileno  # kept: a closed channel forgets its own
         self.path: str = channel.requests[0].path if channel.requests else ""
-        # Sending its answer to a client that reads nothing waits as long as the detour
-        # that claims it allows (Detours: each its own; one detour: its own).
-        detour = listener.detour
-        send_timeout_of = getattr(detour, "send_timeout_of", None)
-        channel.send_timeout = (
-            send_timeout_of(self.path) if send_timeout_of is not None else detour.send_timeout
-        )
+        channel.send_timeout = send_timeout_of(listener.detour, self.path)
 
     def hung_up(self) -> None:
         self.channel.hung_up()
