@@ -21,7 +21,7 @@ registered in hecated and wanted by one target; each run starts the target at on
 Goals (issue 20): listed <= sockets + 1 s; storm p99 <= 10x idle p50. Between runs the
 units are stopped and the list waited on until every plugin is ``stopped`` again.
 
-``--out``: the markdown section replaces the one headed ``## 8. Login storm`` in that file
+``--out``: the markdown section replaces the one headed ``## 9. Login storm`` in that file
 (appended when there is none); ``-`` prints it only.
 """
 
@@ -51,7 +51,7 @@ from hecated.adapters.unitcontrol import UserManager as Control  # noqa: E402
 from hecated.adapters.units import SystemdUnavailable  # noqa: E402
 
 PLUGIN = HERE.parent / "tests" / "plugin_support.py"
-HEADING = "## 8. Login storm: 50 plugin units at once (issue 20)"
+HEADING = "## 9. Login storm: 50 plugin units at once (issue 20)"
 TIMEOUT = 120.0
 
 
