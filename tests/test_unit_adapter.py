@@ -419,7 +419,16 @@ def test_the_watcher_outlives_its_bus(um, control, watcher, published) -> None:
     os.kill(int(um.prop("dbus.service", "MainPID")), signal.SIGKILL)
     assert published.wait(unit, lambda s: s is None, mark) is None
     # Reconnecting activates the bus again (dbus.socket); the manager joins it; states come.
+    # The manager's joining is systemd's part, tried as dbus.service comes up again: on a
+    # loaded machine that one try could miss (two loaded suite runs in two saw the manager
+    # stay off the new bus for good, while the watcher kept retrying as it should). Then a
+    # restart of dbus.service, through the manager's private socket, is its second try.
     mark = published.mark()
+    try:
+        wait_for(lambda: on_bus(control), timeout=TIMEOUT)
+    except AssertionError:
+        um.systemctl("restart", "dbus.service")
+        wait_for(lambda: on_bus(control), timeout=TIMEOUT)
     assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
     mark = published.mark()
     control.start(unit)
