@@ -219,8 +219,9 @@ def test_logs_and_follow(um: UserManager, hecated: Daemon) -> None:
     assert json.loads(as_json.stdout)["message"] == f"line-{again}"
     # hecatectl logs -f: the last line, then the next one; Ctrl-C ends it quietly.
     env = {**um.env, "HECATE_SOCKET_PATH": str(um.socket)}
-    # As a terminal would have it: SIGINT not ignored (an xdist worker ignores it, and an
-    # ignored signal stays ignored across exec: hecatectl would never see the Ctrl-C).
+    # As a terminal would have it: SIGINT not ignored. A suite started in the background
+    # by a non-interactive shell (`make test &`) ignores SIGINT, and an ignored signal
+    # stays ignored across exec: hecatectl would never see the Ctrl-C.
     proc = subprocess.Popen(
         [str(HECATECTL), "logs", name, "-f", "-n", "1"],
         env=env,
