@@ -240,10 +240,19 @@ class Session:
 
     def unloaded(self, unit: str) -> None:
         """The manager let the unit go (our reference with it): it is not running. The
-        match stays, so UnitNew and the next read find the unit followed already."""
+        match stays, so UnitNew and the next read find the unit followed already.
+
+        Asked once more first (GetUnit loads nothing): a removal read while the unit was
+        being loaded again (a start of a unit whose file just appeared, on a loaded
+        machine) must not publish "not-loaded" over a unit that runs."""
         self.refd.discard(unit)
         self.props.pop(unit, None)
-        self.watcher.emit(unit, UnitState(unit, "not-loaded", "inactive", "dead"))
+        try:
+            self.call(self.bus.manager_call("GetUnit", "s", unit), unit)
+        except NoSuchUnit:
+            self.watcher.emit(unit, UnitState(unit, "not-loaded", "inactive", "dead"))
+            return
+        self.load(unit)  # there again: referenced and read as it is now
 
     def changed(self, unit: str, interface: str, changed: dict, invalidated: list) -> None:
         bus = self.bus
