@@ -518,3 +518,46 @@ def parse_journal_datagram(data: bytes) -> dict[str, str]:
             i = end + 9 + size + 1
         fields[key.decode()] = value.decode(errors="replace")
     return fields
+
+
+# -- a manager on its session bus, and the units a test made (the unit tests' fixtures) -----
+
+
+def on_bus(um: UserManager) -> bool:
+    """The manager answers on its session bus (``is-system-running`` says "running"
+    before it has joined the bus its dbus.socket started)."""
+    from hecated.adapters.unitcontrol import UserManager as Control
+    from hecated.adapters.units import SystemdUnavailable
+
+    try:
+        return Control(address=um.bus_address).state("dbus.service").active_state == "active"
+    except SystemdUnavailable:
+        return False
+
+
+@contextlib.contextmanager
+def manager_on_bus(journald: bool = True) -> Iterator[UserManager]:
+    """A private manager, up and on its bus; stopped after."""
+    um = UserManager(journald=journald).start()
+    try:
+        wait_for(lambda: on_bus(um), timeout=60)
+        yield um
+    finally:
+        um.stop()
+
+
+@contextlib.contextmanager
+def units_made(manager: UserManager) -> Iterator[UserManager]:
+    """The manager, with ``made``: the units a test adds there, stopped, reset and
+    removed after it (a daemon-reload last), while the manager still runs."""
+    made: list[str] = []
+    manager.made = made  # type: ignore[attr-defined]
+    yield manager
+    running = manager.proc is not None and manager.proc.poll() is None
+    if made and running:
+        manager.systemctl("stop", *made, check=False)
+        manager.systemctl("reset-failed", *made, check=False)
+    for unit in made:
+        (manager.unit_dir / unit).unlink(missing_ok=True)
+    if running:
+        manager.systemctl("daemon-reload", check=False)

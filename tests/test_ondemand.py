@@ -21,10 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, UnixHTTPConnection, http_request, wait_for
-from systemd_support import UserManager, needs_user_manager
-
-from hecated.adapters.unitcontrol import UserManager as Control
-from hecated.adapters.units import SystemdUnavailable
+from systemd_support import UserManager, manager_on_bus, needs_user_manager
 
 pytestmark = [needs_user_manager, pytest.mark.slow]
 
@@ -102,17 +99,8 @@ class Jobs:
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UserManager]:
-    um = UserManager().start()
-
-    def on_bus() -> bool:  # "running" comes before the manager has joined its bus
-        try:
-            return Control(address=um.bus_address).state("dbus.service").active_state == "active"
-        except SystemdUnavailable:
-            return False
-
-    wait_for(on_bus, timeout=60)
-    yield um
-    um.stop()
+    with manager_on_bus(journald=False) as um:
+        yield um
 
 
 class World:

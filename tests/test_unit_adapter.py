@@ -22,7 +22,14 @@ import pytest
 from conftest import wait_for
 from hypothesis import given
 from hypothesis import strategies as st
-from systemd_support import UserManager, needs_journald, needs_user_manager
+from systemd_support import (
+    UserManager,
+    manager_on_bus,
+    needs_journald,
+    needs_user_manager,
+    on_bus,
+    units_made,
+)
 
 from hecated.adapters import journal
 from hecated.adapters.unitcontrol import UserManager as Control
@@ -200,32 +207,14 @@ class Published:
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UserManager]:
-    um = UserManager(journald=True).start()
-    # "running" comes before the manager has joined the bus its dbus.socket started.
-    wait_for(lambda: on_bus(Control(address=um.bus_address)), timeout=60)
-    yield um
-    um.stop()
-
-
-def on_bus(control: Control) -> bool:
-    try:
-        return control.state("dbus.service").active_state == "active"
-    except SystemdUnavailable:
-        return False
+    with manager_on_bus() as um:
+        yield um
 
 
 @pytest.fixture
 def um(manager: UserManager) -> Iterator[UserManager]:
-    made: list[str] = []
-    manager.made = made  # type: ignore[attr-defined]
-    yield manager
-    if made and manager.proc is not None and manager.proc.poll() is None:
-        manager.systemctl("stop", *made, check=False)
-        manager.systemctl("reset-failed", *made, check=False)
-    for unit in made:
-        (manager.unit_dir / unit).unlink(missing_ok=True)
-    if manager.proc is not None and manager.proc.poll() is None:
-        manager.systemctl("daemon-reload", check=False)
+    with units_made(manager) as um:
+        yield um
 
 
 def add_unit(um: UserManager, name: str, service: str) -> str:
@@ -425,10 +414,10 @@ def test_the_watcher_outlives_its_bus(um, control, watcher, published) -> None:
     # restart of dbus.service, through the manager's private socket, is its second try.
     mark = published.mark()
     try:
-        wait_for(lambda: on_bus(control), timeout=TIMEOUT)
+        wait_for(lambda: on_bus(um), timeout=TIMEOUT)
     except AssertionError:
         um.systemctl("restart", "dbus.service")
-        wait_for(lambda: on_bus(control), timeout=TIMEOUT)
+        wait_for(lambda: on_bus(um), timeout=TIMEOUT)
     assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
     mark = published.mark()
     control.start(unit)

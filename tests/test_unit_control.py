@@ -22,11 +22,16 @@ from pathlib import Path
 
 import pytest
 from conftest import HECATECTL, Daemon, UnixHTTPConnection, wait_for
-from systemd_support import UserManager, fresh_home, needs_journald, needs_user_manager
+from systemd_support import (
+    UserManager,
+    fresh_home,
+    manager_on_bus,
+    needs_journald,
+    needs_user_manager,
+    units_made,
+)
 
 from hecated.adapters.unitapi import SystemdUnits
-from hecated.adapters.unitcontrol import UserManager as Control
-from hecated.adapters.units import SystemdUnavailable
 from hecated.client import HecateClient, LogLine, UnitFailedError
 from hecated.core.errors import InvalidUnitError, SystemdUnavailableError
 from hecated.http.units import FOLLOW_STREAMS, HEARTBEAT
@@ -39,31 +44,14 @@ pytestmark = [needs_user_manager, needs_journald, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UserManager]:
-    um = UserManager(journald=True).start()
-    # "running" comes before the manager has joined the bus its dbus.socket started.
-    wait_for(lambda: on_bus(Control(address=um.bus_address)), timeout=60)
-    yield um
-    um.stop()
-
-
-def on_bus(control: Control) -> bool:
-    try:
-        return control.state("dbus.service").active_state == "active"
-    except SystemdUnavailable:
-        return False
+    with manager_on_bus() as um:
+        yield um
 
 
 @pytest.fixture
 def um(manager: UserManager) -> Iterator[UserManager]:
-    made: list[str] = []
-    manager.made = made  # type: ignore[attr-defined]
-    yield manager
-    if made:
-        manager.systemctl("stop", *made, check=False)
-        manager.systemctl("reset-failed", *made, check=False)
-    for unit in made:
-        (manager.unit_dir / unit).unlink(missing_ok=True)
-    manager.systemctl("daemon-reload", check=False)
+    with units_made(manager) as um:
+        yield um
 
 
 @pytest.fixture

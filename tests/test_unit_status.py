@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HECATED, Daemon, wait_for
+from conftest import HECATED, Daemon
 from ctl_support import ctl
-from systemd_support import UserManager, needs_journald, needs_user_manager
-
-from hecated.adapters.unitcontrol import UserManager as Control
-from hecated.adapters.units import SystemdUnavailable
+from systemd_support import (
+    UserManager,
+    manager_on_bus,
+    needs_journald,
+    needs_user_manager,
+    units_made,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hecate-exampled.py"
 PYTHON = HECATED.parent / "python"
@@ -35,33 +38,15 @@ pytestmark = [needs_user_manager, needs_journald, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UserManager]:
-    um = UserManager(journald=True).start()
-    # "running" comes before the manager has joined the bus its dbus.socket started.
-    wait_for(lambda: _on_bus(um), timeout=60)
-    yield um
-    um.stop()
-
-
-def _on_bus(um: UserManager) -> bool:
-    try:
-        return Control(address=um.bus_address).state("dbus.service").active_state == "active"
-    except SystemdUnavailable:
-        return False
+    with manager_on_bus() as um:
+        yield um
 
 
 @pytest.fixture
 def um(manager: UserManager) -> Iterator[UserManager]:
     """The manager, with the units a test made stopped and removed after it."""
-    made: list[str] = []
-    manager.made = made  # type: ignore[attr-defined]
-    yield manager
-    if manager.proc is not None and manager.proc.poll() is None and made:
-        manager.systemctl("stop", *made, check=False)
-        manager.systemctl("reset-failed", *made, check=False)
-    for unit in made:
-        (manager.unit_dir / unit).unlink(missing_ok=True)
-    if manager.proc is not None and manager.proc.poll() is None:
-        manager.systemctl("daemon-reload", check=False)
+    with units_made(manager) as um:
+        yield um
 
 
 @pytest.fixture
