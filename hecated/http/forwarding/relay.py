@@ -43,6 +43,7 @@ log = logging.getLogger("hecated.http.forwarding")
 # when the plugin had closed it): no body, nothing a second sending could repeat.
 REUSABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHUNK = 64 * 1024  # bytes read or sent at a time: nothing is held whole
+NAMES_KEPT = 1024  # names whose candidates are remembered (clients choose the names)
 
 
 class _Index(Protocol):
@@ -97,6 +98,7 @@ class Forwarder:
         self.layout = index.layout
         self.settings = settings or ForwardSettings()
         self.pool = Pool(max_idle=self.settings.pool_idle)
+        self._names: dict[str, tuple[str, ...]] = {}  # name -> its candidates (_candidates)
         # Starts a plugin that is not running, and stops it when unused (None: neither).
         self.on_demand = on_demand
 
@@ -108,13 +110,21 @@ class Forwarder:
         The name is checked by the name rules first (a bad one is a 400); each
         convention that breaks them (too long for a socket path) is skipped.
         """
-        self.layout.check_plugin_name(name)
-        for candidate in candidates(name):
-            if not self.layout.is_plugin_name(candidate):
-                continue
+        for candidate in self._candidates(name):
             if self.index.get(candidate) is not None or self._is_namespace(candidate):
                 return candidate
         raise NotFoundError(f"no plugin named {name!r}")
+
+    def _candidates(self, name: str) -> tuple[str, ...]:
+        """``candidates(name)`` that pass the name rules, ``name`` checked first (a 400);
+        remembered per name (the rules are fixed; a few hundred names at most are asked)."""
+        known = self._names.get(name)
+        if known is None:
+            self.layout.check_plugin_name(name)
+            known = tuple(c for c in candidates(name) if self.layout.is_plugin_name(c))
+            if len(self._names) < NAMES_KEPT:
+                self._names[name] = known
+        return known
 
     def _is_namespace(self, name: str) -> bool:
         try:

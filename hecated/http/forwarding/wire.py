@@ -84,8 +84,7 @@ class Reply:
             self._status_line(lines[0])
             if self.status != 100:
                 break
-        self.headers = [_header(line) for line in lines[1:]]
-        self._framing()
+        self._headers(lines)
 
     def _head_lines(self) -> list[str]:
         """The head's lines up to the blank one, within the bounds; the rest stays buffered."""
@@ -104,15 +103,12 @@ class Reply:
                 raise BadReplyError("closed the connection inside its answer's head")
             buf += piece
         head, self._buf = buf[: end.start()], buf[end.end() :]
-        lines = head.decode("latin-1").split("\n")
+        lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
         if len(lines) > MAX_HEADERS + 1:
             raise BadReplyError(f"sent more than {MAX_HEADERS} headers")
-        out = []
-        for line in lines:
-            if len(line) > MAX_LINE:
-                raise BadReplyError(f"sent a line over {MAX_LINE} bytes in its answer's head")
-            out.append(line[:-1] if line.endswith("\r") else line)
-        return out
+        if len(head) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
+            raise BadReplyError(f"sent a line over {MAX_LINE} bytes in its answer's head")
+        return lines
 
     def _status_line(self, line: str) -> None:
         version, _, rest = line.partition(" ")
@@ -128,18 +124,25 @@ class Reply:
     def getheaders(self) -> list[tuple[str, str]]:
         return self.headers
 
-    def _framing(self) -> None:
-        """As ``http.client`` decides: chunked, a declared length, or to the close."""
+    def _headers(self, lines: list[str]) -> None:
+        """The header pairs in order, and the framing as ``http.client`` decides it:
+        chunked, a declared length, or to the close (one pass: this runs per answer)."""
+        headers = self.headers = []
         te: list[str] = []
-        lengths: list[str] = []
+        length = None
         connection = ""
         keep_alive = False
-        for key, value in self.headers:
-            low = key.lower()
-            if low == "transfer-encoding":
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not _TOKEN.fullmatch(name):
+                raise _malformed(line)
+            value = value.strip(" \t")
+            headers.append((name, value))
+            low = name.lower()
+            if low == "content-length":
+                length = value if length is None else length
+            elif low == "transfer-encoding":
                 te += [t.strip().lower() for t in value.split(",")]
-            elif low == "content-length":
-                lengths.append(value)
             elif low == "connection":
                 connection += "," + value.lower()
             elif low == "keep-alive":
@@ -150,10 +153,8 @@ class Reply:
         else:  # HTTP/1.0 keeps the connection only when it says so
             self.will_close = not (keep_alive or "keep-alive" in connection)
         self.length = None
-        if lengths and not self.chunked:
-            length = lengths[0].strip()
-            if length.isascii() and length.isdigit():
-                self.length = int(length)
+        if length is not None and not self.chunked and length.isascii() and length.isdigit():
+            self.length = int(length)
         if self.status in (204, 304) or self.status < 200 or self._method == "HEAD":
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
@@ -261,12 +262,9 @@ def _check_partial(buf: bytes) -> None:
         raise BadReplyError(f"sent more than {MAX_HEADERS} headers")
 
 
-def _header(line: str) -> tuple[str, str]:
-    """``name: value`` (its value without the whitespace around it); a line of another
-    shape (folded, no colon, a space before the colon) is refused whole."""
-    name, colon, value = line.partition(":")
-    if colon and _TOKEN.fullmatch(name):
-        return name, value.strip(" \t")
+def _malformed(line: str) -> BadReplyError:
+    """Why a header line is not ``name: value``: folded (obs-fold), or of no shape at all
+    (no colon, a space before it); ``email`` took it and every later header as body."""
     if line[:1] in (" ", "\t"):
-        raise BadReplyError("sent a header folded over lines (obs-fold)")
-    raise BadReplyError(f"sent a malformed header line ({line[:80]!r})")
+        return BadReplyError("sent a header folded over lines (obs-fold)")
+    return BadReplyError(f"sent a malformed header line ({line[:80]!r})")
