@@ -92,7 +92,7 @@ def response_headers(
 
 
 def answer_problem(response: Any) -> str | None:
-    """Why the plugin's answer (``http.client.HTTPResponse``, head read) cannot be passed
+    """Why the plugin's answer (``wire.Reply``, head read) cannot be passed
     on faithfully, as the end of a sentence; or None.
 
     An answer whose framing two readers could take two ways (RFC 9112 6.3: chunked
