@@ -38,6 +38,8 @@ KNOWN_KEYS = frozenset(
 # Control characters but tab and newline: refused in free text.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _LINE_RE = re.compile(r"\(at line (\d+)(?:, column (\d+))?\)")
+# What every _FINE_TIME_RE match holds: a cheap test before the full search.
+_SEVEN_DIGITS = re.compile(r"\.\d{7}")
 # A TOML date-time with more fractional digits than Python keeps (tomllib cuts to µs).
 _FINE_TIME_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}\.\d{7,}(?:[Zz]|[+-]\d{2}:\d{2})?"
@@ -224,7 +226,7 @@ def parse(data: bytes, expected_name: str, path: str) -> Manifest:
         updated_at=_timestamp(doc.get("updated_at"), "updated_at", path),
         schema=schema,
         extra=extra,
-        fine_times=_fine_times(text) if "." in text else (),
+        fine_times=_fine_times(text) if _SEVEN_DIGITS.search(text) else (),
         **unit_keys,
     )
 
