@@ -3,7 +3,7 @@ open streams cost the registry.
 
 - ``GET /manifest`` forwarded through hecated beside the same request straight to the
   plugin's socket: same raw client (``rawhttp``), keep-alive on the client's side, one
-  run, interleaved in rounds so a load spike hits both alike (goal: p50 <= 2x direct).
+  run, interleaved in rounds so a load spike hits both alike (goal: p50 <= 3x direct).
 - ``GET /api/plugins`` latency with 200 idle forwarded streams open beside none,
   alternated in rounds (streams opened, then closed) in one run (goal <= 1.2x).
 - hecated's threads and RSS with none, 200 and 256 (the cap) streams open.
@@ -185,7 +185,7 @@ def run(samples: int = 2000) -> dict:
 
 # -- the table ------------------------------------------------------------------------------
 
-GOALS = {"manifest_p50_ratio": 2.0, "list_p50_ratio": 1.2}
+GOALS = {"manifest_p50_ratio": 3.0, "list_p50_ratio": 1.2}  # issue 22: <= 3x direct
 
 
 def spread(values: list[float], unit: str = "", digits: int = 2) -> str:

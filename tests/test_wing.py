@@ -50,6 +50,10 @@ RAW = textwrap.dedent(
         "/switch": b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n",
         "/folded": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Folded: a\r\n b\r\n\r\nok",
         "/cr-reason": b"HTTP/1.1 200 O\rK\r\nContent-Length: 2\r\n\r\nok",
+        "/no-colon": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Oops\r\nX-After: 1\r\n\r\nok",
+        "/space-colon": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Space : a\r\n\r\nok",
+        "/many-headers": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+            + b"".join(b"X-%d: a\r\n" % i for i in range(100)) + b"\r\nok",
         "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n",
     }
@@ -263,6 +267,11 @@ def test_an_unrequested_answer_on_a_kept_connection_reaches_nobody(world: Any) -
         ("/switch", "101"),
         ("/folded", "folded"),
         ("/cr-reason", "reason phrase"),
+        # A line that is no header: email's parser took it and every later header as
+        # body, and the answer went out without them (issue 22's own reader refuses it).
+        ("/no-colon", "malformed header line"),
+        ("/space-colon", "malformed header line"),
+        ("/many-headers", "100 headers"),  # http.client's bound, kept
     ],
 )
 def test_an_answer_that_cannot_be_relayed_faithfully_is_a_502(

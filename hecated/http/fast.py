@@ -10,9 +10,10 @@ answer (``load``, called by the daemon), whichever comes first.
 
 What is answered here: ``GET``/``HEAD`` of ``/api/plugins`` without a query
 string, ``/api/plugins/{name}`` for a registered plugin, ``/health`` and
-``/api/health``, for the owner's uid only. Everything else (long polls, 404s,
-403s, writes, odd paths) falls through to the full app, which owns every
-error. The bodies come from the same ``Views`` object the full app uses, so
+``/api/health``, for the owner's uid only. Forwarded requests (``/plugin/…``)
+go straight to the full app, which relays them without Werkzeug. Everything
+else (long polls, 404s, 403s, writes, odd paths) falls through to the full
+app, which owns every error. The bodies come from the same ``Views`` object the full app uses, so
 both send the same bytes with the same headers (``tests/test_fast.py``).
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hecated.core.layout import Layout
+from hecated.http.forwarding.settings import PREFIX as FORWARDED
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import PEER_ENVIRON_KEY, SEQ_HEADER, HealthStatus, Peer, encode
 
@@ -75,6 +77,10 @@ class FastPath:
         return app
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(FORWARDED):
+            # Never one of the answers here: straight to the full app, whose relay takes
+            # it without building Werkzeug's request or routing it (HecateApp.forwarded).
+            return self.load()(environ, start_response)
         try:
             hit = self._answer(environ)
         except Exception:  # the full app answers it, with its error envelope and its log

@@ -41,20 +41,39 @@ NOT_FORWARDED = HOP_BY_HOP | {
 
 def request_headers(environ: dict[str, Any], peer: Peer) -> list[tuple[str, str]]:
     """End-to-end headers of the client's request, plus Host and the peer's credentials."""
-    listed = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
+    connection = environ.get("HTTP_CONNECTION")
+    listed = {t.strip().lower() for t in connection.split(",")} if connection else ()
     out = [("Host", "localhost")]
     if environ.get("CONTENT_TYPE"):
         out.append(("Content-Type", environ["CONTENT_TYPE"]))
     for key, value in environ.items():
-        if not key.startswith("HTTP_"):
-            continue
-        name = key[5:].replace("_", "-").title()
-        if name.lower() in NOT_FORWARDED or name.lower() in listed:
-            continue
-        out.append((name, value))
+        known = _KEYS.get(key, _UNSEEN)
+        if known is _UNSEEN:
+            known = _learn(key)
+        if known is not None and known[1] not in listed:
+            out.append((known[0], value))
     out.append((PEER_PID_HEADER, str(peer.pid)))
     out.append((PEER_UID_HEADER, str(peer.uid)))
     return out
+
+
+# An environ key -> the header it forwards as (its name, lower-cased), or None: not a
+# header, or one never forwarded. Learnt once per key (a request's environ has ~25
+# keys, most of them waitress's own); bounded, as clients choose their headers' names.
+_KEYS: dict[str, tuple[str, str] | None] = {}
+_KEYS_MAX = 4096
+_UNSEEN: Any = object()
+
+
+def _learn(key: str) -> tuple[str, str] | None:
+    known = None
+    if key.startswith("HTTP_"):
+        name = key[5:].replace("_", "-").title()
+        if name.lower() not in NOT_FORWARDED:
+            known = (name, name.lower())
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[key] = known
+    return known
 
 
 def response_headers(
@@ -73,7 +92,7 @@ def response_headers(
 
 
 def answer_problem(response: Any) -> str | None:
-    """Why the plugin's answer (``http.client.HTTPResponse``, head read) cannot be passed
+    """Why the plugin's answer (``wire.Reply``, head read) cannot be passed
     on faithfully, as the end of a sentence; or None.
 
     An answer whose framing two readers could take two ways (RFC 9112 6.3: chunked
@@ -87,11 +106,16 @@ def answer_problem(response: Any) -> str | None:
     if _UNSAFE.search(response.reason or ""):
         return "sent a control character in its status line's reason phrase"
     pairs = response.getheaders()
-    if any(_UNSAFE.search(k) or _UNSAFE.search(v) for k, v in pairs):
+    if _UNSAFE.search("\t".join(k + "\t" + v for k, v in pairs)):  # one search: per answer
         return "sent a header folded over lines (obs-fold) or holding a control character"
-    lengths = {v.strip() for k, v in pairs if k.lower() == "content-length"}
-    encodings = [v for k, v in pairs if k.lower() == "transfer-encoding"]
-    codings = [t.strip().lower() for v in encodings for t in v.split(",")]
+    lengths = set()
+    codings = []
+    for k, v in pairs:
+        low = k.lower()
+        if low == "content-length":
+            lengths.add(v.strip())
+        elif low == "transfer-encoding":
+            codings += [t.strip().lower() for t in v.split(",")]
     if codings and codings != ["chunked"]:
         return f"sent Transfer-Encoding {', '.join(codings)!r}: only chunked is relayed"
     if codings and lengths:

@@ -11,7 +11,6 @@ wing's errors, each with the status a client should see.
 
 from __future__ import annotations
 
-import http.client
 import select
 import socket
 import threading
@@ -25,6 +24,7 @@ from hecated.http.forwarding.errors import (
     PluginTimeoutError,
     PluginUnreachableError,
 )
+from hecated.http.forwarding.wire import Reply, request_head
 
 # Anything at all to read, or the far end gone: not a connection to send a request on.
 _NOT_QUIET = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -65,21 +65,27 @@ def quiet(sock: socket.socket) -> bool:
     return not poller.poll(0)
 
 
-class Connection(http.client.HTTPConnection):
-    """One request on a socket that is already connected (``connect`` is never needed)."""
+class Connection:
+    """One connection to a plugin: a request's head sent in one piece (``wire``), its
+    answer read off the same socket. ``raw`` is the socket (timeouts, hanging up)."""
 
     def __init__(self, sock: socket.socket) -> None:
-        super().__init__("localhost")
-        self.sock = sock
-        # http.client forgets ``sock`` once an answer that ends with the connection
-        # starts; the relay still needs it (timeouts, hanging up), so it is kept here.
         self.raw = sock
 
-    def connect(self) -> None:  # the socket was closed: there is no reconnecting
-        raise ConnectionResetError("the plugin's connection is closed")
+    def send_head(self, method: str, target: str, headers: list[tuple[str, str]]) -> None:
+        """The request line and headers; ``ValueError`` for what cannot be sent as is."""
+        self.raw.sendall(request_head(method, target, headers))
+
+    def send(self, data: bytes) -> None:
+        self.raw.sendall(data)
+
+    def getresponse(self, method: str) -> Reply:
+        """The answer, its head read (``TimeoutError``, ``OSError``, ``BadReplyError``)."""
+        reply = Reply(self.raw, method)
+        reply.begin()
+        return reply
 
     def discard(self) -> None:
-        self.close()
         self.raw.close()
 
 

@@ -12,7 +12,6 @@ arrives.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from hecated.http.forwarding.headers import answer_problem, request_headers, res
 from hecated.http.forwarding.ondemand import OnDemand
 from hecated.http.forwarding.pool import Connection, Pool, connect_plugin
 from hecated.http.forwarding.settings import PREFIX, ForwardSettings
+from hecated.http.forwarding.wire import BadReplyError, Reply
 from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
 from hecated.protocol import Peer
 
@@ -43,6 +43,7 @@ log = logging.getLogger("hecated.http.forwarding")
 # when the plugin had closed it): no body, nothing a second sending could repeat.
 REUSABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHUNK = 64 * 1024  # bytes read or sent at a time: nothing is held whole
+NAMES_KEPT = 1024  # names whose candidates are remembered (clients choose the names)
 
 
 class _Index(Protocol):
@@ -97,6 +98,7 @@ class Forwarder:
         self.layout = index.layout
         self.settings = settings or ForwardSettings()
         self.pool = Pool(max_idle=self.settings.pool_idle)
+        self._names: dict[str, tuple[str, ...]] = {}  # name -> its candidates (_candidates)
         # Starts a plugin that is not running, and stops it when unused (None: neither).
         self.on_demand = on_demand
 
@@ -108,13 +110,21 @@ class Forwarder:
         The name is checked by the name rules first (a bad one is a 400); each
         convention that breaks them (too long for a socket path) is skipped.
         """
-        self.layout.check_plugin_name(name)
-        for candidate in candidates(name):
-            if not self.layout.is_plugin_name(candidate):
-                continue
+        for candidate in self._candidates(name):
             if self.index.get(candidate) is not None or self._is_namespace(candidate):
                 return candidate
         raise NotFoundError(f"no plugin named {name!r}")
+
+    def _candidates(self, name: str) -> tuple[str, ...]:
+        """``candidates(name)`` that pass the name rules, ``name`` checked first (a 400);
+        remembered per name (the rules are fixed; a few hundred names at most are asked)."""
+        known = self._names.get(name)
+        if known is None:
+            self.layout.check_plugin_name(name)
+            known = tuple(c for c in candidates(name) if self.layout.is_plugin_name(c))
+            if len(self._names) < NAMES_KEPT:
+                self._names[name] = known
+        return known
 
     def _is_namespace(self, name: str) -> bool:
         try:
@@ -191,7 +201,7 @@ class Forwarder:
         length: int,
         namespace: str,
         reusable: bool,
-    ) -> tuple[Connection, http.client.HTTPResponse]:
+    ) -> tuple[Connection, Reply]:
         """The request sent and the answer's head read, on a kept-alive connection when
         one is fit (sent again on a new one if the plugin had closed it), else a new one."""
         conn = self.pool.take(namespace) if reusable else None
@@ -219,33 +229,32 @@ class Forwarder:
         path: str,
         length: int,
         namespace: str,
-    ) -> http.client.HTTPResponse:
+    ) -> Reply:
         method = environ.get("REQUEST_METHOD", "GET")
+        headers = request_headers(environ, peer)
+        if length or method in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(length)))
         try:
-            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-            for key, value in request_headers(environ, peer):
-                conn.putheader(key, value)
-            if length or method in ("POST", "PUT", "PATCH"):
-                conn.putheader("Content-Length", str(length))
-        except (ValueError, http.client.InvalidURL) as exc:
-            raise BadForwardError(f"cannot forward: {exc}") from None
-        try:
-            conn.endheaders()
+            conn.send_head(method, path, headers)
             _send_body(conn, environ.get("wsgi.input"), length)
         except TimeoutError:
             raise PluginTimeoutError(f"plugin {namespace!r} did not read the request") from None
         except OSError:
             pass  # it may have answered without reading the body: see what it says
+        except ValueError as exc:  # nothing was sent: the head is refused whole
+            raise BadForwardError(f"cannot forward: {exc}") from None
         try:
-            return conn.getresponse()
+            return conn.getresponse(method)
         except TimeoutError:
             raise PluginTimeoutError(
                 f"plugin {namespace!r} sent nothing within {self.settings.first_byte_timeout:g} s"
             ) from None
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             raise PluginUnreachableError(
                 f"plugin {namespace!r} closed the connection before answering ({exc!r})"
             ) from None
+        except BadReplyError as exc:
+            raise PluginUnreachableError(f"plugin {namespace!r} {exc}") from None
 
 
 class _Relay:
@@ -256,7 +265,7 @@ class _Relay:
     def __init__(
         self,
         conn: Connection,
-        response: http.client.HTTPResponse,
+        response: Reply,
         namespace: str,
         idle_timeout: float,
         give_back: Callable[[str, Connection], None] | None = None,
@@ -315,7 +324,7 @@ class _Relay:
                     log.info("%s: stream idle for %g s; ended", self.namespace, self.idle_timeout)
                     _call(abort)
                     return
-                except (OSError, http.client.HTTPException):
+                except (OSError, BadReplyError):
                     log.info("%s: the plugin ended its answer abruptly", self.namespace)
                     _call(abort)
                     return

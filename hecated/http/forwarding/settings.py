@@ -1,8 +1,8 @@
 """The forwarding wing's one spelling of its prefix, and its bounds.
 
-Kept apart from ``relay.py`` (which relays with ``http.client``, and so imports
-``email``) so that the daemon's start-up and the wing's edge never load the relay:
-forwarded requests go through the full app, which is built off the cold-start path.
+Kept apart from ``relay.py`` so that the daemon's start-up and the wing's edge never
+load the relay: forwarded requests go through the full app, which is built off the
+cold-start path.
 """
 
 from __future__ import annotations
