@@ -117,56 +117,11 @@ def _timestamp(value: object, key: str, path: str) -> datetime | None:
     raise ManifestError(path, f"{key!r} must be a TOML date-time")
 
 
-# One line of the TOML hecated writes itself (``dumps``): ``key = value``, the value a
-# plain basic string (no escape, no control character but tab), a decimal integer,
-# true/false, or an offset date-time of whole seconds; or a comment, or nothing.
-_PLAIN_LINE = re.compile(
-    r'([A-Za-z0-9_-]+) = (?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"|(-?(?:0|[1-9][0-9]{0,17}))'
-    r"|(true|false)|([0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(?:Z|[+-][0-9]{2}:[0-9]{2})))|#[^\x00-\x08\x0a-\x1f\x7f]*|"
-)
-
-
-def plain_toml(text: str) -> dict[str, Any] | None:
-    """The document, when every line is of the plain shape ``dumps`` writes; else None
-    (tomllib reads it, and says what is wrong with it).
-
-    tomllib is pure Python: at 10,000 plugins never seen, it was a third of the
-    start's CPU (issue 22). Every line accepted here reads as tomllib reads it (a
-    differential test holds the two together); anything else, a repeated key
-    included, goes to tomllib."""
-    if "\r" in text:
-        return None
-    doc: dict[str, Any] = {}
-    for line in text.split("\n"):
-        match = _PLAIN_LINE.fullmatch(line)
-        if match is None:
-            return None
-        key, string, number, boolean, moment = match.groups()
-        if key is None:
-            continue  # a comment or a blank line
-        if key in doc:
-            return None
-        if string is not None:
-            doc[key] = string
-        elif number is not None:
-            doc[key] = int(number)
-        elif boolean is not None:
-            doc[key] = boolean == "true"
-        else:
-            try:
-                doc[key] = datetime.fromisoformat(moment)
-            except ValueError:  # 2026-13-40: tomllib's error, with its line
-                return None
-    return doc
-
-
 def _load(data: bytes, path: str) -> tuple[str, dict[str, Any]]:
     """The file's text and its TOML document; ``ManifestError`` with the line when not TOML."""
     try:
         text = data.decode("utf-8")
-        doc = plain_toml(text)
-        return text, tomllib.loads(text) if doc is None else doc
+        return text, tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ManifestError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
