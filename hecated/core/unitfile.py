@@ -23,7 +23,8 @@ a ``.container`` needs ``[Container]`` with ``Image=`` (or ``Rootfs=``).
 Where systemd would accept and hecated does not: a byte-order mark, carriage
 returns (a file saved with CRLF line ends) and control characters, each of
 which the Quadlet generator or a later edit would trip over. Line numbers are
-the physical line a logical line *starts* on. Standard library only.
+systemd's: a continued line is named by its last physical line, so this check
+and ``systemd-analyze verify`` name the same line. Standard library only.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def check(name: str, kind: str, data: bytes) -> UnitFile:
 
 
 def _logical_lines(data: bytes):
-    """(the line it starts on, the logical line) for each non-comment line, continued."""
+    """(its last physical line, the logical line) for each non-comment line, continued."""
     pending: list[str] = []
-    start = 0
+    number = 0
     for number, raw in enumerate(data.split(b"\n"), 1):
         line = _decode(raw, number)
         stripped = line.strip(WHITESPACE)
@@ -164,15 +165,13 @@ def _logical_lines(data: bytes):
             # A comment, also between continued lines (systemd.syntax(5)); an empty
             # line ends a continued one (systemd 252 reads it so).
             continue
-        if not pending:
-            start = number
         if _continues(line):
             pending.append(line[:-1] + " ")
             continue
-        yield start, "".join(pending) + line
+        yield number, "".join(pending) + line
         pending = []
     if pending:  # the file ends in a backslash: systemd reads what it has
-        yield start, "".join(pending)
+        yield number, "".join(pending)
 
 
 def _decode(raw: bytes, number: int) -> str:
