@@ -22,7 +22,9 @@ from ctl_support import ctl
 
 from hecated.adapters.unitverify import SystemdAnalyze
 from hecated.core import unitfile
-from hecated.core.errors import InvalidUnitFileError
+from hecated.core.desired import Apps
+from hecated.core.errors import AlreadyInstalledError, InvalidUnitFileError
+from hecated.core.files import atomic_write, opened
 from hecated.core.unitfile import UNIT_FILE_MAX
 from hecated.tools.ctl import Exit
 
@@ -115,14 +117,16 @@ def test_the_lines_are_the_ones_systemd_names(tmp_path: Path) -> None:
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     compared = 0
-    for i, (text, line, _) in enumerate(BAD):
+    for i, (text, _, _) in enumerate(BAD):
         if "\x00" in text:
             continue  # systemd ends a line at a NUL too (read_line), and so counts one more
         path = tmp_path / f"case{i}.service"
         path.write_bytes(_bytes(text))
+        with pytest.raises(InvalidUnitFileError) as caught:
+            unitfile.check("hecate-x", "service", _bytes(text))
         said = [x for x in _analyze(path, runtime).splitlines() if x.startswith(f"{path}:")]
         if said:
-            assert said[0].startswith(f"{path}:{line}: "), (text, said)
+            assert said[0].startswith(f"{path}:{caught.value.line}: "), (text, said)
             compared += 1
     assert compared >= 5
 
@@ -236,6 +240,45 @@ def test_a_second_install_is_a_409_unless_replace(daemon: Daemon) -> None:
     )
     assert status == 200 and body["replaced"] == [str(path)], body
     assert entries(daemon) == ["hecate-x.container"]
+
+
+def test_without_replace_an_existing_name_is_never_overwritten(tmp_path: Path) -> None:
+    """The write's last step links the temp file into place, which the kernel refuses
+    when the name exists (a file that appeared after the look, a dangling symlink)."""
+    (tmp_path / "hecate-x.service").write_text("theirs")
+    (tmp_path / "hecate-y.service").symlink_to(tmp_path / "nowhere")
+    with opened(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)) as fd:
+        for name in ("hecate-x.service", "hecate-y.service"):
+            with pytest.raises(FileExistsError):
+                atomic_write(fd, name, b"ours", replace=False)
+        atomic_write(fd, "hecate-z.service", b"ours", replace=False)
+    assert (tmp_path / "hecate-x.service").read_text() == "theirs"
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(os.listdir(tmp_path)) == [f"hecate-{c}.service" for c in "xyz"]  # no temps
+
+
+def test_racing_installs_of_one_name_one_wins(tmp_path: Path) -> None:
+    apps_dir = Apps(tmp_path / "gitops")
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        text = SERVICE.replace("hecate-x", f"hecate-x --n={i}").encode()
+        unit = unitfile.check("hecate-x", "service", text)
+        barrier.wait()
+        try:
+            apps_dir.install(unit)
+            results.append("won")
+        except AlreadyInstalledError:
+            results.append("409")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["409"] * 7 + ["won"]
+    assert os.listdir(apps_dir.dir) == ["hecate-x.service"]
 
 
 def test_two_installs_of_one_name_at_once_one_wins(daemon: Daemon) -> None:
