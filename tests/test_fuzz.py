@@ -34,9 +34,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
 from hecated.adapters.unitapi import SystemdUnits
-from hecated.core import manifest
+from hecated.adapters.unitverify import SystemdAnalyze
+from hecated.core import manifest, unitfile
+from hecated.core.desired import APPS_DIR
 from hecated.core.index import Index
-from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
+from hecated.core.layout import GITOPS_DIR, MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
 from hecated.http.fast import FastPath
@@ -107,6 +109,36 @@ register_bodies = st.one_of(
 )
 
 
+# Installs (issue 21): unit files good and bad for their kind, and paths hecated may read.
+_GOOD_UNITS = [
+    ("service", "[Unit]\nDescription=f\n[Service]\nExecStart=/nonexistent/f --x\n"),
+    ("container", "[Unit]\nDescription=f\n[Container]\nImage=quay.io/f/f:1\n"),
+]
+_UNIT_LINES = ["[Service]", "[Foo]", "Key=value", "no equals", "ExecStrat=/x", "Restart=x", "\\"]
+unit_texts = st.one_of(
+    st.sampled_from(_GOOD_UNITS),
+    st.tuples(st.sampled_from(["service", "container"]), st.text(max_size=200)),
+    st.tuples(
+        st.sampled_from(_GOOD_UNITS), st.sampled_from(_UNIT_LINES) | st.text(max_size=20)
+    ).map(lambda t: (t[0][0], t[0][1] + t[1] + "\n")),
+)
+_PATHS = ["/nonexistent/f.service", "/etc/hostname", "/dev/null", "relative/f.service", "/", ""]
+_PATHS += ["/etc/../nonexistent/f.container", "/proc/self/f.service"]
+install_paths = st.sampled_from(_PATHS) | st.text(max_size=40)
+install_bodies = st.one_of(
+    st.tuples(unit_texts, names, st.booleans(), st.booleans()).map(
+        lambda t: (
+            {"kind": t[0][0], "unit": t[0][1], "name": t[1]} | ({"replace": t[2]} if t[3] else {})
+        )
+    ),
+    st.fixed_dictionaries(
+        {"unit": texts, "kind": json_values, "name": names}, optional={"replace": json_values}
+    ),
+    st.fixed_dictionaries({"path": install_paths}, optional={"replace": st.booleans()}),
+    json_values,
+)
+
+
 def _encode(body: Any) -> bytes:
     return json.dumps(body).encode()
 
@@ -161,7 +193,9 @@ def calls(draw: st.DrawFn) -> Call:
     body = None
     content_type = draw(content_types)
     if "requestBody" in op and draw(st.integers(0, 4)):
-        body = _encode(draw(register_bodies))  # mostly well-formed: reach the registry
+        # Mostly well-formed: reach the registry (or the gitops tree).
+        shapes = install_bodies if op["operationId"] == "install" else register_bodies
+        body = _encode(draw(shapes))
         content_type = "application/json" if draw(st.integers(0, 9)) else content_type
     elif method in ("POST", "PUT", "PATCH", "DELETE"):
         body = draw(st.none() | bodies)
@@ -316,6 +350,9 @@ def check_tree(h: Harness) -> None:
     assert sorted(os.listdir(h.tmp)) == ["home"], os.listdir(h.tmp)
     assert sorted(os.listdir(h.home)) == [".hecate"], os.listdir(h.home)
     for entry in os.listdir(h.root):
+        if entry == GITOPS_DIR:
+            check_gitops(h.root / entry)
+            continue
         assert NAME_RE.match(entry), entry
         ns = h.root / entry
         assert ns.is_dir() and not ns.is_symlink()
@@ -325,6 +362,19 @@ def check_tree(h: Harness) -> None:
         toml = ns / MANIFEST_NAME
         if toml.exists():
             manifest.parse(toml.read_bytes(), entry, str(toml))
+
+
+def check_gitops(top: Path) -> None:
+    """Only apps/, and there only whole, checked unit files of plugin names (mode 0600):
+    no temp file, nothing a refused install wrote."""
+    assert os.listdir(top) == [APPS_DIR], os.listdir(top)
+    for entry in os.listdir(top / APPS_DIR):
+        path = top / APPS_DIR / entry
+        name, kind = unitfile.split_filename(entry)
+        assert NAME_RE.match(name) and name != PRIMARY_NAME, entry
+        assert path.is_file() and not path.is_symlink(), entry
+        assert path.stat().st_mode & 0o777 == 0o600, entry
+        unitfile.check(name, kind, path.read_bytes())
 
 
 def _cwd() -> list[str]:
@@ -346,7 +396,8 @@ def harness() -> Iterator[Harness]:
     # The real unit adapter, on a bus nobody listens on: control answers 503 (after the
     # name, peer and registration checks), logs read the real journal for a uid with none.
     units = SystemdUnits(address="unix:path=/nonexistent/bus", uid=NOBODY_UID)
-    app = api.HecateApp(registry, forward=Forwarder(registry), units=units)
+    verifier = SystemdAnalyze()  # the real one where installed (else: the first check only)
+    app = api.HecateApp(registry, forward=Forwarder(registry), units=units, verifier=verifier)
     h = Harness(tmp, home, root, app, {}, Counter())
     yield h
     assert _cwd() == cwd_before
