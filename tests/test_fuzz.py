@@ -117,6 +117,7 @@ _GOOD_UNITS = [
 _UNIT_LINES = ["[Service]", "[Foo]", "Key=value", "no equals", "ExecStrat=/x", "Restart=x", "\\"]
 unit_texts = st.one_of(
     st.sampled_from(_GOOD_UNITS),
+    st.sampled_from(_GOOD_UNITS),
     st.tuples(st.sampled_from(["service", "container"]), st.text(max_size=200)),
     st.tuples(
         st.sampled_from(_GOOD_UNITS), st.sampled_from(_UNIT_LINES) | st.text(max_size=20)
@@ -125,12 +126,13 @@ unit_texts = st.one_of(
 _PATHS = ["/nonexistent/f.service", "/etc/hostname", "/dev/null", "relative/f.service", "/", ""]
 _PATHS += ["/etc/../nonexistent/f.container", "/proc/self/f.service"]
 install_paths = st.sampled_from(_PATHS) | st.text(max_size=40)
+_text_bodies = st.tuples(unit_texts, st.sampled_from(POOL) | names, st.booleans()).map(
+    lambda t: {"kind": t[0][0], "unit": t[0][1], "name": t[1], "replace": t[2]}
+)
 install_bodies = st.one_of(
-    st.tuples(unit_texts, names, st.booleans(), st.booleans()).map(
-        lambda t: (
-            {"kind": t[0][0], "unit": t[0][1], "name": t[1]} | ({"replace": t[2]} if t[3] else {})
-        )
-    ),
+    _text_bodies,
+    _text_bodies,
+    _text_bodies,
     st.fixed_dictionaries(
         {"unit": texts, "kind": json_values, "name": names}, optional={"replace": json_values}
     ),
@@ -343,6 +345,9 @@ def check(h: Harness, call: Call) -> None:
     _validate(_response_schema(op, status), body)
     check_headers(op, status, headers)
     h.stats[f"headers {op['operationId']}"] += bool(_response(op, status).get("headers"))
+    if op["operationId"] == "install":  # what was written, as it was written
+        check_unit_file(Path(body["path"]))
+        h.stats["installed"] += 1
 
 
 def check_tree(h: Harness) -> None:
@@ -369,12 +374,15 @@ def check_gitops(top: Path) -> None:
     no temp file, nothing a refused install wrote."""
     assert os.listdir(top) == [APPS_DIR], os.listdir(top)
     for entry in os.listdir(top / APPS_DIR):
-        path = top / APPS_DIR / entry
-        name, kind = unitfile.split_filename(entry)
-        assert NAME_RE.match(name) and name != PRIMARY_NAME, entry
-        assert path.is_file() and not path.is_symlink(), entry
-        assert path.stat().st_mode & 0o777 == 0o600, entry
-        unitfile.check(name, kind, path.read_bytes())
+        check_unit_file(top / APPS_DIR / entry)
+
+
+def check_unit_file(path: Path) -> None:
+    name, kind = unitfile.split_filename(path.name)
+    assert NAME_RE.match(name) and name != PRIMARY_NAME, path
+    assert path.is_file() and not path.is_symlink(), path
+    assert path.stat().st_mode & 0o777 == 0o600, path
+    unitfile.check(name, kind, path.read_bytes())
 
 
 def _cwd() -> list[str]:
@@ -428,6 +436,31 @@ def test_fuzz_the_api_from_its_spec(harness: Harness) -> None:
     assert stats.get("5xx", 0) == 0
     assert stats["requests"] >= MIN_REQUESTS
     assert stats.get("2xx", 0) > stats["requests"] // 20, "too few requests got past validation"
+    assert stats.get("installed", 0) > 0, "no install got past validation"
+
+
+@settings(
+    max_examples=max(50, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(sequence=st.lists(st.tuples(install_bodies, st.sampled_from(POOL)), min_size=1, max_size=6))
+def _fuzz_installs(h: Harness, sequence: list[tuple[Any, str]]) -> None:
+    for body, name in sequence:
+        data = _encode(body)
+        check(h, Call("POST", "/api/plugins/install", {}, data, "application/json", "owner"))
+        check(h, Call("POST", f"/api/plugins/{name}/uninstall", {}, None, None, "owner"))
+
+
+def test_fuzz_installs(harness: Harness) -> None:
+    """Install bodies only (the sequences above reach the route a few times a run): every
+    file written is a whole, checked unit file; every refusal an envelope below 500."""
+    harness.stats.clear()
+    _fuzz_installs(harness)
+    check_tree(harness)
+    print(f"\nFIGURES fuzz installs: {dict(harness.stats)}")
+    assert harness.stats.get("installed", 0) > 0
 
 
 # -- what the fuzzer found, pinned ---------------------------------------------------------
