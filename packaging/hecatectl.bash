@@ -90,6 +90,7 @@ _hecatectl() {
         install)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --replace --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur"))
             fi;;
         uninstall)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi

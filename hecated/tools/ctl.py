@@ -651,6 +651,8 @@ def _completion_case(name: str, p: argparse.ArgumentParser) -> str:
         lines.append('            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))')
     elif name == "completion":
         lines.append('            else COMPREPLY=($(compgen -W "bash" -- "$cur"))')
+    elif any(a.dest == "file" for a in p._actions):  # install FILE
+        lines.append('            else COMPREPLY=($(compgen -f -- "$cur"))')
     lines.append("            fi;;")
     return "\n".join(lines)
 
