@@ -367,6 +367,25 @@ def test_apps_that_leads_out_of_the_tree_is_refused(daemon: Daemon, home: Path) 
     assert status == 409 and body["code"] == "unsafe_path", body
 
 
+def test_a_directory_in_the_way_is_refused_not_replaced(daemon: Daemon) -> None:
+    (apps(daemon) / "hecate-x.service").mkdir(parents=True)
+    for replace in (False, True):
+        body = {"unit": SERVICE, "kind": "service", "name": "hecate-x", "replace": replace}
+        status, _, answer = install(daemon, **body)
+        assert status == 409 and answer["code"] == "unsafe_path", answer
+    status, _, answer = daemon.request("POST", "/api/plugins/hecate-x/uninstall")
+    assert status == 409 and answer["code"] == "unsafe_path", answer
+    assert entries(daemon) == ["hecate-x.service"] and (apps(daemon) / "hecate-x.service").is_dir()
+
+
+def test_a_crashed_writers_temp_file_is_cleaned_by_the_next_install(daemon: Daemon) -> None:
+    apps(daemon).mkdir(parents=True)
+    crashed = apps(daemon) / ".hecate-x.service.1-deadbeef.0123abcd.tmp"
+    crashed.write_text("[Service]\nExecSt")
+    assert install(daemon, unit=SERVICE, kind="service", name="hecate-x")[0] == 201
+    assert entries(daemon) == ["hecate-x.service"]
+
+
 def test_uninstall_removes_the_file_and_keeps_the_data(daemon: Daemon) -> None:
     status, _, body = daemon.register("hecate-x")
     assert status == 201, body

@@ -25,10 +25,18 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 from hecated.core.errors import AlreadyInstalledError, StorageError, UnsafePathError
-from hecated.core.files import atomic_write, open_dir, open_root, opened, remove_file
+from hecated.core.files import (
+    atomic_write,
+    open_dir,
+    open_root,
+    opened,
+    remove_file,
+    remove_stale_temps,
+)
 from hecated.core.unitfile import KINDS, UnitFile
 
 APPS_DIR = "apps"  # the plugins' unit files; "system/" is the ecosystem's own, never written
@@ -71,6 +79,7 @@ class Apps:
         """Write ``unit`` into ``apps/``; the file names it replaced (``replace``), else
         ``AlreadyInstalledError`` when the plugin has a file there already."""
         with opened(self._open(create=True)) as fd:
+            remove_stale_temps(fd, unit.filename)  # a crashed writer's, never a live one's
             present = [f for f in _filenames(unit.name) if _exists(fd, f)]
             if present and not replace:
                 raise AlreadyInstalledError(_already(self, unit.name, present))
@@ -94,7 +103,7 @@ class Apps:
         except FileNotFoundError:
             return []
         with opened(fd):
-            return [f for f in _filenames(name) if remove_file(fd, f)]
+            return [f for f in _filenames(name) if _exists(fd, f) and remove_file(fd, f)]
 
 
 def _filenames(name: str) -> list[str]:
@@ -102,15 +111,18 @@ def _filenames(name: str) -> list[str]:
 
 
 def _exists(dir_fd: int, filename: str) -> bool:
-    """Is there an entry of that name (a dangling symlink too)?"""
+    """Is there an entry of that name (a dangling symlink too)? A directory there is
+    nothing hecated may replace or remove: ``UnsafePathError``."""
     try:
-        os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
+        st = os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     except OSError as exc:
         if exc.errno == errno.ENOTDIR:
             raise UnsafePathError(f"{filename}: the apps directory is not one") from exc
         raise
+    if stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{filename} in the gitops tree is a directory, not a unit file")
     return True
 
 
