@@ -10,6 +10,8 @@ state, bounded; never a sleep.
 
 from __future__ import annotations
 
+import shutil
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from conftest import Daemon
 from systemd_support import UserManager, manager_on_bus, needs_user_manager, units_made
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
+ANALYZE = shutil.which("systemd-analyze")
 
 pytestmark = [needs_user_manager, pytest.mark.slow]
 
@@ -92,3 +95,27 @@ def test_uninstall_of_a_unit_the_manager_does_not_know_still_removes_the_file(
     status, _, answer = hecated.request("POST", "/api/plugins/hecate-never/uninstall")
     assert status == 200, answer
     assert answer["removed"] and not Path(answer["removed"][0]).exists()
+
+
+def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> None:
+    """hecated as installed (hecate.socket, the hardened hecate.service): the write lands
+    in ~/.hecate/gitops/apps/ (ReadWritePaths), and systemd-analyze still verifies under
+    its seccomp filter and private /tmp."""
+    um.install()
+    try:
+        text = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/nonexistent/hecate-sandboxed\n"
+        body = {"unit": text, "kind": "service", "name": "hecate-sandboxed"}
+        status, _, answer = um.request("POST", "/api/plugins/install", body)
+        assert status == 201, (answer, um.service_log()[-2000:])
+        path = um.home / ".hecate" / "gitops" / "apps" / "hecate-sandboxed.service"
+        assert answer["path"] == str(path) and path.read_text() == text
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert answer["verified"] == ("systemd-analyze" if ANALYZE else None)
+        body = {"unit": text + "ExecStrat=/typo\n", "kind": "service", "name": "hecate-typo"}
+        status, _, answer = um.request("POST", "/api/plugins/install", body)
+        if ANALYZE:
+            assert status == 400 and answer["line"] == 6, answer
+        status, _, answer = um.request("POST", "/api/plugins/hecate-sandboxed/uninstall")
+        assert status == 200 and not path.exists(), answer
+    finally:
+        um.reset()
