@@ -160,6 +160,8 @@ def test_a_verifier_that_cannot_run_says_nothing(tmp_path: Path) -> None:
     assert SystemdAnalyze(binary="/bin/false").verify(unit) is None  # fails without a word
     container = unitfile.check("hecate-x", "container", CONTAINER.encode())
     assert SystemdAnalyze().verify(container) is None  # Quadlet's, not systemd's
+    # No room for its temp copy (a read-only or full /tmp): nothing said, never a 500.
+    assert SystemdAnalyze(binary="/bin/true", scratch=str(tmp_path / "none")).verify(unit) is None
 
 
 # -- the API -------------------------------------------------------------------------------------

@@ -55,22 +55,33 @@ _IGNORING = re.compile(r",? ignoring( line)?\.?| Ignoring\.?", re.IGNORECASE)
 class SystemdAnalyze:
     """The second check (``http/install.UnitVerifier``) by ``systemd-analyze --user verify``."""
 
-    def __init__(self, binary: str | None = None, timeout: float = VERIFY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        timeout: float = VERIFY_TIMEOUT,
+        scratch: str | None = None,
+    ) -> None:
         self.binary = shutil.which(TOOL) if binary is None else binary
         self.timeout = timeout
+        self.scratch = scratch  # where its temp directories go (None: $TMPDIR, /tmp)
 
     def verify(self, unit: UnitFile) -> str | None:
         """``"systemd-analyze"`` when it verified ``unit``, None when it could not say;
         its first finding as ``InvalidUnitFileError`` (with the line where it names one)."""
         if unit.kind != "service" or not self.binary:
             return None
-        with tempfile.TemporaryDirectory(prefix="hecated-verify-") as tmp:
-            path = os.path.join(tmp, unit.filename)
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                f.write(unit.data)
-            runtime = os.path.join(tmp, "runtime")
-            os.mkdir(runtime, 0o700)
-            output, code = self._run(path, runtime)
+        try:
+            with tempfile.TemporaryDirectory(prefix="hecated-verify-", dir=self.scratch) as tmp:
+                path = os.path.join(tmp, unit.filename)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                with open(os.open(path, flags, 0o600), "wb") as f:
+                    f.write(unit.data)
+                runtime = os.path.join(tmp, "runtime")
+                os.mkdir(runtime, 0o700)
+                output, code = self._run(path, runtime)
+        except OSError as exc:  # no room for the temp copy (a full or read-only /tmp)
+            log.warning("%s verify could not run: %s", TOOL, exc)
+            return None
         if output is None:
             return None
         finding, spoke = first_finding(output, path, unit.filename)
