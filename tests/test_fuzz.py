@@ -436,7 +436,6 @@ def test_fuzz_the_api_from_its_spec(harness: Harness) -> None:
     assert stats.get("5xx", 0) == 0
     assert stats["requests"] >= MIN_REQUESTS
     assert stats.get("2xx", 0) > stats["requests"] // 20, "too few requests got past validation"
-    assert stats.get("installed", 0) > 0, "no install got past validation"
 
 
 @settings(
