@@ -329,7 +329,9 @@ def test_a_path_is_read_without_tricks(daemon: Daemon, home: Path) -> None:
     big.write_bytes(SERVICE.encode() + b"#" * UNIT_FILE_MAX)
     status, _, body = install(daemon, path=str(big))
     assert status == 400 and body["code"] == "invalid_unit_file", body
-    for path in ["relative/hecate-x.service", str(home / "none.service"), str(home / "x.txt")]:
+    odd = [f"/{'x' * 300}.service", "/tmp/\ud800.service", f"{home}/none/hecate-x.service"]
+    odd += ["relative/hecate-x.service", str(home / "none.service"), str(home / "x.txt")]
+    for path in odd:
         status, _, body = install(daemon, path=path)
         assert status == 400, (path, body)
     assert entries(daemon) == []

@@ -112,6 +112,10 @@ def read(path: object) -> tuple[str, str, bytes]:
     directories on the way are the user's business and are followed."""
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise InvalidFieldError(f"'path' must be an absolute path (got {path!r})")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate from the JSON: no file has that name
+        raise InvalidFieldError(f"'path' is not a file name (got {path!r})") from None
     directory, filename = os.path.split(path)
     name, kind = split_filename(filename)
     try:
@@ -126,7 +130,7 @@ def read(path: object) -> tuple[str, str, bytes]:
             data = read_regular(dir_fd, filename, UNIT_FILE_MAX, any_owner=True)
         except FileNotFoundError:
             data = None
-        except PermissionError as exc:
+        except OSError as exc:  # not allowed, a name too long, ...: the request's fault
             raise InvalidFieldError(f"cannot read {path}: {exc.strerror}") from None
     if data is None:
         raise InvalidFieldError(f"there is no file {path}")
