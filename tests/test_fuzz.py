@@ -124,7 +124,8 @@ unit_texts = st.one_of(
     ).map(lambda t: (t[0][0], t[0][1] + t[1] + "\n")),
 )
 _PATHS = ["/nonexistent/f.service", "/etc/hostname", "/dev/null", "relative/f.service", "/", ""]
-_PATHS += ["/etc/../nonexistent/f.container", "/proc/self/f.service"]
+_PATHS += ["/etc/../nonexistent/f.container", "/proc/self/f.service", "/\ud800.service"]
+_PATHS += ["/" + "x" * 300 + ".service", "/dev/stdin/f.service"]
 install_paths = st.sampled_from(_PATHS) | st.text(max_size=40)
 _text_bodies = st.tuples(unit_texts, st.sampled_from(POOL) | names, st.booleans()).map(
     lambda t: {"kind": t[0][0], "unit": t[0][1], "name": t[1], "replace": t[2]}
