@@ -98,9 +98,12 @@ def test_a_container_needs_its_image() -> None:
 
 
 def test_the_size_is_bounded() -> None:
-    big = SERVICE.encode() + b"# " + b"x" * UNIT_FILE_MAX + b"\n"
+    limit = 32 * 1024  # as documented (docs/hecatectl.md)
+    whole = SERVICE.encode() + b"#" * (limit - len(SERVICE) - 1) + b"\n"
+    assert len(whole) == limit
+    unitfile.check("hecate-x", "service", whole)
     with pytest.raises(InvalidUnitFileError, match="at most") as caught:
-        unitfile.check("hecate-x", "service", big)
+        unitfile.check("hecate-x", "service", whole + b"\n")
     assert caught.value.line is None
 
 
