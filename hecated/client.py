@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 
 from hecated.core.layout import PID_FILE, SOCKET_NAME, STATE_FILE, Layout, default_root
 from hecated.protocol import (
+    MAX_BODY,
     NAME_CODES,
     RETRY_AFTER_HEADER,
     SEQ_HEADER,
@@ -112,6 +113,8 @@ class ApiError(ClientError):
             cls = InvalidNameError
         elif code in UNIT_ERRORS:
             cls = UNIT_ERRORS[code]
+        elif code in INSTALL_ERRORS:
+            cls = INSTALL_ERRORS[code]
         elif status == 404:
             cls = NotFoundError
         elif status == 409:
@@ -160,6 +163,66 @@ UNIT_ERRORS: dict[str, type[ApiError]] = {
     Code.UNIT_FAILED: UnitFailedError,
     Code.SYSTEMD_UNAVAILABLE: SystemdUnavailableError,
 }
+
+
+# -- installing plugins as unit files (issue 21) ----------------------------------------------
+
+
+class InvalidUnitFileError(ApiError):
+    """The unit file was refused and nothing written (``invalid_unit_file``, 400); ``line``
+    is the line of its first problem (None: the file as a whole)."""
+
+    @property
+    def line(self) -> int | None:
+        return self.body.get("line")
+
+
+class AlreadyInstalledError(ConflictError):
+    """The plugin has a unit file in the gitops tree already (``already_installed``, 409):
+    install again with ``replace=True``."""
+
+
+INSTALL_ERRORS: dict[str, type[ApiError]] = {
+    Code.INVALID_UNIT_FILE: InvalidUnitFileError,
+    Code.ALREADY_INSTALLED: AlreadyInstalledError,
+}
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """A unit file written into the gitops tree: where, and what it replaced."""
+
+    name: str
+    kind: str
+    unit: str
+    path: str
+    replaced: builtins.list[str]
+    verified: str | None  # "systemd-analyze", or None: hecated's own check only
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstallResult:
+        return cls(
+            str(data.get("name", "")),
+            str(data.get("kind", "")),
+            str(data.get("unit", "")),
+            str(data.get("path", "")),
+            list(data.get("replaced") or []),
+            data.get("verified"),
+            data,
+        )
+
+
+@dataclass(frozen=True)
+class UninstallResult:
+    """A plugin's unit stopped (when the manager had it) and its file removed; data kept."""
+
+    name: str
+    unit: str
+    stopped: bool
+    state: dict[str, Any] | None
+    removed: builtins.list[str]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -298,6 +361,33 @@ class UnitInfo:
         )
 
 
+@dataclass(frozen=True)
+class DesiredInfo:
+    """A plugin's desired-state file in the gitops tree (the entry's ``desired``): ``path``,
+    ``kind`` (container or service), the ``unit`` it makes, whether hecated's link to it is
+    in place, and why it cannot run here (``problem``, a sentence; None: nothing known)."""
+
+    path: str
+    kind: str
+    unit: str
+    linked: bool = False
+    problem: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> DesiredInfo | None:
+        """The block, or None (null, or not an object: not installed, or an older daemon)."""
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            return None
+        problem = data.get("problem")
+        return cls(
+            data["path"],
+            str(data.get("kind", "")),
+            str(data.get("unit", "")),
+            bool(data.get("linked", False)),
+            problem if isinstance(problem, str) else None,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class LiveFields:
     """What list rows and details both carry from the plugin itself (live data).
@@ -315,6 +405,8 @@ class LiveFields:
     ui: bool = False
     problems: tuple[str, ...] = ()
     unit: UnitInfo | None = None  # the plugin's systemd user unit; None: no word of it
+    installed: bool = False  # a desired-state file in the gitops tree installs it
+    desired: DesiredInfo | None = None  # that file, as the reconciler last found it
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -329,6 +421,8 @@ class LiveFields:
             "ui": bool(data.get("ui", False)),
             "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
             "unit": UnitInfo.from_json(data.get("unit")),
+            "installed": bool(data.get("installed", False)),
+            "desired": DesiredInfo.from_json(data.get("desired")),
             "raw": data,
         }
 
@@ -676,6 +770,44 @@ class HecateClient:
         timeout = self.timeout + CONTROL_WAIT
         body = self.request("POST", f"{_plugin_url(name)}/{verb}", timeout=timeout).body
         return UnitResult(name, body.get("unit", ""), body.get("state") or {}, body)
+
+    # -- installing plugins as unit files (issue 21) ------------------------------------------
+
+    def install(self, unit: str, kind: str, name: str, replace: bool = False) -> InstallResult:
+        """Install plugin ``name`` from a unit file's text (``kind``: "service" or
+        "container"): checked, then written into the gitops tree, which the daemon
+        reconciles. ``InvalidUnitFileError`` (with the line), ``AlreadyInstalledError``."""
+        body = {"unit": unit, "kind": kind, "name": name, "replace": replace}
+        return InstallResult.from_json(self.request("POST", "/api/plugins/install", body).body)
+
+    def install_file(self, path: str | os.PathLike[str], replace: bool = False) -> InstallResult:
+        """Install from a local file ``NAME.service`` or ``NAME.container``, read here (so
+        it needs no path the daemon can see: its unit has a private /tmp)."""
+        path = Path(path)
+        with path.open("rb") as f:
+            data = f.read(MAX_BODY + 1)  # more is refused by the daemon anyway
+        stem, _, kind = path.name.rpartition(".")
+        # A file that is not UTF-8 goes as it is: the daemon names the line.
+        return self.install(data.decode("utf-8", "surrogateescape"), kind, stem, replace)
+
+    def install_path(self, path: str, replace: bool = False) -> InstallResult:
+        """Install from a file the daemon reads itself (an absolute path it can see)."""
+        body = {"path": path, "replace": replace}
+        return InstallResult.from_json(self.request("POST", "/api/plugins/install", body).body)
+
+    def uninstall(self, name: str) -> UninstallResult:
+        """Stop the plugin's unit and remove its file from the gitops tree; its data (and
+        its registration) stay. ``NotFoundError`` when it is not installed."""
+        timeout = self.timeout + CONTROL_WAIT  # the stop job may take unit_job_timeout
+        body = self.request("POST", f"{_plugin_url(name)}/uninstall", timeout=timeout).body
+        return UninstallResult(
+            name,
+            str(body.get("unit", "")),
+            bool(body.get("stopped")),
+            body.get("state"),
+            list(body.get("removed") or []),
+            body,
+        )
 
     def logs(self, name: str, lines: int = 100) -> builtins.list[LogLine]:
         """The last ``lines`` lines of the plugin's unit's journal, oldest first."""

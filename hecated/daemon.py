@@ -42,7 +42,15 @@ from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
 from hecated.protocol import PluginStatus
-from hecated.wiring import LiveUnits, OnDemandUnits, Rescans, Watching, detours, plugin_units
+from hecated.wiring import (
+    LiveUnits,
+    OnDemandUnits,
+    Rescans,
+    Watching,
+    detours,
+    plugin_units,
+    unit_verifier,
+)
 
 if TYPE_CHECKING:
     from hecated.http.forwarding.ondemand import OnDemand
@@ -203,10 +211,8 @@ class Lifecycle:
             from hecated.http.forwarding.relay import Forwarder
 
             forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
-            units = plugin_units(config)
-            return HecateApp(
-                registry, rescan=self.rescan, views=views, forward=forwarder, units=units
-            )
+            parts = {"units": plugin_units(config), "verifier": unit_verifier()}
+            return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder, **parts)
 
         # The hot GETs from cached bytes; the full app on the first request that needs
         # it or after the first answer (_deferred_work), whichever comes first.

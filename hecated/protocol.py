@@ -112,6 +112,9 @@ class Code(StrEnum):
     NO_UNIT = "no_unit"  # the user manager has no unit file for the plugin
     UNIT_FAILED = "unit_failed"  # the start/stop/restart job did not end "done"
     SYSTEMD_UNAVAILABLE = "systemd_unavailable"  # no user manager can be reached
+    # Installing plugins as unit files in the gitops tree (issue 21).
+    INVALID_UNIT_FILE = "invalid_unit_file"  # a unit file refused before it was written
+    ALREADY_INSTALLED = "already_installed"  # its file is in the tree; replace: true
 
 
 # The HTTP status each code is answered with.
@@ -142,6 +145,8 @@ STATUS: dict[Code, int] = {
     Code.NO_UNIT: 409,
     Code.UNIT_FAILED: 502,
     Code.SYSTEMD_UNAVAILABLE: 503,
+    Code.INVALID_UNIT_FILE: 400,
+    Code.ALREADY_INSTALLED: 409,
 }
 
 # The code of a failure known only by its HTTP status (a bad route, a refusal of

@@ -24,6 +24,7 @@ from hecated.http.hooks import Detours
 from hecated.http.units import LogDetour
 
 if TYPE_CHECKING:
+    from hecated.http.install import UnitVerifier
     from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
@@ -37,6 +38,14 @@ def plugin_units(config: Config) -> UnitControl:
     from hecated.adapters.unitapi import SystemdUnits
 
     return SystemdUnits(**config.section("units"))
+
+
+def unit_verifier() -> UnitVerifier:
+    """The second check of a unit file to install (issue 21): ``systemd-analyze verify``
+    where it is installed (without it, every file gets the first check only)."""
+    from hecated.adapters.unitverify import SystemdAnalyze
+
+    return SystemdAnalyze()
 
 
 def detours(forward: ForwardSettings) -> Detours:

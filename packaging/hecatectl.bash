@@ -24,7 +24,7 @@ _hecatectl() {
         "")
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket --version -h" -- "$cur"))
-            else COMPREPLY=($(compgen -W "list show paths register deregister purge status doctor watch start stop restart logs completion" -- "$cur")); fi;;
+            else COMPREPLY=($(compgen -W "list show paths register deregister purge status doctor watch start stop restart logs install uninstall completion" -- "$cur")); fi;;
         list)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --quiet --socket" -- "$cur"))
@@ -85,6 +85,16 @@ _hecatectl() {
         logs)
             if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--follow --help --json --lines --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
+            fi;;
+        install)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --replace --socket" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur"))
+            fi;;
+        uninstall)
+            if [[ "$prev" == --socket ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "--help --json --socket" -- "$cur"))
             else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))
             fi;;
         completion)

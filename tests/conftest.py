@@ -231,6 +231,8 @@ MACHINE_WIDE = {
     "test_unit_status.py",
     "test_unit_control.py",
     "test_ondemand.py",
+    "test_install_units.py",
+    "test_install_e2e.py",
 }
 
 

@@ -34,9 +34,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.test import Client
 
 from hecated.adapters.unitapi import SystemdUnits
-from hecated.core import manifest
+from hecated.adapters.unitverify import SystemdAnalyze
+from hecated.core import manifest, unitfile
+from hecated.core.desired import APPS_DIR
 from hecated.core.index import Index
-from hecated.core.layout import MANIFEST_NAME, SUBDIRS, Layout
+from hecated.core.layout import GITOPS_DIR, MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
 from hecated.http.fast import FastPath
@@ -107,6 +109,39 @@ register_bodies = st.one_of(
 )
 
 
+# Installs (issue 21): unit files good and bad for their kind, and paths hecated may read.
+_GOOD_UNITS = [
+    ("service", "[Unit]\nDescription=f\n[Service]\nExecStart=/nonexistent/f --x\n"),
+    ("container", "[Unit]\nDescription=f\n[Container]\nImage=quay.io/f/f:1\n"),
+]
+_UNIT_LINES = ["[Service]", "[Foo]", "Key=value", "no equals", "ExecStrat=/x", "Restart=x", "\\"]
+unit_texts = st.one_of(
+    st.sampled_from(_GOOD_UNITS),
+    st.sampled_from(_GOOD_UNITS),
+    st.tuples(st.sampled_from(["service", "container"]), st.text(max_size=200)),
+    st.tuples(
+        st.sampled_from(_GOOD_UNITS), st.sampled_from(_UNIT_LINES) | st.text(max_size=20)
+    ).map(lambda t: (t[0][0], t[0][1] + t[1] + "\n")),
+)
+_PATHS = ["/nonexistent/f.service", "/etc/hostname", "/dev/null", "relative/f.service", "/", ""]
+_PATHS += ["/etc/../nonexistent/f.container", "/proc/self/f.service", "/\ud800.service"]
+_PATHS += ["/" + "x" * 300 + ".service", "/dev/stdin/f.service"]
+install_paths = st.sampled_from(_PATHS) | st.text(max_size=40)
+_text_bodies = st.tuples(unit_texts, st.sampled_from(POOL) | names, st.booleans()).map(
+    lambda t: {"kind": t[0][0], "unit": t[0][1], "name": t[1], "replace": t[2]}
+)
+install_bodies = st.one_of(
+    _text_bodies,
+    _text_bodies,
+    _text_bodies,
+    st.fixed_dictionaries(
+        {"unit": texts, "kind": json_values, "name": names}, optional={"replace": json_values}
+    ),
+    st.fixed_dictionaries({"path": install_paths}, optional={"replace": st.booleans()}),
+    json_values,
+)
+
+
 def _encode(body: Any) -> bytes:
     return json.dumps(body).encode()
 
@@ -161,7 +196,9 @@ def calls(draw: st.DrawFn) -> Call:
     body = None
     content_type = draw(content_types)
     if "requestBody" in op and draw(st.integers(0, 4)):
-        body = _encode(draw(register_bodies))  # mostly well-formed: reach the registry
+        # Mostly well-formed: reach the registry (or the gitops tree).
+        shapes = install_bodies if op["operationId"] == "install" else register_bodies
+        body = _encode(draw(shapes))
         content_type = "application/json" if draw(st.integers(0, 9)) else content_type
     elif method in ("POST", "PUT", "PATCH", "DELETE"):
         body = draw(st.none() | bodies)
@@ -309,6 +346,9 @@ def check(h: Harness, call: Call) -> None:
     _validate(_response_schema(op, status), body)
     check_headers(op, status, headers)
     h.stats[f"headers {op['operationId']}"] += bool(_response(op, status).get("headers"))
+    if op["operationId"] == "install":  # what was written, as it was written
+        check_unit_file(Path(body["path"]))
+        h.stats["installed"] += 1
 
 
 def check_tree(h: Harness) -> None:
@@ -316,6 +356,9 @@ def check_tree(h: Harness) -> None:
     assert sorted(os.listdir(h.tmp)) == ["home"], os.listdir(h.tmp)
     assert sorted(os.listdir(h.home)) == [".hecate"], os.listdir(h.home)
     for entry in os.listdir(h.root):
+        if entry == GITOPS_DIR:
+            check_gitops(h.root / entry)
+            continue
         assert NAME_RE.match(entry), entry
         ns = h.root / entry
         assert ns.is_dir() and not ns.is_symlink()
@@ -325,6 +368,22 @@ def check_tree(h: Harness) -> None:
         toml = ns / MANIFEST_NAME
         if toml.exists():
             manifest.parse(toml.read_bytes(), entry, str(toml))
+
+
+def check_gitops(top: Path) -> None:
+    """Only apps/, and there only whole, checked unit files of plugin names (mode 0600):
+    no temp file, nothing a refused install wrote."""
+    assert os.listdir(top) == [APPS_DIR], os.listdir(top)
+    for entry in os.listdir(top / APPS_DIR):
+        check_unit_file(top / APPS_DIR / entry)
+
+
+def check_unit_file(path: Path) -> None:
+    name, kind = unitfile.split_filename(path.name)
+    assert NAME_RE.match(name) and name != PRIMARY_NAME, path
+    assert path.is_file() and not path.is_symlink(), path
+    assert path.stat().st_mode & 0o777 == 0o600, path
+    unitfile.check(name, kind, path.read_bytes())
 
 
 def _cwd() -> list[str]:
@@ -346,7 +405,8 @@ def harness() -> Iterator[Harness]:
     # The real unit adapter, on a bus nobody listens on: control answers 503 (after the
     # name, peer and registration checks), logs read the real journal for a uid with none.
     units = SystemdUnits(address="unix:path=/nonexistent/bus", uid=NOBODY_UID)
-    app = api.HecateApp(registry, forward=Forwarder(registry), units=units)
+    verifier = SystemdAnalyze()  # the real one where installed (else: the first check only)
+    app = api.HecateApp(registry, forward=Forwarder(registry), units=units, verifier=verifier)
     h = Harness(tmp, home, root, app, {}, Counter())
     yield h
     assert _cwd() == cwd_before
@@ -377,6 +437,30 @@ def test_fuzz_the_api_from_its_spec(harness: Harness) -> None:
     assert stats.get("5xx", 0) == 0
     assert stats["requests"] >= MIN_REQUESTS
     assert stats.get("2xx", 0) > stats["requests"] // 20, "too few requests got past validation"
+
+
+@settings(
+    max_examples=max(50, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(sequence=st.lists(st.tuples(install_bodies, st.sampled_from(POOL)), min_size=1, max_size=6))
+def _fuzz_installs(h: Harness, sequence: list[tuple[Any, str]]) -> None:
+    for body, name in sequence:
+        data = _encode(body)
+        check(h, Call("POST", "/api/plugins/install", {}, data, "application/json", "owner"))
+        check(h, Call("POST", f"/api/plugins/{name}/uninstall", {}, None, None, "owner"))
+
+
+def test_fuzz_installs(harness: Harness) -> None:
+    """Install bodies only (the sequences above reach the route a few times a run): every
+    file written is a whole, checked unit file; every refusal an envelope below 500."""
+    harness.stats.clear()
+    _fuzz_installs(harness)
+    check_tree(harness)
+    print(f"\nFIGURES fuzz installs: {dict(harness.stats)}")
+    assert harness.stats.get("installed", 0) > 0
 
 
 # -- what the fuzzer found, pinned ---------------------------------------------------------

@@ -122,3 +122,26 @@ class SystemdUnavailableError(HecateError):
     registry keeps working, control and logs answer 503 until it is back."""
 
     code = Code.SYSTEMD_UNAVAILABLE
+
+
+# -- installing plugins as unit files (issue 21) -------------------------------------------------
+
+
+class InvalidUnitFileError(HecateError):
+    """A unit file that may not be installed; ``line`` is where its first problem is
+    (``None``: the file as a whole, e.g. its size), also in the message ("line 7: ...")."""
+
+    code = Code.INVALID_UNIT_FILE
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def fields(self) -> dict[str, object]:
+        return {"line": self.line}
+
+
+class AlreadyInstalledError(HecateError):
+    """A desired-state file of that plugin is already in the gitops tree (``replace`` it)."""
+
+    code = Code.ALREADY_INSTALLED

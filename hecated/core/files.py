@@ -208,12 +208,13 @@ def opened(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
+def read_regular(dir_fd: int, name: str, limit: int, any_owner: bool = False) -> bytes | None:
     """Read a small regular file of this user's; ``None`` when it does not exist.
 
     ``O_NONBLOCK`` keeps a FIFO planted under the name from hanging the reader;
     anything but a regular file (a socket: ``ENXIO`` on open) is refused, and so
-    is a file another user owns (``ForeignOwnerError``).
+    is a file another user owns (``ForeignOwnerError``) unless ``any_owner`` (a
+    file the user named, e.g. a packaged unit file of root's to install).
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
@@ -230,7 +231,8 @@ def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(f"{name} is not a regular file")
-        check_owner(fd, name, st)
+        if not any_owner:
+            check_owner(fd, name, st)
         if st.st_size > limit:
             raise UnsafePathError(f"{name} is {st.st_size} bytes; at most {limit} are read")
         chunks = []
@@ -251,13 +253,21 @@ Sync = Callable[[int], None]
 
 
 def atomic_write(
-    dir_fd: int, name: str, data: bytes, mode: int = 0o600, sync: Sync = os.fsync
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    mode: int = 0o600,
+    sync: Sync = os.fsync,
+    replace: bool = True,
 ) -> None:
     """Replace ``name`` with ``data`` durably: temp file, fsync, rename, fsync dir.
 
     ``sync`` makes an fd's file durable; ``GroupCommit.sync`` shares that
     work between concurrent writers. Either way the data is durable before
-    the rename, and the rename before this returns.
+    the rename, and the rename before this returns. Without ``replace`` the
+    temp file is hard-linked to ``name`` instead of renamed over it, which the
+    kernel refuses when ``name`` exists (any kind of entry, a symlink too):
+    ``FileExistsError``, and nothing was changed.
     """
     tmp = _temp_name(name)
     try:
@@ -275,14 +285,26 @@ def atomic_write(
             while view:
                 view = view[os.write(fd, view) :]
             sync(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        _put(dir_fd, tmp, name, replace)
         sync(dir_fd)
+    except FileExistsError:
+        _unlink_quietly(dir_fd, tmp)
+        raise
     except OSError as exc:
         _unlink_quietly(dir_fd, tmp)
         raise _storage(exc, name) from exc
     except BaseException:
         _unlink_quietly(dir_fd, tmp)
         raise
+
+
+def _put(dir_fd: int, tmp: str, name: str, replace: bool) -> None:
+    """The written temp file becomes ``name``: renamed over it, or linked where it is not."""
+    if replace:
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return
+    os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    os.unlink(tmp, dir_fd=dir_fd)
 
 
 def remove_file(dir_fd: int, name: str) -> bool:

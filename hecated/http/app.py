@@ -41,6 +41,7 @@ from hecated.core.units import unit_of
 from hecated.http import openapi
 from hecated.http.forwarding.settings import PREFIX
 from hecated.http.hooks import ON_CLOSE_KEY
+from hecated.http.install import Installer, UnitVerifier
 from hecated.http.units import LINES_DEFAULT, LINES_MAX, FollowStreams, UnitControl, sse
 from hecated.http.views import BIG_BODY, Views
 from hecated.protocol import (
@@ -89,6 +90,9 @@ URL_MAP = Map(
         Rule("/api/plugins/<name>/restart", endpoint="control", methods=["POST"]),
         Rule("/api/plugins/<name>/logs", endpoint="logs", methods=["GET"]),
         Rule("/api/rescan", endpoint="rescan", methods=["POST"]),
+        # Plugins as unit files in the gitops tree (http/install.py).
+        Rule("/api/plugins/install", endpoint="install", methods=["POST"]),
+        Rule("/api/plugins/<name>/uninstall", endpoint="uninstall", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
         # Relayed to the plugin's own socket (forwarding/relay.py), on the wing's threads.
         Rule(f"{PREFIX}<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
@@ -172,6 +176,7 @@ class HecateApp:
         views: Views | None = None,
         forward: Callable[..., Callable] | None = None,
         units: UnitControl | None = None,
+        verifier: UnitVerifier | None = None,
     ) -> None:
         self.registry = registry
         # The plugins' units (adapters/unitapi.py, built by the daemon); None: no control.
@@ -186,6 +191,8 @@ class HecateApp:
         self.rescan: Callable[[], int] = rescan or registry.scan
         # The bodies and their caches (views.py); the daemon shares one with the fast path.
         self.views = Views(registry, clock) if views is None else views
+        # Install/uninstall into the gitops tree; ``verifier``: systemd-analyze, from the daemon.
+        self.installer = Installer(self.layout, self.layout.gitops_dir, units, verifier)
 
     @property
     def phase(self) -> HealthStatus:
@@ -346,6 +353,19 @@ class HecateApp:
         self.registry.purge(name)
         _audit(logging.WARNING, "purge", name, peer, f"purged the namespace of {name}")
         return json_response({"ok": True, "purged": self.layout.namespace_str(name)})
+
+    # -- installing plugins as unit files (http/install.py) ----------------------------
+
+    def on_install(self, request: Request, peer: Peer) -> Response:
+        answer, replaced = self.installer.install(_json_object(request))
+        name, verb = answer["name"], "replaced" if replaced else "installed"
+        _audit(logging.INFO, "install", name, peer, f"{verb} plugin {name}: {answer['path']}")
+        return json_response(answer, 200 if replaced else 201)
+
+    def on_uninstall(self, request: Request, peer: Peer, name: str) -> Response:
+        answer = self.installer.uninstall(name)
+        _audit(logging.INFO, "uninstall", name, peer, f"uninstalled plugin {name} (data kept)")
+        return json_response(answer)
 
     # -- the plugins' units ---------------------------------------------------------------
 

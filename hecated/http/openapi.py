@@ -14,6 +14,7 @@ from typing import Any
 
 from hecated import __version__
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX
+from hecated.core.unitfile import KINDS, UNIT_FILE_MAX
 from hecated.http.forwarding.settings import PREFIX
 from hecated.http.units import FOLLOW_STREAMS, LINES_MAX
 from hecated.protocol import (
@@ -85,6 +86,12 @@ SCHEMAS: dict[str, Any] = {
             },
             "state": _ref("Unit"),
             "logs": {"type": "array", "items": _ref("LogLine")},
+            # invalid_unit_file only: where the unit file's first problem is.
+            "line": {
+                "type": ["integer", "null"],
+                "description": "invalid_unit_file: the line of the first problem (null: the "
+                "file as a whole, e.g. its size).",
+            },
         },
     },
     "Name": {
@@ -258,6 +265,8 @@ SCHEMAS: dict[str, Any] = {
             "ui",
             "problems",
             "unit",
+            "installed",
+            "desired",
         ],
         "properties": {
             "name": _ref("Name"),
@@ -296,6 +305,35 @@ SCHEMAS: dict[str, Any] = {
                 "namespace's conventions, missing fields, no /ui/component.js.",
             },
             "unit": _ref("Unit"),
+            "installed": {
+                "type": "boolean",
+                "description": "A desired-state file in the gitops tree (gitops_dir, "
+                "~/.hecate/gitops/{system,apps}/NAME.container or NAME.service) installs it: "
+                "hecated links it into the user manager and lists the plugin, registered or "
+                "not, answering or not.",
+            },
+            "desired": _ref("Desired"),
+        },
+    },
+    "Desired": {
+        "type": ["object", "null"],
+        "description": "The plugin's desired-state file as the reconciler last found it; "
+        "null: not installed.",
+        "required": ["path", "kind", "unit", "linked", "problem"],
+        "properties": {
+            "path": {"type": "string", "description": "The file under the gitops tree."},
+            "kind": {"type": "string", "enum": ["container", "service"]},
+            "unit": {"type": "string", "description": "The unit it makes (NAME.service)."},
+            "linked": {
+                "type": "boolean",
+                "description": "hecated's link to it is in place in the unit directory "
+                "(~/.config/containers/systemd/ or ~/.config/systemd/user/).",
+            },
+            "problem": {
+                "type": ["string", "null"],
+                "description": "Why it cannot run here, in a sentence (Quadlet missing, a "
+                "file in the way, no user manager); null: nothing known to be wrong.",
+            },
         },
     },
     "PluginDetail": {
@@ -388,6 +426,76 @@ SCHEMAS: dict[str, Any] = {
             "lines": {"type": "array", "items": _ref("LogLine")},
         },
     },
+    # -- installing plugins as unit files (issue 21) ---------------------------------------
+    "InstallRequest": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["unit", "kind", "name"],
+                "additionalProperties": False,
+                "properties": {
+                    "unit": {
+                        "type": "string",
+                        "description": f"The unit file's text (at most {UNIT_FILE_MAX} bytes "
+                        "as UTF-8).",
+                    },
+                    "kind": {"type": "string", "enum": list(KINDS)},
+                    "name": _ref("Name"),
+                    "replace": {"type": "boolean", "default": False},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["path"],
+                "additionalProperties": False,
+                "properties": {
+                    "path": {
+                        "type": "string",
+                        "description": "An absolute path to NAME.service or NAME.container, "
+                        "read by hecated as its user: a regular file, not a symlink.",
+                    },
+                    "replace": {"type": "boolean", "default": False},
+                },
+            },
+        ]
+    },
+    "InstallResult": {
+        "type": "object",
+        "required": ["ok", "name", "kind", "unit", "path", "replaced", "verified"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "name": _ref("Name"),
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "unit": {"type": "string", "description": "The unit it runs as: NAME.service."},
+            "path": {"type": "string", "description": "The file written, in gitops/apps/."},
+            "replaced": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The files of the plugin that were there before (replace).",
+            },
+            "verified": {
+                "type": ["string", "null"],
+                "description": "What verified it besides hecated's own check "
+                "(systemd-analyze), or null (not installed here; a .container).",
+            },
+        },
+    },
+    "Uninstalled": {
+        "type": "object",
+        "required": ["ok", "name", "unit", "stopped", "state", "removed"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "name": _ref("Name"),
+            "unit": {"type": "string"},
+            "stopped": {
+                "type": "boolean",
+                "description": "A stop job ran (false: the manager had no such unit, or "
+                "none could be reached; the reconciler stops it when it sees the file gone).",
+            },
+            "state": _ref("Unit"),
+            "removed": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "Rescanned": {
         "type": "object",
         "required": ["ok", "plugins"],
@@ -458,6 +566,14 @@ RESPONSES: dict[str, Any] = {
         f"or busy: as many followed logs are open as hecated serves ({FOLLOW_STREAMS}), "
         "retry after the Retry-After seconds.",
         {RETRY_AFTER_HEADER: {**RETRY_HEADERS[RETRY_AFTER_HEADER], "required": False}},
+    ),
+    "InstallConflict": _error(
+        "already_installed: the plugin has a file in gitops/apps/ already (send replace: "
+        "true); unsafe_path: apps/ is a symlink or not a directory, or the path is a symlink."
+    ),
+    "InvalidUnitFile": _error(
+        "invalid_unit_file (the line of the first problem in line and the message), or an "
+        "invalid name, field, JSON or body shape; nothing was written."
     ),
     "PluginTimeout": _error(
         "plugin_timeout: the plugin sent no first byte within forward_timeout (default 30 s)."
@@ -699,6 +815,42 @@ PATHS: dict[str, Any] = {
             )
             for method in ("get", "post", "put", "patch", "delete")
         },
+    },
+    "/api/plugins/install": {
+        "post": _op(
+            "install",
+            "Install a plugin: check its unit file, then write it into gitops/apps/ (the "
+            "reconciler links, reloads and starts it)",
+            {
+                "200": _json(_ref("InstallResult"), "Replaced (replace: true)"),
+                "201": _json(_ref("InstallResult"), "Installed"),
+                "400": _resp("InvalidUnitFile"),
+                "409": _resp("InstallConflict"),
+                "413": _resp("TooLarge"),
+                "415": _resp("UnsupportedMediaType"),
+                "507": _resp("Storage"),
+            },
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("InstallRequest")}},
+            },
+        )
+    },
+    "/api/plugins/{name}/uninstall": {
+        "parameters": [NAME_PARAM],
+        "post": _op(
+            "uninstall",
+            "Uninstall a plugin: stop its unit and remove its file from gitops/apps/; "
+            "its data and registration stay",
+            {
+                "200": _json(_ref("Uninstalled"), "Uninstalled"),
+                "400": _resp("BadRequest"),
+                "404": _resp("NotFound"),
+                "409": _resp("Conflict"),
+                "502": _resp("UnitFailed"),
+                "507": _resp("Storage"),
+            },
+        ),
     },
     "/api/rescan": {
         "post": _op(

@@ -26,6 +26,7 @@ from hecated.client import (
     ClientError,
     DaemonUnavailableError,
     HecateClient,
+    InvalidUnitFileError,
     LogLine,
     NotFoundError,
     PluginInfo,
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, metavar="N", help="exit after N changes (default: run until Ctrl-C)"
     )
     _unit_commands(add)
+    _install_commands(add)
     comp = add("completion", "print the bash completion script")
     comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     return parser
@@ -147,6 +149,22 @@ def _unit_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "-n", "--lines", type=int, default=None, metavar="N", help="last N lines (default 100)"
     )
     logs.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
+
+
+def _install_commands(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """install and uninstall: plugins as unit files in the gitops tree (issue 21)."""
+    install = add(
+        "install",
+        "install a plugin from NAME.service or NAME.container: checked, then written into "
+        "the gitops tree, which hecated links, reloads and starts",
+    )
+    install.add_argument("file", metavar="FILE")
+    install.add_argument(
+        "--replace", action="store_true", help="replace the plugin's unit file if it has one"
+    )
+    add("uninstall", "stop a plugin's unit and remove its unit file (keeps its data)").add_argument(
+        "name"
+    )
 
 
 def _common_options(parser: argparse.ArgumentParser, json: Any, socket: Any) -> None:
@@ -392,6 +410,33 @@ def cmd_unit(client: HecateClient, args: argparse.Namespace) -> Exit:
     return Exit.OK
 
 
+def cmd_install(client: HecateClient, args: argparse.Namespace) -> Exit:
+    """install FILE: the file is read here and sent; hecated checks it, then writes it."""
+    try:
+        result = client.install_file(args.file, replace=args.replace)
+    except InvalidUnitFileError as exc:
+        if args.json:
+            _json(exc.body)
+        raise CommandError(f"{args.file}: {exc.message} ({exc.code})") from None
+    if args.json:
+        _json(result.raw)
+        return Exit.OK
+    verb = "replaced" if result.replaced else "installed"
+    verified = f", verified by {result.verified}" if result.verified else ""
+    print(f"{verb} {result.name} ({result.unit}{verified}): {result.path}")
+    return Exit.OK
+
+
+def cmd_uninstall(client: HecateClient, args: argparse.Namespace) -> Exit:
+    result = client.uninstall(args.name)
+    if args.json:
+        _json(result.raw)
+        return Exit.OK
+    stopped = f"stopped {result.unit}, " if result.stopped else ""
+    print(f"uninstalled {args.name}: {stopped}removed {', '.join(result.removed)}; data kept")
+    return Exit.OK
+
+
 def cmd_logs(client: HecateClient, args: argparse.Namespace) -> Exit:
     """The unit's last lines; with -f, then each new one until Ctrl-C."""
     if args.lines is not None and args.lines < 0:
@@ -606,6 +651,8 @@ def _completion_case(name: str, p: argparse.ArgumentParser) -> str:
         lines.append('            else COMPREPLY=($(compgen -W "$(_hecatectl_names)" -- "$cur"))')
     elif name == "completion":
         lines.append('            else COMPREPLY=($(compgen -W "bash" -- "$cur"))')
+    elif any(a.dest == "file" for a in p._actions):  # install FILE
+        lines.append('            else COMPREPLY=($(compgen -f -- "$cur"))')
     lines.append("            fi;;")
     return "\n".join(lines)
 
@@ -665,6 +712,8 @@ COMMANDS: dict[str, Callable[[HecateClient, argparse.Namespace], Exit]] = {
     "stop": cmd_unit,
     "restart": cmd_unit,
     "logs": cmd_logs,
+    "install": cmd_install,
+    "uninstall": cmd_uninstall,
 }
 
 

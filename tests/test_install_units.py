@@ -1,0 +1,121 @@
+"""Uninstall stops the plugin's unit, through a real user manager (issue 21).
+
+A private ``systemd --user`` on its session bus (systemd_support.manager_on_bus) and
+a real hecated in its HOME and runtime dir. The unit file is installed through the
+API into ``gitops/apps/``, linked into the manager's unit directory the way the
+reconciler links it (a symlink into the gitops tree), and started; uninstall must
+stop it before its file goes, and leave the plugin's data. Every wait is on an end
+state, bounded; never a sleep.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Daemon
+from systemd_support import UserManager, manager_on_bus, needs_user_manager, units_made
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
+ANALYZE = shutil.which("systemd-analyze")
+
+pytestmark = [needs_user_manager, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[UserManager]:
+    with manager_on_bus(journald=False) as um:
+        yield um
+
+
+@pytest.fixture
+def um(manager: UserManager) -> Iterator[UserManager]:
+    with units_made(manager) as um:
+        yield um
+
+
+@pytest.fixture
+def hecated(um: UserManager) -> Iterator[Daemon]:
+    env = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
+    d = Daemon(um.home, env=env).start()
+    yield d
+    if d.proc and d.proc.poll() is None:
+        d.stop()
+
+
+def test_uninstall_stops_the_unit_removes_its_file_and_keeps_the_data(
+    um: UserManager, hecated: Daemon
+) -> None:
+    name = "hecate-exampled"
+    unit = f"{name}.service"
+    text = (
+        f"[Unit]\nDescription=example plugin\n\n[Service]\nExecStart={sys.executable} {EXAMPLE}\n"
+    )
+    status, _, body = hecated.request(
+        "POST", "/api/plugins/install", {"unit": text, "kind": "service", "name": name}
+    )
+    assert status == 201, body
+    desired = Path(body["path"])
+    assert desired == um.home / ".hecate" / "gitops" / "apps" / unit
+    # Linked as the reconciler links it (it may already have: the same link either way).
+    link = um.unit_dir / unit
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(desired)
+    um.made.append(unit)  # type: ignore[attr-defined]
+    um.systemctl("daemon-reload")
+    um.systemctl("start", unit)
+    assert um.prop(unit, "ActiveState") == "active"
+    data = um.home / ".hecate" / name / "sqlite" / "keep.db"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(b"keep me")
+
+    status, _, body = hecated.request("POST", f"/api/plugins/{name}/uninstall")
+    assert status == 200, body
+    assert body["stopped"] is True and body["unit"] == unit
+    assert body["state"]["active_state"] == "inactive"
+    assert um.prop(unit, "ActiveState") == "inactive"  # stopped before the answer
+    assert body["removed"] == [str(desired)]
+    assert not desired.exists()
+    assert data.read_bytes() == b"keep me"
+
+
+def test_uninstall_of_a_unit_the_manager_does_not_know_still_removes_the_file(
+    um: UserManager, hecated: Daemon
+) -> None:
+    """Installed but never linked (no reconciler yet, or Quadlet missing): nothing to
+    stop, and the file still goes."""
+    text = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/nonexistent/hecate-never\n"
+    body = {"unit": text, "kind": "service", "name": "hecate-never"}
+    assert hecated.request("POST", "/api/plugins/install", body)[0] == 201
+    status, _, answer = hecated.request("POST", "/api/plugins/hecate-never/uninstall")
+    assert status == 200, answer
+    assert answer["removed"] and not Path(answer["removed"][0]).exists()
+
+
+def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> None:
+    """hecated as installed (hecate.socket, the hardened hecate.service): the write lands
+    in ~/.hecate/gitops/apps/ (ReadWritePaths), and systemd-analyze still verifies under
+    its seccomp filter and private /tmp."""
+    um.install()
+    try:
+        text = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/nonexistent/hecate-sandboxed\n"
+        body = {"unit": text, "kind": "service", "name": "hecate-sandboxed"}
+        status, _, answer = um.request("POST", "/api/plugins/install", body)
+        assert status == 201, (answer, um.service_log()[-2000:])
+        path = um.home / ".hecate" / "gitops" / "apps" / "hecate-sandboxed.service"
+        assert answer["path"] == str(path) and path.read_text() == text
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert answer["verified"] == ("systemd-analyze" if ANALYZE else None)
+        body = {"unit": text + "ExecStrat=/typo\n", "kind": "service", "name": "hecate-typo"}
+        status, _, answer = um.request("POST", "/api/plugins/install", body)
+        if ANALYZE:
+            assert status == 400 and answer["line"] == 6, answer
+        status, _, answer = um.request("POST", "/api/plugins/hecate-sandboxed/uninstall")
+        assert status == 200 and not path.exists(), answer
+    finally:
+        um.reset()
