@@ -35,6 +35,7 @@ from hecated.adapters.systemd import (
 )
 from hecated.core.config import Config
 from hecated.core.errors import HecateError
+from hecated.core.events import Events
 from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
@@ -129,6 +130,8 @@ class Lifecycle:
         self.passed = passed
         self.notifier = Notifier(config.notify)
         self.registry = Index(config.layout)
+        # The recent changes, for GET /api/events: recorded from the first (the start scan).
+        self.events = Events(self.registry, config.events_backlog)
         # Liveness: socket probes and pidfds, fed by the index's change feed and publishing
         # into it; started after the first answer, closed in shutdown (the daemon owns it).
         self.prober = Prober(self.registry, **config.section("probe"))
@@ -197,20 +200,9 @@ class Lifecycle:
         forward = ForwardSettings.from_config(config)
         views = Views(registry)
 
-        def full_app() -> WSGIApp:
-            # Werkzeug and the relay (http.client, email): off the cold-start path.
-            from hecated.http.app import HecateApp
-            from hecated.http.forwarding.relay import Forwarder
-
-            forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
-            units = plugin_units(config)
-            return HecateApp(
-                registry, rescan=self.rescan, views=views, forward=forwarder, units=units
-            )
-
         # The hot GETs from cached bytes; the full app on the first request that needs
         # it or after the first answer (_deferred_work), whichever comes first.
-        self.app = app = FastPath(views, full_app)
+        self.app = app = FastPath(views, lambda: self._full_app(views, forward))
         self.server = server = UnixServer(
             sock, app, owned_path=owned, workers=config.workers, detour=detours(forward)
         )
@@ -224,6 +216,25 @@ class Lifecycle:
         signal.signal(signal.SIGHUP, self.handle_reload)
         self._began = time.monotonic()
         return True
+
+    def _full_app(self, views: Views, forward: ForwardSettings) -> WSGIApp:
+        """The full app, built on the first request that needs it or after the first answer."""
+        # Werkzeug and the relay (http.client, email): off the cold-start path.
+        from hecated.http.app import HecateApp
+        from hecated.http.events import EventStreams
+        from hecated.http.forwarding.relay import Forwarder
+
+        config, registry = self.config, self.registry
+        forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
+        events = EventStreams(self.events, views, config.events_heartbeat, config.events_clients)
+        return HecateApp(
+            registry,
+            rescan=self.rescan,
+            views=views,
+            forward=forwarder,
+            units=plugin_units(config),
+            events=events,
+        )
 
     def tick(self) -> None:
         """One turn of the serving loop: readiness, deferred start-up work, idle exit."""
