@@ -48,12 +48,14 @@ RING = 4096  # events kept for resuming (the setting events_backlog)
 class Event:
     """One change of the index: its ``seq``, its kind, and the entry it left.
 
-    ``plugin`` is the entry after the change, or the last one before it for a
-    name that is no longer listed: a client always gets the whole entry."""
+    ``plugin`` is the entry after the change, or, for a name the change took out of
+    the list (``listed`` False), the last one before it: a client always gets the
+    whole entry, and a mirror of the list knows when to drop the name."""
 
     seq: int
     kind: str
     plugin: Plugin
+    listed: bool = True
 
     @property
     def name(self) -> str:
@@ -91,7 +93,7 @@ def event_of(change: Change) -> Event | None:
     plugin = change.plugin if change.plugin is not None else change.old
     if plugin is None:
         return None
-    return Event(change.seq, kind_of(change.old, change.plugin), plugin)
+    return Event(change.seq, kind_of(change.old, change.plugin), plugin, change.plugin is not None)
 
 
 class Events:

@@ -3,7 +3,8 @@
 Each event is ``id:`` the index's ``seq``, ``event:`` its kind (core/events.py:
 registered, deregistered, installed, removed, discovered, gone, status, unit,
 updated) and ``data:`` the plugin's entry exactly as the list shows it (one JSON
-line, ``Views.fragment``: the list's own cached bytes when they are current).
+line, ``Views.fragment``: the list's own cached bytes when they are current; a
+name the change took out of the list: its last entry, with ``"listed": false``).
 Every ``seq`` is one event, so ids come without a gap: a client that reconnects
 with ``Last-Event-ID`` (or ``?since=``) gets exactly what came after. One it
 cannot be given (older than the ring, or from another run of the daemon) gets
@@ -106,6 +107,8 @@ class EventStreams:
         if hit is not None:
             return hit
         data = self.views.fragment(event.plugin)
+        if not event.listed:  # the last entry of a name no longer listed: say so
+            data = data[:-1] + b',"listed":false}'
         hit = b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.kind.encode(), data)
         with self._encoded_lock:
             self._encoded[event.seq] = hit
