@@ -298,6 +298,33 @@ class UnitInfo:
         )
 
 
+@dataclass(frozen=True)
+class DesiredInfo:
+    """A plugin's desired-state file in the gitops tree (the entry's ``desired``): ``path``,
+    ``kind`` (container or service), the ``unit`` it makes, whether hecated's link to it is
+    in place, and why it cannot run here (``problem``, a sentence; None: nothing known)."""
+
+    path: str
+    kind: str
+    unit: str
+    linked: bool = False
+    problem: str | None = None
+
+    @classmethod
+    def from_json(cls, data: object) -> DesiredInfo | None:
+        """The block, or None (null, or not an object: not installed, or an older daemon)."""
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            return None
+        problem = data.get("problem")
+        return cls(
+            data["path"],
+            str(data.get("kind", "")),
+            str(data.get("unit", "")),
+            bool(data.get("linked", False)),
+            problem if isinstance(problem, str) else None,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class LiveFields:
     """What list rows and details both carry from the plugin itself (live data).
@@ -315,6 +342,8 @@ class LiveFields:
     ui: bool = False
     problems: tuple[str, ...] = ()
     unit: UnitInfo | None = None  # the plugin's systemd user unit; None: no word of it
+    installed: bool = False  # a desired-state file in the gitops tree installs it
+    desired: DesiredInfo | None = None  # that file, as the reconciler last found it
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
@@ -329,6 +358,8 @@ class LiveFields:
             "ui": bool(data.get("ui", False)),
             "problems": tuple(str(p) for p in problems) if isinstance(problems, list) else (),
             "unit": UnitInfo.from_json(data.get("unit")),
+            "installed": bool(data.get("installed", False)),
+            "desired": DesiredInfo.from_json(data.get("desired")),
             "raw": data,
         }
 

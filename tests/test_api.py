@@ -119,6 +119,8 @@ NOT_ANSWERED = {
     "ui": False,
     "problems": [],
     "unit": None,  # no user manager here: no word of a unit
+    "installed": False,  # no desired-state file names it
+    "desired": None,
 }
 
 

@@ -150,6 +150,8 @@ def test_list(daemon: Daemon) -> None:
         "ui": False,
         "problems": [],
         "unit": None,
+        "installed": False,
+        "desired": None,
     }
     assert ctl(daemon.home, "list", "-q").out == "hecate-b\nhecate-traderd\n"
 

@@ -12,7 +12,9 @@ from hecated.core.config import Config, resolve
 from hecated.core.settings import SETTINGS, ConfigError, default, markdown, section_defaults
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-NUMBERS = [s for s in SETTINGS if s.key not in ("data_dir", "socket_path", "log_level")]
+NUMBERS = [
+    s for s in SETTINGS if s.key not in ("data_dir", "socket_path", "gitops_dir", "log_level")
+]
 
 
 def test_the_readme_table_is_the_settings_table() -> None:

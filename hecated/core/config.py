@@ -38,11 +38,12 @@ class _Resolved:
 
     data_dir: Path
     socket_path: Path | None
+    gitops_dir: Path | None
     workers: int
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.data_dir, self.socket_path)
+        return Layout(self.data_dir, self.socket_path, self.gitops_dir)
 
     @property
     def max_waiters(self) -> int:

@@ -28,6 +28,7 @@ from datetime import datetime
 from hecated.core import manifest, startscan
 from hecated.core.errors import BusyError, NotFoundError, PluginRunningError, UnsafePathError
 from hecated.core.files import GroupCommit, opened
+from hecated.core.installed import Installed
 from hecated.core.layout import Layout
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text, check_unit
 from hecated.core.manifestcache import ManifestCache
@@ -53,11 +54,13 @@ __all__ = [
 class Plugin:
     """One name in the index. ``registered`` False: discovered, no ``plugin.toml``
     (its ``entry`` then holds no manifest and no error); kept only while its
-    socket answers."""
+    socket answers, or while it is ``installed`` (a desired-state file in the
+    gitops tree names it, core/installed.py)."""
 
     entry: Entry
     live: Liveness
     registered: bool = True
+    installed: Installed | None = None
 
     @property
     def name(self) -> str:
@@ -120,6 +123,8 @@ class Index:
         self._findings: dict[str, SocketFinding] = {}
         # What the user manager last said of each listed name's unit (absent: nothing).
         self._units: dict[str, UnitFinding] = {}
+        # What the gitops reconciler last found installed, by plugin (absent: not installed).
+        self._installed: dict[str, Installed] = {}
         self._rereads: dict[str, threading.Timer] = {}
         self._rereads_lock = threading.Lock()
 
@@ -254,8 +259,8 @@ class Index:
             return set(self._rereads)
 
     def _apply(self, name: str, entry: Entry | None, live: Liveness) -> Change | None:
-        plugin = _plugin_of(name, entry, live)
         with self._lock:
+            plugin = _plugin_of(name, entry, live, self._installed.get(name))
             old = self._plugins.get(name)
             if old == plugin:
                 return None
@@ -323,22 +328,44 @@ class Index:
         with self._lock:
             return self._units.get(name)
 
+    def set_installed(self, name: str, installed: Installed | None) -> Change | None:
+        """Publish what the gitops reconciler found installed for ``name`` (None: no
+        desired-state file names it now); a change only when it differs. An installed
+        name is listed registered or not, answering or not; uninstalled, a name neither
+        registered nor answering goes (its namespace and data stay)."""
+        with self.name_lock(name):
+            with self._lock:
+                if self._installed.get(name) == installed:
+                    return None
+                if installed is None:
+                    del self._installed[name]
+                else:
+                    self._installed[name] = installed
+            return self.refresh_status(name)
+
+    def installed(self, name: str) -> Installed | None:
+        """What the reconciler last published for ``name`` (None: not installed)."""
+        with self._lock:
+            return self._installed.get(name)
+
     def refresh_status(self, name: str) -> Change | None:
         """Compute ``name``'s status again (its run dir read now, its last socket
-        finding) without reading its ``plugin.toml``: a process exit, a finding."""
+        finding, what is installed) without reading its ``plugin.toml``: a process
+        exit, a finding, an install."""
         with self.name_lock(name), self.store.root() as root:
             live = self._liveness(name, root)
             with self._lock:
                 old = self._plugins.get(name)
-                if old is not None and old.live == live:
-                    return None
+                installed = self._installed.get(name)
                 if old is not None and old.registered:
-                    plugin: Plugin | None = Plugin(old.entry, live)
-                else:  # discovered, or not in the index: only an answering socket keeps it
-                    plugin = _plugin_of(name, None, live)
+                    plugin: Plugin | None = Plugin(old.entry, live, installed=installed)
+                else:  # discovered, or not in the index: an answering socket or a file keeps it
+                    plugin = _plugin_of(name, None, live, installed)
                 if plugin is None and old is None:
                     self._findings.pop(name, None)
                     self._units.pop(name, None)
+                    return None
+                if plugin == old:
                     return None
                 entry = None if plugin is None or not plugin.registered else plugin.entry
                 change = self._put_locked(name, plugin, entry, live)
@@ -485,11 +512,14 @@ class Index:
         return self.snapshot()[1]
 
 
-def _plugin_of(name: str, entry: Entry | None, live: Liveness) -> Plugin | None:
-    """What the index holds for ``name``: the registered entry, or a discovered one
-    while its socket answers (no file is ever made, changed or removed for it)."""
+def _plugin_of(
+    name: str, entry: Entry | None, live: Liveness, installed: Installed | None = None
+) -> Plugin | None:
+    """What the index holds for ``name``: the registered entry, or an unregistered one
+    while its socket answers or a desired-state file installs it (no ``plugin.toml`` is
+    ever made, changed or removed for it)."""
     if entry is not None:
-        return Plugin(entry, live)
-    if live.answering:
-        return Plugin(Entry(name), live, registered=False)
+        return Plugin(entry, live, installed=installed)
+    if live.answering or installed is not None:
+        return Plugin(Entry(name), live, registered=False, installed=installed)
     return None

@@ -26,6 +26,8 @@ LOCK_FILE = "daemon.lock"
 # The primary's cache of parsed manifests (in its run/), see manifestcache.py.
 INDEX_CACHE_FILE = "manifests.cache.json"
 DIR_MODE = 0o700
+# The desired-state tree (core/installed.py) beside the namespaces, as the ecosystem has it.
+GITOPS_DIR = "gitops"
 
 
 def json_key(subdir: str) -> str:
@@ -49,6 +51,7 @@ class Layout:
 
     data_dir: Path
     socket_override: Path | None = None
+    gitops_override: Path | None = None
 
     @classmethod
     def at(cls, root: Path, socket_override: Path | None = None) -> Layout:
@@ -87,6 +90,22 @@ class Layout:
     def api_socket(self) -> Path:
         """The well-known bootstrap socket, unless ``HECATE_SOCKET_PATH`` moved it."""
         return self.socket_override or self.socket_path(SOCKET_NAME)
+
+    @property
+    def gitops_dir(self) -> Path:
+        """The desired-state tree (``system/``, ``apps/``): ``~/.hecate/gitops``, where
+        ``hecate install`` and the ecosystem's reconciler have it, unless ``gitops_dir``
+        moved it."""
+        return self.gitops_override or self.root / GITOPS_DIR
+
+    @cached_property
+    def reserved_names(self) -> frozenset[str]:
+        """Names in the root that are the daemon's, never a plugin's: its own namespace
+        and the gitops tree (a directory there is no plugin, whatever it holds)."""
+        names = {PRIMARY_NAME, self.primary_name, GITOPS_DIR}
+        if self.gitops_dir.parent == self.root:
+            names.add(self.gitops_dir.name)
+        return frozenset(names)
 
     @property
     def pid_file(self) -> Path:
@@ -166,10 +185,13 @@ class Layout:
         return name
 
     def check_plugin_name(self, name: object) -> str:
-        """Like ``check_name``, and the primary's own namespace is not a plugin's."""
+        """Like ``check_name``, and the primary's own namespace and the gitops tree are
+        not a plugin's."""
         name = self.check_name(name)
-        if name in (PRIMARY_NAME, self.primary_name):
-            raise ReservedNameError(f"{name!r} is the primary daemon's own namespace")
+        if name in self.reserved_names:
+            if name in (PRIMARY_NAME, self.primary_name):
+                raise ReservedNameError(f"{name!r} is the primary daemon's own namespace")
+            raise ReservedNameError(f"{name!r} is the daemon's desired-state (gitops) directory")
         return name
 
     def is_plugin_name(self, name: str) -> bool:

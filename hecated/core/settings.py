@@ -128,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
             shown="~/.hecate/hecate-daemon"),
     Setting("socket_path", path, None, "the API socket", env="HECATE_SOCKET_PATH",
             flag="--socket", shown="DATA_DIR/sockets/api.sock"),
+    Setting("gitops_dir", path, None, "the desired-state tree (system/, apps/) hecated links "
+            "into the user manager", env="HECATE_GITOPS_DIR", shown="DATA_DIR/../gitops"),
     Setting("log_level", level, "info", "log level", env="HECATE_LOG_LEVEL",
             choices=LOG_LEVELS),
     Setting("idle_timeout", off_if_zero(number()), None, "exit after this many idle seconds",

@@ -258,6 +258,8 @@ SCHEMAS: dict[str, Any] = {
             "ui",
             "problems",
             "unit",
+            "installed",
+            "desired",
         ],
         "properties": {
             "name": _ref("Name"),
@@ -296,6 +298,35 @@ SCHEMAS: dict[str, Any] = {
                 "namespace's conventions, missing fields, no /ui/component.js.",
             },
             "unit": _ref("Unit"),
+            "installed": {
+                "type": "boolean",
+                "description": "A desired-state file in the gitops tree (gitops_dir, "
+                "~/.hecate/gitops/{system,apps}/NAME.container or NAME.service) installs it: "
+                "hecated links it into the user manager and lists the plugin, registered or "
+                "not, answering or not.",
+            },
+            "desired": _ref("Desired"),
+        },
+    },
+    "Desired": {
+        "type": ["object", "null"],
+        "description": "The plugin's desired-state file as the reconciler last found it; "
+        "null: not installed.",
+        "required": ["path", "kind", "unit", "linked", "problem"],
+        "properties": {
+            "path": {"type": "string", "description": "The file under the gitops tree."},
+            "kind": {"type": "string", "enum": ["container", "service"]},
+            "unit": {"type": "string", "description": "The unit it makes (NAME.service)."},
+            "linked": {
+                "type": "boolean",
+                "description": "hecated's link to it is in place in the unit directory "
+                "(~/.config/containers/systemd/ or ~/.config/systemd/user/).",
+            },
+            "problem": {
+                "type": ["string", "null"],
+                "description": "Why it cannot run here, in a sentence (Quadlet missing, a "
+                "file in the way, no user manager); null: nothing known to be wrong.",
+            },
         },
     },
     "PluginDetail": {

@@ -188,6 +188,8 @@ class Views:
             "ui": live.ui if live else False,
             "problems": list(live.problems) if live else [],
             "unit": _unit_block(plugin),
+            "installed": plugin.installed is not None,
+            "desired": None if plugin.installed is None else plugin.installed.as_dict(),
         }
 
     def detail(self, plugin: Plugin) -> dict[str, Any]:
