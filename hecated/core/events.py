@@ -67,7 +67,7 @@ def _registered(plugin: Plugin | None) -> bool:
 
 
 def _installed(plugin: Plugin | None) -> bool:
-    return plugin is not None and getattr(plugin, "installed", None) is not None
+    return plugin is not None and plugin.installed is not None
 
 
 def kind_of(old: Plugin | None, new: Plugin | None) -> str:
