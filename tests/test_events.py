@@ -8,6 +8,7 @@ the stream over a real hecated, read the way hecate-web's desktop app reads it
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -108,10 +109,15 @@ def test_changes_of_many_names_are_recorded_in_seq_order(index: Index) -> None:
             index.register(f"hecate-t{t}-{i}", "1.0", "")
 
     threads = [threading.Thread(target=burst, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: between a numbering and its telling
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
     got = events.after(start, 1000)
     assert got is not None
     assert [e.seq for e in got] == list(range(start + 1, start + 201))
