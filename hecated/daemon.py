@@ -27,7 +27,7 @@ from hecated.adapters.systemd import (
     Notifier,
     Supervisor,
     alias_fields,
-    api_socket,
+    api_sockets,
     journal_handler,
     listen_fds,
     own_unit,
@@ -77,16 +77,33 @@ def use_journal(journal_stream: str, user_manager: bool = False) -> bool:
     return True
 
 
-def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, Path | None]:
-    """The listening socket, and the path we bound (None when it is not ours to unlink).
+# hecate-tui looks for the daemon here after $HECATE_SOCKET and /run/hecate/daemon.sock.
+TUI_SOCKET = "daemon.sock"
 
-    A socket systemd passed us belongs to the socket unit: we serve on it and
-    never unlink it, so the next activation finds it where systemd left it.
+Listening = list[tuple[socket.socket, Path | None]]
+
+
+def take_sockets(config: Config, passed: list[ListenFd]) -> Listening:
+    """The listening sockets, the API's first, each with the path we bound (None when
+    it is not ours to unlink).
+
+    A socket systemd passed us belongs to the socket unit: we serve on it and never
+    unlink it, so the next activation finds it where systemd left it (hecate.socket
+    passes two: the API's and ``~/.hecate/daemon.sock``). Standalone, we bind the
+    API's, then hecate-tui's ``~/.hecate/daemon.sock`` if we can: a file there that
+    is not a socket, or a socket another daemon answers on, is left alone.
     """
     path = config.layout.api_socket
     if passed:
-        return api_socket(passed, path), None
-    return bind_unix(path), path
+        return [(sock, None) for sock in api_sockets(passed, path)]
+    listening: Listening = [(bind_unix(path), path)]
+    tui = config.layout.root / TUI_SOCKET
+    try:
+        listening.append((bind_unix(tui), tui))
+    except (AlreadyRunningError, SocketPathError, OSError) as exc:
+        log.warning("not serving hecate-tui's socket %s: %s", tui, exc)
+        return listening
+    return listening
 
 
 def raise_fd_limit(want: int = 8192) -> None:
@@ -191,7 +208,7 @@ class Lifecycle:
             registry.store.parsed_in_child,
         )
         try:
-            sock, owned = take_socket(config, self.passed)
+            (sock, owned), *also = take_sockets(config, self.passed)
         except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
             log.error("cannot start: %s", exc)
             self.notifier.status(f"cannot start: {exc}")
@@ -204,7 +221,12 @@ class Lifecycle:
         # it or after the first answer (_deferred_work), whichever comes first.
         self.app = app = FastPath(views, lambda: self._full_app(views, forward))
         self.server = server = UnixServer(
-            sock, app, owned_path=owned, workers=config.workers, detour=detours(forward)
+            sock,
+            app,
+            owned_path=owned,
+            workers=config.workers,
+            detour=detours(forward),
+            also=also,
         )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
