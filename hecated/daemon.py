@@ -42,7 +42,7 @@ from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
-from hecated.protocol import PluginStatus
+from hecated.protocol import TUI_SOCKET, PluginStatus
 from hecated.wiring import LiveUnits, OnDemandUnits, Rescans, Watching, detours, plugin_units
 
 if TYPE_CHECKING:
@@ -76,9 +76,6 @@ def use_journal(journal_stream: str, user_manager: bool = False) -> bool:
     log.info("logging to the journal")
     return True
 
-
-# hecate-tui looks for the daemon here after $HECATE_SOCKET and /run/hecate/daemon.sock.
-TUI_SOCKET = "daemon.sock"
 
 Listening = list[tuple[socket.socket, Path | None]]
 
