@@ -106,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch = add("watch", "print registry changes as they happen (Ctrl-C to stop)")
     watch.add_argument(
-        "--wait", type=float, default=30.0, metavar="S", help="long-poll seconds (default 30)"
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="long-poll seconds, for a daemon without /api/events (default 30)",
     )
     watch.add_argument(
         "--interval",
         type=float,
         default=1.0,
         metavar="S",
-        help="poll interval when the daemon has no long poll (default 1)",
+        help="seconds between tries while the daemon is away (default 1)",
     )
     watch.add_argument(
         "--count", type=int, metavar="N", help="exit after N changes (default: run until Ctrl-C)"
