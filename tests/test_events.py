@@ -349,3 +349,28 @@ def reopened(daemon: Daemon) -> bool:
 def test_head_gets_the_head_only(daemon: Daemon) -> None:
     status, headers, _ = daemon.request("HEAD", "/api/events")
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+
+
+# -- the SDK ----------------------------------------------------------------------------------
+
+
+def test_the_sdks_events_resume_and_resync(small_ring: Daemon) -> None:
+    from hecated.client import HecateClient
+
+    daemon = small_ring
+    client = HecateClient(daemon.socket)
+    daemon.register("hecate-sdk", "1.0")
+    events = client.events(since=0)  # the one change so far: the ring (4) still has it
+    first = next(events)
+    events.close()
+    assert (first.kind, first.plugin.name if first.plugin else None) == ("registered", "hecate-sdk")
+    for i in range(6):
+        daemon.register(f"hecate-more{i}")
+    events = client.events(since=first.seq)  # six behind, the ring keeps four: a resync
+    resync = next(events)
+    assert resync.kind == "resync" and resync.plugin is None and resync.plugins is not None
+    assert [p.name for p in resync.plugins][:1] == ["hecate-more0"]
+    daemon.request("DELETE", "/api/plugins/hecate-sdk")
+    gone = next(events)
+    assert (gone.kind, gone.seq, gone.listed) == ("deregistered", resync.seq + 1, False)
+    events.close()
