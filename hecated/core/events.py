@@ -106,9 +106,13 @@ class Events:
         self.size = max(1, size)
         self._ring: deque[Event] = deque(maxlen=self.size)
         self._cond = threading.Condition(threading.Lock())
-        self._latest = index.follow(self.record)  # seq of the last change seen
-        self._first = self._latest + 1  # seq the ring starts at (when not empty)
+        self._latest = -1  # seq of the last change seen (-1: none yet)
+        self._first = 0  # seq the ring starts at (when not empty)
         self._wakes = 0
+        start = index.follow(self.record)
+        with self._cond:  # a change recorded meanwhile (another thread) has set both
+            if self._latest < 0:
+                self._latest, self._first = start, start + 1
 
     @property
     def latest(self) -> int:
