@@ -374,3 +374,22 @@ def test_the_sdks_events_resume_and_resync(small_ring: Daemon) -> None:
     gone = next(events)
     assert (gone.kind, gone.seq, gone.listed) == ("deregistered", resync.seq + 1, False)
     events.close()
+
+
+def test_a_stopping_daemon_ends_the_stream_so_hecate_web_reconnects(home: Path) -> None:
+    """hecate-web reconnects 3 s after its stream ends: a stopping hecated must end it
+    (not leave it open for the grace period), and the next run serves it again."""
+    daemon = Daemon(home).start()
+    web = open_stream(daemon)
+    try:
+        assert daemon.stop() == 0
+        with pytest.raises(EOFError):
+            web.next()
+    finally:
+        web.close()
+    again = Daemon(home).start()
+    try:
+        with open_stream(again):
+            pass
+    finally:
+        again.stop()
