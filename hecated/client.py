@@ -570,6 +570,30 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class Event:
+    """One event of ``GET /api/events``: the registry's ``seq`` after the change, its
+    kind (registered, deregistered, installed, removed, discovered, gone, status, unit,
+    updated; or resync) and the plugin's entry as the list shows it. A ``resync``
+    carries no ``plugin`` but the whole list, ``plugins``, as of ``seq``."""
+
+    seq: int
+    kind: str
+    plugin: PluginSummary | None
+    plugins: list[PluginSummary] | None = None
+    listed: bool = True  # False: the change took the name out of the list
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_sse(cls, seq: str, kind: str, data: dict[str, Any]) -> Event:
+        number = int(seq) if seq.isdigit() else -1
+        if kind == "resync":
+            plugins = [PluginSummary.from_json(p) for p in data.get("plugins") or []]
+            return cls(int(data.get("seq", number)), kind, None, plugins, True, data)
+        listed = data.get("listed") is not False
+        return cls(number, kind, PluginSummary.from_json(data), None, listed, data)
+
+
+@dataclass(frozen=True)
 class Response:
     status: int
     headers: dict[str, str]
@@ -818,34 +842,62 @@ class HecateClient:
         """The last ``lines`` lines, then each new one as it is written (server-sent
         events), until the caller stops iterating (closing the generator hangs up)."""
         path = f"{_plugin_url(name)}/logs?{urlencode({'lines': int(lines), 'follow': 1})}"
+        for _id, _kind, data in self._stream(path, {}, "the log stream"):
+            yield LogLine.from_json(json.loads(data))
+
+    # -- the change feed as events --------------------------------------------------------
+
+    def events(self, since: int | None = None) -> Iterator[Event]:
+        """Every change of the registry as it happens (``GET /api/events``), from after
+        ``since`` (None: from now) until the caller stops iterating (closing the
+        generator hangs up). A ``resync`` event (``since`` too old for the daemon, or
+        from another run of it, or this reader fell behind) carries the whole list in
+        ``plugins``; the events after its ``seq`` follow. Resume after a broken stream
+        with ``since`` = the last event's ``seq``: nothing is lost."""
+        headers = {} if since is None else {"Last-Event-ID": str(int(since))}
+        for seq, kind, data in self._stream("/api/events", headers, "the event stream"):
+            yield Event.from_sse(seq, kind, json.loads(data))
+
+    def _stream(
+        self, path: str, headers: dict[str, str], what: str
+    ) -> Iterator[tuple[str, str, str]]:
+        """The events of a server-sent event stream: (id, event, data) each."""
         conn = _UnixConnection(self.socket_path, FOLLOW_READ_TIMEOUT)
         try:
             try:
-                conn.request("GET", path, headers={"Accept": "text/event-stream"})
+                conn.request("GET", path, headers={"Accept": "text/event-stream", **headers})
                 resp = conn.getresponse()
             except OSError as exc:
                 raise DaemonUnavailableError(self.socket_path, str(exc)) from None
             if resp.status >= 400:
                 payload = _json_or_none(resp.read())
                 _check(Response(resp.status, {}, payload))
-            yield from _events(resp, self.socket_path)
+            yield from _sse(resp, self.socket_path, what)
         finally:
             conn.close()
 
 
-def _events(resp: http.client.HTTPResponse, where: Path) -> Iterator[LogLine]:
-    """The ``data:`` events of a server-sent event stream, each one JSON line."""
+def _sse(resp: http.client.HTTPResponse, where: Path, what: str) -> Iterator[tuple[str, str, str]]:
+    """Server-sent events as (id, event, data), each dispatched at its blank line;
+    comment lines (heartbeats) skipped, as the SSE spec reads them."""
+    fields: dict[str, str] = {}
     while True:
         try:
             raw = resp.readline()
         except TimeoutError:
-            raise DaemonTimeoutError(where, "the log stream went silent") from None
+            raise DaemonTimeoutError(where, f"{what} went silent") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise DaemonUnavailableError(where, f"the log stream broke: {exc}") from None
+            raise DaemonUnavailableError(where, f"{what} broke: {exc}") from None
         if not raw:
             return
-        if raw.startswith(b"data:"):
-            yield LogLine.from_json(json.loads(raw[5:]))
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if not line:
+            if "data" in fields:
+                yield fields.get("id", ""), fields.get("event", "message"), fields["data"]
+            fields = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(":")
+            fields[key] = value[1:] if value.startswith(" ") else value
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -27,7 +27,7 @@ from hecated.adapters.systemd import (
     Notifier,
     Supervisor,
     alias_fields,
-    api_socket,
+    api_sockets,
     journal_handler,
     listen_fds,
     own_unit,
@@ -35,13 +35,14 @@ from hecated.adapters.systemd import (
 )
 from hecated.core.config import Config
 from hecated.core.errors import HecateError
+from hecated.core.events import Events
 from hecated.core.index import Index
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.server import AlreadyRunningError, SocketPathError, UnixServer, bind_unix
 from hecated.http.views import Views
-from hecated.protocol import PluginStatus
+from hecated.protocol import TUI_SOCKET, PluginStatus
 from hecated.wiring import (
     LiveUnits,
     OnDemandUnits,
@@ -84,16 +85,30 @@ def use_journal(journal_stream: str, user_manager: bool = False) -> bool:
     return True
 
 
-def take_socket(config: Config, passed: list[ListenFd]) -> tuple[socket.socket, Path | None]:
-    """The listening socket, and the path we bound (None when it is not ours to unlink).
+Listening = list[tuple[socket.socket, Path | None]]
 
-    A socket systemd passed us belongs to the socket unit: we serve on it and
-    never unlink it, so the next activation finds it where systemd left it.
+
+def take_sockets(config: Config, passed: list[ListenFd]) -> Listening:
+    """The listening sockets, the API's first, each with the path we bound (None when
+    it is not ours to unlink).
+
+    A socket systemd passed us belongs to the socket unit: we serve on it and never
+    unlink it, so the next activation finds it where systemd left it (hecate.socket
+    passes two: the API's and ``~/.hecate/daemon.sock``). Standalone, we bind the
+    API's, then hecate-tui's ``~/.hecate/daemon.sock`` if we can: a file there that
+    is not a socket, or a socket another daemon answers on, is left alone.
     """
     path = config.layout.api_socket
     if passed:
-        return api_socket(passed, path), None
-    return bind_unix(path), path
+        return [(sock, None) for sock in api_sockets(passed, path)]
+    listening: Listening = [(bind_unix(path), path)]
+    tui = config.layout.root / TUI_SOCKET
+    try:
+        listening.append((bind_unix(tui), tui))
+    except (AlreadyRunningError, SocketPathError, OSError) as exc:
+        log.warning("not serving hecate-tui's socket %s: %s", tui, exc)
+        return listening
+    return listening
 
 
 def raise_fd_limit(want: int = 8192) -> None:
@@ -137,6 +152,8 @@ class Lifecycle:
         self.passed = passed
         self.notifier = Notifier(config.notify)
         self.registry = Index(config.layout)
+        # The recent changes, for GET /api/events: recorded from the first (the start scan).
+        self.events = Events(self.registry, config.events_backlog)
         # Liveness: socket probes and pidfds, fed by the index's change feed and publishing
         # into it; started after the first answer, closed in shutdown (the daemon owns it).
         self.prober = Prober(self.registry, **config.section("probe"))
@@ -196,7 +213,7 @@ class Lifecycle:
             registry.store.parsed_in_child,
         )
         try:
-            sock, owned = take_socket(config, self.passed)
+            (sock, owned), *also = take_sockets(config, self.passed)
         except (AlreadyRunningError, SocketPathError, ActivationError, OSError) as exc:
             log.error("cannot start: %s", exc)
             self.notifier.status(f"cannot start: {exc}")
@@ -205,20 +222,16 @@ class Lifecycle:
         forward = ForwardSettings.from_config(config)
         views = Views(registry)
 
-        def full_app() -> WSGIApp:
-            # Werkzeug and the relay (http.client, email): off the cold-start path.
-            from hecated.http.app import HecateApp
-            from hecated.http.forwarding.relay import Forwarder
-
-            forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
-            parts = {"units": plugin_units(config), "verifier": unit_verifier()}
-            return HecateApp(registry, rescan=self.rescan, views=views, forward=forwarder, **parts)
-
         # The hot GETs from cached bytes; the full app on the first request that needs
         # it or after the first answer (_deferred_work), whichever comes first.
-        self.app = app = FastPath(views, full_app)
+        self.app = app = FastPath(views, lambda: self._full_app(views, forward))
         self.server = server = UnixServer(
-            sock, app, owned_path=owned, workers=config.workers, detour=detours(forward)
+            sock,
+            app,
+            owned_path=owned,
+            workers=config.workers,
+            detour=detours(forward),
+            also=also,
         )
         self.supervisor = Supervisor(
             self.notifier, lambda: server.heartbeat, self.status_line, config.watchdog
@@ -230,6 +243,26 @@ class Lifecycle:
         signal.signal(signal.SIGHUP, self.handle_reload)
         self._began = time.monotonic()
         return True
+
+    def _full_app(self, views: Views, forward: ForwardSettings) -> WSGIApp:
+        """The full app, built on the first request that needs it or after the first answer."""
+        # Werkzeug and the relay (http.client, email): off the cold-start path.
+        from hecated.http.app import HecateApp
+        from hecated.http.events import EventStreams
+        from hecated.http.forwarding.relay import Forwarder
+
+        config, registry = self.config, self.registry
+        forwarder = Forwarder(registry, forward, on_demand=self._build_on_demand())
+        events = EventStreams(self.events, views, config.events_heartbeat, config.events_clients)
+        return HecateApp(
+            registry,
+            rescan=self.rescan,
+            views=views,
+            forward=forwarder,
+            units=plugin_units(config),
+            verifier=unit_verifier(),
+            events=events,
+        )
 
     def tick(self) -> None:
         """One turn of the serving loop: readiness, deferred start-up work, idle exit."""

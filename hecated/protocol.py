@@ -26,6 +26,9 @@ NAME_RE = re.compile(NAME_PATTERN)
 NAME_MAX = 64
 # The primary's own namespace: reserved, never a plugin's name.
 PRIMARY_NAME = "hecate-daemon"
+# Beside the namespaces: where hecate-tui looks for the daemon (after $HECATE_SOCKET and
+# /run/hecate/daemon.sock); hecate.socket listens there too, and a standalone hecated binds it.
+TUI_SOCKET = "daemon.sock"
 # sun_path is 108 bytes including the terminating NUL: a plugin's socket path
 # (ROOT/NAME/sockets/api.sock) must fit in the rest.
 SUN_PATH_MAX = 107

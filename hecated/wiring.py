@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hecated.core.config import Config
 from hecated.core.errors import BusyError, SystemdUnavailableError
 from hecated.core.index import Index
+from hecated.http.events import EventDetour
 from hecated.http.forwarding.edge import Edge
 from hecated.http.forwarding.settings import ForwardSettings
 from hecated.http.hooks import Detours
@@ -50,8 +51,9 @@ def unit_verifier() -> UnitVerifier:
 
 def detours(forward: ForwardSettings) -> Detours:
     """What runs on threads of its own, out of the serving loop: forwarded requests
-    (the wing's edge) and log requests (a followed log streams until its client goes)."""
-    return Detours(Edge(forward), LogDetour())
+    (the wing's edge), log requests (a followed log streams until its client goes) and
+    the event streams (``/api/events``)."""
+    return Detours(Edge(forward), LogDetour(), EventDetour())
 
 
 class Rescans:

@@ -131,6 +131,7 @@ def test_another_user_on_a_reachable_socket_gets_403_json(
             ("GET", "/health", ""),
             ("GET", "/api/plugins", ""),
             ("GET", "/api/openapi.json", ""),
+            ("GET", "/api/events", ""),  # a detour runs the app: its peer rule too
             ("POST", "/api/plugins/register", '{"name": "intruder"}'),
             ("DELETE", "/api/plugins/owned", ""),
             ("GET", "/no/such/route", ""),

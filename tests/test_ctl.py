@@ -465,18 +465,18 @@ def test_watch_json_follows_the_changes(daemon: Daemon) -> None:
 
         daemon.register("hecate-traderd", "0.1.0")
         added = json.loads(reader.line())
-        assert added["event"] == "added"
+        assert added["event"] == "registered"
         assert added["plugin"]["name"] == "hecate-traderd"
         assert added["plugin"]["version"] == "0.1.0"
 
         daemon.register("hecate-traderd", "0.2.0")
         changed = json.loads(reader.line())
-        assert changed["event"] == "changed"
+        assert changed["event"] == "updated"
         assert (changed["before"]["version"], changed["plugin"]["version"]) == ("0.1.0", "0.2.0")
 
         daemon.request("DELETE", "/api/plugins/hecate-before")
         removed = json.loads(reader.line())
-        assert removed == {**removed, "event": "removed"}
+        assert removed == {**removed, "event": "deregistered"}
         assert removed["plugin"]["name"] == "hecate-before"
         assert proc.wait(20) == 0  # --count 3 reached
     finally:
@@ -491,7 +491,7 @@ def test_watch_text(daemon: Daemon) -> None:
         assert reader.line().startswith("watching 0 plugin(s) on ")
         daemon.register("hecate-traderd", "0.1.0")
         line = reader.line()
-        assert line.split()[1:] == ["added", "hecate-traderd", "0.1.0", "stopped"]
+        assert line.split()[1:] == ["registered", "hecate-traderd", "0.1.0", "stopped"]
         assert proc.wait(20) == 0
     finally:
         reader.close()

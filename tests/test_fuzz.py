@@ -37,10 +37,12 @@ from hecated.adapters.unitapi import SystemdUnits
 from hecated.adapters.unitverify import SystemdAnalyze
 from hecated.core import manifest, unitfile
 from hecated.core.desired import APPS_DIR
+from hecated.core.events import Events
 from hecated.core.index import Index
 from hecated.core.layout import GITOPS_DIR, MANIFEST_NAME, SUBDIRS, Layout
 from hecated.http import app as api
 from hecated.http import openapi
+from hecated.http.events import EventStreams
 from hecated.http.fast import FastPath
 from hecated.http.forwarding.relay import Forwarder
 from hecated.http.views import Views
@@ -193,6 +195,12 @@ def calls(draw: st.DrawFn) -> Call:
             # A long-poll may legitimately wait as long as it is told (or its default):
             # with ``since`` there is always a tiny or invalid ``wait``.
             query["wait"] = draw(st.sampled_from(["0", "0.01", "abc", "-1", "nan", ""]))
+    if path.rstrip("/") == "/api/events" and method == "GET":
+        # Never a stream that would run for ever: its head only, or a since refused (400).
+        if draw(st.booleans()):
+            method = "HEAD"
+        else:
+            query["since"] = draw(st.sampled_from(["abc", "-1", "", "1.5", "0x10"]))
     body = None
     content_type = draw(content_types)
     if "requestBody" in op and draw(st.integers(0, 4)):
@@ -406,7 +414,16 @@ def harness() -> Iterator[Harness]:
     # name, peer and registration checks), logs read the real journal for a uid with none.
     units = SystemdUnits(address="unix:path=/nonexistent/bus", uid=NOBODY_UID)
     verifier = SystemdAnalyze()  # the real one where installed (else: the first check only)
-    app = api.HecateApp(registry, forward=Forwarder(registry), units=units, verifier=verifier)
+    views = Views(registry)
+    events = EventStreams(Events(registry), views)
+    app = api.HecateApp(
+        registry,
+        forward=Forwarder(registry),
+        units=units,
+        verifier=verifier,
+        views=views,
+        events=events,
+    )
     h = Harness(tmp, home, root, app, {}, Counter())
     yield h
     assert _cwd() == cwd_before

@@ -118,8 +118,13 @@ def test_units_run_the_distro_binary_and_never_listen_on_tcp() -> None:
     service = unit(REPO / "units" / "hecate.service")
     assert service["Service"]["ExecStart"].split()[0] == "/usr/bin/hecated"
     socket_unit = unit(REPO / "units" / "hecate.socket")
-    listen = socket_unit["Socket"]["ListenStream"]
-    assert listen == "%h/.hecate/hecate-daemon/sockets/api.sock"
+    text = (REPO / "units" / "hecate.socket").read_text()
+    listen = [
+        line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ListenStream=")
+    ]
+    # The registry's socket, and hecate-tui's (it looks for ~/.hecate/daemon.sock).
+    assert listen == ["%h/.hecate/hecate-daemon/sockets/api.sock", "%h/.hecate/daemon.sock"]
+    assert socket_unit["Socket"]["FileDescriptorName"] == "api"  # both served (api_sockets)
     assert socket_unit["Socket"]["SocketMode"] == "0600"
 
 

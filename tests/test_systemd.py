@@ -36,7 +36,7 @@ from hecated.adapters.systemd import (
     Notifier,
     Supervisor,
     alias_fields,
-    api_socket,
+    api_sockets,
     journal_fields,
     own_unit,
     stderr_is_journal,
@@ -157,7 +157,7 @@ def test_api_socket_is_a_unix_listener_never_tcp(home: Path) -> None:
         sock.bind(str(home / name))
         sock.listen()
     fds = [ListenFd(os.dup(s.fileno()), n) for s, n in ((tcp, "x"), (first, "y"), (second, "api"))]
-    chosen = api_socket(fds, home / "b.sock")
+    [chosen] = api_sockets(fds, home / "b.sock")
     try:
         assert chosen.getsockname() == str(home / "b.sock")
         with pytest.raises(OSError):  # the TCP one and the unnamed one were closed
@@ -167,9 +167,26 @@ def test_api_socket_is_a_unix_listener_never_tcp(home: Path) -> None:
     finally:
         chosen.close()
     with pytest.raises(ActivationError):
-        api_socket([ListenFd(os.dup(tcp.fileno()), "api")], home / "b.sock")
+        api_sockets([ListenFd(os.dup(tcp.fileno()), "api")], home / "b.sock")
     for sock in (tcp, first, second):
         sock.close()
+
+
+def test_every_socket_named_api_is_served_the_expected_one_first(home: Path) -> None:
+    """hecate.socket names both its paths api: the registry's and hecate-tui's."""
+    socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    for sock, name in zip(socks, ("tui.sock", "api.sock", "other.sock"), strict=True):
+        sock.bind(str(home / name))
+        sock.listen()
+    fds = [ListenFd(os.dup(s.fileno()), n) for s, n in zip(socks, ("api", "api", "x"), strict=True)]
+    chosen = api_sockets(fds, home / "api.sock")
+    try:
+        assert [c.getsockname() for c in chosen] == [str(home / "api.sock"), str(home / "tui.sock")]
+        with pytest.raises(OSError):  # not named for the API: closed
+            os.fstat(fds[2].fd)
+    finally:
+        for sock in (*chosen, *socks):
+            sock.close()
 
 
 # -- socket activation through systemd-socket-activate --------------------------------------
@@ -188,6 +205,24 @@ def test_serves_the_passed_socket_and_never_unlinks_it(home: Path, procs: list) 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     assert sock.is_socket(), "the socket belongs to systemd: hecated must leave it"
+
+
+@pytest.mark.slow
+@needs_socket_activate
+def test_both_sockets_of_hecate_socket_reach_one_hecated(home: Path, procs: list) -> None:
+    """hecate.socket listens on the API's path and on ~/.hecate/daemon.sock (hecate-tui's):
+    a first connection to either starts hecated, which serves both and unlinks neither."""
+    api, tui = api_path(home), home / ".hecate" / "daemon.sock"
+    proc = socket_activate([api, tui], home, ["serve"], {}, names="api:api")
+    procs.append(proc)
+    status, _, health = first_request(home, tui, count=2)
+    assert status == 200 and health["status"] == "healthy"
+    status, _, again = http_request(api, "GET", "/health")
+    assert status == 200 and again["pid"] == health["pid"]
+    assert "socket-activated" in activation_log(home)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert api.is_socket() and tui.is_socket(), "both belong to systemd: hecated leaves them"
 
 
 @pytest.mark.slow

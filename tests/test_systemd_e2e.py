@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HECATED, wait_for
+from conftest import HECATED, http_request, wait_for
 from plugin_support import Plugin
 from systemd_support import UserManager, assert_no_tcp, freezable_exec_start, needs_user_manager
 
@@ -75,6 +75,25 @@ def test_first_request_activates_the_service(um: UserManager) -> None:
     assert props["StatusText"] == "0 plugins registered, 0 running"
     assert_no_tcp(int(props["MainPID"]))
     assert "socket-activated" in um.service_log()
+
+
+def test_hecate_tuis_socket_activates_the_service_too(um: UserManager) -> None:
+    """hecate-tui looks for $HECATE_SOCKET, /run/hecate/daemon.sock, then
+    ~/.hecate/daemon.sock: the shipped hecate.socket listens there too, so a first
+    connection there starts hecated with nothing running, as the API's path does."""
+    um.install()
+    tui = um.home / ".hecate" / "daemon.sock"
+    assert tui.is_socket() and (tui.stat().st_mode & 0o777) == 0o600
+    assert active(um) == "inactive"
+    status, _, health = http_request(tui, "GET", "/health")
+    assert status == 200, health
+    # What hecate-tui decodes (internal/client: Health): status, ready, uptime_seconds (int).
+    assert (health["status"], health["ready"]) == ("healthy", True)
+    assert isinstance(health["uptime_seconds"], int)
+    assert active(um) == "active" and main_pid(um) == health["pid"]
+    assert served(um) == []  # the registry's own path: the same daemon
+    um.systemctl("stop", SERVICE)
+    assert tui.is_socket(), "the socket unit's: it stays for the next activation"
 
 
 def test_active_only_after_ready_with_the_index_loaded(um: UserManager) -> None:

@@ -104,11 +104,14 @@ def _is_unix_listener(sock: socket.socket) -> bool:
     return sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM and bool(listening)
 
 
-def api_socket(fds: list[ListenFd], expected: Path) -> socket.socket:
-    """Pick the API socket among the passed fds: by name, else the only Unix stream one.
+def api_sockets(fds: list[ListenFd], expected: Path) -> list[socket.socket]:
+    """The API sockets among the passed fds: every one named for the API (hecate.socket
+    names both of its paths ``api``: the registry's and hecate-tui's
+    ``~/.hecate/daemon.sock``), else the first Unix stream one; ``expected`` first.
 
     A passed socket that is not a listening AF_UNIX stream (a TCP port, say) is
-    never served: hecated does not listen on TCP, whatever the unit says.
+    never served: hecated does not listen on TCP, whatever the unit says. What is
+    not served is closed (systemd keeps its own copy).
     """
     candidates: list[tuple[ListenFd, socket.socket]] = []
     for item in fds:
@@ -127,19 +130,29 @@ def api_socket(fds: list[ListenFd], expected: Path) -> socket.socket:
             )
             sock.close()
     named = [c for c in candidates if c[0].name in API_FD_NAMES]
-    chosen = named or candidates
+    chosen = named or candidates[:1]
     if not chosen:
         raise ActivationError("systemd passed no listening Unix stream socket to serve on")
-    item, sock = chosen[0]
-    for _other, other in candidates:
-        if other is not sock:
-            other.close()  # systemd keeps its own copy; we hold no socket we do not serve
+    for item, other in candidates:
+        if (item, other) not in chosen:
+            other.close()
+    chosen.sort(key=lambda c: _bound_path(c[1]) != os.fspath(expected))
+    if _bound_path(chosen[0][1]) != os.fspath(expected):
+        log.warning(
+            "serving on the passed socket %s; clients look for %s",
+            _bound_path(chosen[0][1]),
+            expected,
+        )
+    for item, sock in chosen:
+        log.info(
+            "socket-activated: serving on fd %d (%s) %s", item.fd, item.name, _bound_path(sock)
+        )
+    return [sock for _item, sock in chosen]
+
+
+def _bound_path(sock: socket.socket) -> str:
     name = sock.getsockname()
-    name = name.decode(errors="replace") if isinstance(name, bytes) else name
-    if name != os.fspath(expected):
-        log.warning("serving on the passed socket %s; clients look for %s", name, expected)
-    log.info("socket-activated: serving on fd %d (%s) %s", item.fd, item.name, name)
-    return sock
+    return name.decode(errors="replace") if isinstance(name, bytes) else name
 
 
 # -- sd_notify ---------------------------------------------------------------------------

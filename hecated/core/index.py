@@ -75,12 +75,18 @@ class Plugin:
 
 @dataclass(frozen=True)
 class Change:
-    """One change of the index, numbered so a client can ask for what came after."""
+    """One change of the index, numbered so a client can ask for what came after.
+
+    ``old`` and ``plugin`` are the name's entry before and after (None: not listed):
+    what changed is told by comparing them (core/events.py names it), so no writer
+    has to say which kind of change it made."""
 
     seq: int
     name: str
     entry: Entry | None
     live: Liveness | None = None
+    old: Plugin | None = None
+    plugin: Plugin | None = None
 
 
 class Index:
@@ -111,6 +117,8 @@ class Index:
         # Re-entrant: a listener may publish (set_finding) from inside a refresh.
         self._stripes = tuple(threading.RLock() for _ in range(64))
         self._listeners: list[Callable[[Change], None]] = []
+        # Called under self._lock, in seq order (``follow``): a record of the changes.
+        self._followers: list[Callable[[Change], None]] = []
         # The last look at each listed name's socket, as an adapter published it.
         self._findings: dict[str, SocketFinding] = {}
         # What the user manager last said of each listed name's unit (absent: nothing).
@@ -132,6 +140,18 @@ class Index:
         """Call ``listener`` after every change of the index (from any thread, under
         the changed name's lock: a listener queues work, it never blocks)."""
         self._listeners.append(listener)
+
+    def follow(self, follower: Callable[[Change], None]) -> int:
+        """Call ``follower`` with every change from now on, in ``seq`` order without a gap,
+        under the index's own lock; returns the ``seq`` it starts after.
+
+        For a record of the changes that clients resume by ``seq`` (core/events.py):
+        ``subscribe``'s listeners run under the name's lock only, so two names'
+        changes may reach them out of order. A follower only appends to memory: it
+        never blocks, never calls the index, never takes a lock a writer may hold."""
+        with self._lock:
+            self._followers.append(follower)
+            return self._seq
 
     @contextmanager
     def name_lock(self, name: str) -> Iterator[None]:
@@ -257,6 +277,7 @@ class Index:
         self, name: str, plugin: Plugin | None, entry: Entry | None, live: Liveness
     ) -> Change:
         """Store (or drop) ``name``'s plugin and number the change; under ``self._lock``."""
+        old = self._plugins.get(name)
         if plugin is None:
             del self._plugins[name]
             self._findings.pop(name, None)
@@ -265,7 +286,13 @@ class Index:
             self._plugins[name] = plugin
         self._seq += 1
         self._changed.notify_all()
-        return Change(self._seq, name, entry, None if plugin is None else live)
+        change = Change(self._seq, name, entry, None if plugin is None else live, old, plugin)
+        for follower in self._followers:
+            try:
+                follower(change)
+            except Exception:  # a record's fault never fails the write it records
+                log.exception("recording change %d failed", change.seq)
+        return change
 
     def set_finding(self, name: str, found: SocketFinding) -> Change | None:
         """Publish what a look at ``name``'s socket found; a change (new ``seq``) only

@@ -152,6 +152,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unit_job_timeout", number(0.001), 30.0, "seconds a plugin's start, stop or restart "
             "waits for its systemd job", env="HECATE_UNIT_JOB_TIMEOUT", section="units",
             field="job_timeout"),
+    Setting("events_heartbeat", number(0.01), 15.0, "seconds of silence before an event stream "
+            "gets a comment line", env="HECATE_EVENTS_HEARTBEAT", section="events"),
+    Setting("events_clients", number(1, whole=True), 16, "event streams served at once; beyond, "
+            "503 busy", env="HECATE_EVENTS_CLIENTS", section="events", field="clients"),
+    Setting("events_backlog", number(1, whole=True), 4096, "recent events kept to resume a "
+            "stream; a client further behind gets a resync", env="HECATE_EVENTS_BACKLOG",
+            section="events", field="backlog"),
 )
 # fmt: on
 

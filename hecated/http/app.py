@@ -39,6 +39,7 @@ from hecated.core.errors import (
 from hecated.core.index import Index
 from hecated.core.units import unit_of
 from hecated.http import openapi
+from hecated.http.events import EventStreams
 from hecated.http.forwarding.settings import PREFIX
 from hecated.http.hooks import ON_CLOSE_KEY
 from hecated.http.install import Installer, UnitVerifier
@@ -94,6 +95,8 @@ URL_MAP = Map(
         Rule("/api/plugins/install", endpoint="install", methods=["POST"]),
         Rule("/api/plugins/<name>/uninstall", endpoint="uninstall", methods=["POST"]),
         Rule("/api/openapi.json", endpoint="openapi", methods=["GET"]),
+        # Every change as a server-sent event (http/events.py), on the detour's threads.
+        Rule("/api/events", endpoint="events", methods=["GET"]),
         # Relayed to the plugin's own socket (forwarding/relay.py), on the wing's threads.
         Rule(f"{PREFIX}<name>/<path:rest>", endpoint="forward", methods=FORWARD_METHODS),
     ],
@@ -177,8 +180,11 @@ class HecateApp:
         forward: Callable[..., Callable] | None = None,
         units: UnitControl | None = None,
         verifier: UnitVerifier | None = None,
+        events: EventStreams | None = None,
     ) -> None:
         self.registry = registry
+        # GET /api/events (http/events.py, built by the daemon); None: not served.
+        self.events = events
         # The plugins' units (adapters/unitapi.py, built by the daemon); None: no control.
         self.units = units
         self.follow_streams = FollowStreams()
@@ -424,6 +430,44 @@ class HecateApp:
             headers=[("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")],
             direct_passthrough=True,
         )
+
+    # -- the change feed as events ----------------------------------------------------------
+
+    def on_events(self, request: Request, peer: Peer) -> Response:
+        """Server-sent events of every change, from after ``Last-Event-ID`` (or ``since``);
+        neither: from now. 503 busy when ``events_clients`` streams are open."""
+        if self.events is None:
+            raise NotFoundError("this daemon does not serve events")
+        since = _last_event_id(request)
+        headers = [("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
+        if request.method == "HEAD":  # the head only: a stream with no body would never end
+            return Response(b"", status=200, mimetype="text/event-stream", headers=headers)
+        stop = threading.Event()
+        stopping = lambda: self.phase == HealthStatus.STOPPING  # noqa: E731
+        body = self.events.open(since, stop, stopping)
+        on_close = request.environ.get(ON_CLOSE_KEY)
+        if callable(on_close):  # a serving layer that says when the client hangs up
+            on_close(self.events.hang_up(stop))
+        return Response(
+            body,
+            status=200,
+            mimetype="text/event-stream",
+            headers=headers,
+            direct_passthrough=True,
+        )
+
+
+def _last_event_id(request: Request) -> int | None:
+    """Where a stream resumes: the ``Last-Event-ID`` header (an EventSource reconnecting),
+    else ``since`` (curl, hecatectl watch); a number the stream sent, else 400."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None:
+        return _query_number(request, "since", int, 0, None)
+    if not _WHOLE.fullmatch(raw.strip()):
+        raise ApiError(
+            Code.INVALID_PARAMETER, f"Last-Event-ID must be a whole number >= 0 (got {raw!r})"
+        )
+    return int(raw.strip())
 
 
 def _describe(exc: HTTPException, request: Request) -> str:

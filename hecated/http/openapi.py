@@ -575,6 +575,11 @@ RESPONSES: dict[str, Any] = {
         "invalid_unit_file (the line of the first problem in line and the message), or an "
         "invalid name, field, JSON or body shape; nothing was written."
     ),
+    "EventsBusy": _error(
+        "busy: as many event streams are open as hecated serves (events_clients, default "
+        "16); retry after the Retry-After seconds.",
+        RETRY_HEADERS,
+    ),
     "PluginTimeout": _error(
         "plugin_timeout: the plugin sent no first byte within forward_timeout (default 30 s)."
     ),
@@ -851,6 +856,46 @@ PATHS: dict[str, Any] = {
                 "507": _resp("Storage"),
             },
         ),
+    },
+    # The change feed as server-sent events (http/events.py).
+    "/api/events": {
+        "get": _op(
+            "events",
+            "Every change of the registry as a server-sent event, as it happens",
+            {
+                "200": {
+                    "description": "text/event-stream. Each change is one event: `id:` the "
+                    "registry's seq (one event per seq, no gap), `event:` its kind (registered, "
+                    "deregistered, installed, removed, discovered, gone, status, unit, updated), "
+                    "`data:` the plugin's entry as the list shows it (a name the change took "
+                    "out of the list: its last entry with listed: false). A resumed stream "
+                    "that cannot be given what it missed (older than events_backlog, or from "
+                    "another run) first gets one `resync` event, data {seq, plugins: the "
+                    "list}. A comment line every events_heartbeat (15 s) of silence; it ends "
+                    "when the client goes or the daemon stops.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _resp("BadRequest"),
+                "503": _resp("EventsBusy"),
+            },
+            parameters=[
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "Resume after this seq (an EventSource sends it itself).",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": False,
+                    "description": "Resume after this seq (for clients that cannot set the "
+                    "header; the header wins). Neither: from now.",
+                    "schema": {"type": "integer", "minimum": 0},
+                },
+            ],
+        )
     },
     "/api/rescan": {
         "post": _op(

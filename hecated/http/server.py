@@ -273,6 +273,41 @@ class _Listener(UnixWSGIServer):
         return [c for c in self.active_channels.values() if c.streaming]
 
 
+class _AlsoListening(wasyncore.dispatcher):
+    """Another listening socket of the same server (hecate.socket's second path,
+    ``~/.hecate/daemon.sock``, where hecate-tui looks): what it accepts becomes the
+    listener's connection, as if accepted on the first socket, so one set of bounds,
+    workers and detours covers both."""
+
+    def __init__(self, listener: _Listener, sock: socket.socket, map: dict[int, Any]) -> None:
+        super().__init__(sock, map)
+        self.listener = listener
+        self.accepting = True
+
+    def readable(self) -> bool:
+        listener = self.listener
+        return listener.accepting and len(listener._map) < listener.adj.connection_limit
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_accept(self) -> None:
+        try:
+            got = self.accept()
+        except OSError:
+            log.warning("accept() on %s failed", self.socket, exc_info=True)
+            return
+        if got is not None:
+            listener = self.listener
+            listener.channel_class(
+                listener, got[0], ("localhost", None), listener.adj, listener._map
+            )
+
+    def handle_error(self) -> None:
+        log.exception("a second listening socket failed; it is closed, the first serves on")
+        self.close()
+
+
 def _adjustments(workers: int, max_connections: int, channel_timeout: int) -> Adjustments:
     return Adjustments(
         threads=workers,
@@ -318,6 +353,7 @@ class UnixServer:
         channel_timeout: int = 30,
         grace: float = 30.0,
         detour: Detour | None = None,
+        also: Iterable[tuple[socket.socket, Path | None]] = (),
     ) -> None:
         """``workers`` threads run the app; at most ``max_connections`` connections
         are open, idle ones closed to keep ``admission.reserve`` places free, and at
@@ -327,7 +363,8 @@ class UnixServer:
         ignored) for at most ``linger_seconds`` s and ``linger_bytes`` bytes; ``close``
         waits at most ``grace`` s for requests in flight. Requests ``detour`` claims
         run on its threads, their connections out of the loop (and of the
-        ``max_connections`` count) while they run."""
+        ``max_connections`` count) while they run. ``also``: more listening sockets
+        served alike, each with the path we bound (None: not ours to unlink)."""
         if sock.family != socket.AF_UNIX:
             raise ValueError("hecated serves on Unix sockets only")
         adj = _adjustments(workers, max_connections, channel_timeout)
@@ -346,12 +383,25 @@ class UnixServer:
         )
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
+        self._also: list[_AlsoListening] = []
+        self._also_owned: list[tuple[Path, int]] = []
+        for extra, path in also:
+            self._listen_also(extra, path)
         self.poll_interval = poll_interval
         self.request_deadline = request_deadline
         self.grace = grace
         self.heartbeat = time.monotonic()
         self._stop = False
         self._closed = False
+
+    def _listen_also(self, sock: socket.socket, path: Path | None) -> None:
+        """Serve ``sock`` too, as the first socket is served; unlink ``path`` at close."""
+        if sock.family != socket.AF_UNIX:
+            raise ValueError("hecated serves on Unix sockets only")
+        sock.setblocking(False)
+        self._also.append(_AlsoListening(self._server, sock, self._map))
+        if path is not None:
+            self._also_owned.append((path, path.stat().st_ino))
 
     # -- the serving loop -----------------------------------------------------------------
 
@@ -404,6 +454,8 @@ class UnixServer:
         server = self._server
         server.accepting = False
         wasyncore.dispatcher.close(server)  # the listener only; the channels go on
+        for extra in self._also:
+            extra.close()
         deadline = time.monotonic() + self.grace
         # A detoured request (a forwarded stream) may never end by itself: it is cut at
         # once (its source and its client hung up on), its connection closed when back.
@@ -427,6 +479,8 @@ class UnixServer:
         wasyncore.close_all(self._map)
         if self.owned_path is not None:
             _unlink_if_ours(self.owned_path, self._owned_ino)
+        for path, ino in self._also_owned:
+            _unlink_if_ours(path, ino)
 
     @property
     def active_connections(self) -> int:

@@ -17,19 +17,15 @@ when the daemon stops, or when the source ends.
 
 from __future__ import annotations
 
-import re
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from hecated.core.errors import BusyError
-from hecated.http.forwarding.threads import HangUps, StreamThreads
-from hecated.http.hooks import Job
-from hecated.protocol import encode
+from hecated.http.sse import HEARTBEAT, Places, StreamDetour, event, sse
+
+__all__ = ["HEARTBEAT", "FollowStreams", "LogDetour", "UnitControl", "event", "sse"]
 
 FOLLOW_STREAMS = 8  # followed logs served at once: each holds a thread and a journal reader
-HEARTBEAT = 15.0  # seconds of silence before a comment line keeps a followed log alive
 LINES_DEFAULT = 100
 LINES_MAX = 10_000
 
@@ -57,154 +53,20 @@ class UnitControl(Protocol):
         for a while (at most a second), so the caller can keep the stream alive."""
 
 
-class FollowStreams:
+class FollowStreams(Places):
     """The cap on followed logs: a place taken per stream, given back when it ends."""
 
     def __init__(self, limit: int = FOLLOW_STREAMS) -> None:
-        self.limit = limit
-        self._open = 0
-        self._lock = threading.Lock()
-
-    @property
-    def open(self) -> int:
-        return self._open
-
-    def take(self) -> None:
-        """A place, or ``BusyError`` (503, Retry-After) when all are taken."""
-        with self._lock:
-            if self._open >= self.limit:
-                raise BusyError(f"{self.limit} log streams are open; retry shortly")
-            self._open += 1
-
-    def give_back(self) -> None:
-        with self._lock:
-            self._open -= 1
+        super().__init__(limit, "log streams")
 
 
-LOGS_PATH = re.compile(r"^/api/plugins/[^/]+/logs/?$")
+LOGS_PATH = r"^/api/plugins/[^/]+/logs/?$"
 LOG_REQUESTS = 64  # log requests (followed or not) run at once on the detour's threads
 
 
-class LogDetour:
-    """The ``Detour`` for log requests: each on a thread of its own, out of the serving
-    loop, its client's hang-up watched (``hooks.ON_CLOSE_KEY`` then sets the stream's
-    stop event at once), every event sent as it is written. A followed log never
-    holds an API worker; the app's ``FollowStreams`` caps those, this the rest."""
-
-    body_limit = 0  # a GET: the server's own limit is more than enough
-    send_timeout: float | None = HEARTBEAT * 4  # a client that reads nothing for a minute
+class LogDetour(StreamDetour):
+    """The ``Detour`` for log requests (http/sse.py): a followed log never holds an API
+    worker; the app's ``FollowStreams`` caps those, this the rest."""
 
     def __init__(self, limit: int = LOG_REQUESTS) -> None:
-        self.limit = limit
-        self.threads = StreamThreads()
-        self.hangups = HangUps()
-        self._lock = threading.Lock()
-        self._open = 0
-
-    def claims(self, path: str) -> bool:
-        return bool(LOGS_PATH.match(path))
-
-    def run(self, job: Job) -> str | None:
-        with self._lock:
-            if self._open >= self.limit:
-                return f"{self.limit} log requests are being answered; retry shortly"
-            self._open += 1
-        try:
-            self.hangups.watch(job.fileno, job.hung_up)
-        except (OSError, RuntimeError, TypeError, ValueError) as exc:
-            self._release()
-            return f"cannot answer a log request now: {exc}"
-        try:
-            self.threads.submit(lambda: self._serve(job))
-        except RuntimeError as exc:
-            self.hangups.forget(job.fileno)
-            self._release()
-            return f"cannot answer a log request now: {exc}"
-        return None
-
-    def _serve(self, job: Job) -> Callable[[], None]:
-        job.serve()
-
-        def ended() -> None:
-            self.hangups.forget(job.fileno)
-            self._release()
-            job.done()
-
-        return ended
-
-    def _release(self) -> None:
-        with self._lock:
-            self._open -= 1
-
-    def close(self) -> None:
-        self.hangups.close()
-
-
-def event(line: dict[str, Any]) -> bytes:
-    """One SSE event: the line as one JSON ``data:`` field (encode() never spans lines)."""
-    return b"data: " + encode(line).rstrip(b"\n") + b"\n\n"
-
-
-def sse(
-    lines: Iterator[Any],
-    stop: threading.Event,
-    ended: Callable[[], None],
-    give_up: Callable[[], bool] = lambda: False,
-    heartbeat: float = HEARTBEAT,
-) -> Iterable[bytes]:
-    """The body of a followed log: events, heartbeats; ``ended`` runs once, whatever ends it.
-
-    ``give_up`` is asked between lines (the daemon stopping); a closed body (the
-    client gone, found when a write fails) sets ``stop`` so the source ends. The
-    body's ``close`` finishes too when it was never iterated (WSGI closes what it got):
-    a generator that never ran skips its ``finally``, and the place would be lost."""
-    done = threading.Lock()
-
-    def finish() -> None:
-        if not done.acquire(blocking=False):
-            return  # finished already
-        stop.set()
-        close = getattr(lines, "close", None)
-        if close is not None:
-            close()
-        ended()
-
-    return _Body(_events(lines, stop, give_up, heartbeat, finish), finish)
-
-
-class _Body:
-    """A WSGI body whose ``close`` always runs its ``finish``, iterated or not."""
-
-    def __init__(self, events: Iterator[bytes], finish: Callable[[], None]) -> None:
-        self.events = events
-        self.finish = finish
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.events
-
-    def close(self) -> None:
-        self.events.close()
-        self.finish()
-
-
-def _events(
-    lines: Iterator[Any],
-    stop: threading.Event,
-    give_up: Callable[[], bool],
-    heartbeat: float,
-    finish: Callable[[], None],
-) -> Iterator[bytes]:
-    try:
-        yield b": following\n\n"  # the head and a first byte now, before any line exists
-        quiet_since = time.monotonic()
-        for line in lines:
-            if stop.is_set() or give_up():
-                return
-            if line is not None:
-                yield event(line)
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= heartbeat:
-                yield b": heartbeat\n\n"
-                quiet_since = time.monotonic()
-    finally:
-        finish()
+        super().__init__(LOGS_PATH, limit, "log requests")

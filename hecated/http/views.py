@@ -126,6 +126,14 @@ class Views:
         self._list_cache = (seq, b"[" + b",".join(parts) + b"]\n")
         return self._list_cache
 
+    def fragment(self, plugin: Plugin) -> bytes:
+        """One entry of the list as JSON (an event's data, http/events.py): the list's own
+        cached bytes when they are of this very plugin, else encoded as the list does."""
+        hit = self._fragments.get(plugin.name)
+        if hit is not None and hit[0] is plugin:
+            return hit[1]
+        return _FRAGMENT.encode(self.summary(plugin)).encode()
+
     # -- one plugin --------------------------------------------------------------------------
 
     def encoded_detail(self, name: str) -> bytes | None:

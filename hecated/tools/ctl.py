@@ -105,25 +105,32 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--strict", action="store_true", help="warnings count as problems for the exit code"
     )
-    watch = add("watch", "print registry changes as they happen (Ctrl-C to stop)")
+    _watch_args(add("watch", "print registry changes as they happen (Ctrl-C to stop)"))
+    _unit_commands(add)
+    _install_commands(add)
+    comp = add("completion", "print the bash completion script")
+    comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
+    return parser
+
+
+def _watch_args(watch: argparse.ArgumentParser) -> None:
     watch.add_argument(
-        "--wait", type=float, default=30.0, metavar="S", help="long-poll seconds (default 30)"
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="long-poll seconds, for a daemon without /api/events (default 30)",
     )
     watch.add_argument(
         "--interval",
         type=float,
         default=1.0,
         metavar="S",
-        help="poll interval when the daemon has no long poll (default 1)",
+        help="seconds between tries while the daemon is away (default 1)",
     )
     watch.add_argument(
         "--count", type=int, metavar="N", help="exit after N changes (default: run until Ctrl-C)"
     )
-    _unit_commands(add)
-    _install_commands(add)
-    comp = add("completion", "print the bash completion script")
-    comp.add_argument("shell", choices=["bash"], nargs="?", default="bash")
-    return parser
 
 
 def _register_args(reg: argparse.ArgumentParser) -> None:
@@ -531,30 +538,77 @@ def cmd_completion(client: HecateClient, args: argparse.Namespace) -> Exit:
 def diff(
     old: dict[str, PluginSummary], new: dict[str, PluginSummary]
 ) -> list[tuple[str, PluginSummary, PluginSummary | None]]:
-    """What changed between two lists: (event, plugin now, plugin before)."""
+    """What changed between two lists, in the events' words: (kind, plugin now, before)."""
     events: list[tuple[str, PluginSummary, PluginSummary | None]] = []
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name), new.get(name)
         if before is None and after is not None:
-            events.append(("added", after, None))
+            events.append(("registered", after, None))
         elif after is None and before is not None:
-            events.append(("removed", before, before))
+            events.append(("deregistered", before, before))
         elif after is not None and before is not None and after.raw != before.raw:
-            events.append(("changed", after, before))
+            kind = "status" if after.status != before.status else "updated"
+            events.append((kind, after, before))
     return events
 
 
 def _describe(event: str, now: PluginSummary, before: PluginSummary | None) -> str:
-    if event == "changed" and before is not None:
+    if before is not None and event not in GONE_KINDS:
         moved = [
             f"{key} {before.raw.get(key)!s} -> {now.raw.get(key)!s}"
             for key in sorted(now.raw.keys() | before.raw.keys())
             if now.raw.get(key) != before.raw.get(key)
         ]
-        return ", ".join(moved)
-    if event == "removed":
-        return "deregistered"
+        if moved:
+            return ", ".join(moved)
+    if event in GONE_KINDS:
+        return event
     return f"{now.version or '-'} {now.status}"
+
+
+GONE_KINDS = frozenset({"deregistered", "gone", "removed"})
+
+
+class _Watch:
+    """What ``watch`` has printed: the list as it knows it, and how many changes."""
+
+    def __init__(self, args: argparse.Namespace, snap: Snapshot) -> None:
+        self.args = args
+        self.current = snap.by_name()
+        self.seq = snap.seq if snap.seq is not None else 0
+        self.seen = 0
+
+    @property
+    def done(self) -> bool:
+        return self.args.count is not None and self.seen >= self.args.count
+
+    def show(self, kind: str, plugin: PluginSummary, seq: int | None, listed: bool) -> None:
+        before = self.current.get(plugin.name)
+        if listed:
+            self.current[plugin.name] = plugin
+        else:
+            self.current.pop(plugin.name, None)
+        if self.args.json:
+            record: dict[str, Any] = {"event": kind, "seq": seq, "plugin": plugin.raw}
+            if before is not None and listed:
+                record["before"] = before.raw
+            _emit(record)
+        else:
+            stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+            print(f"{stamp}  {kind:<12} {plugin.name}  {_describe(kind, plugin, before)}")
+            sys.stdout.flush()
+        self.seen += 1
+
+    def catch_up(self, snap: Snapshot) -> None:
+        """A new list (after a resync or a reconnection): print what it changed."""
+        latest = snap.by_name()
+        for kind, plugin, _before in diff(self.current, latest):
+            if self.done:
+                break
+            self.show(kind, plugin, snap.seq, kind != "deregistered")
+        self.current = latest
+        if snap.seq is not None:
+            self.seq = snap.seq
 
 
 def cmd_watch(
@@ -563,27 +617,67 @@ def cmd_watch(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Exit:
-    """Follow the change feed; fall back to polling when the daemon has no long poll.
+    """Follow ``GET /api/events``; a daemon without it (404): the long poll.
 
-    The long poll (``GET /api/plugins?since=N&wait=S``) answers once the
-    registry's seq passes N. A daemon that ignores since/wait answers at once:
-    then an answer with no change is followed by a pause of ``--interval``.
-    Either way the lists are compared, so nothing is printed twice.
+    After a broken stream (the daemon restarted, say) it lists the plugins again and
+    prints what changed meanwhile, then follows from that list's ``seq``: a new run
+    of the daemon numbers its changes anew, so a number alone cannot say what was
+    missed. Nothing is printed twice, nothing is lost.
     """
-    snap = client.snapshot()
-    seq = snap.seq if snap.seq is not None else 0
-    current = snap.by_name()
+    watch = _Watch(args, client.snapshot())
     if args.json:
-        _emit({"event": "snapshot", "seq": snap.seq, "plugins": [p.raw for p in snap.plugins]})
+        plugins = [p.raw for p in watch.current.values()]
+        _emit({"event": "snapshot", "seq": watch.seq, "plugins": plugins})
     else:
-        print(f"watching {len(current)} plugin(s) on {client.socket_path}; Ctrl-C to stop")
+        print(f"watching {len(watch.current)} plugin(s) on {client.socket_path}; Ctrl-C to stop")
         sys.stdout.flush()
-    seen = 0
     lost = False
-    while args.count is None or seen < args.count:
+    while not watch.done:
+        try:
+            if lost:
+                watch.catch_up(client.snapshot())
+                print(f"{PROG}: hecated answers again", file=sys.stderr, flush=True)
+                lost = False
+            _follow(client, watch)
+        except NotFoundError:  # a daemon from before /api/events
+            return _poll(client, args, watch, clock, sleep)
+        except DaemonUnavailableError as exc:
+            if not lost:
+                print(f"{PROG}: {exc}; retrying", file=sys.stderr, flush=True)
+            lost = True
+            sleep(args.interval)
+    return Exit.OK
+
+
+def _follow(client: HecateClient, watch: _Watch) -> None:
+    """The event stream from ``watch.seq`` until it ends (the daemon stopping) or
+    ``--count`` is reached; a stream that ends is a lost daemon, found again."""
+    for event in client.events(since=watch.seq):
+        if event.kind == "resync":
+            watch.catch_up(Snapshot(event.seq, event.plugins or []))
+        elif event.plugin is not None:
+            watch.show(event.kind, event.plugin, event.seq, event.listed)
+            watch.seq = event.seq
+        if watch.done:
+            return
+    raise DaemonUnavailableError(client.socket_path, "the event stream ended")
+
+
+def _poll(
+    client: HecateClient,
+    args: argparse.Namespace,
+    watch: _Watch,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Exit:
+    """The long poll (``GET /api/plugins?since=N&wait=S``), each answer compared with the
+    last list; a daemon that ignores since/wait answers at once: then a pause of
+    ``--interval`` after an answer with no change."""
+    lost = False
+    while not watch.done:
         started = clock()
         try:
-            snap = client.wait_for_change(seq, args.wait)
+            snap = client.wait_for_change(watch.seq, args.wait)
         except DaemonUnavailableError as exc:
             if not lost:
                 print(f"{PROG}: {exc}; retrying", file=sys.stderr, flush=True)
@@ -593,31 +687,11 @@ def cmd_watch(
         if lost:
             print(f"{PROG}: hecated answers again", file=sys.stderr, flush=True)
             lost = False
-        latest = snap.by_name()
-        events = diff(current, latest)
-        for event, plugin, before in events[: None if args.count is None else args.count - seen]:
-            _print_event(args.json, event, plugin, before, snap)
-            seen += 1
-        current = latest
-        if snap.seq is not None:
-            seq = snap.seq
-        if not events and clock() - started < min(args.interval, args.wait):
+        seen = watch.seen
+        watch.catch_up(snap)
+        if watch.seen == seen and clock() - started < min(args.interval, args.wait):
             sleep(args.interval)  # answered at once with nothing new: no long poll here
     return Exit.OK
-
-
-def _print_event(
-    as_json: bool, event: str, plugin: PluginSummary, before: PluginSummary | None, snap: Snapshot
-) -> None:
-    if as_json:
-        record: dict[str, Any] = {"event": event, "seq": snap.seq, "plugin": plugin.raw}
-        if event == "changed" and before is not None:
-            record["before"] = before.raw
-        _emit(record)
-    else:
-        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-        print(f"{stamp}  {event:<8} {plugin.name}  {_describe(event, plugin, before)}")
-        sys.stdout.flush()
 
 
 def _emit(record: dict[str, Any]) -> None:

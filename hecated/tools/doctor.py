@@ -30,7 +30,7 @@ from hecated.core.layout import (
 )
 from hecated.core.manifest import MAX_FILE_BYTES, ManifestError, parse
 from hecated.core.runstate import connect_plugin, nobody_listens, pid_alive, read_pid
-from hecated.protocol import accepts  # the daemon's own stale-socket test
+from hecated.protocol import TUI_SOCKET, accepts  # accepts: the daemon's stale-socket test
 from hecated.tools.units import COMMANDS, UNIT_NAMES, user_unit_dir
 
 OK, INFO, WARNING, PROBLEM = "ok", "info", "warning", "problem"
@@ -182,8 +182,8 @@ def _check_root(report: Report, root: Path) -> bool:
 
 def _check_namespace(report: Report, layout: Layout, name: str, answering: bool) -> None:
     path = layout.root / name
-    if name.startswith("."):
-        return
+    if name.startswith(".") or (name == TUI_SOCKET and path.is_socket()):
+        return  # hecate-tui's socket (hecate.socket's second path) is hecated's too
     primary = name == layout.primary_name
     if not primary and not layout.is_plugin_name(name):
         report.add(
