@@ -231,6 +231,7 @@ MACHINE_WIDE = {
     "test_unit_status.py",
     "test_unit_control.py",
     "test_ondemand.py",
+    "test_gitops.py",
 }
 
 
