@@ -144,7 +144,9 @@ class Lifecycle:
         self.watching = Watching(self.registry, self.prober.socket_changed)
         self.units = LiveUnits(self.registry)  # the plugins' units, live (issue 20)
         # The gitops tree linked into the user manager (issue 21): after the first answer.
-        self.gitops = Reconciling(self.registry, config.section("units")["job_timeout"])
+        self.gitops = Reconciling(
+            self.registry, config.section("units")["job_timeout"], **config.section("gitops")
+        )
         # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
         # user manager; built with the full app (no forwarded request comes before it).
         self.starter = OnDemandUnits(config.section("units")["job_timeout"], self._adapters_now)

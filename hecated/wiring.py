@@ -261,17 +261,20 @@ class Reconciling(_Once):
 
     halt = "close"
 
-    def __init__(self, registry: Index, job_timeout: float) -> None:
+    def __init__(self, registry: Index, job_timeout: float, quiet: float) -> None:
         super().__init__()
         self.registry = registry
         self.job_timeout = job_timeout
+        self.quiet = quiet
 
     def start(self) -> None:
         from hecated.adapters.gitops import Reconciler  # watchdog, jeepney: off the cold start
         from hecated.adapters.unitcontrol import UserManager
 
         self._start(
-            lambda: Reconciler(self.registry, UserManager(job_timeout=self.job_timeout)).start(),
+            lambda: Reconciler(
+                self.registry, UserManager(job_timeout=self.job_timeout), quiet=self.quiet
+            ).start(),
             f"cannot reconcile {self.registry.layout.gitops_dir}; installs as files wait",
         )
 

@@ -15,7 +15,9 @@ through ``$SYSTEMD_GENERATOR_PATH`` (systemd's own override), and so does hecate
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,6 +183,31 @@ __all__ = [
     "fake_podman",
     "listed",
     "manager_with_quadlet",
+    "reconciler_script",
     "service_text",
     "sleeper_text",
 ]
+
+
+# The ecosystem's reconciler, hecate-gitops' reconciler/hecate-reconciler.sh (MIT), is run
+# as it is published, never copied into this repository: from $HECATE_RECONCILER_SH, else
+# from a clone of hecate-gitops ($HECATE_GITOPS_REPO, or this machine's mirror of it).
+RECONCILER_PATH = "reconciler/hecate-reconciler.sh"
+GITOPS_CLONES = ("/work/.mirror/hecate-social+hecate-gitops/repo",)
+
+
+def reconciler_script() -> str | None:
+    """The script's text, or None when no copy of it is at hand."""
+    given = os.environ.get("HECATE_RECONCILER_SH")
+    if given:
+        return Path(given).read_text()
+    for repo in filter(None, (os.environ.get("HECATE_GITOPS_REPO"), *GITOPS_CLONES)):
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.run(
+                ["git", "-C", repo, "show", f"HEAD:{RECONCILER_PATH}"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
+    return None

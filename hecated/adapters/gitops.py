@@ -94,7 +94,7 @@ class Reconciler:
         self.manager = manager
         self.dirs = dirs or UnitDirs.of(config_home())
         self.every = every
-        self.burst = Burst(quiet, longest)
+        self.burst = Burst(quiet, max(longest, 3 * quiet))
         self.watch = TreeWatch(self.gitops, self.burst.touch)
         self.passes = 0
         self.reloads = 0  # daemon-reloads this reconciler asked for
