@@ -293,3 +293,21 @@ def test_the_ecosystems_reconciler_beside_hecated_makes_the_same_links_and_undoe
     assert script.alive(), log
     assert "UPDATE" not in log and "ERROR" not in log and "WARN" not in log, log
     assert d.log().count("linked ") == 1  # hecated's one link: hecate-twod's
+
+
+def test_the_shipped_service_reconciles_from_its_sandbox(world: World) -> None:
+    """hecate.service as install-units writes it (ProtectHome=read-only): its writable
+    paths hold the unit directories, so a socket-activated hecated links and starts."""
+    um = world.um
+    um.install()
+    try:
+        src = world.write("hecate-shippedd.service", sleeper_text("from the service"))
+        assert um.request("GET", "/health")[0] == 200  # the socket starts hecated
+        unit = "hecate-shippedd.service"
+        wait_for(lambda: world.prop(unit, "ActiveState") == "active", 60, interval=0.2)
+        assert os.readlink(um.unit_dir / unit) == str(src)
+        body = um.request("GET", "/api/plugins/hecate-shippedd")[2]
+        assert body["installed"] is True and body["desired"]["problem"] is None, body
+    finally:
+        um.systemctl("stop", "hecate-shippedd.service", check=False)
+        um.reset()
