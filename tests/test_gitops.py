@@ -311,3 +311,20 @@ def test_the_shipped_service_reconciles_from_its_sandbox(world: World) -> None:
     finally:
         um.systemctl("stop", "hecate-shippedd.service", check=False)
         um.reset()
+
+
+def test_an_edit_made_while_hecated_was_not_running_is_reloaded_at_its_start(
+    world: World,
+) -> None:
+    unit = "hecate-editd.service"
+    d = world.hecated()
+    src = world.write(unit, sleeper_text("before"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-editd")
+    d.stop()
+    src.write_text(sleeper_text("after"))
+    assert world.prop(unit, "NeedDaemonReload") == "yes"
+    before = len(world.runs())
+    world.hecated()  # as socket activation starts it, later
+    wait_for(lambda: world.prop(unit, "Description") == "after", 60, interval=0.2)
+    assert len(world.runs()) == before + 1
+    assert world.prop(unit, "ActiveState") == "active"  # reloaded, not restarted or stopped

@@ -124,8 +124,9 @@ class Reconciler:
         log.info("reconciling %s into %s", self.gitops, ", ".join(map(str, self.dirs.all())))
         return self
 
-    def close(self, timeout: float = 30.0) -> None:
-        """No pass starts after this; one under way ends first (its job waits are bounded)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """No pass starts after this; one under way gets ``timeout`` seconds to end (a start
+        job it waits for goes on in the manager all the same)."""
         self.burst.close()
         self.watch.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():

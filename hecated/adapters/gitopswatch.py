@@ -159,11 +159,18 @@ class TreeWatch:
                 return False
             self._stop_locked()
             observer = InotifyObserver(timeout=0.5)
-            observer.schedule(
-                _Handler(self.touch), os.fspath(self.folder), recursive=True, event_filter=_CHANGES
-            )
-            observer.daemon = True
-            observer.start()
+            try:
+                observer.schedule(
+                    _Handler(self.touch),
+                    os.fspath(self.folder),
+                    recursive=True,
+                    event_filter=_CHANGES,
+                )
+                observer.daemon = True
+                observer.start()
+            except OSError as exc:  # out of inotify watches or instances: the periodic look
+                log.warning("cannot watch %s (%s); it is read every few minutes", self.folder, exc)
+                return False
             self._observer, self._armed = observer, (st.st_dev, st.st_ino)
             return True
 
