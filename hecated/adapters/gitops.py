@@ -113,11 +113,11 @@ class Reconciler:
 
     def start(self) -> Reconciler:
         """The tree's directories made (as ``hecate install`` does), watched, then a pass."""
-        for sub in SUBDIRS:
+        for folder in (self.gitops, *(self.gitops / sub for sub in SUBDIRS)):
             try:
-                (self.gitops / sub).mkdir(parents=True, exist_ok=True)
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
-                log.warning("cannot make %s: %s", self.gitops / sub, exc)
+                log.warning("cannot make %s: %s", folder, exc)
         self.watch.arm()
         self.burst.now()
         self._thread.start()
