@@ -51,6 +51,7 @@ from hecated.adapters.gitopslinks import (
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
 from hecated.adapters.units import SystemdUnavailable, UnitError
+from hecated.core.errors import HecateError
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
 
@@ -302,7 +303,7 @@ class Reconciler:
         for name in sorted(now.keys() - self._published.keys()):
             try:
                 self.layout.ensure_namespace(name)
-            except OSError as exc:
+            except (OSError, HecateError) as exc:  # a file, a link or another user's in the way
                 log.warning("cannot make the namespace of %s: %s", name, exc)
         for name in sorted(now):
             self.registry.set_installed(name, now[name])

@@ -158,7 +158,7 @@ class TreeWatch:
             if self._armed == (st.st_dev, st.st_ino) and self._observer is not None:
                 return False
             self._stop_locked()
-            observer = InotifyObserver(timeout=0.5)
+            observer = InotifyObserver(timeout=1.0)  # as the tree watcher: stop latency only
             try:
                 observer.schedule(
                     _Handler(self.touch),
