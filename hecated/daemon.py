@@ -381,9 +381,10 @@ class Lifecycle:
         if removed:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
+        # The gitops tree first: it makes its directories before the watcher says it watches.
+        self.gitops.start()  # its first pass catches up, on its own thread
         self.watching.start()  # adapters start here, beside the watcher
         self.units.start()  # the units' states from the user manager's signals
-        self.gitops.start()  # the gitops tree: its first pass catches up
         self.prober.start()  # the periodic socket probes
         if self.app is not None:
             try:

@@ -89,14 +89,18 @@ class World:
         self.daemons: list[Daemon] = []
         self.made: list[Path] = []  # files a test put into the unit directories
 
-    def hecated(self, env: dict[str, str] | None = None, quadlet: bool = True) -> Daemon:
+    def hecated(
+        self, env: dict[str, str] | None = None, quadlet: bool = True, args: tuple[str, ...] = ()
+    ) -> Daemon:
         """hecated as the user runs it beside that manager (the bus at $XDG_RUNTIME_DIR/bus)."""
         extra = {"XDG_RUNTIME_DIR": str(self.um.runtime)}
         if quadlet:
             extra["SYSTEMD_GENERATOR_PATH"] = self.um.env["SYSTEMD_GENERATOR_PATH"]
-        d = Daemon(self.um.home, env={**extra, **(env or {})})
+        d = Daemon(self.um.home, list(args), env={**extra, **(env or {})})
         d.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
         d.env.pop("XDG_CONFIG_HOME", None)
+        # Its own log: the module's tests share the manager's HOME, not their logs.
+        d.stderr_path = self.um.base / f"hecated-{id(self)}-{len(self.daemons)}.stderr"
         self.daemons.append(d)
         return d.start()
 

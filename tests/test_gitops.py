@@ -328,3 +328,31 @@ def test_an_edit_made_while_hecated_was_not_running_is_reloaded_at_its_start(
     wait_for(lambda: world.prop(unit, "Description") == "after", 60, interval=0.2)
     assert len(world.runs()) == before + 1
     assert world.prop(unit, "ActiveState") == "active"  # reloaded, not restarted or stopped
+
+
+def test_hecated_does_not_exit_idle_while_a_change_waits_for_its_pass(world: World) -> None:
+    # Idle for 1 s exits; a change is reconciled after 4 s of quiet. The second file is
+    # written as soon as the first is running: hecated stays until its pass is done, then
+    # exits by itself.
+    world.write("hecate-firstd.service", sleeper_text("there at the start"))
+    d = world.hecated(env={"HECATE_GITOPS_SETTLE": "4"}, args=("--idle-timeout", "1"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-firstd")  # the first pass's
+    src = world.write("hecate-idled.service", sleeper_text("written before the idle exit"))
+    assert d.proc is not None and d.proc.wait(60) == 0
+    assert os.readlink(world.um.unit_dir / "hecate-idled.service") == str(src)
+    assert world.prop("hecate-idled.service", "ActiveState") == "active"
+    assert "idle for 1 s: exiting" in d.log()
+
+
+def test_a_tree_removed_and_made_again_is_watched_again(world: World) -> None:
+    """``rm -rf ~/.hecate/gitops`` and a fresh clone: no event can come from a directory
+    nobody watches; hecated looks for the new one and watches it."""
+    d = world.hecated()
+    src = world.write("hecate-againd.service", sleeper_text("first"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-againd")
+    shutil.rmtree(world.gitops)
+    listed(d, lambda rows: "hecate-againd" not in {r["name"] for r in rows})  # heard: gone
+    assert world.prop("hecate-againd.service", "ActiveState") == "inactive"
+    world.write(src.name, sleeper_text("again"))  # the fresh clone
+    listed(d, lambda r: r["installed"] and active(r), "hecate-againd")
+    assert os.readlink(world.um.unit_dir / src.name) == str(src)

@@ -59,6 +59,7 @@ log = logging.getLogger("hecated.adapters.gitops")
 
 EVERY = 300.0  # a full look this often even when nothing was heard (the script's timeout)
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
+REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
 
 
@@ -146,6 +147,8 @@ class Reconciler:
         next_look = time.monotonic() + self.every
         while True:
             until = next_look if self._retry_at is None else min(next_look, self._retry_at)
+            if not self.watch.current():  # no events can come: look again soon (a stat)
+                until = min(until, time.monotonic() + REARM)
             touched = self.burst.take(until)
             if touched is None:
                 return

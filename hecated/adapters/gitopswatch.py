@@ -174,6 +174,15 @@ class TreeWatch:
             self._observer, self._armed = observer, (st.st_dev, st.st_ino)
             return True
 
+    def current(self) -> bool:
+        """The directory there now is the one watched (False: missing, replaced, unwatched)."""
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return False
+        with self._lock:
+            return self._observer is not None and self._armed == (st.st_dev, st.st_ino)
+
     def stop(self) -> None:
         with self._lock:
             self._stop_locked()
