@@ -9,12 +9,14 @@ end state (a row listed so, a unit active), never a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
@@ -30,7 +32,7 @@ from gitops_support import (
     service_text,
     sleeper_text,
 )
-from systemd_support import UserManager, needs_user_manager
+from systemd_support import UserManager, descendants, needs_user_manager
 
 pytestmark = [needs_user_manager, pytest.mark.slow]
 
@@ -242,6 +244,20 @@ class Script:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def listening(self) -> bool:
+        """Its inotifywait has its watches (the kernel's fdinfo lists them): a change made
+        before that is never seen by the script (it has no catch-up of its own)."""
+        assert self.proc is not None
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "inotifywait":
+                    continue
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                        info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+                        return info.count("inotify wd:") >= 2  # system/ and apps/
+        return False
+
     def stop(self) -> None:
         if self.alive():
             assert self.proc is not None
@@ -278,11 +294,13 @@ def test_the_ecosystems_reconciler_beside_hecated_makes_the_same_links_and_undoe
     script.watch()
     wait_for(lambda: script.passes() >= 1, 60)  # its first pass: nothing to do
     assert "No changes detected" in script.log()
+    wait_for(script.listening, 60)
     twod = world.write("hecate-twod.container", container_text())
     listed(d, lambda r: r["installed"] and active(r), "hecate-twod")
     twod_link = world.quadlet_dir / "hecate-twod.container"
     linked = os.lstat(twod_link).st_ino
     wait_for(lambda: script.passes() >= 2, 60)  # the script's look at the new file
+    wait_for(script.listening, 60)
     twod.unlink()
     listed(d, lambda rows: "hecate-twod" not in {r["name"] for r in rows})  # not installed
     wait_for(lambda: script.passes() >= 3, 60)  # and at the removal
