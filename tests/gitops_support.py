@@ -15,6 +15,7 @@ through ``$SYSTEMD_GENERATOR_PATH`` (systemd's own override), and so does hecate
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from systemd_support import UserManager, on_bus
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hecate-exampled.py"
 PYTHON = HECATED.parent / "python"
 TIMEOUT = 60.0
+_LOGS = itertools.count()  # one log file per hecated started in the module
 
 STAND_IN_QUADLET = r"""#!/bin/sh
 # A stand-in for podman's Quadlet generator, for hecated's gitops tests only.
@@ -100,7 +102,7 @@ class World:
         d.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
         d.env.pop("XDG_CONFIG_HOME", None)
         # Its own log: the module's tests share the manager's HOME, not their logs.
-        d.stderr_path = self.um.base / f"hecated-{id(self)}-{len(self.daemons)}.stderr"
+        d.stderr_path = self.um.base / f"hecated-{next(_LOGS)}.stderr"
         self.daemons.append(d)
         return d.start()
 
