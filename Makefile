@@ -4,7 +4,7 @@
 
 PYTHON ?= python3
 VENV   := .venv
-APT_PACKAGES := libsystemd-dev pkg-config systemd curl
+APT_PACKAGES := libsystemd-dev pkg-config systemd curl inotify-tools
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint format setup apt clean bench

@@ -46,6 +46,7 @@ from hecated.protocol import TUI_SOCKET, PluginStatus
 from hecated.wiring import (
     LiveUnits,
     OnDemandUnits,
+    Reconciling,
     Rescans,
     Watching,
     detours,
@@ -160,6 +161,10 @@ class Lifecycle:
         self.rescans = Rescans(self._rescan_pass)
         self.watching = Watching(self.registry, self.prober.socket_changed)
         self.units = LiveUnits(self.registry)  # the plugins' units, live (issue 20)
+        # The gitops tree linked into the user manager (issue 21): after the first answer.
+        self.gitops = Reconciling(
+            self.registry, config.section("units")["job_timeout"], **config.section("gitops")
+        )
         # On-demand start and idle stop of plugins' units (the forwarding wing's), over the
         # user manager; built with the full app (no forwarded request comes before it).
         self.starter = OnDemandUnits(config.section("units")["job_timeout"], self._adapters_now)
@@ -281,7 +286,7 @@ class Lifecycle:
             self._adapters_now()
         idle = self.config.idle_timeout
         # Not while a plugin's idle stop is due: exiting would lose it.
-        if idle and server.idle_for() >= idle and not self._idle_stop_due():
+        if idle and server.idle_for() >= idle and not self._idle_stop_due() and not self._busy():
             log.info("idle for %.0f s: exiting until the next connection", idle)
             server.shutdown()
 
@@ -301,6 +306,7 @@ class Lifecycle:
         self.registry.close()  # long polls answer now, so the workers can finish
         self.rescans.close()  # a pass under way finishes; waiters not covered get 503
         self.watching.stop()  # adapters stop here: the watcher, the units, then the prober
+        self.gitops.stop()  # a pass under way ends first (its waits are bounded)
         self.units.stop()
         self.prober.close()
         if self.server is not None:
@@ -334,6 +340,7 @@ class Lifecycle:
             announce = self._ready and not self._stopping
             if announce:
                 self.notifier.reloading()
+        self.gitops.request()  # the gitops tree looked at again too
         try:
             count = self.watching.rescan()
         except Exception:
@@ -363,6 +370,11 @@ class Lifecycle:
             self.registry, starter.start, IdleStops(starter.stop, starter.job_timeout)
         )
         return self.on_demand
+
+    def _busy(self) -> bool:
+        """The gitops reconciler has changes to reconcile: exiting now would drop them
+        until the next start (which would catch up, but later than the user asked)."""
+        return self.gitops.pending()
 
     def _idle_stop_due(self) -> bool:
         """A plugin's idle stop is due or runs: exiting idle now would lose it."""
@@ -401,6 +413,8 @@ class Lifecycle:
         if removed:
             log.info("removed %d temp file(s) left by a crashed writer", removed)
         self.registry.save_cache()
+        # The gitops tree first: it makes its directories before the watcher says it watches.
+        self.gitops.start()  # its first pass catches up, on its own thread
         self.watching.start()  # adapters start here, beside the watcher
         self.units.start()  # the units' states from the user manager's signals
         self.prober.start()  # the periodic socket probes

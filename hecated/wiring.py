@@ -262,3 +262,39 @@ class LiveUnits(_Once):
             lambda: UnitStatus(self.registry).start(),
             "cannot follow the plugins' units; statuses come from probes",
         )
+
+
+class Reconciling(_Once):
+    """The gitops reconciler (adapters/gitops, issue 21): the desired-state tree linked into
+    the user manager. Started after the first answer like the other adapters (its first
+    pass catches up with what changed while hecated was not running), closed in the
+    shutdown; while it has changes to reconcile, hecated does not exit idle."""
+
+    halt = "close"
+
+    def __init__(self, registry: Index, job_timeout: float, quiet: float) -> None:
+        super().__init__()
+        self.registry = registry
+        self.job_timeout = job_timeout
+        self.quiet = quiet
+
+    def start(self) -> None:
+        from hecated.adapters.gitops import Reconciler  # watchdog, jeepney: off the cold start
+        from hecated.adapters.unitcontrol import UserManager
+
+        self._start(
+            lambda: Reconciler(
+                self.registry, UserManager(job_timeout=self.job_timeout), quiet=self.quiet
+            ).start(),
+            f"cannot reconcile {self.registry.layout.gitops_dir}; installs as files wait",
+        )
+
+    def pending(self) -> bool:
+        part = self.part
+        return part is not None and part.pending
+
+    def request(self) -> None:
+        """A pass now, beside a rescan of the tree (SIGHUP, ``POST /api/rescan``)."""
+        part = self.part
+        if part is not None:
+            part.request()

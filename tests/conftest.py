@@ -233,6 +233,7 @@ MACHINE_WIDE = {
     "test_ondemand.py",
     "test_install_units.py",
     "test_install_e2e.py",
+    "test_gitops.py",
 }
 
 

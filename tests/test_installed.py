@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 
 from hecated.client import DesiredInfo, PluginSummary
 from hecated.core import config
-from hecated.core.errors import InvalidNameError, ReservedNameError
+from hecated.core.errors import InvalidNameError, ReservedNameError, StillRegisteredError
 from hecated.core.index import Index
 from hecated.core.installed import Installed, desired_of
 from hecated.core.layout import Layout
@@ -212,3 +212,14 @@ def test_the_sdk_reads_a_daemon_that_predates_installs() -> None:
     row = {"name": "a", "version": None, "description": None, "socket": "/s", "status": "stopped"}
     got = PluginSummary.from_json(row)
     assert got.installed is False and got.desired is None
+
+
+def test_an_installed_plugins_data_is_not_purged(index: Index, layout: Layout) -> None:
+    layout.ensure_namespace("hecate-traderd")
+    index.set_installed("hecate-traderd", TRADER)
+    with pytest.raises(StillRegisteredError, match="uninstall it"):
+        index.purge("hecate-traderd")
+    assert layout.namespace("hecate-traderd").is_dir()
+    index.set_installed("hecate-traderd", None)
+    index.purge("hecate-traderd")
+    assert not layout.namespace("hecate-traderd").exists()

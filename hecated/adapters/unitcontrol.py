@@ -122,6 +122,34 @@ class UserManager:
             raise JobFailed(unit, result, state)
         return JobOutcome(unit, result, state)
 
+    # -- for the gitops reconciler (adapters/gitops): added at the end, kept apart ----------
+
+    def reload(self, timeout: float | None = None) -> None:
+        """``systemctl --user daemon-reload``: Manager.Reload, which answers once the
+        manager has read every unit file again (generators, Quadlet's too, run first)."""
+        bound = self.job_timeout if timeout is None else timeout
+        bus = _bus()
+        with self._connection() as conn:
+            try:
+                reply = conn.send_and_get_reply(bus.manager_call("Reload"), timeout=bound)
+            except TimeoutError as exc:
+                raise SystemdUnavailable(f"the daemon-reload took over {bound:g} s") from exc
+            bus.unwrap(reply)
+
+    def needs_reload(self, unit: str) -> bool:
+        """The unit is loaded and its file changed since (NeedDaemonReload); loads nothing:
+        a unit not in memory reads its file afresh when it is next loaded."""
+        check_unit_name(unit)
+        bus = _bus()
+        with self._connection() as conn:
+            call = self._caller(conn, unit)
+            try:
+                (path,) = call(bus.manager_call("GetUnit", "s", unit))
+            except NoSuchUnit:
+                return False
+            (props,) = call(bus.get_all(path, bus.UNIT_IFACE))
+        return bool(bus.plain(props).get("NeedDaemonReload", False))
+
 
 def _wait_job(conn: Any, removed: collections.deque, job: str, bound: float) -> str | None:
     """The result JobRemoved gives ``job`` (done, failed, canceled, timeout, dependency,

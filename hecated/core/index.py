@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from hecated.core import manifest, startscan
-from hecated.core.errors import BusyError, NotFoundError, PluginRunningError, UnsafePathError
+from hecated.core.errors import (
+    BusyError,
+    NotFoundError,
+    PluginRunningError,
+    StillRegisteredError,
+    UnsafePathError,
+)
 from hecated.core.files import GroupCommit, opened
 from hecated.core.installed import Installed
 from hecated.core.layout import Layout
@@ -474,6 +480,12 @@ class Index:
                 # No pid file to refuse by: a discovered plugin is known alive by its socket.
                 raise PluginRunningError(
                     f"plugin {name!r} answers on its socket; stop it before purging its data"
+                )
+            installed = self.installed(name)
+            if installed is not None:  # its unit would start again into a missing namespace
+                raise StillRegisteredError(
+                    f"plugin {name!r} is installed by {installed.path}; uninstall it (remove "
+                    "that file) before purging its data"
                 )
             self.store.forget(name)
             with self.store.root() as root:

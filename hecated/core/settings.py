@@ -130,6 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--socket", shown="DATA_DIR/sockets/api.sock"),
     Setting("gitops_dir", path, None, "the desired-state tree (system/, apps/) hecated links "
             "into the user manager", env="HECATE_GITOPS_DIR", shown="DATA_DIR/../gitops"),
+    Setting("gitops_settle", number(0.001), 0.1, "seconds the gitops tree must be quiet before "
+            "it is reconciled (a burst of changes: one reload)", env="HECATE_GITOPS_SETTLE",
+            section="gitops", field="quiet"),
     Setting("log_level", level, "info", "log level", env="HECATE_LOG_LEVEL",
             choices=LOG_LEVELS),
     Setting("idle_timeout", off_if_zero(number()), None, "exit after this many idle seconds",

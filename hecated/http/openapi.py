@@ -526,7 +526,8 @@ RESPONSES: dict[str, Any] = {
     "MethodNotAllowed": _error("The method is not allowed on this path."),
     "Conflict": _error(
         "The tree refuses the operation: a symlink or non-directory in the way "
-        "(unsafe_path), still registered, or the plugin is running."
+        "(unsafe_path), still registered or installed (still_registered: a desired-state "
+        "file in the gitops tree installs it), or the plugin is running."
     ),
     "TooLarge": _error(f"The request body is over {MAX_BODY // 1024} KiB."),
     "UnsupportedMediaType": _error("The body is not sent as application/json."),

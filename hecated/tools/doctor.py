@@ -96,7 +96,9 @@ def diagnose(client: HecateClient) -> Report:
         reason = exc.reason
     else:
         layout = (
-            Layout(Path(health.data_dir), layout.socket_override) if health.data_dir else layout
+            Layout(Path(health.data_dir), layout.socket_override, layout.gitops_override)
+            if health.data_dir
+            else layout
         )
     report = Report(layout.root, client.socket_path)
     if config_problem:
@@ -121,7 +123,38 @@ def diagnose(client: HecateClient) -> Report:
         for name in sorted(os.listdir(layout.root)):
             _check_namespace(report, layout, name, answering=health is not None)
     _check_units(report)
+    _check_gitops(report, layout)
     return report
+
+
+def _check_gitops(report: Report, layout: Layout) -> None:
+    """The gitops tree's ``.container`` files need Quadlet (podman 4.4 or later): where it
+    is missing, they would be linked and make nothing, silently."""
+    from hecated.adapters.gitopsquadlet import quadlet_problem
+    from hecated.core.installed import SUBDIRS
+
+    containers = []
+    for sub in SUBDIRS:
+        folder = layout.gitops_dir / sub
+        try:
+            containers += sorted(n for n in os.listdir(folder) if n.endswith(".container"))
+        except OSError:
+            continue
+    if not containers:
+        return
+    problem = quadlet_problem()
+    what = f"{len(containers)} .container file(s) in {layout.gitops_dir}"
+    if problem is None:
+        report.add(OK, "gitops", f"{what}; Quadlet is installed")
+        return
+    report.add(
+        PROBLEM,
+        "gitops",
+        f"{what} cannot run: {problem} ({', '.join(containers)})",
+        "install podman 4.4 or later (Debian 13, or bookworm-backports), or ship the plugin "
+        "as a .service",
+        layout.gitops_dir,
+    )
 
 
 def _layout() -> tuple[Layout, str | None]:
@@ -185,6 +218,8 @@ def _check_namespace(report: Report, layout: Layout, name: str, answering: bool)
     if name.startswith(".") or (name == TUI_SOCKET and path.is_socket()):
         return  # hecate-tui's socket (hecate.socket's second path) is hecated's too
     primary = name == layout.primary_name
+    if not primary and name in layout.reserved_names:  # the gitops tree: _check_gitops
+        return
     if not primary and not layout.is_plugin_name(name):
         report.add(
             WARNING,

@@ -217,6 +217,8 @@ def main(directory: str | None, force: bool) -> int:
     try:
         executable = this_hecated()
         outcomes = install(target, executable, force, alias_dir)
+        if target == user_unit_dir():  # the service may write only where a dir is already
+            (target.parent.parent / "containers" / "systemd").mkdir(parents=True, exist_ok=True)
     except (InstallError, HecateError, OSError) as exc:
         print(f"hecated install-units: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,339 @@
+"""hecated reconciles the gitops tree into the user manager: install and remove as files.
+
+The ecosystem installs a plugin by putting its unit file into ``~/.hecate/gitops/``
+(``hecate install``) and runs a bash loop beside the registry,
+``hecate-reconciler.sh``, that links the files into the user manager's
+directories. This is that loop, inside the registry, with the same semantics
+(adapters/gitopslinks says which) so that both can run at once, and:
+
+- one ``daemon-reload`` per burst of changes (adapters/gitopswatch: a ``git pull``
+  that changes ten files reloads once), after the dangling links are gone (Quadlet's
+  generator aborts on any);
+- units whose file is new are started after the reload; a unit whose file is gone is
+  stopped before its link goes; an edited file is reloaded, not restarted (the
+  script does neither; a running plugin takes the new file at its next start,
+  ``hecatectl restart`` applies it now);
+- at start, whatever changed while hecated was not running: links made and removed,
+  and a reload when a loaded unit's file changed (its NeedDaemonReload), so a
+  socket-activated hecated catches up;
+- each installed plugin gets its namespace and is listed with its file
+  (``Index.set_installed``), registered or not, with a problem in words when its
+  file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
+  the way, no user manager (the links are made all the same, and the reload and
+  starts are owed until one answers).
+
+It never runs a unit file's command, never follows a link out of the tree, never
+touches a file in the unit directories that is not its own link into the tree,
+and never deletes a plugin's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hecated.adapters.gitopslinks import (
+    Plan,
+    UnitDirs,
+    Want,
+    config_home,
+    look,
+    make_link,
+    remove_link,
+    replace_link,
+    shown,
+    unit_of_link,
+)
+from hecated.adapters.gitopsquadlet import quadlet_problem
+from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
+from hecated.adapters.units import SystemdUnavailable, UnitError
+from hecated.core.errors import HecateError
+from hecated.core.index import Index
+from hecated.core.installed import SUBDIRS, Installed
+
+log = logging.getLogger("hecated.adapters.gitops")
+
+EVERY = 300.0  # a full look this often even when nothing was heard (the script's timeout)
+RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
+REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
+QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
+
+
+@dataclass
+class Pass:
+    """One reconciliation: the plan, and what was done of it."""
+
+    plan: Plan
+    touched: set[str]
+    new: list[Want] = field(default_factory=list)  # linked now: started after the reload
+    removed: list[Path] = field(default_factory=list)  # dangling links taken away
+    failed: dict[str, str] = field(default_factory=dict)  # plugin -> why its link failed
+    quadlet: str | None = None  # why no .container can run here (None: Quadlet is there)
+
+
+class Reconciler:
+    """Watches the gitops tree and keeps the unit directories and the manager in step.
+
+    ``manager``: an ``adapters.unitcontrol.UserManager`` (reload, needs_reload, start,
+    stop); ``dirs``: where links go (default: under ``$XDG_CONFIG_HOME``)."""
+
+    def __init__(
+        self,
+        registry: Index,
+        manager: Any,
+        dirs: UnitDirs | None = None,
+        quiet: float = QUIET,
+        longest: float = LONGEST,
+        every: float = EVERY,
+    ) -> None:
+        self.registry = registry
+        self.layout = registry.layout
+        self.gitops = registry.layout.gitops_dir
+        self.manager = manager
+        self.dirs = dirs or UnitDirs.of(config_home())
+        self.every = every
+        self.burst = Burst(quiet, max(longest, 3 * quiet))
+        self.watch = TreeWatch(self.gitops, self.burst.touch)
+        self.passes = 0
+        self.reloads = 0  # daemon-reloads this reconciler asked for
+        self._published: dict[str, Installed] = {}
+        self._first = True
+        self._owed_reload = False
+        self._owed_starts: set[str] = set()
+        self._away: str | None = None  # why the manager could not be reached last
+        self._retry_in = RETRY_FIRST
+        self._retry_at: float | None = None
+        self._quadlet: tuple[float, str | None] | None = None
+        self._warned: set[str] = set()
+        self._thread = threading.Thread(target=self._run, name="hecated-gitops", daemon=True)
+
+    # -- life --------------------------------------------------------------------------------
+
+    def start(self) -> Reconciler:
+        """The tree's directories made (as ``hecate install`` does), watched, then a pass."""
+        for folder in (self.gitops, *(self.gitops / sub for sub in SUBDIRS)):
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot make %s: %s", folder, exc)
+        self.watch.arm()
+        self.burst.now()
+        self._thread.start()
+        log.info("reconciling %s into %s", self.gitops, ", ".join(map(str, self.dirs.all())))
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """No pass starts after this; one under way gets ``timeout`` seconds to end (a start
+        job it waits for goes on in the manager all the same)."""
+        self.burst.close()
+        self.watch.stop()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def pending(self) -> bool:
+        """Changes heard and not yet reconciled, or a pass under way: not a time to exit."""
+        return self.burst.pending
+
+    def request(self) -> None:
+        """A pass now (a rescan: SIGHUP, ``POST /api/rescan``)."""
+        self.burst.now()
+
+    def _run(self) -> None:
+        next_look = time.monotonic() + self.every
+        while True:
+            until = next_look if self._retry_at is None else min(next_look, self._retry_at)
+            if not self.watch.current():  # no events can come: look again soon (a stat)
+                until = min(until, time.monotonic() + REARM)
+            touched = self.burst.take(until)
+            if touched is None:
+                return
+            try:
+                self.reconcile(touched)
+            except Exception:
+                log.exception("reconciling %s failed; the next change tries again", self.gitops)
+            finally:
+                self.burst.done()
+            next_look = time.monotonic() + self.every
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    def reconcile(self, touched: set[str]) -> Pass:
+        """Look, remove what dangles (units stopped first), link what is wanted, publish,
+        then one reload and the new units' starts when anything changed."""
+        self.watch.arm()  # the tree replaced as a whole: watch the new one (read below)
+        p = Pass(look(self.layout, self.dirs), touched)
+        self._warn_refused(p.plan)
+        self._remove(p)
+        self._link(p)
+        if any(w.desired.kind == "container" for w in p.plan.wants.values()):
+            p.quadlet = self._quadlet_problem()
+        self._publish(p)
+        if p.removed or p.new or self._edited(p) or self._owed_reload or self._stale(p):
+            self._reload_then_start(p)
+        self._first = False
+        self._publish(p)
+        self.passes += 1
+        return p
+
+    def _remove(self, p: Pass) -> None:
+        for dest in p.plan.dangling:
+            unit = unit_of_link(dest)
+            if unit is not None:
+                self._stop(unit)
+            if remove_link(dest, self.gitops):
+                log.info("removed %s (its file left the gitops tree)", dest)
+                p.removed.append(dest)
+
+    def _stop(self, unit: str) -> None:
+        try:
+            self.manager.stop(unit)
+            log.info("stopped %s: its file left the gitops tree", unit)
+        except SystemdUnavailable as exc:
+            self._away = str(exc)
+        except UnitError as exc:  # not loaded, or the stop failed: the link goes all the same
+            log.debug("stopping %s: %s", unit, exc)
+
+    def _link(self, p: Pass) -> None:
+        for want, do in [(w, make_link) for w in p.plan.make] + [
+            (w, replace_link) for w in p.plan.replace
+        ]:
+            name = want.desired.name
+            try:
+                done = do(want, self.gitops)
+            except OSError as exc:
+                p.failed[name] = f"cannot link it into {shown(want.dest.parent)}: {exc.strerror}"
+                log.warning("cannot link %s to %s: %s", want.dest, want.src, exc)
+                continue
+            if done:
+                log.info("linked %s -> %s", want.dest, want.src)
+                p.new.append(want)
+            else:
+                p.plan.blocked[name] = want
+
+    def _edited(self, p: Pass) -> bool:
+        """A linked file changed since the last pass (not one linked just now)."""
+        new = {w.src for w in p.new}
+        return any(
+            w.src in p.touched and w.src not in new and n not in p.plan.blocked
+            for n, w in p.plan.wants.items()
+        )
+
+    def _stale(self, p: Pass) -> bool:
+        """At start only: a loaded unit's file changed while hecated was not running."""
+        if not self._first:
+            return False
+        new = {w.src for w in p.new}
+        for name, want in p.plan.wants.items():
+            if want.src in new or name in p.plan.blocked:
+                continue
+            try:
+                if self.manager.needs_reload(want.desired.unit):
+                    return True
+            except UnitError as exc:
+                log.debug("asking whether %s needs a reload: %s", want.desired.unit, exc)
+                return isinstance(exc, SystemdUnavailable)
+        return False
+
+    def _quadlet_problem(self) -> str | None:
+        now = time.monotonic()
+        if self._quadlet is None or now - self._quadlet[0] > QUADLET_FOR:
+            self._quadlet = (now, quadlet_problem())
+        return self._quadlet[1]
+
+    def _warn_refused(self, plan: Plan) -> None:
+        for path, why in plan.refused.items():
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("%s is not linked: its name is no plugin's (%s)", path, why)
+
+    # -- the manager ---------------------------------------------------------------------------
+
+    def _reload_then_start(self, p: Pass) -> None:
+        starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
+        wanted = {w.desired.unit for w in p.plan.wants.values() if not _cannot_run(w, p)}
+        starts &= wanted
+        try:
+            self.manager.reload()
+        except UnitError as exc:
+            self._owe(starts, exc)
+            return
+        self.reloads += 1
+        self._back()
+        log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
+        for unit in sorted(starts):
+            try:
+                self.manager.start(unit)
+                log.info("started %s: its file is new in the gitops tree", unit)
+            except SystemdUnavailable as exc:
+                self._owe({unit}, exc)
+            except UnitError as exc:
+                log.warning("starting %s failed: %s", unit, exc)
+
+    def _owe(self, starts: set[str], exc: Exception) -> None:
+        """The reload (and these starts) are owed: tried again, later and later, until the
+        manager answers."""
+        self._owed_reload = True
+        self._owed_starts |= starts
+        if self._away is None:
+            log.warning("the user manager did not reload: %s; retrying until it does", exc)
+        self._away = str(exc)
+        self._retry_at = time.monotonic() + self._retry_in
+        self._retry_in = min(self._retry_in * 2, RETRY_MOST)
+
+    def _back(self) -> None:
+        if self._away is not None:
+            log.info("the user manager answers again: what was owed is done")
+        self._away, self._owed_reload, self._owed_starts = None, False, set()
+        self._retry_in, self._retry_at = RETRY_FIRST, None
+
+    # -- the index -----------------------------------------------------------------------------
+
+    def _publish(self, p: Pass) -> None:
+        """Each plugin's ``Installed`` into the index, its namespace made first; a plugin
+        whose file went is published as not installed (its data stays)."""
+        now = {name: self._installed(name, want, p) for name, want in p.plan.wants.items()}
+        for name, want in p.plan.not_regular.items():
+            now[name] = _entry(
+                want,
+                f"{shown(want.src)} is not a regular file: hecated links "
+                "only regular files of the gitops tree, never a symlink",
+            )
+        for name in sorted(now.keys() - self._published.keys()):
+            try:
+                self.layout.ensure_namespace(name)
+            except (OSError, HecateError) as exc:  # a file, a link or another user's in the way
+                log.warning("cannot make the namespace of %s: %s", name, exc)
+        for name in sorted(now):
+            self.registry.set_installed(name, now[name])
+        for name in sorted(self._published.keys() - now.keys()):
+            self.registry.set_installed(name, None)
+        self._published = now
+
+    def _installed(self, name: str, want: Want, p: Pass) -> Installed:
+        if name in p.plan.blocked:
+            dest = shown(p.plan.blocked[name].dest)
+            return _entry(want, f"a file that is not hecated's link is in the way: {dest}")
+        if name in p.failed:
+            return _entry(want, p.failed[name])
+        if want.desired.kind == "container" and p.quadlet:
+            return _entry(want, p.quadlet, linked=True)
+        if self._away is not None:
+            why = f"linked, but no systemd user manager has loaded it ({self._away}); " + (
+                "hecated tries again until one answers"
+            )
+            return _entry(want, why, linked=True)
+        return _entry(want, None, linked=True)
+
+
+def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
+    d = want.desired
+    return Installed(d.path, d.kind, d.unit, linked, problem)
+
+
+def _cannot_run(want: Want, p: Pass) -> bool:
+    return want.desired.kind == "container" and p.quadlet is not None
