@@ -24,6 +24,8 @@ from hecated.http.hooks import Detours
 from hecated.http.units import LogDetour
 
 if TYPE_CHECKING:
+    from hecated.adapters.unitcontrol import JobOutcome
+    from hecated.core.status import UnitFinding
     from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
@@ -142,20 +144,24 @@ class OnDemandUnits:
         self.job_timeout = job_timeout
         self.before_start = before_start
 
-    def start(self, unit: str, timeout: float) -> None:
+    def start(self, unit: str, timeout: float) -> UnitFinding | None:
+        """Started; the unit's state just after the job (the wing tells from it a unit
+        that ends right after its start job was done)."""
+        from hecated.adapters.unitstatus import unit_finding  # off the cold-start path
+
         self.before_start()
-        self._job("start", unit, min(timeout, self.job_timeout))
+        return unit_finding(self._job("start", unit, min(timeout, self.job_timeout)).state)
 
     def stop(self, unit: str, timeout: float) -> None:
         self._job("stop", unit, min(timeout, self.job_timeout))
 
-    def _job(self, action: str, unit: str, timeout: float) -> None:
+    def _job(self, action: str, unit: str, timeout: float) -> JobOutcome:
         from hecated.adapters import units  # off the cold-start path, like jeepney itself
         from hecated.adapters.unitcontrol import UserManager
         from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
 
         try:
-            getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
+            return getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
         except units.JobTimeout:
             raise PluginTimeoutError(
                 f"the plugin is not running, and the {action} job of its unit {unit} did not "

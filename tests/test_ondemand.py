@@ -69,6 +69,32 @@ Server(path, Handler).serve_forever()
 """
 
 
+# A plugin whose own /health says 503 (it is not well, it says), while every other path
+# answers 200: ExecStart=python THIS NAMESPACE_DIR.
+SICKLY = """
+import os, sys, socketserver
+from http.server import BaseHTTPRequestHandler
+sockets = os.path.join(sys.argv[1], "sockets")
+os.makedirs(sockets, exist_ok=True)
+path = os.path.join(sockets, "api.sock")
+if os.path.exists(path):
+    os.unlink(path)
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        status, body = (503, b'{"ok": false}') if self.path == "/health" else (200, b'{"mine": 1}')
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+Server(path, Handler).serve_forever()
+"""
+
+
 class Jobs:
     """The manager's ``JobNew`` signals, from its side of the bus."""
 
@@ -135,6 +161,23 @@ class World:
         (self.um.unit_dir / unit).write_text(
             f"[Service]\nExecStart={sys.executable} {script} {namespace}\n"
         )
+        self.units.append(unit)
+        self.um.systemctl("daemon-reload")
+        return unit
+
+    def script(self, name: str, text: str) -> str:
+        """A plugin script of the test's own as ``name.service`` (it does not register)."""
+        script = self.um.home / f"{name}.py"
+        script.write_text(text)
+        return self.raw(
+            name, f"ExecStart={sys.executable} {script} {self.um.home}/.hecate/{name}\n"
+        )
+
+    def raw(self, name: str, service: str) -> str:
+        """``name.service`` with this [Service] section."""
+        unit = f"{name}.service"
+        self.um.unit_dir.mkdir(parents=True, exist_ok=True)
+        (self.um.unit_dir / unit).write_text(f"[Service]\n{service}")
         self.units.append(unit)
         self.um.systemctl("daemon-reload")
         return unit
@@ -306,3 +349,31 @@ def test_an_open_stream_keeps_the_plugin_up_and_its_end_starts_the_idle_clock(
     except AssertionError:
         raise AssertionError(d.log()) from None
     assert "hecate-streamd: unused; stopping" in d.log()
+
+
+def test_a_plugin_that_accepts_but_calls_itself_unwell_is_forwarded_to(world: World) -> None:
+    """Its /health answers 503 (a ``refusing`` finding): something accepts, so the held
+    request goes on and the plugin answers for itself (before: held until the 30 s
+    first-byte timeout, then 504)."""
+    name = "hecate-sicklyd"
+    unit = world.script(name, SICKLY)
+    d = world.hecated()
+    world.register(name)
+    status, body = world.forward(name, "/anything")
+    assert (status, body) == (200, {"mine": 1}), (status, body, d.log())
+    assert world.jobs.started(unit) == 1
+
+
+def test_a_unit_that_dies_right_after_its_start_fails_fast(world: World) -> None:
+    """The start job says done (Type=simple: the fork is enough), then the process exits 1:
+    502 unit_failed with the unit's reason, as control answers, as soon as the manager
+    says so (before: held until the 30 s first-byte timeout, then 504)."""
+    name = "hecate-shortd"
+    unit = world.raw(name, "ExecStart=/bin/sh -c 'exit 1'\n")
+    d = world.hecated()
+    world.register(name)
+    status, body = world.forward(name)
+    assert (status, body["code"]) == (502, "unit_failed"), (body, d.log())
+    assert "exited with status 1" in body["error"], body
+    assert body["state"]["active_state"] == "failed" and body["result"] == "exit-code", body
+    assert world.jobs.started(unit) == 1
