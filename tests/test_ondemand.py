@@ -12,6 +12,9 @@ state (a unit inactive, hecated exited), never a sleep.
 from __future__ import annotations
 
 import collections
+import http.client
+import os
+import queue
 import shutil
 import sys
 import threading
@@ -55,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for i in range(10000):
-                data = ("data: %d\\n\\n" % i).encode()
+                data = ("data: %d %d\\n\\n" % (os.getpid(), i)).encode()
                 self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
                 self.wfile.flush()
                 time.sleep(0.2)
@@ -151,15 +154,16 @@ class World:
         self.um.systemctl("daemon-reload")
         return unit
 
-    def streamer(self, name: str) -> str:
-        """A streaming plugin as ``name.service`` (it does not register itself)."""
+    def streamer(self, name: str, extra: str = "") -> str:
+        """A streaming plugin as ``name.service`` (it does not register itself); each
+        event says which process sent it."""
         script = self.um.home / "streamer.py"
         script.write_text(STREAMER)
         namespace = self.um.home / ".hecate" / name
         unit = f"{name}.service"
         self.um.unit_dir.mkdir(parents=True, exist_ok=True)
         (self.um.unit_dir / unit).write_text(
-            f"[Service]\nExecStart={sys.executable} {script} {namespace}\n"
+            f"[Service]\nExecStart={sys.executable} {script} {namespace}\n{extra}"
         )
         self.units.append(unit)
         self.um.systemctl("daemon-reload")
@@ -377,3 +381,67 @@ def test_a_unit_that_dies_right_after_its_start_fails_fast(world: World) -> None
     assert "exited with status 1" in body["error"], body
     assert body["state"]["active_state"] == "failed" and body["result"] == "exit-code", body
     assert world.jobs.started(unit) == 1
+
+
+def events_of(resp: Any) -> Iterator[tuple[int, int]]:
+    """(pid, number) of each event of a streamed answer, until it ends (or is cut)."""
+    buffer = b""
+    while True:
+        try:
+            piece = resp.read1(4096)
+        except (OSError, http.client.HTTPException):
+            return
+        if not piece:
+            return
+        buffer += piece
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            pid, number = event.removeprefix(b"data: ").split()
+            yield int(pid), int(number)
+
+
+def test_a_request_that_comes_while_its_idle_stop_runs_is_not_cut(world: World) -> None:
+    """The idle stop's job is under way (its ExecStop waits on a fifo the test holds) and
+    the plugin still accepts: a forwarded stream that came now waits for the stop, then
+    starts the plugin again, and is served by the new process (before: it connected to
+    the old one at once, and the stop cut it). Only the first stop waits on the fifo."""
+    name = "hecate-stopperd"
+    fifo = world.um.home / "go.fifo"
+    os.mkfifo(fifo)
+    stopping = world.um.home / "stopping"
+    unit = world.streamer(
+        name,
+        f"ExecStop=/bin/sh -c '[ -e {stopping} ] || {{ touch {stopping}; read x < {fifo}; }}'\n",
+    )
+    d = world.hecated()
+    world.register(name, "idle_stop_after = 0.5\n")
+    assert world.forward(name)[0] == 200  # started on demand; then unused: the stop comes
+    old = int(world.um.prop(unit, "MainPID"))
+    wait_for(lambda: stopping.exists(), timeout=30)  # the stop job runs; the plugin too
+    answers: queue.Queue = queue.Queue()
+    conn = UnixHTTPConnection(d.socket, timeout=30)
+
+    def ask() -> None:
+        conn.request("GET", f"/plugin/{name}/stream")
+        answers.put(conn.getresponse())
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        # Either it was answered at once (the defect), or it waits for the stop (the fix).
+        wait_for(lambda: not answers.empty() or "waits for its idle stop" in d.log(), 30)
+        with fifo.open("w") as go:  # the stop goes on: SIGTERM to the old process
+            go.write("go\n")
+        wait_for(lambda: not os.path.exists(f"/proc/{old}"), timeout=30)
+        resp = answers.get(timeout=30)
+        assert resp.status == 200
+        pids = set()
+        for pid, _ in events_of(resp):
+            pids.add(pid)
+            if pid != old:
+                break
+        assert pids and old not in pids, f"the stream ran on the stopped process: {d.log()}"
+        assert world.active(unit) == "active"
+        resp.close()
+    finally:
+        conn.close()

@@ -118,6 +118,26 @@ class OnDemand:
     def plan(self, namespace: str) -> Plan:
         return plan_of(self.index.get(namespace))
 
+    def in_use(self, namespace: str, timeout: float) -> Callable[[], None]:
+        """A forwarded request to ``namespace`` begins: it counts as open for the idle
+        stop until what is returned is called, and it waits (at most ``timeout``) for an
+        idle stop of it that is under way, which would otherwise cut it (``settle``)."""
+        plan = self.plan(namespace)
+        ended = _nothing
+        if plan.unit is not None and plan.idle_stop_after is not None:
+            ended = self.idle.begin(namespace, plan.unit, plan.idle_stop_after)
+        try:
+            self.idle.settle(namespace, timeout)
+        except TimeoutError:
+            ended()
+            raise PluginTimeoutError(
+                f"plugin {namespace!r} is being stopped (idle), and the stop did not end in time"
+            ) from None
+        except BaseException:
+            ended()
+            raise
+        return ended
+
     def _changed(self, change: Any) -> None:
         """The change feed (told under the name's lock): wake whoever waits on that name."""
         with self._cond:
@@ -294,6 +314,10 @@ def _ended(namespace: str, unit: str, after: UnitFinding | None, now: UnitFindin
         ended.result,
         ended.as_dict(),
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 def _again(error: HecateError) -> HecateError:
