@@ -318,8 +318,10 @@ def test_a_unit_that_fails_to_start_answers_502_with_the_reason(world: World) ->
     world.hecated()
     world.register(name)
     status, body = world.forward(name)
-    assert status == 502 and body["code"] == "plugin_unreachable", body
-    assert "could not be started" in body["error"] and "failed" in body["error"], body
+    # As the control route answers: the job's result and the unit's state, in the body.
+    assert (status, body["code"], body["result"]) == (502, "unit_failed", "failed"), body
+    assert "job failed" in body["error"], body
+    assert body["state"]["active_state"] == "failed" and isinstance(body["logs"], list)
     assert world.jobs.started(unit) == 1
 
 

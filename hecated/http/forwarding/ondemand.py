@@ -35,7 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hecated.core.errors import BusyError, HecateError, UnitFailedError
+from hecated.core.errors import (
+    BusyError,
+    HecateError,
+    InvalidUnitError,
+    NoUnitError,
+    UnitFailedError,
+)
 from hecated.core.status import SocketFinding, SocketKind, UnitFinding
 from hecated.core.units import unit_of
 from hecated.http.forwarding.errors import (
@@ -221,7 +227,10 @@ class OnDemand:
                 after = self._start_unit(unit, max(0.001, left))
             except HecateError as exc:
                 log.warning("%s: starting %s on demand failed: %s", namespace, unit, exc.message)
-                raise
+                answer = _for_request(namespace, exc)
+                if answer is exc:
+                    raise
+                raise answer from exc
         finally:
             guard.__exit__(None, None, None)
         return self._until_answering(start, namespace, unit, connect, deadline, after)
@@ -314,6 +323,17 @@ def _ended(namespace: str, unit: str, after: UnitFinding | None, now: UnitFindin
         ended.result,
         ended.as_dict(),
     )
+
+
+def _for_request(namespace: str, error: HecateError) -> HecateError:
+    """A start's failure as the forwarded request's answer: no unit to start (none in the
+    manager, or a name that is none) leaves the plain ``502 plugin_unreachable`` the
+    request had without on-demand start; the rest are answered as the control routes
+    answer them (``502 unit_failed`` with the reason and the plugin's last lines, ``503
+    systemd_unavailable``)."""
+    if isinstance(error, (NoUnitError, InvalidUnitError)):
+        return PluginUnreachableError(f"plugin {namespace!r} is not running, and {error.message}")
+    return error
 
 
 def _nothing() -> None:
