@@ -447,3 +447,24 @@ def test_a_request_that_comes_while_its_idle_stop_runs_is_not_cut(world: World) 
         resp.close()
     finally:
         conn.close()
+
+
+def test_a_plugin_that_left_its_socket_file_behind_is_waited_for_all_the_same(
+    world: World,
+) -> None:
+    """The streamer leaves its socket file when it is stopped (SIGTERM ends it at once),
+    so hecated's last finding still says ``answering`` (nothing probes a socket file that
+    stays), and its next start binds the same path again: a finding equal to the last,
+    no change in the index. The held request must see it come up all the same (before:
+    held until the first-byte timeout, as no change ever woke it)."""
+    name = "hecate-leftoverd"
+    unit = world.streamer(name)
+    d = world.hecated()
+    world.register(name)
+    assert world.forward(name, "/health")[0] == 200  # started on demand
+    wait_for(lambda: d.request("GET", f"/api/plugins/{name}")[2]["status"] == "running")
+    world.um.systemctl("stop", unit)  # by hand, not through hecated
+    assert (world.um.home / ".hecate" / name / "sockets" / "api.sock").exists()
+    status, body = world.forward(name, "/health")
+    assert status == 200, (body, d.log())
+    assert world.jobs.started(unit) == 3  # start, the stop by hand, start

@@ -62,6 +62,12 @@ Starter = Callable[[str, float], UnitFinding | None]
 
 # What a unit that has ended is in: after its start job was done, the plugin is not coming.
 ENDED = frozenset({"failed", "inactive"})
+# Socket findings that say something accepts: the held requests may go on.
+ACCEPTING = frozenset({SocketKind.ANSWERING, SocketKind.REFUSING})
+# A stale accepting finding (the connect refused): looked at again after this many seconds,
+# doubling, besides each change.
+STALE_FIRST = 0.01
+STALE_MAX = 0.5
 
 
 class _Index(Protocol):
@@ -246,22 +252,35 @@ class OnDemand:
     ) -> socket.socket:
         """Each change of ``namespace`` (a pid file, a finding, its unit): accepting yet?
         Ended? A finding left from before the start may say either still: the connect
-        tells the first, ``_ended`` the second. At the deadline, one last connect."""
+        tells the first, ``_ended`` the second. At the deadline, one last connect.
+
+        A finding that says something accepts while the connect is refused is stale (a
+        plugin killed with its socket file left in place: nothing probes a file that
+        stays), and the plugin's coming up may then change nothing in the index (the
+        same path bound again, the same finding): such a wait also looks again after a
+        short pause, doubling from ``STALE_FIRST`` to ``STALE_MAX`` seconds."""
         timeout = deadline - time.monotonic()
+        pause = STALE_FIRST
         while True:
             with self._cond:
                 seen = start.changes
-            sock = _if_accepting(self.index.finding(namespace), connect, deadline)
+            found = self.index.finding(namespace)
+            sock = _if_accepting(found, connect, deadline)
             if sock is not None:
                 return sock
             _ended(namespace, unit, after, self.index.unit(namespace))
+            stale = found is not None and found.kind in ACCEPTING
             with self._cond:
                 left = deadline - time.monotonic()
-                woken = left > 0 and self._cond.wait_for(
-                    lambda seen=seen: start.changes != seen or self._closed, left
-                )
+                if left > 0:
+                    self._cond.wait_for(
+                        lambda seen=seen: start.changes != seen or self._closed,
+                        min(left, pause) if stale else left,
+                    )
                 closed = self._closed
-            if closed or not woken:
+            if stale:
+                pause = min(pause * 2, STALE_MAX)
+            if closed or deadline - time.monotonic() <= 0:
                 return self._last_try(namespace, unit, connect, timeout)
 
     def _last_try(
@@ -297,7 +316,7 @@ def _if_accepting(
 ) -> socket.socket | None:
     """A connected socket when the last finding says something accepts (answering; or
     refusing: its /health said no, and it answers the request for itself); else None."""
-    if found is None or found.kind not in (SocketKind.ANSWERING, SocketKind.REFUSING):
+    if found is None or found.kind not in ACCEPTING:
         return None
     try:
         return _patiently(connect, deadline)
