@@ -593,3 +593,32 @@ def test_a_hung_manager_does_not_hold_the_watcher(um, control, published) -> Non
         assert published.wait(other, lambda s: s is not None, mark).active_state == "inactive"
     finally:
         watcher.close()
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_set_changed_while_the_watcher_reads_is_not_lost(um, published) -> None:
+    """``watch`` while the session reads the units of the last set (its wake-up consumed
+    by a call's receive): the new set is read once that reading is done, not when some
+    later signal happens to come (before: the loop went back to a blocking receive and,
+    the units being quiet, the new unit was never read; seen with 10 plugins registering
+    at once in bench/unit_idle.py)."""
+    names = [f"hecate-quiet{i:02d}.service" for i in range(30)]
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:  # active and quiet: no process, no signal while they are read
+        (um.unit_dir / name).write_text(
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+        )
+        um.made.append(name)  # type: ignore[attr-defined]
+    um.systemctl("daemon-reload")
+    um.systemctl("start", *names)
+    watcher = UnitWatcher(published, address=um.bus_address).start()
+    try:
+        wait_for(lambda: watcher.connected, timeout=TIMEOUT)
+        watcher.watch(names[:-1])
+        assert published.wait(names[0], active)  # reading the 29 has begun
+        watcher.watch(names)  # while it reads the other 28
+        assert published.wait(names[-1], active)
+    finally:
+        watcher.close()

@@ -83,7 +83,10 @@ class Session:
         log.info("unit watcher: following the user manager's signals")
         self.sync()
         while True:
-            if self.woken:
+            # A loop, not an if: a wake-up that came while ``sync`` read (its interrupt
+            # consumed by a call's receive) must be acted on now, never left for the
+            # blocking receive below, which would wait for a signal that may not come.
+            while self.woken:
                 self.woken = False
                 self.sync()
             msg = self.pending.popleft() if self.pending else self.receive()
