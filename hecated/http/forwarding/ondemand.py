@@ -56,8 +56,8 @@ __all__ = ["OnDemand", "Plan", "Starter", "plan_of"]
 log = logging.getLogger("hecated.http.forwarding")
 
 # start(unit, timeout): returns once the start job is done, with the unit's state just
-# after it (None: not known), or raises a HecateError saying why not in a sentence (the
-# daemon maps the unit adapter's exceptions).
+# after it (None: not known), or raises the core error the control routes answer with
+# (the daemon's SystemdUnits.job: unit_failed, no_unit, systemd_unavailable...).
 Starter = Callable[[str, float], UnitFinding | None]
 
 # What a unit that has ended is in: after its start job was done, the plugin is not coming.
