@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hecated.core.config import Config
-from hecated.core.errors import BusyError, SystemdUnavailableError
+from hecated.core.errors import BusyError
 from hecated.core.index import Index
 from hecated.http.events import EventDetour
 from hecated.http.forwarding.edge import Edge
@@ -25,12 +25,12 @@ from hecated.http.hooks import Detours
 from hecated.http.units import LogDetour
 
 if TYPE_CHECKING:
+    from hecated.adapters.unitapi import SystemdUnits
+    from hecated.core.status import UnitFinding
     from hecated.http.install import UnitVerifier
     from hecated.http.units import UnitControl
 
 log = logging.getLogger("hecated")
-
-_DONE = {"start": "started", "stop": "stopped"}
 
 
 def plugin_units(config: Config) -> UnitControl:
@@ -141,50 +141,30 @@ class Rescans:
 
 
 class OnDemandUnits:
-    """The wing's starter and stopper, over the user manager (``adapters/unitcontrol``).
-
-    The wing may not import adapters: the unit adapter's exceptions become the wing's
-    errors here: a unit that cannot be started leaves the request the ``502
-    plugin_unreachable`` it would have had anyway, with why in its sentence (a job that
-    does not end in time: ``504``; no user manager at all: ``503 systemd_unavailable``).
-    """
+    """The wing's starter and stopper: the control routes' own unit calls
+    (``adapters/unitapi.SystemdUnits.job``), so the adapter's exceptions become core
+    errors in one place; the wing decides what each means for a forwarded request."""
 
     def __init__(self, job_timeout: float, before_start: Callable[[], None]) -> None:
         self.job_timeout = job_timeout
         self.before_start = before_start
+        self._units: SystemdUnits | None = None
 
-    def start(self, unit: str, timeout: float) -> None:
+    def start(self, unit: str, timeout: float) -> UnitFinding | None:
+        """Started; the unit's state just after the job (the wing tells from it a unit
+        that ends right after its start job was done)."""
         self.before_start()
-        self._job("start", unit, min(timeout, self.job_timeout))
+        return self._control().job("start", unit, min(timeout, self.job_timeout))
 
     def stop(self, unit: str, timeout: float) -> None:
-        self._job("stop", unit, min(timeout, self.job_timeout))
+        self._control().job("stop", unit, min(timeout, self.job_timeout))
 
-    def _job(self, action: str, unit: str, timeout: float) -> None:
-        from hecated.adapters import units  # off the cold-start path, like jeepney itself
-        from hecated.adapters.unitcontrol import UserManager
-        from hecated.http.forwarding.errors import PluginTimeoutError, PluginUnreachableError
+    def _control(self) -> SystemdUnits:
+        if self._units is None:  # jeepney loads with it, off the cold-start path
+            from hecated.adapters.unitapi import SystemdUnits
 
-        try:
-            getattr(UserManager(job_timeout=self.job_timeout), action)(unit, timeout=timeout)
-        except units.JobTimeout:
-            raise PluginTimeoutError(
-                f"the plugin is not running, and the {action} job of its unit {unit} did not "
-                f"end within {timeout:g} s"
-            ) from None
-        except units.NoSuchUnit:
-            raise PluginUnreachableError(
-                f"the plugin is not running, and the user manager has no unit {unit} to "
-                f'{action} it (name one with unit = "NAME.service" in its plugin.toml)'
-            ) from None
-        except units.SystemdUnavailable as exc:
-            raise SystemdUnavailableError(
-                f"the plugin is not running, and no systemd user manager can start it: {exc}"
-            ) from None
-        except units.UnitError as exc:  # JobFailed, InvalidUnitName
-            raise PluginUnreachableError(
-                f"the plugin is not running; its unit {unit} could not be {_DONE[action]}: {exc}"
-            ) from None
+            self._units = SystemdUnits(self.job_timeout)
+        return self._units
 
 
 class _Once:

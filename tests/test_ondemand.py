@@ -12,6 +12,9 @@ state (a unit inactive, hecated exited), never a sleep.
 from __future__ import annotations
 
 import collections
+import http.client
+import os
+import queue
 import shutil
 import sys
 import threading
@@ -55,12 +58,38 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for i in range(10000):
-                data = ("data: %d\\n\\n" % i).encode()
+                data = ("data: %d %d\\n\\n" % (os.getpid(), i)).encode()
                 self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
                 self.wfile.flush()
                 time.sleep(0.2)
         except OSError:
             pass
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+Server(path, Handler).serve_forever()
+"""
+
+
+# A plugin whose own /health says 503 (it is not well, it says), while every other path
+# answers 200: ExecStart=python THIS NAMESPACE_DIR.
+SICKLY = """
+import os, sys, socketserver
+from http.server import BaseHTTPRequestHandler
+sockets = os.path.join(sys.argv[1], "sockets")
+os.makedirs(sockets, exist_ok=True)
+path = os.path.join(sockets, "api.sock")
+if os.path.exists(path):
+    os.unlink(path)
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        status, body = (503, b'{"ok": false}') if self.path == "/health" else (200, b'{"mine": 1}')
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def log_message(self, *args):
         pass
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -125,16 +154,34 @@ class World:
         self.um.systemctl("daemon-reload")
         return unit
 
-    def streamer(self, name: str) -> str:
-        """A streaming plugin as ``name.service`` (it does not register itself)."""
+    def streamer(self, name: str, extra: str = "") -> str:
+        """A streaming plugin as ``name.service`` (it does not register itself); each
+        event says which process sent it."""
         script = self.um.home / "streamer.py"
         script.write_text(STREAMER)
         namespace = self.um.home / ".hecate" / name
         unit = f"{name}.service"
         self.um.unit_dir.mkdir(parents=True, exist_ok=True)
         (self.um.unit_dir / unit).write_text(
-            f"[Service]\nExecStart={sys.executable} {script} {namespace}\n"
+            f"[Service]\nExecStart={sys.executable} {script} {namespace}\n{extra}"
         )
+        self.units.append(unit)
+        self.um.systemctl("daemon-reload")
+        return unit
+
+    def script(self, name: str, text: str) -> str:
+        """A plugin script of the test's own as ``name.service`` (it does not register)."""
+        script = self.um.home / f"{name}.py"
+        script.write_text(text)
+        return self.raw(
+            name, f"ExecStart={sys.executable} {script} {self.um.home}/.hecate/{name}\n"
+        )
+
+    def raw(self, name: str, service: str) -> str:
+        """``name.service`` with this [Service] section."""
+        unit = f"{name}.service"
+        self.um.unit_dir.mkdir(parents=True, exist_ok=True)
+        (self.um.unit_dir / unit).write_text(f"[Service]\n{service}")
         self.units.append(unit)
         self.um.systemctl("daemon-reload")
         return unit
@@ -271,8 +318,10 @@ def test_a_unit_that_fails_to_start_answers_502_with_the_reason(world: World) ->
     world.hecated()
     world.register(name)
     status, body = world.forward(name)
-    assert status == 502 and body["code"] == "plugin_unreachable", body
-    assert "could not be started" in body["error"] and "failed" in body["error"], body
+    # As the control route answers: the job's result and the unit's state, in the body.
+    assert (status, body["code"], body["result"]) == (502, "unit_failed", "failed"), body
+    assert "job failed" in body["error"], body
+    assert body["state"]["active_state"] == "failed" and isinstance(body["logs"], list)
     assert world.jobs.started(unit) == 1
 
 
@@ -306,3 +355,116 @@ def test_an_open_stream_keeps_the_plugin_up_and_its_end_starts_the_idle_clock(
     except AssertionError:
         raise AssertionError(d.log()) from None
     assert "hecate-streamd: unused; stopping" in d.log()
+
+
+def test_a_plugin_that_accepts_but_calls_itself_unwell_is_forwarded_to(world: World) -> None:
+    """Its /health answers 503 (a ``refusing`` finding): something accepts, so the held
+    request goes on and the plugin answers for itself (before: held until the 30 s
+    first-byte timeout, then 504)."""
+    name = "hecate-sicklyd"
+    unit = world.script(name, SICKLY)
+    d = world.hecated()
+    world.register(name)
+    status, body = world.forward(name, "/anything")
+    assert (status, body) == (200, {"mine": 1}), (status, body, d.log())
+    assert world.jobs.started(unit) == 1
+
+
+def test_a_unit_that_dies_right_after_its_start_fails_fast(world: World) -> None:
+    """The start job says done (Type=simple: the fork is enough), then the process exits 1:
+    502 unit_failed with the unit's reason, as control answers, as soon as the manager
+    says so (before: held until the 30 s first-byte timeout, then 504)."""
+    name = "hecate-shortd"
+    unit = world.raw(name, "ExecStart=/bin/sh -c 'exit 1'\n")
+    d = world.hecated()
+    world.register(name)
+    status, body = world.forward(name)
+    assert (status, body["code"]) == (502, "unit_failed"), (body, d.log())
+    assert "exited with status 1" in body["error"], body
+    assert body["state"]["active_state"] == "failed" and body["result"] == "exit-code", body
+    assert world.jobs.started(unit) == 1
+
+
+def events_of(resp: Any) -> Iterator[tuple[int, int]]:
+    """(pid, number) of each event of a streamed answer, until it ends (or is cut)."""
+    buffer = b""
+    while True:
+        try:
+            piece = resp.read1(4096)
+        except (OSError, http.client.HTTPException):
+            return
+        if not piece:
+            return
+        buffer += piece
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            pid, number = event.removeprefix(b"data: ").split()
+            yield int(pid), int(number)
+
+
+def test_a_request_that_comes_while_its_idle_stop_runs_is_not_cut(world: World) -> None:
+    """The idle stop's job is under way (its ExecStop waits on a fifo the test holds) and
+    the plugin still accepts: a forwarded stream that came now waits for the stop, then
+    starts the plugin again, and is served by the new process (before: it connected to
+    the old one at once, and the stop cut it). Only the first stop waits on the fifo."""
+    name = "hecate-stopperd"
+    fifo = world.um.home / "go.fifo"
+    os.mkfifo(fifo)
+    stopping = world.um.home / "stopping"
+    unit = world.streamer(
+        name,
+        f"ExecStop=/bin/sh -c '[ -e {stopping} ] || {{ touch {stopping}; read x < {fifo}; }}'\n",
+    )
+    d = world.hecated()
+    world.register(name, "idle_stop_after = 0.5\n")
+    assert world.forward(name)[0] == 200  # started on demand; then unused: the stop comes
+    old = int(world.um.prop(unit, "MainPID"))
+    wait_for(lambda: stopping.exists(), timeout=30)  # the stop job runs; the plugin too
+    answers: queue.Queue = queue.Queue()
+    conn = UnixHTTPConnection(d.socket, timeout=30)
+
+    def ask() -> None:
+        conn.request("GET", f"/plugin/{name}/stream")
+        answers.put(conn.getresponse())
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    try:
+        # Either it was answered at once (the defect), or it waits for the stop (the fix).
+        wait_for(lambda: not answers.empty() or "waits for its idle stop" in d.log(), 30)
+        with fifo.open("w") as go:  # the stop goes on: SIGTERM to the old process
+            go.write("go\n")
+        wait_for(lambda: not os.path.exists(f"/proc/{old}"), timeout=30)
+        resp = answers.get(timeout=30)
+        assert resp.status == 200
+        pids = set()
+        for pid, _ in events_of(resp):
+            pids.add(pid)
+            if pid != old:
+                break
+        assert pids and old not in pids, f"the stream ran on the stopped process: {d.log()}"
+        assert world.active(unit) == "active"
+        resp.close()
+    finally:
+        conn.close()
+
+
+def test_a_plugin_that_left_its_socket_file_behind_is_waited_for_all_the_same(
+    world: World,
+) -> None:
+    """The streamer leaves its socket file when it is stopped (SIGTERM ends it at once),
+    so hecated's last finding still says ``answering`` (nothing probes a socket file that
+    stays), and its next start binds the same path again: a finding equal to the last,
+    no change in the index. The held request must see it come up all the same (before:
+    held until the first-byte timeout, as no change ever woke it)."""
+    name = "hecate-leftoverd"
+    unit = world.streamer(name)
+    d = world.hecated()
+    world.register(name)
+    assert world.forward(name, "/health")[0] == 200  # started on demand
+    wait_for(lambda: d.request("GET", f"/api/plugins/{name}")[2]["status"] == "running")
+    world.um.systemctl("stop", unit)  # by hand, not through hecated
+    assert (world.um.home / ".hecate" / name / "sockets" / "api.sock").exists()
+    status, body = world.forward(name, "/health")
+    assert status == 200, (body, d.log())
+    assert world.jobs.started(unit) == 3  # start, the stop by hand, start

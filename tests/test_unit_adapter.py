@@ -47,6 +47,8 @@ from hecated.adapters.units import (
 )
 from hecated.adapters.unitwatch import UnitWatcher
 
+CALL_TIMEOUT = 10.0  # unitbus.CALL_TIMEOUT: one D-Bus call's own bound (not imported: jeepney)
+
 PLUGIN = Path(__file__).resolve().parent / "plugin_support.py"
 TIMEOUT = 30.0
 MASKED = "the unit is masked: it cannot start until unmasked"
@@ -524,3 +526,99 @@ def test_a_masked_unit_is_followed_and_refused(um, control, watcher, published) 
         assert states == ["masked"], states
     finally:
         um.systemctl("unmask", unit)
+
+
+# A oneshot whose process freezes the manager that started it (systemd gives its services
+# $MANAGERPID): the start job is under way, the manager then answers nothing at all.
+FREEZE_MANAGER = (
+    "Type=oneshot\nExecStart=/bin/sh -c 'kill -STOP $MANAGERPID; exec sleep infinity'\n"
+)
+
+
+def thaw(um: UserManager) -> None:
+    assert um.proc is not None
+    os.kill(um.proc.pid, signal.SIGCONT)
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_hung_manager_cannot_stretch_a_start_past_its_bound(um, control: Control) -> None:
+    """One deadline for the whole call (reset-failed, start, the job, the state read):
+    the manager freezes once the job runs, and the answer still comes within the bound
+    and a short slack, far below one call's own timeout (before: 1 s of job wait, then
+    10 s more for the state read, then 503)."""
+    unit = add_unit(um, "hecate-freezerd.service", FREEZE_MANAGER)
+    answers: queue.Queue = queue.Queue()
+
+    def start() -> None:
+        try:
+            answers.put(control.start(unit, timeout=1.0))
+        except UnitError as exc:
+            answers.put(exc)
+
+    threading.Thread(target=start, daemon=True).start()
+    try:
+        got = answers.get(timeout=CALL_TIMEOUT - 2)
+    finally:
+        thaw(um)
+    # The job was under way when the manager froze: its bound passed, state unknown.
+    assert isinstance(got, JobTimeout), got
+    assert got.state is None
+    assert control.stop(unit).state.active_state in ("inactive", "failed")
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_hung_manager_does_not_hold_the_watcher(um, control, published) -> None:
+    """Each of the watcher's calls has a bound: a frozen manager is a lost one (states
+    fall back to the probes, None), and the watcher follows again once it answers."""
+    unit = plugin_unit(um, "hecate-hungd.service")
+    other = plugin_unit(um, "hecate-otherd.service")
+    watcher = UnitWatcher(published, address=um.bus_address, call_timeout=1.0).start()
+    assert um.proc is not None
+    try:
+        watcher.watch([unit])
+        assert published.wait(unit, lambda s: s is not None).active_state == "inactive"
+        mark = published.mark()
+        os.kill(um.proc.pid, signal.SIGSTOP)
+        try:
+            watcher.watch([unit, other])  # the watcher calls the manager (RefUnit) now
+            assert published.wait(unit, lambda s: s is None, mark) is None
+        finally:
+            thaw(um)
+        mark = published.mark()
+        assert published.wait(unit, lambda s: s is not None, mark).active_state == "inactive"
+        assert published.wait(other, lambda s: s is not None, mark).active_state == "inactive"
+    finally:
+        watcher.close()
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
+def test_a_set_changed_while_the_watcher_reads_is_not_lost(um, published) -> None:
+    """``watch`` while the session reads the units of the last set (its wake-up consumed
+    by a call's receive): the new set is read once that reading is done, not when some
+    later signal happens to come (before: the loop went back to a blocking receive and,
+    the units being quiet, the new unit was never read; seen with 10 plugins registering
+    at once in bench/unit_idle.py)."""
+    names = [f"hecate-quiet{i:02d}.service" for i in range(30)]
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:  # active and quiet: no process, no signal while they are read
+        (um.unit_dir / name).write_text(
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n"
+        )
+        um.made.append(name)  # type: ignore[attr-defined]
+    um.systemctl("daemon-reload")
+    um.systemctl("start", *names)
+    watcher = UnitWatcher(published, address=um.bus_address).start()
+    try:
+        wait_for(lambda: watcher.connected, timeout=TIMEOUT)
+        watcher.watch(names[:-1])
+        assert published.wait(names[0], active)  # reading the 29 has begun
+        watcher.watch(names)  # while it reads the other 28
+        assert published.wait(names[-1], active)
+    finally:
+        watcher.close()

@@ -34,6 +34,7 @@ from hecated.core.errors import (
     SystemdUnavailableError,
     UnitFailedError,
 )
+from hecated.core.status import UnitFinding
 
 log = logging.getLogger("hecated.units")
 
@@ -62,14 +63,28 @@ class SystemdUnits:
         self.manager = UserManager(address, job_timeout)
         self.uid = uid
 
-    def start(self, unit: str) -> dict[str, Any]:
-        return self._job(self.manager.start, unit)
+    def start(self, unit: str) -> dict[str, Any] | None:
+        return _as_block(self.job("start", unit))
 
-    def stop(self, unit: str) -> dict[str, Any]:
-        return self._job(self.manager.stop, unit)
+    def stop(self, unit: str) -> dict[str, Any] | None:
+        return _as_block(self.job("stop", unit))
 
-    def restart(self, unit: str) -> dict[str, Any]:
-        return self._job(self.manager.restart, unit)
+    def restart(self, unit: str) -> dict[str, Any] | None:
+        return _as_block(self.job("restart", unit))
+
+    def job(self, action: str, unit: str, timeout: float | None = None) -> UnitFinding | None:
+        """``start``, ``stop`` or ``restart`` of ``unit`` (within ``timeout``, else the
+        job bound): the unit's finding just after the job, or the core error saying why
+        not (a ``unit_failed`` carries the plugin's last lines). The control routes and
+        the wing's on-demand start and idle stop (``wiring.OnDemandUnits``) both call
+        this: one translation of the adapter's exceptions, one set of answers."""
+        try:
+            with translated(unit):
+                outcome: JobOutcome = getattr(self.manager, action)(unit, timeout=timeout)
+        except UnitFailedError as exc:
+            exc.logs = self._last_lines(unit)
+            raise
+        return unit_finding(outcome.state)
 
     def logs(self, unit: str, lines: int) -> list[dict[str, Any]]:
         with translated(unit):
@@ -79,15 +94,6 @@ class SystemdUnits:
         with translated(unit):
             reader = journal.open_reader(unit, self.uid)  # now: a failure is an error answer
         return _Followed(reader, _follow(reader, stop, backlog))
-
-    def _job(self, call: Any, unit: str) -> dict[str, Any]:
-        try:
-            with translated(unit):
-                outcome: JobOutcome = call(unit)
-        except UnitFailedError as exc:
-            exc.logs = self._last_lines(unit)
-            raise
-        return _block(outcome.state)
 
     def _last_lines(self, unit: str) -> list[dict[str, Any]]:
         """The plugin's last lines for a failure's answer; none when the journal is away."""
@@ -99,7 +105,10 @@ class SystemdUnits:
 
 def _block(state: UnitState | None) -> dict[str, Any] | None:
     """A unit state as the API shows it everywhere: the ``unit`` block of a list entry."""
-    finding = unit_finding(state)
+    return _as_block(unit_finding(state))
+
+
+def _as_block(finding: UnitFinding | None) -> dict[str, Any] | None:
     return None if finding is None else finding.as_dict()
 
 

@@ -4,9 +4,15 @@ One short D-Bus connection per call: control is rare (a person or an on-demand
 start asks), a connection costs a millisecond, and no connection is left to go
 stale when the manager restarts. Each call checks the unit name first, checks
 that the manager on the bus runs as us, and answers once the job has ended
-(its ``JobRemoved`` signal, bounded by ``job_timeout``) with the unit's state.
+(its ``JobRemoved`` signal) with the unit's state.
 Like the original hecate-daemon, a start or restart first clears a failed state
 (ResetFailedUnit), so a unit that hit its start limit can be started again.
+
+The bound is the whole call's, not each message's: one deadline, ``job_timeout``
+from the call's start, is threaded through every D-Bus call it makes (each gets what
+is left of it), and only the last read of the unit's state may run ``READ_SLACK``
+past it, to say how far a job that did not end got. A manager that hangs mid-call
+(frozen, swapping) cannot make one start take several times the bound.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from hecated.adapters.units import (
 )
 
 JOB_TIMEOUT = 30.0  # seconds a control call waits for its job, as the original's systemctl
+# Seconds past the deadline the state read after a job may take: a job that did not end
+# is told with the state it reached when the manager answers at once, without it when not.
+READ_SLACK = 1.0
 
 
 def _bus() -> ModuleType:
@@ -62,8 +71,9 @@ class UserManager:
     def state(self, unit: str) -> UnitState:
         """The unit's state now (a unit without a unit file has ``exists`` False)."""
         check_unit_name(unit)
-        with self._connection() as conn:
-            return _bus().read_unit(self._caller(conn, unit), unit)[1]
+        deadline = time.monotonic() + _bus().CALL_TIMEOUT
+        with self._connection(deadline) as conn:
+            return _bus().read_unit(self._caller(conn, unit, deadline), unit)[1]
 
     def start(self, unit: str, timeout: float | None = None) -> JobOutcome:
         return self._job("StartUnit", unit, timeout, reset=True)
@@ -77,11 +87,11 @@ class UserManager:
     # -- the parts -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _connection(self, deadline: float | None = None) -> Iterator[Any]:
         bus = _bus()
         conn = bus.open_blocking(self.address or bus.bus_address())
         try:
-            bus.check_ours(self._caller(conn, "")(bus.owner_uid()))
+            bus.check_ours(self._caller(conn, "", deadline)(bus.owner_uid()))
             yield conn
         except (OSError, EOFError) as exc:  # the bus went away mid-call
             raise SystemdUnavailable(f"lost the session bus: {exc}") from exc
@@ -89,14 +99,19 @@ class UserManager:
             conn.close()
 
     @staticmethod
-    def _caller(conn: Any, unit: str) -> Any:
+    def _caller(conn: Any, unit: str, deadline: float | None = None) -> Any:
+        """Calls on ``conn``, each waiting for its reply only as long as ``deadline`` (the
+        whole call's) allows; None: one call's own ``CALL_TIMEOUT`` from each call on."""
         bus = _bus()
 
         def call(msg: Any) -> tuple[Any, ...]:
+            left = bus.CALL_TIMEOUT if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise SystemdUnavailable("the user manager did not answer in time")
             try:
-                reply = conn.send_and_get_reply(msg, timeout=bus.CALL_TIMEOUT)
+                reply = conn.send_and_get_reply(msg, timeout=left)
             except TimeoutError as exc:
-                raise SystemdUnavailable("the user manager did not answer") from exc
+                raise SystemdUnavailable("the user manager did not answer in time") from exc
             return bus.unwrap(reply, unit)
 
         return call
@@ -104,9 +119,10 @@ class UserManager:
     def _job(self, method: str, unit: str, timeout: float | None, reset: bool) -> JobOutcome:
         check_unit_name(unit)
         bound = self.job_timeout if timeout is None else timeout
+        deadline = time.monotonic() + bound
         bus = _bus()
-        with self._connection() as conn:
-            call = self._caller(conn, unit)
+        with self._connection(deadline) as conn:
+            call = self._caller(conn, unit, deadline)
             removed: collections.deque = collections.deque()
             with conn.filter(bus.job_removed_local(), queue=removed):
                 call(bus.add_match(bus.manager_signals("JobRemoved")))
@@ -114,12 +130,13 @@ class UserManager:
                     with contextlib.suppress(NoSuchUnit):  # not loaded: nothing failed
                         call(bus.manager_call("ResetFailedUnit", "s", unit))
                 (job,) = call(bus.manager_call(method, "ss", unit, "replace"))
-                result = _wait_job(conn, removed, job, bound)
-            state = bus.read_unit(call, unit)[1]
+                result = _wait_job(conn, removed, job, deadline)
+            state = _state_after(conn, unit, deadline + READ_SLACK, result is None)
         if result is None:
             raise JobTimeout(unit, bound, state)
         if result != "done":
             raise JobFailed(unit, result, state)
+        assert state is not None
         return JobOutcome(unit, result, state)
 
     # -- for the gitops reconciler (adapters/gitops): added at the end, kept apart ----------
@@ -151,10 +168,20 @@ class UserManager:
         return bool(bus.plain(props).get("NeedDaemonReload", False))
 
 
-def _wait_job(conn: Any, removed: collections.deque, job: str, bound: float) -> str | None:
+def _state_after(conn: Any, unit: str, deadline: float, timed_out: bool) -> UnitState | None:
+    """The unit's state after its job; None when the job did not end and the manager does
+    not answer either (the bound has passed: no more waiting for a state)."""
+    try:
+        return _bus().read_unit(UserManager._caller(conn, unit, deadline), unit)[1]
+    except SystemdUnavailable:
+        if timed_out:
+            return None
+        raise
+
+
+def _wait_job(conn: Any, removed: collections.deque, job: str, deadline: float) -> str | None:
     """The result JobRemoved gives ``job`` (done, failed, canceled, timeout, dependency,
-    skipped...), or None when it has not ended within ``bound`` seconds."""
-    deadline = time.monotonic() + bound
+    skipped...), or None when it has not ended by ``deadline``."""
     while (left := deadline - time.monotonic()) > 0:
         try:
             msg = conn.recv_until_filtered(removed, timeout=left)

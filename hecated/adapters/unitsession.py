@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,10 @@ class Session:
         log.info("unit watcher: following the user manager's signals")
         self.sync()
         while True:
-            if self.woken:
+            # A loop, not an if: a wake-up that came while ``sync`` read (its interrupt
+            # consumed by a call's receive) must be acted on now, never left for the
+            # blocking receive below, which would wait for a signal that may not come.
+            while self.woken:
                 self.woken = False
                 self.sync()
             msg = self.pending.popleft() if self.pending else self.receive()
@@ -91,10 +95,11 @@ class Session:
 
     # -- messages ------------------------------------------------------------------------
 
-    def receive(self) -> Any:
-        """The next message; None when woken (by ``watch`` or ``close``)."""
+    def receive(self, timeout: float | None = None) -> Any:
+        """The next message; None when woken (by ``watch`` or ``close``). Between
+        signals it waits without a timeout (no polling); a call's reply, ``timeout``."""
         try:
-            return self.conn.receive()
+            return self.conn.receive(timeout=timeout)
         except self.bus.ReceiveStopped:
             self._woken()
             return None
@@ -106,12 +111,21 @@ class Session:
         self.woken = True
 
     def call(self, msg: Any, unit: str = "") -> tuple[Any, ...]:
-        """Send a method call and wait for its reply; signals meanwhile wait in ``pending``."""
+        """Send a method call and wait for its reply; signals meanwhile wait in ``pending``.
+
+        Bounded (``call_timeout``): a manager that answers nothing (frozen, wedged) is
+        treated as gone, so the states fall back to the probes and the thread reconnects,
+        instead of waiting with stale states for ever."""
         bus = self.bus
+        bound = self.watcher.call_timeout or bus.CALL_TIMEOUT
+        deadline = time.monotonic() + bound
         serial = next(self.conn.outgoing_serial)
         self.conn.send(msg, serial=serial)
         while True:
-            reply = self.receive()
+            try:
+                reply = self.receive(max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise Lost(f"the user manager did not answer within {bound:g} s") from None
             if reply is None:
                 continue
             if bus.reply_serial(reply) == serial:

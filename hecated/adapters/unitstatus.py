@@ -158,9 +158,11 @@ class UnitStatus:
             return True, new_set
 
     def _watch(self) -> None:
+        """The watched set handed over under the lock: two changes' threads (each under
+        its own name's lock) must hand their sets in the order they made them, or the
+        older set could come last and a plugin's unit go unwatched."""
         with self._lock:
-            wanted = list(self._plugins_of)
-        self.watcher.watch(wanted)
+            self.watcher.watch(list(self._plugins_of))
 
     def _tell(self, name: str, unit: str | None) -> None:
         """``name``'s finding now: its new unit's last state (None: not read yet)."""

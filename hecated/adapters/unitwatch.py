@@ -56,8 +56,12 @@ class UnitWatcher:
         address: str | None = None,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
+        call_timeout: float | None = None,
     ) -> None:
         self._publish = publish
+        # Seconds one call to the manager may wait for its reply (None: unitbus.CALL_TIMEOUT):
+        # a manager that answers nothing in that time is a lost one (see unitsession).
+        self.call_timeout = call_timeout
         self._wanted = frozenset(check_unit_name(u) for u in units)
         self.address = address
         self.backoff_min = backoff_min

@@ -548,7 +548,8 @@ RESPONSES: dict[str, Any] = {
         "socket file), its socket is not a socket inside its namespace (a symlink), it "
         "closed the connection before answering, or its answer cannot be relayed as it came "
         "(conflicting framing, 101 or another interim status, a folded header, a control "
-        "character in the status line)."
+        "character in the status line). Or unit_failed: the plugin was not running, and its "
+        "unit, started for this request, failed or ended (result, state and its last lines)."
     ),
     "NoUnit": _error(
         "no_unit: the user manager has no unit file for the plugin's unit (its plugin.toml's "

@@ -103,6 +103,21 @@ class IdleStops:
         finally:
             lock.release()
 
+    def settle(self, name: str, timeout: float) -> None:
+        """A forwarded request to ``name`` is about to connect (after ``begin``): if an
+        idle stop of it is under way, wait for it to end (its guard, at most ``timeout``
+        seconds, then ``TimeoutError``). The plugin still accepts while its stop job
+        runs, and a request that connected now would be cut when the job ends it; once
+        the stop is over the request finds it stopped and starts it on demand. A stop
+        not sent yet needs no wait: it sees the request open (``begin``) and is called off.
+        """
+        with self._cond:
+            if name not in self._stopping:
+                return
+        log.info("%s: a forwarded request waits for its idle stop to end", name)
+        with self.guard(name, timeout):
+            pass
+
     def _next(self) -> tuple[str, str] | None:
         """Sleep until a deadline passes; that plugin and its unit (None: closed)."""
         with self._cond:

@@ -12,9 +12,13 @@ However many requests arrive meanwhile, a plugin gets ONE start: the first
 request's thread runs the start job and the wait, the others join it (a
 per-plugin shared start) and learn its outcome. The wait is event-driven: the
 index's change feed (``Index.subscribe``) wakes it on each change of that
-plugin, and it proceeds once the plugin's last socket finding says
-``answering`` (its own ``GET /health`` answered 2xx: ready, not merely bound)
-and a connect succeeds. ``Index.wait`` is the long polls' and is bounded by
+plugin, and it proceeds once the plugin's last socket finding says something
+accepts (``answering``: its own ``GET /health`` answered 2xx; or ``refusing``:
+it answered otherwise, and then the plugin answers the request for itself) and a
+connect succeeds. It gives up early when the unit says it has ended since its
+start job was done (failed, or inactive: a ``502 unit_failed`` with the unit's
+reason, as the control routes answer), and at the first-byte timeout after one
+last connect. ``Index.wait`` is the long polls' and is bounded by
 ``max_waiters``: twenty held requests must neither be told ``busy`` nor take
 the long polls' places. ``GET /api/plugins`` reads the index only: nothing in
 the registry API reaches this module.
@@ -31,8 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hecated.core.errors import BusyError, HecateError
-from hecated.core.status import SocketFinding, SocketKind
+from hecated.core.errors import (
+    BusyError,
+    HecateError,
+    InvalidUnitError,
+    NoUnitError,
+    UnitFailedError,
+)
+from hecated.core.status import SocketFinding, SocketKind, UnitFinding
 from hecated.core.units import unit_of
 from hecated.http.forwarding.errors import (
     PluginNotListeningError,
@@ -45,9 +55,19 @@ __all__ = ["OnDemand", "Plan", "Starter", "plan_of"]
 
 log = logging.getLogger("hecated.http.forwarding")
 
-# start(unit, timeout): returns once the start job is done, or raises a HecateError
-# saying why not in a sentence (the daemon maps the unit adapter's exceptions).
-Starter = Callable[[str, float], None]
+# start(unit, timeout): returns once the start job is done, with the unit's state just
+# after it (None: not known), or raises the core error the control routes answer with
+# (the daemon's SystemdUnits.job: unit_failed, no_unit, systemd_unavailable...).
+Starter = Callable[[str, float], UnitFinding | None]
+
+# What a unit that has ended is in: after its start job was done, the plugin is not coming.
+ENDED = frozenset({"failed", "inactive"})
+# Socket findings that say something accepts: the held requests may go on.
+ACCEPTING = frozenset({SocketKind.ANSWERING, SocketKind.REFUSING})
+# A stale accepting finding (the connect refused): looked at again after this many seconds,
+# doubling, besides each change.
+STALE_FIRST = 0.01
+STALE_MAX = 0.5
 
 
 class _Index(Protocol):
@@ -56,6 +76,8 @@ class _Index(Protocol):
     def get(self, name: str) -> Any: ...
 
     def finding(self, name: str) -> SocketFinding | None: ...
+
+    def unit(self, name: str) -> UnitFinding | None: ...
 
     def subscribe(self, listener: Callable[[Any], None]) -> None: ...
 
@@ -107,6 +129,26 @@ class OnDemand:
 
     def plan(self, namespace: str) -> Plan:
         return plan_of(self.index.get(namespace))
+
+    def in_use(self, namespace: str, timeout: float) -> Callable[[], None]:
+        """A forwarded request to ``namespace`` begins: it counts as open for the idle
+        stop until what is returned is called, and it waits (at most ``timeout``) for an
+        idle stop of it that is under way, which would otherwise cut it (``settle``)."""
+        plan = self.plan(namespace)
+        ended = _nothing
+        if plan.unit is not None and plan.idle_stop_after is not None:
+            ended = self.idle.begin(namespace, plan.unit, plan.idle_stop_after)
+        try:
+            self.idle.settle(namespace, timeout)
+        except TimeoutError:
+            ended()
+            raise PluginTimeoutError(
+                f"plugin {namespace!r} is being stopped (idle), and the stop did not end in time"
+            ) from None
+        except BaseException:
+            ended()
+            raise
+        return ended
 
     def _changed(self, change: Any) -> None:
         """The change feed (told under the name's lock): wake whoever waits on that name."""
@@ -188,13 +230,16 @@ class OnDemand:
             with self._cond:
                 self.jobs += 1
             try:
-                self._start_unit(unit, max(0.001, left))
+                after = self._start_unit(unit, max(0.001, left))
             except HecateError as exc:
                 log.warning("%s: starting %s on demand failed: %s", namespace, unit, exc.message)
-                raise
+                answer = _for_request(namespace, exc)
+                if answer is exc:
+                    raise
+                raise answer from exc
         finally:
             guard.__exit__(None, None, None)
-        return self._until_answering(start, namespace, unit, connect, deadline)
+        return self._until_answering(start, namespace, unit, connect, deadline, after)
 
     def _until_answering(
         self,
@@ -203,26 +248,52 @@ class OnDemand:
         unit: str,
         connect: Callable[[], socket.socket],
         deadline: float,
+        after: UnitFinding | None,
     ) -> socket.socket:
-        """Each change of ``namespace`` (a pid file, a finding): answering yet? A finding
-        left from before the start may say so still: the connect tells, else wait on."""
+        """Each change of ``namespace`` (a pid file, a finding, its unit): accepting yet?
+        Ended? A finding left from before the start may say either still: the connect
+        tells the first, ``_ended`` the second. At the deadline, one last connect.
+
+        A finding that says something accepts while the connect is refused is stale (a
+        plugin killed with its socket file left in place: nothing probes a file that
+        stays), and the plugin's coming up may then change nothing in the index (the
+        same path bound again, the same finding): such a wait also looks again after a
+        short pause, doubling from ``STALE_FIRST`` to ``STALE_MAX`` seconds."""
         timeout = deadline - time.monotonic()
+        pause = STALE_FIRST
         while True:
             with self._cond:
                 seen = start.changes
             found = self.index.finding(namespace)
-            if found is not None and found.kind == SocketKind.ANSWERING:
-                try:
-                    return _patiently(connect, deadline)
-                except PluginNotListeningError:
-                    pass
+            sock = _if_accepting(found, connect, deadline)
+            if sock is not None:
+                return sock
+            _ended(namespace, unit, after, self.index.unit(namespace))
+            stale = found is not None and found.kind in ACCEPTING
             with self._cond:
                 left = deadline - time.monotonic()
-                woken = left > 0 and self._cond.wait_for(
-                    lambda seen=seen: start.changes != seen or self._closed, left
-                )
-                if not woken or self._closed:
-                    raise self._late(namespace, unit, timeout)
+                if left > 0:
+                    self._cond.wait_for(
+                        lambda seen=seen: start.changes != seen or self._closed,
+                        min(left, pause) if stale else left,
+                    )
+                closed = self._closed
+            if stale:
+                pause = min(pause * 2, STALE_MAX)
+            if closed or deadline - time.monotonic() <= 0:
+                return self._last_try(namespace, unit, connect, timeout)
+
+    def _last_try(
+        self, namespace: str, unit: str, connect: Callable[[], socket.socket], timeout: float
+    ) -> socket.socket:
+        """The time is up (or hecated stops): one connect, in case the plugin listens
+        though no finding said so yet (a probe late on a loaded machine), then why not."""
+        if not self._closed:
+            try:
+                return connect()
+            except PluginNotListeningError:
+                pass
+        raise self._late(namespace, unit, timeout)
 
     def _late(self, namespace: str, unit: str, timeout: float) -> HecateError:
         if self._closed:
@@ -238,6 +309,54 @@ class OnDemand:
             self._closed = True
             self._cond.notify_all()
         self.idle.close()
+
+
+def _if_accepting(
+    found: SocketFinding | None, connect: Callable[[], socket.socket], deadline: float
+) -> socket.socket | None:
+    """A connected socket when the last finding says something accepts (answering; or
+    refusing: its /health said no, and it answers the request for itself); else None."""
+    if found is None or found.kind not in ACCEPTING:
+        return None
+    try:
+        return _patiently(connect, deadline)
+    except PluginNotListeningError:
+        return None
+
+
+def _ended(namespace: str, unit: str, after: UnitFinding | None, now: UnitFinding | None) -> None:
+    """Raise ``502 unit_failed`` when the unit has ended since its start job was done: in
+    the state read just after the job (``after``), or in a later one the manager sent
+    (``now``, newer than ``after``: an older one is from before the start)."""
+    if after is None:
+        return
+    ended = after if after.active_state in ENDED else None
+    if ended is None and now is not None and now.active_state in ENDED:
+        newer = now.since is not None and after.since is not None and now.since > after.since
+        ended = now if newer else None
+    if ended is None:
+        return
+    why = ended.reason or f"is {ended.active_state} ({ended.sub_state})"
+    raise UnitFailedError(
+        f"plugin {namespace!r}: its unit {unit} was started, then ended: {why}",
+        ended.result,
+        ended.as_dict(),
+    )
+
+
+def _for_request(namespace: str, error: HecateError) -> HecateError:
+    """A start's failure as the forwarded request's answer: no unit to start (none in the
+    manager, or a name that is none) leaves the plain ``502 plugin_unreachable`` the
+    request had without on-demand start; the rest are answered as the control routes
+    answer them (``502 unit_failed`` with the reason and the plugin's last lines, ``503
+    systemd_unavailable``)."""
+    if isinstance(error, (NoUnitError, InvalidUnitError)):
+        return PluginUnreachableError(f"plugin {namespace!r} is not running, and {error.message}")
+    return error
+
+
+def _nothing() -> None:
+    pass
 
 
 def _again(error: HecateError) -> HecateError:

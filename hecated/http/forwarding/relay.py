@@ -154,13 +154,11 @@ class Forwarder:
         )
 
     def _in_use(self, namespace: str) -> Callable[[], None]:
-        """The request counts as open for the idle stop; what to call when it ends."""
+        """The request counts as open for the idle stop, and waits out one under way
+        (``OnDemand.in_use``); what to call when it ends."""
         if self.on_demand is None:
             return _nothing
-        plan = self.on_demand.plan(namespace)
-        if plan.unit is None or plan.idle_stop_after is None:
-            return _nothing
-        return self.on_demand.idle.begin(namespace, plan.unit, plan.idle_stop_after)
+        return self.on_demand.in_use(namespace, self.settings.first_byte_timeout)
 
     # -- the request -----------------------------------------------------------------------
 
