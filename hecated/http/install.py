@@ -29,6 +29,7 @@ from hecated.core.errors import (
     NotFoundError,
     NoUnitError,
     SystemdUnavailableError,
+    UnitFailedError,
 )
 from hecated.core.layout import Layout
 from hecated.core.unitfile import UnitFile
@@ -136,7 +137,15 @@ class Installer:
         if self.units is None:
             return None, False
         try:
-            return self.units.stop(unit), True
+            try:
+                return self.units.stop(unit), True
+            except UnitFailedError as exc:
+                if exc.result != "canceled":
+                    raise
+                # A start queued after the stop replaced its job (the reconciler starting
+                # what was just installed): the stop is still what is asked, once more.
+                log.info("uninstall of %s: the stop was replaced by a start; stopping again", unit)
+                return self.units.stop(unit), True
         except NoUnitError:
             return None, False
         except SystemdUnavailableError as exc:
