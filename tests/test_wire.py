@@ -95,6 +95,29 @@ def test_a_head_answer_has_no_body() -> None:
     assert (reply.length, body) == (0, b"")
 
 
+@pytest.mark.parametrize(
+    ("raw", "method"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+    ],
+)
+def test_an_answer_with_no_body_ends_at_once_whatever_its_framing_says(
+    raw: bytes, method: str
+) -> None:
+    """HEAD, 204 and 304 have no body (RFC 9110 6.4.1) even when the plugin says chunked:
+    the writer stays open, so reading a chunk size would wait for bytes that never come."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(raw)
+        ours.settimeout(10)
+        reply = Reply(ours, method)
+        reply.begin()
+        assert (reply.chunked, reply.length, reply.read1(65536)) == (False, 0, b"")
+        assert not reply.will_close  # the connection is whole: the pool may keep it
+
+
 def test_bytes_past_a_whole_answer_keep_the_connection_from_the_pool() -> None:
     reply, body = read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
     assert body == b"ok"

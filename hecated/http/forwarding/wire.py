@@ -156,6 +156,9 @@ class Reply:
         if length is not None and not self.chunked and length.isascii() and length.isdigit():
             self.length = int(length)
         if self.status in (204, 304) or self.status < 200 or self._method == "HEAD":
+            # No body whatever the headers say (RFC 9110 6.4.1): a chunked one read
+            # here would wait on a chunk size the plugin never sends.
+            self.chunked = False
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
