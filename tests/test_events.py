@@ -236,8 +236,21 @@ def test_a_resume_the_ring_cannot_serve_gets_one_resync_then_the_events(
             assert (after.type, int(after.id or 0)) == ("registered", body["seq"] + 1)
 
 
-def test_a_bad_last_event_id_is_a_400_envelope(daemon: Daemon) -> None:
-    with WebClient(daemon.socket, headers={"Last-Event-ID": "yesterday"}) as web:
+@pytest.mark.parametrize(
+    ("path", "last_id"),
+    [
+        ("/api/events", "yesterday"),
+        ("/api/events", "9" * 5000),  # past Python's int-string limit: a 500 once
+        (f"/api/events?since={'9' * 5000}", None),
+        ("/api/events?since=-1", None),
+    ],
+    ids=["words", "huge-id", "huge-since", "negative-since"],
+)
+def test_a_bad_last_event_id_is_a_400_envelope(
+    daemon: Daemon, path: str, last_id: str | None
+) -> None:
+    headers = {} if last_id is None else {"Last-Event-ID": last_id}
+    with WebClient(daemon.socket, path=path, headers=headers) as web:
         assert web.status == 400
         body = web.body()
     assert b'"code":"invalid_parameter"' in body and b'"ok":false' in body

@@ -465,7 +465,8 @@ def _last_event_id(request: Request) -> int | None:
         return _query_number(request, "since", int, 0, None)
     if not _WHOLE.fullmatch(raw.strip()):
         raise ApiError(
-            Code.INVALID_PARAMETER, f"Last-Event-ID must be a whole number >= 0 (got {raw!r})"
+            Code.INVALID_PARAMETER,
+            f"Last-Event-ID must be a whole number >= 0 of at most 19 digits (got {raw[:40]!r})",
         )
     return int(raw.strip())
 
@@ -478,7 +479,9 @@ def _describe(exc: HTTPException, request: Request) -> str:
     return exc.description or exc.name
 
 
-_WHOLE = re.compile(r"[0-9]+")
+# At most 19 digits (a seq, a count: never past 2**63): int() of a longer string costs
+# time, and past 4,300 digits raises ValueError (Python's int-string limit), a 500.
+_WHOLE = re.compile(r"[0-9]{1,19}")
 # The SDK sends waits with "%g": "0.5", "1e-05", "1e+06".
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -494,7 +497,8 @@ def _query_number(request: Request, key: str, kind: type, low: float, high: floa
     if value is None or value != value or value < low or value in (float("inf"),):
         raise ApiError(
             Code.INVALID_PARAMETER,
-            f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g} (got {raw!r})",
+            f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g}"
+            f"{' of at most 19 digits' if kind is int else ''} (got {raw[:40]!r})",
         )
     if high is not None and value > high:
         value = kind(high)
