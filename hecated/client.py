@@ -574,7 +574,9 @@ class Event:
     """One event of ``GET /api/events``: the registry's ``seq`` after the change, its
     kind (registered, deregistered, installed, removed, discovered, gone, status, unit,
     updated; or resync) and the plugin's entry as the list shows it. A ``resync``
-    carries no ``plugin`` but the whole list, ``plugins``, as of ``seq``."""
+    carries no ``plugin`` but the whole list, ``plugins``, as of ``seq``. ``id`` is the
+    stream's ``id:`` (``RUN-SEQ``: the daemon's run and ``seq``), what ``events``
+    resumes from across a restart of the daemon."""
 
     seq: int
     kind: str
@@ -582,15 +584,17 @@ class Event:
     plugins: list[PluginSummary] | None = None
     listed: bool = True  # False: the change took the name out of the list
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    id: str = ""
 
     @classmethod
-    def from_sse(cls, seq: str, kind: str, data: dict[str, Any]) -> Event:
-        number = int(seq) if seq.isdigit() else -1
+    def from_sse(cls, event_id: str, kind: str, data: dict[str, Any]) -> Event:
+        seq = event_id.rpartition("-")[2]  # RUN-SEQ (a plain SEQ from an older hecated)
+        number = int(seq) if seq.isdigit() and len(seq) < 20 else -1
         if kind == "resync":
             plugins = [PluginSummary.from_json(p) for p in data.get("plugins") or []]
-            return cls(int(data.get("seq", number)), kind, None, plugins, True, data)
+            return cls(int(data.get("seq", number)), kind, None, plugins, True, data, event_id)
         listed = data.get("listed") is not False
-        return cls(number, kind, PluginSummary.from_json(data), None, listed, data)
+        return cls(number, kind, PluginSummary.from_json(data), None, listed, data, event_id)
 
 
 @dataclass(frozen=True)
@@ -847,16 +851,25 @@ class HecateClient:
 
     # -- the change feed as events --------------------------------------------------------
 
-    def events(self, since: int | None = None) -> Iterator[Event]:
+    def events(self, since: int | str | None = None) -> Iterator[Event]:
         """Every change of the registry as it happens (``GET /api/events``), from after
         ``since`` (None: from now) until the caller stops iterating (closing the
         generator hangs up). A ``resync`` event (``since`` too old for the daemon, or
         from another run of it, or this reader fell behind) carries the whole list in
-        ``plugins``; the events after its ``seq`` follow. Resume after a broken stream
-        with ``since`` = the last event's ``seq``: nothing is lost."""
-        headers = {} if since is None else {"Last-Event-ID": str(int(since))}
-        for seq, kind, data in self._stream("/api/events", headers, "the event stream"):
-            yield Event.from_sse(seq, kind, json.loads(data))
+        ``plugins``; the events after its ``seq`` follow.
+
+        Resume after a broken stream with ``since`` = the last event's ``id`` (a str,
+        sent as ``Last-Event-ID``): nothing is lost, and an id of the daemon's run
+        before a restart gets a resync. An int is a ``seq`` of the daemon's current
+        run (a ``Snapshot``'s, sent as ``?since=``): the daemon cannot tell another
+        run's number from its own, so take it from a list of the same run."""
+        path, headers = "/api/events", {}
+        if isinstance(since, str):
+            headers = {"Last-Event-ID": since}
+        elif since is not None:
+            path += f"?since={int(since)}"
+        for event_id, kind, data in self._stream(path, headers, "the event stream"):
+            yield Event.from_sse(event_id, kind, json.loads(data))
 
     def _stream(
         self, path: str, headers: dict[str, str], what: str

@@ -46,6 +46,16 @@ class Dispatched:
     def json(self) -> Any:
         return json.loads(self.data)
 
+    @property
+    def run(self) -> str:
+        """The daemon run the ``id:`` (``RUN-SEQ``) names."""
+        return (self.id or "").rpartition("-")[0]
+
+    @property
+    def seq(self) -> int:
+        """The index's ``seq`` the ``id:`` (``RUN-SEQ``) carries."""
+        return int((self.id or "").rpartition("-")[2])
+
 
 class WebClient:
     """One stream, read as hecate-web reads it."""

@@ -239,6 +239,23 @@ def test_busy_long_polls_get_503_with_retry_after(client: Client, app: HecateApp
     assert set(promised) == {"Retry-After"}  # what the description promises is sent
 
 
+HUGE = "9" * 5000  # past Python's int-string limit (4,300 digits): int() raises ValueError
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/plugins?since={HUGE}",
+        f"/api/plugins?since=1&wait={HUGE}",
+        f"/api/plugins/hecate-x/logs?lines={HUGE}",
+        "/api/plugins?since=12345678901234567890",  # 20 digits: past any seq there can be
+    ],
+    ids=["since", "wait", "lines", "since-20-digits"],
+)
+def test_a_number_too_long_is_a_400_not_a_500(client: Client, path: str) -> None:
+    _error(client.get(path), 400, "invalid_parameter")
+
+
 def test_rescan_answers_with_the_seq(client: Client, app: HecateApp) -> None:
     client.post("/api/plugins/register", json={"name": "p"})
     resp = client.post("/api/rescan")

@@ -8,6 +8,7 @@ the stream over a real hecated, read the way hecate-web's desktop app reads it
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -186,7 +187,7 @@ def test_an_events_client_sees_registration_update_status_and_deregistration(
         kinds.append(web.next())
     assert [k.type for k in kinds] == ["registered", "updated", "status", "deregistered"]
     assert kinds[2].json()["status"] == "starting"
-    ids = [int(k.id or 0) for k in kinds]
+    ids = [k.seq for k in kinds]
     assert ids == list(range(ids[0], ids[0] + 4))
 
 
@@ -202,10 +203,15 @@ def test_last_event_id_resumes_without_losing_one(daemon: Daemon) -> None:
         rest = [web.next() for _ in range(4)]
     names = [e.json()["name"] for e in first + rest]
     assert names == [f"hecate-r{i}" for i in range(6)]
-    ids = [int(e.id or 0) for e in first + rest]
+    ids = [e.seq for e in first + rest]
     assert ids == list(range(ids[0], ids[0] + 6))
+    assert len({e.run for e in first + rest}) == 1
     # curl's way, the same resumption.
     with WebClient(daemon.socket, path=f"/api/events?since={first[0].id}") as web:
+        again = [web.next() for _ in range(5)]
+    assert [e.id for e in again] == [e.id for e in first[1:] + rest]
+    # and with the list's plain seq, as curl users have it from GET /api/plugins
+    with WebClient(daemon.socket, path=f"/api/events?since={first[0].seq}") as web:
         again = [web.next() for _ in range(5)]
     assert [e.id for e in again] == [e.id for e in first[1:] + rest]
 
@@ -221,23 +227,79 @@ def test_a_resume_the_ring_cannot_serve_gets_one_resync_then_the_events(
     small_ring: Daemon,
 ) -> None:
     daemon = small_ring
-    for i in range(10):
+    with open_stream(daemon) as web:
+        daemon.register("hecate-s0")
+        run = web.next().run
+    for i in range(1, 10):
         daemon.register(f"hecate-s{i}")
-    for last_id in ("1", "999"):  # too old for a ring of 4; ahead: another run's number
+    # too old for a ring of 4; ahead of this run; another run's; a plain number (an id
+    # of a daemon from before ids named their run): each a resync
+    for i, last_id in enumerate((f"{run}-1", f"{run}-999", "zzz-5", "5")):
         with WebClient(daemon.socket, headers={"Last-Event-ID": last_id}) as web:
             resync = web.next()
             assert resync.type == "resync"
             body = resync.json()
-            assert int(resync.id or 0) == body["seq"]
+            assert resync.seq == body["seq"]
             _, _, listed = daemon.request("GET", "/api/plugins")
             assert body["plugins"] == listed and len(listed) >= 10
-            daemon.register("hecate-after" + last_id)
+            daemon.register(f"hecate-after{i}")
             after = web.next()
-            assert (after.type, int(after.id or 0)) == ("registered", body["seq"] + 1)
+            assert (after.type, after.seq) == ("registered", body["seq"] + 1)
 
 
-def test_a_bad_last_event_id_is_a_400_envelope(daemon: Daemon) -> None:
-    with WebClient(daemon.socket, headers={"Last-Event-ID": "yesterday"}) as web:
+def test_a_last_event_id_of_the_run_before_gets_a_resync_not_a_partial_tail(home: Path) -> None:
+    """The review's reproduction: run 1 registers p1..p3 and the client saw the 3rd's id;
+    run 2 (socket activation and the idle stop make restarts routine) finds p1 gone and
+    registers p4, p5. Its numbers start again, so the old id names nothing of run 2:
+    resuming with it must give the whole list (a resync), never run 2's later events as
+    if they followed run 1's (p5 alone: p1's end and p4 lost)."""
+    first = Daemon(home).start()
+    try:
+        with open_stream(first) as web:
+            for name in ("hecate-p1", "hecate-p2", "hecate-p3"):
+                first.register(name)
+            seen = [web.next() for _ in range(3)]
+    finally:
+        first.stop()
+    old = seen[-1].id or ""
+    shutil.rmtree(first.root / "hecate-p1")
+    second = Daemon(home).start()
+    try:
+        for name in ("hecate-p4", "hecate-p5"):
+            second.register(name)
+        for headers, path in (
+            ({"Last-Event-ID": old}, "/api/events"),
+            ({}, f"/api/events?since={old}"),
+        ):
+            with WebClient(second.socket, path=path, headers=headers) as web:
+                got = web.next()
+                assert got.type == "resync", (got.type, got.data)
+                names = [p["name"] for p in got.json()["plugins"]]
+                assert names == ["hecate-p2", "hecate-p3", "hecate-p4", "hecate-p5"]
+                assert got.id != old
+        # this run's own ids resume as before: the list's seq, then the next change
+        with WebClient(second.socket, headers={"Last-Event-ID": got.id or ""}) as web:
+            second.register("hecate-p6")
+            assert web.next().json()["name"] == "hecate-p6"
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "last_id"),
+    [
+        ("/api/events", "yesterday"),
+        ("/api/events", "9" * 5000),  # past Python's int-string limit: a 500 once
+        (f"/api/events?since={'9' * 5000}", None),
+        ("/api/events?since=-1", None),
+    ],
+    ids=["words", "huge-id", "huge-since", "negative-since"],
+)
+def test_a_bad_last_event_id_is_a_400_envelope(
+    daemon: Daemon, path: str, last_id: str | None
+) -> None:
+    headers = {} if last_id is None else {"Last-Event-ID": last_id}
+    with WebClient(daemon.socket, path=path, headers=headers) as web:
         assert web.status == 400
         body = web.body()
     assert b'"code":"invalid_parameter"' in body and b'"ok":false' in body
@@ -285,7 +347,7 @@ def test_a_burst_of_1000_registrations_leaves_no_reader_with_unbounded_memory(
         assert len(resync["plugins"]) == 1000
         daemon.register("hecate-last")
         after = idle.next()
-        assert (after.type, int(after.id or 0)) == ("registered", resync["seq"] + 1)
+        assert (after.type, after.seq) == ("registered", resync["seq"] + 1)
     finally:
         idle.close()
         keen.close()
@@ -297,7 +359,7 @@ def follow(web: WebClient, mirror: dict[str, dict], until: int) -> None:
     last: int | None = None
     while len(mirror) < until:
         got = web.next()
-        seq = int(got.id or 0)
+        seq = got.seq
         assert last is None or got.type == "resync" or seq == last + 1, (last, seq)
         last = seq
         if got.type == "resync":
@@ -373,6 +435,18 @@ def test_the_sdks_events_resume_and_resync(small_ring: Daemon) -> None:
     daemon.request("DELETE", "/api/plugins/hecate-sdk")
     gone = next(events)
     assert (gone.kind, gone.seq, gone.listed) == ("deregistered", resync.seq + 1, False)
+    events.close()
+    daemon.register("hecate-sdk2")
+    events = client.events(since=gone.id)  # the event's id (RUN-SEQ): Last-Event-ID
+    again = next(events)
+    events.close()
+    assert (again.kind, again.seq, again.id.rpartition("-")[0]) == (
+        "registered",
+        gone.seq + 1,
+        gone.id.rpartition("-")[0],
+    )
+    events = client.events(since=f"zz-{again.seq}")  # another run's id: a resync
+    assert next(events).kind == "resync"
     events.close()
 
 

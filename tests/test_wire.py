@@ -95,6 +95,52 @@ def test_a_head_answer_has_no_body() -> None:
     assert (reply.length, body) == (0, b"")
 
 
+@pytest.mark.parametrize(
+    ("raw", "method"),
+    [
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "HEAD"),
+        (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+        (b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n", "GET"),
+    ],
+)
+def test_an_answer_with_no_body_ends_at_once_whatever_its_framing_says(
+    raw: bytes, method: str
+) -> None:
+    """HEAD, 204 and 304 have no body (RFC 9110 6.4.1) even when the plugin says chunked:
+    the writer stays open, so reading a chunk size would wait for bytes that never come."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(raw)
+        ours.settimeout(10)
+        reply = Reply(ours, method)
+        reply.begin()
+        assert (reply.chunked, reply.length, reply.read1(65536)) == (False, 0, b"")
+        assert not reply.will_close  # the connection is whole: the pool may keep it
+
+
+def test_interim_answers_are_skipped_before_the_final_one() -> None:
+    raw = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    for piece in (0, 1):
+        reply, body = read(raw, piece=piece)
+        assert (reply.status, reply.getheaders(), body) == (200, [("Content-Length", "2")], b"ok")
+
+
+def test_a_101_is_the_answer_not_skipped() -> None:
+    """hecated asks for no upgrade: a 101 is read as the answer, which
+    ``headers.answer_problem`` refuses (a 502), never skipped as interim."""
+    reply, body = read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nbytes")
+    assert (reply.status, body) == (101, b"")
+
+
+def test_endless_interim_answers_are_refused() -> None:
+    with pytest.raises(BadReplyError, match="interim"):
+        read(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 11 + b"HTTP/1.1 200 OK\r\n\r\n")
+
+
 def test_bytes_past_a_whole_answer_keep_the_connection_from_the_pool() -> None:
     reply, body = read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
     assert body == b"ok"

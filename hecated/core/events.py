@@ -16,12 +16,19 @@ reader holds no queue of its own, only the ``seq`` it has sent. A reader that
 falls further behind than the ring (a slow client, a burst of thousands of
 registrations, a ``Last-Event-ID`` from long ago or from another run of the
 daemon) is told so (``after`` answers None) and starts again from a snapshot.
+
+The index's ``seq`` starts again at each run of the daemon (socket activation and
+the idle stop make runs short), so a number alone cannot say which run it is of:
+run 2's number 3 is not run 1's. Each run has a token of its own (``run``, its
+start in nanoseconds, base 36) that the stream puts in its ids; a cursor known to
+be of no run of ours is ``STALE``, which ``after`` answers None (a resync).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -42,6 +49,20 @@ RESYNC = "resync"  # not a change: the client must start again from a snapshot
 KINDS = (REGISTERED, DEREGISTERED, INSTALLED, REMOVED, DISCOVERED, GONE, STATUS, UNIT, UPDATED)
 
 RING = 4096  # events kept for resuming (the setting events_backlog)
+STALE = -1  # a cursor of another run (or of an id that names none): resync
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def run_token(now_ns: int | None = None) -> str:
+    """This run's name in event ids: its start in nanoseconds, base 36 (12 characters
+    until the year 2119): two runs of one daemon never start in the same nanosecond."""
+    n = time.time_ns() if now_ns is None else now_ns
+    out = ""
+    while True:
+        n, digit = divmod(n, 36)
+        out = _DIGITS[digit] + out
+        if n == 0:
+            return out
 
 
 @dataclass(frozen=True)
@@ -102,8 +123,9 @@ class Events:
     Thread-safe; ``after`` and ``wait`` are for the streams, ``record`` is called by
     the index (under its lock) for every change."""
 
-    def __init__(self, index: Index, size: int = RING) -> None:
+    def __init__(self, index: Index, size: int = RING, run: str | None = None) -> None:
         self.size = max(1, size)
+        self.run = run_token() if run is None else run  # this run's name in event ids
         self._ring: deque[Event] = deque(maxlen=self.size)
         self._cond = threading.Condition(threading.Lock())
         self._latest = -1  # seq of the last change seen (-1: none yet)
@@ -134,9 +156,9 @@ class Events:
 
     def after(self, seq: int, limit: int) -> list[Event] | None:
         """The events after ``seq`` (at most ``limit``, oldest first), or None when the
-        ring no longer holds them all (or ``seq`` is ahead: another run's number)."""
+        ring no longer holds them all (or ``seq`` is ahead, or ``STALE``: another run's)."""
         with self._cond:
-            if seq > self._latest or seq + 1 < self._first:
+            if seq < 0 or seq > self._latest or seq + 1 < self._first:
                 return None
             start = seq + 1 - self._first
             return list(itertools.islice(self._ring, start, start + limit))

@@ -39,7 +39,7 @@ from hecated.core.errors import (
 from hecated.core.index import Index
 from hecated.core.units import unit_of
 from hecated.http import openapi
-from hecated.http.events import EventStreams
+from hecated.http.events import EventStreams, resume_cursor
 from hecated.http.forwarding.settings import PREFIX
 from hecated.http.hooks import ON_CLOSE_KEY
 from hecated.http.install import Installer, UnitVerifier
@@ -438,7 +438,7 @@ class HecateApp:
         neither: from now. 503 busy when ``events_clients`` streams are open."""
         if self.events is None:
             raise NotFoundError("this daemon does not serve events")
-        since = _last_event_id(request)
+        since = _last_event_id(request, self.events.events.run)
         headers = [("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
         if request.method == "HEAD":  # the head only: a stream with no body would never end
             return Response(b"", status=200, mimetype="text/event-stream", headers=headers)
@@ -457,17 +457,24 @@ class HecateApp:
         )
 
 
-def _last_event_id(request: Request) -> int | None:
+def _last_event_id(request: Request, run: str) -> int | None:
     """Where a stream resumes: the ``Last-Event-ID`` header (an EventSource reconnecting),
-    else ``since`` (curl, hecatectl watch); a number the stream sent, else 400."""
+    else ``since`` (curl, hecatectl watch): an id the stream sent (``RUN-SEQ``; one of
+    another run: a resync), or for ``since`` also a plain ``seq`` of this run; else 400."""
     raw = request.headers.get("Last-Event-ID")
+    plain = raw is None  # ?since=: a plain seq of this run is taken too
     if raw is None:
-        return _query_number(request, "since", int, 0, None)
-    if not _WHOLE.fullmatch(raw.strip()):
+        raw = request.args.get("since")
+        if raw is None:
+            return None
+    try:
+        return resume_cursor(raw if plain else raw.strip(" \t"), run, plain)
+    except ValueError:
+        who = "'since'" if plain else "Last-Event-ID"
+        what = f"{who} must be an event id (RUN-SEQ){' or a seq' if plain else ''}"
         raise ApiError(
-            Code.INVALID_PARAMETER, f"Last-Event-ID must be a whole number >= 0 (got {raw!r})"
-        )
-    return int(raw.strip())
+            Code.INVALID_PARAMETER, f"{what}, at most 19 digits (got {raw[:40]!r})"
+        ) from None
 
 
 def _describe(exc: HTTPException, request: Request) -> str:
@@ -478,7 +485,9 @@ def _describe(exc: HTTPException, request: Request) -> str:
     return exc.description or exc.name
 
 
-_WHOLE = re.compile(r"[0-9]+")
+# At most 19 digits (a seq, a count: never past 2**63): int() of a longer string costs
+# time, and past 4,300 digits raises ValueError (Python's int-string limit), a 500.
+_WHOLE = re.compile(r"[0-9]{1,19}")
 # The SDK sends waits with "%g": "0.5", "1e-05", "1e+06".
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -494,7 +503,8 @@ def _query_number(request: Request, key: str, kind: type, low: float, high: floa
     if value is None or value != value or value < low or value in (float("inf"),):
         raise ApiError(
             Code.INVALID_PARAMETER,
-            f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g} (got {raw!r})",
+            f"{key!r} must be a {'whole ' if kind is int else ''}number >= {low:g}"
+            f"{' of at most 19 digits' if kind is int else ''} (got {raw[:40]!r})",
         )
     if high is not None and value > high:
         value = kind(high)

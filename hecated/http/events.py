@@ -1,6 +1,7 @@
 """``GET /api/events``: every change of the index as a server-sent event, as it happens.
 
-Each event is ``id:`` the index's ``seq``, ``event:`` its kind (core/events.py:
+Each event is ``id: RUN-SEQ`` (this run's token, core/events.py ``run_token``, and
+the index's ``seq``), ``event:`` its kind (core/events.py:
 registered, deregistered, installed, removed, discovered, gone, status, unit,
 updated) and ``data:`` the plugin's entry exactly as the list shows it (one JSON
 line, ``Views.fragment``: the list's own cached bytes when they are current; a
@@ -8,7 +9,10 @@ name the change took out of the list: its last entry, with ``"listed": false``).
 Every ``seq`` is one event, so ids come without a gap: a client that reconnects
 with ``Last-Event-ID`` (or ``?since=``) gets exactly what came after. One it
 cannot be given (older than the ring, or from another run of the daemon) gets
-one ``resync`` event instead: ``{"seq": N, "plugins": [...the list...]}``, and
+one ``resync`` event instead. The run in the id is what tells another run's
+id: ``seq`` starts again at each run, and a plain number of the run before
+would resume in the middle of this one's changes (``resume_cursor``). The
+``resync`` is ``{"seq": N, "plugins": [...the list...]}``, and
 the events after ``N`` follow. A stream that falls behind the ring (a client
 reading slowly through a burst) is resynced the same way, so a reader never
 costs more memory than its place in the ring.
@@ -20,11 +24,12 @@ kinds it does not know, and comment lines (the heartbeats).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
-from hecated.core.events import RESYNC, Event, Events
+from hecated.core.events import RESYNC, STALE, Event, Events
 from hecated.http.sse import HEARTBEAT, Places, StreamDetour, sse
 from hecated.http.views import Views
 
@@ -32,6 +37,26 @@ EVENTS_PATH = r"^/api/events/?$"
 EVENT_REQUESTS = 64  # requests for /api/events run at once on the detour's threads
 EVENT_CLIENTS = 16  # streams open at once (the setting events_clients)
 BATCH = 256  # events sent in one write at most
+
+
+# RUN-SEQ, or (``since`` only) SEQ; at most 19 digits: int() of more costs time, and
+# past 4,300 digits raises ValueError.
+_ID = re.compile(r"(?:([0-9a-z]{1,16})-)?([0-9]{1,19})")
+
+
+def resume_cursor(raw: str, run: str, plain: bool) -> int:
+    """Where a stream resumes after the event id ``raw``: the ``seq`` when it is this
+    run's; ``STALE`` (a resync) when it is another run's. A plain number is a ``seq``
+    of this run where ``plain`` (``?since=`` from curl, or the list's ``seq``), else
+    ``STALE``: a ``Last-Event-ID`` without a run is of a daemon from before runs
+    were named, never of this one. ValueError: not an event id at all."""
+    match = _ID.fullmatch(raw)  # as written: no sign, space nor underscore
+    if match is None:
+        raise ValueError(f"not an event id: {raw[:40]!r}")
+    token, seq = match.groups()
+    if token == run or (token is None and plain):
+        return int(seq)
+    return STALE
 
 
 class EventDetour(StreamDetour):
@@ -55,6 +80,7 @@ class EventStreams:
         self.views = views
         self.heartbeat = heartbeat
         self.places = Places(clients, "event streams")
+        self._run = events.run.encode()
         # Each event encoded once, whatever the number of streams sending it.
         self._encoded: OrderedDict[int, bytes] = OrderedDict()
         self._encoded_lock = threading.Lock()
@@ -99,7 +125,7 @@ class EventStreams:
         """The whole list and its ``seq``, as one ``resync`` event."""
         seq, body = self.views.encoded_list()
         data = b'{"seq":%d,"plugins":%s}' % (seq, body.rstrip(b"\n"))
-        return seq, b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, RESYNC.encode(), data)
+        return seq, b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (self._run, seq, RESYNC.encode(), data)
 
     def encoded(self, event: Event) -> bytes:
         with self._encoded_lock:
@@ -109,7 +135,12 @@ class EventStreams:
         data = self.views.fragment(event.plugin)
         if not event.listed:  # the last entry of a name no longer listed: say so
             data = data[:-1] + b',"listed":false}'
-        hit = b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.kind.encode(), data)
+        hit = b"id: %s-%d\nevent: %s\ndata: %s\n\n" % (
+            self._run,
+            event.seq,
+            event.kind.encode(),
+            data,
+        )
         with self._encoded_lock:
             self._encoded[event.seq] = hit
             while len(self._encoded) > self.events.size:

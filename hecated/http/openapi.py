@@ -866,8 +866,9 @@ PATHS: dict[str, Any] = {
             "Every change of the registry as a server-sent event, as it happens",
             {
                 "200": {
-                    "description": "text/event-stream. Each change is one event: `id:` the "
-                    "registry's seq (one event per seq, no gap), `event:` its kind (registered, "
+                    "description": "text/event-stream. Each change is one event: `id:` "
+                    "RUN-SEQ, the daemon's run (a token fixed at its start) and the registry's "
+                    "seq (one event per seq, no gap), `event:` its kind (registered, "
                     "deregistered, installed, removed, discovered, gone, status, unit, updated), "
                     "`data:` the plugin's entry as the list shows it (a name the change took "
                     "out of the list: its last entry with listed: false). A resumed stream "
@@ -885,16 +886,20 @@ PATHS: dict[str, Any] = {
                     "name": "Last-Event-ID",
                     "in": "header",
                     "required": False,
-                    "description": "Resume after this seq (an EventSource sends it itself).",
-                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "Resume after this event id, RUN-SEQ (an EventSource "
+                    "sends it itself). An id of another run of the daemon (its seq starts "
+                    "again at each run), or a plain number: a resync first.",
+                    "schema": {"type": "string", "pattern": "^[0-9a-z]{1,16}-[0-9]{1,19}$"},
                 },
                 {
                     "name": "since",
                     "in": "query",
                     "required": False,
-                    "description": "Resume after this seq (for clients that cannot set the "
-                    "header; the header wins). Neither: from now.",
-                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "Resume after this event id, RUN-SEQ, or after this seq of "
+                    "the daemon's current run (a plain number, as GET /api/plugins gives "
+                    "it); for clients that cannot set the header; the header wins. "
+                    "Neither: from now.",
+                    "schema": {"type": "string", "pattern": "^([0-9a-z]{1,16}-)?[0-9]{1,19}$"},
                 },
             ],
         )

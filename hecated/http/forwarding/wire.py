@@ -6,10 +6,12 @@ feed parser, a policy object and a ``Message`` per answer): about a fifth of
 what a forwarded ``GET /manifest`` cost hecated (issue 22's profile). The wing
 needs far less: the status line, the header pairs in order (``headers.py``
 judges them) and the body's framing. This reader keeps ``http.client``'s
-bounds (a line at most 65,536 bytes, at most 100 headers; a ``100 Continue``
-skipped) and its way of reading a body (``read1``: what has come, never
-more than asked; chunked answers de-chunked; an answer of no set length read
-to the plugin's close), and says what is wrong in words (``BadReplyError``).
+bounds (a line at most 65,536 bytes, at most 100 headers) and its way of
+reading a body (``read1``: what has come, never more than asked; chunked
+answers de-chunked; an answer of no set length read to the plugin's close),
+and says what is wrong in words (``BadReplyError``).
+Interim answers (any 1xx but 101, at most 10) are skipped, where
+``http.client`` skipped only a ``100`` and a 103 Early Hints became a 502.
 
 A malformed head is refused, never half-read: a header line that is not
 ``name: value`` (``email`` silently took it and every later header as body),
@@ -24,6 +26,7 @@ import socket
 
 MAX_LINE = 65536  # as http.client's _MAXLINE: a status line, a header or a chunk-size line
 MAX_HEADERS = 100  # as http.client's _MAXHEADERS
+MAX_INTERIM = 10  # 1xx answers skipped before the final one; more is a plugin gone wrong
 _READ = 64 * 1024  # bytes asked of the socket at a time
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # What http.client refused in a request it sent, refused here alike (a ValueError).
@@ -78,13 +81,17 @@ class Reply:
     # -- the head ----------------------------------------------------------------------
 
     def begin(self) -> None:
-        """Read and parse the head (a ``100 Continue`` before it is skipped)."""
-        while True:
+        """Read and parse the head. Interim answers before it (``100 Continue``,
+        ``103 Early Hints``, any 1xx but 101) are read and skipped, as RFC 9110 15.2
+        asks of a client, at most ``MAX_INTERIM`` of them; a ``101`` is kept as the
+        answer (hecated asks for no upgrade: ``headers.answer_problem`` refuses it)."""
+        for _ in range(MAX_INTERIM + 1):
             lines = self._head_lines()
             self._status_line(lines[0])
-            if self.status != 100:
-                break
-        self._headers(lines)
+            if not (100 <= self.status < 200) or self.status == 101:
+                self._headers(lines)
+                return
+        raise BadReplyError(f"sent more than {MAX_INTERIM} interim (1xx) answers")
 
     def _head_lines(self) -> list[str]:
         """The head's lines up to the blank one, within the bounds; the rest stays buffered."""
@@ -156,6 +163,9 @@ class Reply:
         if length is not None and not self.chunked and length.isascii() and length.isdigit():
             self.length = int(length)
         if self.status in (204, 304) or self.status < 200 or self._method == "HEAD":
+            # No body whatever the headers say (RFC 9110 6.4.1): a chunked one read
+            # here would wait on a chunk size the plugin never sends.
+            self.chunked = False
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
