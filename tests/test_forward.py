@@ -363,6 +363,17 @@ def test_a_stopped_plugin_is_a_502(world: Any) -> None:
     envelope(status, body, "plugin_unreachable")
 
 
+def test_a_registered_plugin_that_cannot_be_started_is_a_502(world: Any) -> None:
+    """Registered (so it has a unit to start on demand), not running, and no user manager
+    to start it here: still the plain 502 every client knows, saying why."""
+    daemon, _, _ = world
+    assert daemon.register("hecate-app-unstarted")[0] == 201
+    status, _, body = request(daemon.socket, "GET", "/plugin/hecate-app-unstarted/manifest")
+    assert status == 502, body
+    envelope(status, body, "plugin_unreachable")
+    assert "user manager" in json.loads(body)["error"]
+
+
 def test_a_silent_plugin_is_a_504() -> None:
     home = short_tempdir("hf")
     daemon = Daemon(home, ["--forward-timeout", "0.5"]).start()

@@ -40,6 +40,7 @@ from hecated.core.errors import (
     HecateError,
     InvalidUnitError,
     NoUnitError,
+    SystemdUnavailableError,
     UnitFailedError,
 )
 from hecated.core.status import SocketFinding, SocketKind, UnitFinding
@@ -347,11 +348,18 @@ def _ended(namespace: str, unit: str, after: UnitFinding | None, now: UnitFindin
 def _for_request(namespace: str, error: HecateError) -> HecateError:
     """A start's failure as the forwarded request's answer: no unit to start (none in the
     manager, or a name that is none) leaves the plain ``502 plugin_unreachable`` the
-    request had without on-demand start; the rest are answered as the control routes
-    answer them (``502 unit_failed`` with the reason and the plugin's last lines, ``503
-    systemd_unavailable``)."""
+    request had without on-demand start, and so does no user manager to ask (the
+    plugin's 502, saying so: clients of /plugin/ know that answer); a failed start is
+    answered as the control routes answer it (``502 unit_failed`` with the reason and the
+    plugin's last lines)."""
     if isinstance(error, (NoUnitError, InvalidUnitError)):
         return PluginUnreachableError(f"plugin {namespace!r} is not running, and {error.message}")
+    if isinstance(error, SystemdUnavailableError):
+        # The plugin is what the request wanted: its 502, with why it was not started.
+        return PluginUnreachableError(
+            f"plugin {namespace!r} is not running, and no user manager could start it "
+            f"({error.message})"
+        )
     return error
 
 
