@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon
 from ctl_support import ctl
+from gitops_support import listed
 
 from hecated.adapters.unitverify import SystemdAnalyze
 from hecated.core import unitfile
@@ -430,6 +431,12 @@ def test_hecatectl_install_and_uninstall(daemon: Daemon, home: Path) -> None:
     assert result.code == Exit.OK, result
     assert result.json()["replaced"] == [str(path)]
     assert path.read_text() == SERVICE + "# v2\n"
+    # Once the reconciler has found it: list and show say where the file is.
+    listed(daemon, lambda row: row["desired"] is not None, "hecate-x")
+    result = ctl(home, "show", "hecate-x")
+    shown = dict(line.split(":", 1) for line in result.out.splitlines())
+    assert shown["installed"].strip() == f"{path} (service -> hecate-x.service)", result
+    assert shown["  linked"].strip() in ("yes", "no"), result
     bad = home / "hecate-y.service"
     bad.write_text("[Unit]\nDescription=y\nno equals sign\n")
     result = ctl(home, "install", str(bad))

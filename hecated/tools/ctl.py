@@ -25,6 +25,7 @@ from hecated.client import (
     ApiError,
     ClientError,
     DaemonUnavailableError,
+    DesiredInfo,
     HecateClient,
     InvalidUnitFileError,
     LogLine,
@@ -271,6 +272,8 @@ def cmd_list(client: HecateClient, args: argparse.Namespace) -> Exit:
                 print(f"{p.name}: failed: {p.unit.reason}")
             for problem in p.problems:
                 print(f"{p.name}: {problem}")
+            if p.desired is not None and p.desired.problem:
+                print(f"{p.name}: {p.desired.problem}")
     return Exit.OK
 
 
@@ -312,6 +315,7 @@ def cmd_show(client: HecateClient, args: argparse.Namespace) -> Exit:
         ("reason", info.reason),
     ]
     pairs += _unit_fields(info.unit)
+    pairs += _desired_fields(info.desired)
     pairs += [("problem", problem) for problem in info.problems]
     if info.error:
         pairs.append(("error", str(info.error)))
@@ -331,6 +335,18 @@ def _unit_fields(unit: UnitInfo | None) -> list[tuple[str, Any]]:
         ("  restarts", unit.restarts),
         ("  main_pid", unit.main_pid),
         ("  since", _when(since)),
+    ]
+
+
+def _desired_fields(desired: DesiredInfo | None) -> list[tuple[str, Any]]:
+    """The plugin's file in the gitops tree, whether hecated's link to it is in place, and
+    why it cannot run here: what a person reads before editing the file."""
+    if desired is None:
+        return []
+    return [
+        ("installed", f"{desired.path} ({desired.kind} -> {desired.unit})"),
+        ("  linked", "yes" if desired.linked else "no"),
+        ("  problem", desired.problem),
     ]
 
 
