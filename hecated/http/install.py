@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hecated.core import unitfile
-from hecated.core.desired import Apps
+from hecated.core.desired import SYSTEM_DIR, Apps
 from hecated.core.errors import (
     InvalidFieldError,
     NotFoundError,
     NoUnitError,
+    StillRegisteredError,
     SystemdUnavailableError,
 )
 from hecated.core.layout import Layout
@@ -60,6 +61,7 @@ class Installer:
     ) -> None:
         self.layout = layout
         self.apps = Apps(gitops_dir)
+        self.system = Apps(gitops_dir, SYSTEM_DIR)  # looked at, never written
         self.units = units
         self.verifier = verifier
 
@@ -108,8 +110,16 @@ class Installer:
 
     def uninstall(self, name: str) -> dict[str, Any]:
         """Stop the unit, then remove the files: the reconciler finds nothing left to do
-        but unlink and reload. 404 when ``apps/`` has no file of the plugin."""
+        but unlink and reload. 404 when ``apps/`` has no file of the plugin; 409 when
+        ``system/`` has one (the ecosystem's own: removing ``apps/``' file would not
+        uninstall it)."""
         self.layout.check_plugin_name(name)
+        in_system = self.system.installed(name)
+        if in_system:
+            raise StillRegisteredError(
+                f"plugin {name!r} is installed by gitops/{SYSTEM_DIR}/{in_system[0]}, which "
+                "hecated does not write; remove it from the tree"
+            )
         if not self.apps.installed(name):
             raise NotFoundError(
                 f"plugin {name!r} is not installed: no {name}.service or {name}.container "
