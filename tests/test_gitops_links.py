@@ -103,6 +103,25 @@ def test_only_a_dangling_own_link_is_removed(tree: tuple[Layout, UnitDirs]) -> N
     assert remove_link(own, layout.gitops_dir) is True and not os.path.lexists(own)
 
 
+def test_a_symlinked_apps_is_not_followed_out_of_the_tree(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "hecate-evil.service").write_text("[Service]\nExecStart=/bin/true\n")
+    apps = layout.gitops_dir / "apps"
+    apps.rmdir()
+    apps.symlink_to(elsewhere)
+    own = dirs.systemd / "hecate-evil.service"  # linked before apps/ became a symlink
+    os.symlink(apps / "hecate-evil.service", own)
+    plan = look(layout, dirs)
+    assert plan.wants == {} and plan.make == [] and plan.not_regular == {}
+    assert list(plan.unsafe) == [str(apps)], plan.unsafe
+    assert plan.dangling == [own]  # its file is not a regular file of the tree
+    assert remove_link(own, layout.gitops_dir) is True
+
+
 @pytest.mark.parametrize(
     ("target", "own"),
     [

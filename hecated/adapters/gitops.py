@@ -250,6 +250,10 @@ class Reconciler:
             if path not in self._warned:
                 self._warned.add(path)
                 log.warning("%s is not linked: its name is no plugin's (%s)", path, why)
+        for folder, why in plan.unsafe.items():
+            if folder not in self._warned:  # no plugin to carry it: the log says it
+                self._warned.add(folder)
+                log.warning("%s is not read, none of its files is linked: %s", folder, why)
 
     # -- the manager ---------------------------------------------------------------------------
 
