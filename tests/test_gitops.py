@@ -202,6 +202,43 @@ def test_without_a_user_manager_links_are_made_and_the_rest_waits_for_one(world:
         (away / "bus").unlink()
 
 
+def test_a_start_owed_when_hecated_ended_is_made_by_the_next_one(world: World) -> None:
+    # The first hecated links the file but finds no manager, and ends owing the start;
+    # the next one finds the link in place and the unit never loaded: it starts it.
+    away = world.um.base / "away"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)})
+    src = world.write("hecate-owedd.service", sleeper_text("owed"))
+    listed(d, lambda r: r["installed"] and r["desired"]["problem"], "hecate-owedd")
+    d.stop()
+    assert os.readlink(world.um.unit_dir / "hecate-owedd.service") == str(src)
+    world.hecated()
+    wait_for(lambda: world.prop("hecate-owedd.service", "ActiveState") == "active", 60)
+
+
+def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: World) -> None:
+    unit = "hecate-stopd.service"
+    d = world.hecated()
+    src = world.write(unit, sleeper_text("to stop"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-stopd")
+    d.stop()
+    away = world.um.base / "away"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)})
+    listed(d, lambda r: r["installed"], "hecate-stopd")
+    src.unlink()
+    listed(d, lambda rows: "hecate-stopd" not in {r["name"] for r in rows if r["installed"]})
+    # Not stopped: the link stays (removed, the unit would run on with no file, forever).
+    assert os.path.lexists(world.um.unit_dir / unit)
+    assert world.prop(unit, "ActiveState") == "active"
+    os.symlink(world.um.runtime / "bus", away / "bus")
+    try:
+        wait_for(lambda: not os.path.lexists(world.um.unit_dir / unit), 60)
+        assert world.prop(unit, "ActiveState") == "inactive"
+    finally:
+        (away / "bus").unlink()
+
+
 class Script:
     """hecate-reconciler.sh --watch beside hecated, in the manager's environment (its
     systemctl --user reaches the private manager), with a podman for its preflight."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters import gitopsquadlet
+from hecated.adapters.gitops import Reconciler
 from hecated.adapters.gitopslinks import (
     UnitDirs,
     is_own,
@@ -23,6 +24,8 @@ from hecated.adapters.gitopslinks import (
     replace_link,
 )
 from hecated.adapters.gitopswatch import Burst
+from hecated.adapters.unitcontrol import UserManager
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 
@@ -211,3 +214,40 @@ def test_a_closed_burst_releases_its_taker() -> None:
     burst.close()
     taker.join(10)
     assert got == [None]
+
+
+# -- the reconciler without a user manager: what it owes, it keeps ---------------------------
+
+
+def away_reconciler(layout: Layout, dirs: UnitDirs, tmp_path: Path) -> Reconciler:
+    """A reconciler whose manager's bus is a path nobody listens on (a real UserManager):
+    every reload, start and stop fails as SystemdUnavailable."""
+    layout.ensure_layout()
+    nobody = UserManager(address=f"unix:path={tmp_path / 'no-bus'}")
+    return Reconciler(Index(layout), nobody, dirs=dirs)
+
+
+def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    (layout.gitops_dir / "apps" / "hecate-a.service").write_text("[Service]\n")
+    r = away_reconciler(layout, dirs, tmp_path)
+    p = r.reconcile(set())
+    assert [w.desired.name for w in p.new] == ["hecate-a"]
+    assert r.pending  # the reload and the start are owed: an idle exit would lose them
+    # ... and kept on disk for the next hecated, should this one end before it answers.
+    assert (layout.data_dir / "gitops-owed-starts").read_text() == "hecate-a.service\n"
+
+
+def test_a_stop_that_fails_keeps_the_link_and_is_owed(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    link = dirs.systemd / "hecate-g.service"
+    os.symlink(layout.gitops_dir / "apps" / "hecate-g.service", link)  # its file is gone
+    r = away_reconciler(layout, dirs, tmp_path)
+    p = r.reconcile(set())
+    assert p.plan.dangling == [link] and p.removed == []
+    assert os.path.lexists(link)  # kept: the unit may run on, and is stopped later
+    assert r.pending

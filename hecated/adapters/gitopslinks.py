@@ -251,15 +251,21 @@ def replace_link(want: Want, gitops: Path) -> bool:
     return True
 
 
-def remove_link(dest: Path, gitops: Path) -> bool:
-    """Remove a dangling own link, checked again just before: True when it is gone."""
+def dangles(dest: Path, gitops: Path) -> bool:
+    """``dest`` is (still) an own link whose file is gone: remove_link's condition, asked
+    again right before its unit is stopped (a file back meanwhile keeps it running)."""
     try:
         target = os.readlink(dest)
-    except FileNotFoundError:
-        return True
     except OSError:
         return False
-    if not is_own(target, gitops) or _regular(target, gitops):
+    return is_own(target, gitops) and not _regular(target, gitops)
+
+
+def remove_link(dest: Path, gitops: Path) -> bool:
+    """Remove a dangling own link, checked again just before: True when it is gone."""
+    if not os.path.lexists(dest):
+        return True
+    if not dangles(dest, gitops):
         return False
     with contextlib.suppress(FileNotFoundError):
         os.unlink(dest)

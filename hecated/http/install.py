@@ -141,7 +141,9 @@ class Installer:
         """The unit's state after a stop, and whether one was made.
 
         Without a manager the file still goes: the desired state is the file, and
-        the reconciler stops the unit when it sees it gone. A unit the manager does
+        the reconciler stops the unit when it sees it gone; its link stays until the
+        stop is made (retried until a manager answers), so the unit is never left
+        running with no file. A unit the manager does
         not know (never linked, already unlinked) has nothing to stop."""
         if self.units is None:
             return None, False
