@@ -17,6 +17,7 @@ from hecated.adapters import gitopsquadlet
 from hecated.adapters.gitops import Reconciler
 from hecated.adapters.gitopslinks import (
     UnitDirs,
+    clean_tmp,
     is_own,
     look,
     make_link,
@@ -123,6 +124,29 @@ def test_a_symlinked_apps_is_not_followed_out_of_the_tree(
     assert list(plan.unsafe) == [str(apps)], plan.unsafe
     assert plan.dangling == [own]  # its file is not a regular file of the tree
     assert remove_link(own, layout.gitops_dir) is True
+
+
+def test_a_tmp_name_is_cleaned_only_when_it_is_an_own_link(tree: tuple[Layout, UnitDirs]) -> None:
+    layout, dirs = tree
+    apps, system = layout.gitops_dir / "apps", layout.gitops_dir / "system"
+    (apps / "hecate-b.service").write_text("[Service]\n")
+    os.symlink(system / "hecate-b.service", dirs.systemd / "hecate-b.service")  # to replace
+    tmp = dirs.systemd / "hecate-b.service.hecated-tmp"
+    tmp.write_text("a person's file under our tmp name\n")
+    (want,) = look(layout, dirs).replace
+    assert replace_link(want, layout.gitops_dir) is False
+    assert tmp.read_text() == "a person's file under our tmp name\n"
+    tmp.unlink()
+    stale = dirs.quadlet / "hecate-c.container.hecated-tmp"  # a crashed pass's own link
+    os.symlink(apps / "hecate-c.container", stale)
+    foreign = dirs.quadlet / "hecate-d.container.hecated-tmp"
+    os.symlink("/elsewhere/hecate-d.container", foreign)
+    plan = look(layout, dirs)
+    assert plan.stale_tmp == [stale]
+    assert clean_tmp(stale, layout.gitops_dir) is True and not os.path.lexists(stale)
+    assert clean_tmp(foreign, layout.gitops_dir) is False and os.path.lexists(foreign)
+    assert replace_link(plan.replace[0], layout.gitops_dir) is True
+    assert os.readlink(want.dest) == want.src and not os.path.lexists(tmp)
 
 
 @pytest.mark.parametrize(

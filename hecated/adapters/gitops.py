@@ -42,6 +42,7 @@ from hecated.adapters.gitopslinks import (
     Plan,
     UnitDirs,
     Want,
+    clean_tmp,
     config_home,
     dangles,
     look,
@@ -185,6 +186,9 @@ class Reconciler:
         self._retry_at = None  # set again below while something is still owed
         p = Pass(look(self.layout, self.dirs), touched)
         self._warn_refused(p.plan)
+        for tmp in p.plan.stale_tmp:  # no unit suffix: no reader took it, no reload
+            if clean_tmp(tmp, self.gitops):
+                log.info("removed %s (a link a pass before this one left half made)", tmp)
         self._remove(p)
         self._link(p)
         if any(w.desired.kind == "container" for w in p.plan.wants.values()):

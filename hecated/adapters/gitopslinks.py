@@ -85,6 +85,7 @@ class Plan:
     refused: dict[str, str] = field(default_factory=dict)  # a file -> why it is no plugin's
     not_regular: dict[str, Want] = field(default_factory=dict)  # plugin -> a non-file entry
     unsafe: dict[str, str] = field(default_factory=dict)  # system/ or apps/ -> why not read
+    stale_tmp: list[Path] = field(default_factory=list)  # own NAME.hecated-tmp a crash left
 
 
 def desired_files(layout: Layout, plan: Plan, dirs: UnitDirs) -> None:
@@ -178,13 +179,15 @@ def dangling_links(layout: Layout, plan: Plan, dirs: UnitDirs) -> None:
         except (FileNotFoundError, NotADirectoryError):
             continue
         for name in names:
-            if name.endswith(TMP_SUFFIX):
-                continue
             dest = folder / name
             if dest in replaced:
                 continue
             with contextlib.suppress(OSError):
                 target = os.readlink(dest)
+                if name.endswith(TMP_SUFFIX):
+                    if is_own(target, layout.gitops_dir):
+                        plan.stale_tmp.append(dest)
+                    continue
                 if is_own(target, layout.gitops_dir) and not _regular(target, layout.gitops_dir):
                     plan.dangling.append(dest)
 
@@ -235,19 +238,38 @@ def make_link(want: Want, gitops: Path) -> bool:
 
 def replace_link(want: Want, gitops: Path) -> bool:
     """An own link pointed at another file of the tree now points at ``want``'s: a new
-    link renamed over it, so the name is never missing (a reload meanwhile sees one)."""
+    link renamed over it, so the name is never missing (a reload meanwhile sees one).
+
+    The tmp name is cleared only when it holds an own link; the link is read again right
+    before the rename, which happens only while it is still own (docs/gitops.md says
+    what window is left)."""
     tmp = want.dest.with_name(want.dest.name + TMP_SUFFIX)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    if not clean_tmp(tmp, gitops):
+        return False  # something not ours under the tmp name: left alone
     os.symlink(want.src, tmp)
     try:
         target = read_link(want.dest)
     except OSError:
         target = ""
     if target is not None and not is_own(target, gitops):  # it changed hands meanwhile
-        os.unlink(tmp)
+        clean_tmp(tmp, gitops)
         return False
     os.replace(tmp, want.dest)
+    return True
+
+
+def clean_tmp(tmp: Path, gitops: Path) -> bool:
+    """``tmp`` is free: absent, or an own link (one a crashed pass left) now removed."""
+    try:
+        target = os.readlink(tmp)
+    except FileNotFoundError:
+        return True
+    except OSError:  # EINVAL: a file, not a link
+        return False
+    if not is_own(target, gitops):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
     return True
 
 
