@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,17 +94,19 @@ def test_a_service_file_is_linked_started_listed_reloaded_when_edited_stopped_wh
 
 
 def test_ten_files_written_at_once_make_one_reload(world: World) -> None:
-    # A slow checkout: ten files written 0.1 s apart (the pauses are the workload, not a
-    # wait for anything), with a settle window ten times longer than a pause. Reconciled
-    # as they come, the first files would be reloaded before the last were written.
-    d = world.hecated(env={"HECATE_GITOPS_SETTLE": "1.0"})
+    # A checkout of ten files, then a rescan: with a settle window far longer than any
+    # stall of the box, the burst is still gathering when the ten are in place, and the
+    # rescan ends it at once. Reconciled as they come (no coalescing), the first files
+    # would be reloaded before the last were written. Nothing here depends on timing
+    # short of a 10-minute stall.
     world.write("hecate-first.service", sleeper_text("the first, alone"))
-    listed(d, lambda r: r["installed"] and active(r), "hecate-first")  # passes done, all quiet
+    d = world.hecated(env={"HECATE_GITOPS_SETTLE": "600"})
+    listed(d, lambda r: r["installed"] and active(r), "hecate-first")  # the start pass's
     names = [f"hecate-ten{i}" for i in range(10)]
     before = len(world.runs())
     for name in names:  # one write after the other, as git checks files out
         world.write(f"{name}.service", sleeper_text(name))
-        time.sleep(0.1)
+    assert d.request("POST", "/api/rescan")[0] == 200
 
     def all_ten(rows: list) -> bool:
         up = {r["name"] for r in rows if r["installed"] and active(r)}
@@ -113,6 +114,7 @@ def test_ten_files_written_at_once_make_one_reload(world: World) -> None:
 
     listed(d, all_ten)
     world.write("hecate-eleven.service", sleeper_text("the eleventh, alone"))
+    assert d.request("POST", "/api/rescan")[0] == 200
     listed(d, lambda r: r["installed"] and active(r), "hecate-eleven")
     # The manager reloaded once for the ten and once for the eleventh: nothing between.
     assert len(world.runs()) == before + 2, world.runs()[before:]
