@@ -241,6 +241,23 @@ def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: Wor
         (away / "bus").unlink()
 
 
+def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:
+    # The unit's own ExecStop puts its file back: the removal that follows the stop is
+    # declined (the file is there), so the unit must run again.
+    unit = "hecate-backd.service"
+    backup = world.um.base / "hecate-backd.backup"
+    text = sleeper_text("comes back") + f"ExecStop=/bin/cp {backup} {world.apps / unit}\n"
+    backup.write_text(text)
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-backd")
+    pid = world.prop(unit, "MainPID")
+    src.unlink()
+    wait_for(lambda: world.prop(unit, "MainPID") not in (pid, "0"), 60)
+    assert world.prop(unit, "ActiveState") == "active"
+    assert os.readlink(world.um.unit_dir / unit) == str(src)
+
+
 class Script:
     """hecate-reconciler.sh --watch beside hecated, in the manager's environment (its
     systemctl --user reaches the private manager), with a podman for its preflight."""
