@@ -312,9 +312,13 @@ class Reconciler:
             try:
                 if self.manager.state(want.desired.unit).load_state == "not-found":
                     units.add(want.desired.unit)
-            except UnitError as exc:
+            except NoSuchUnit:  # it cannot be loaded (yet): never loaded
+                units.add(want.desired.unit)
+            except SystemdUnavailable as exc:
                 log.debug("asking whether %s is loaded: %s", want.desired.unit, exc)
                 return set()  # asked again at the next pass
+            except UnitError as exc:
+                log.debug("asking whether %s is loaded: %s", want.desired.unit, exc)
         self._unchecked = False
         return units
 
