@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,17 +94,19 @@ def test_a_service_file_is_linked_started_listed_reloaded_when_edited_stopped_wh
 
 
 def test_ten_files_written_at_once_make_one_reload(world: World) -> None:
-    # A slow checkout: ten files written 0.1 s apart (the pauses are the workload, not a
-    # wait for anything), with a settle window ten times longer than a pause. Reconciled
-    # as they come, the first files would be reloaded before the last were written.
-    d = world.hecated(env={"HECATE_GITOPS_SETTLE": "1.0"})
+    # A checkout of ten files, then a rescan: with a settle window far longer than any
+    # stall of the box, the burst is still gathering when the ten are in place, and the
+    # rescan ends it at once. Reconciled as they come (no coalescing), the first files
+    # would be reloaded before the last were written. Nothing here depends on timing
+    # short of a 10-minute stall.
     world.write("hecate-first.service", sleeper_text("the first, alone"))
-    listed(d, lambda r: r["installed"] and active(r), "hecate-first")  # passes done, all quiet
+    d = world.hecated(env={"HECATE_GITOPS_SETTLE": "600"})
+    listed(d, lambda r: r["installed"] and active(r), "hecate-first")  # the start pass's
     names = [f"hecate-ten{i}" for i in range(10)]
     before = len(world.runs())
     for name in names:  # one write after the other, as git checks files out
         world.write(f"{name}.service", sleeper_text(name))
-        time.sleep(0.1)
+    assert d.request("POST", "/api/rescan")[0] == 200
 
     def all_ten(rows: list) -> bool:
         up = {r["name"] for r in rows if r["installed"] and active(r)}
@@ -113,6 +114,7 @@ def test_ten_files_written_at_once_make_one_reload(world: World) -> None:
 
     listed(d, all_ten)
     world.write("hecate-eleven.service", sleeper_text("the eleventh, alone"))
+    assert d.request("POST", "/api/rescan")[0] == 200
     listed(d, lambda r: r["installed"] and active(r), "hecate-eleven")
     # The manager reloaded once for the ten and once for the eleventh: nothing between.
     assert len(world.runs()) == before + 2, world.runs()[before:]
@@ -200,6 +202,60 @@ def test_without_a_user_manager_links_are_made_and_the_rest_waits_for_one(world:
         wait_for(lambda: world.prop("hecate-laterd.service", "ActiveState") == "active", 60)
     finally:
         (away / "bus").unlink()
+
+
+def test_a_start_owed_when_hecated_ended_is_made_by_the_next_one(world: World) -> None:
+    # The first hecated links the file but finds no manager, and ends owing the start;
+    # the next one finds the link in place and the unit never loaded: it starts it.
+    away = world.um.base / "away"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)})
+    src = world.write("hecate-owedd.service", sleeper_text("owed"))
+    listed(d, lambda r: r["installed"] and r["desired"]["problem"], "hecate-owedd")
+    d.stop()
+    assert os.readlink(world.um.unit_dir / "hecate-owedd.service") == str(src)
+    world.hecated()
+    wait_for(lambda: world.prop("hecate-owedd.service", "ActiveState") == "active", 60)
+
+
+def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: World) -> None:
+    unit = "hecate-stopd.service"
+    d = world.hecated()
+    src = world.write(unit, sleeper_text("to stop"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-stopd")
+    d.stop()
+    away = world.um.base / "away"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)})
+    listed(d, lambda r: r["installed"], "hecate-stopd")
+    src.unlink()
+    listed(d, lambda rows: "hecate-stopd" not in {r["name"] for r in rows if r["installed"]})
+    # Not stopped: the link stays (removed, the unit would run on with no file, forever).
+    assert os.path.lexists(world.um.unit_dir / unit)
+    assert world.prop(unit, "ActiveState") == "active"
+    os.symlink(world.um.runtime / "bus", away / "bus")
+    try:
+        wait_for(lambda: not os.path.lexists(world.um.unit_dir / unit), 60)
+        assert world.prop(unit, "ActiveState") == "inactive"
+    finally:
+        (away / "bus").unlink()
+
+
+def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:
+    # The unit's own ExecStop puts its file back: the removal that follows the stop is
+    # declined (the file is there), so the unit must run again.
+    unit = "hecate-backd.service"
+    backup = world.um.base / "hecate-backd.backup"
+    text = sleeper_text("comes back") + f"ExecStop=/bin/cp {backup} {world.apps / unit}\n"
+    backup.write_text(text)
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-backd")
+    pid = world.prop(unit, "MainPID")
+    src.unlink()
+    wait_for(lambda: world.prop(unit, "MainPID") not in (pid, "0"), 60)
+    assert world.prop(unit, "ActiveState") == "active"
+    assert os.readlink(world.um.unit_dir / unit) == str(src)
 
 
 class Script:

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters import gitopsquadlet
+from hecated.adapters.gitops import Reconciler
 from hecated.adapters.gitopslinks import (
     UnitDirs,
+    clean_tmp,
     is_own,
     look,
     make_link,
@@ -23,6 +25,8 @@ from hecated.adapters.gitopslinks import (
     replace_link,
 )
 from hecated.adapters.gitopswatch import Burst
+from hecated.adapters.unitcontrol import UserManager
+from hecated.core.index import Index
 from hecated.core.layout import Layout
 
 
@@ -101,6 +105,48 @@ def test_only_a_dangling_own_link_is_removed(tree: tuple[Layout, UnitDirs]) -> N
     assert remove_link(own, layout.gitops_dir) is False and os.path.lexists(own)
     (apps / "hecate-g.service").unlink()
     assert remove_link(own, layout.gitops_dir) is True and not os.path.lexists(own)
+
+
+def test_a_symlinked_apps_is_not_followed_out_of_the_tree(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "hecate-evil.service").write_text("[Service]\nExecStart=/bin/true\n")
+    apps = layout.gitops_dir / "apps"
+    apps.rmdir()
+    apps.symlink_to(elsewhere)
+    own = dirs.systemd / "hecate-evil.service"  # linked before apps/ became a symlink
+    os.symlink(apps / "hecate-evil.service", own)
+    plan = look(layout, dirs)
+    assert plan.wants == {} and plan.make == [] and plan.not_regular == {}
+    assert list(plan.unsafe) == [str(apps)], plan.unsafe
+    assert plan.dangling == [own]  # its file is not a regular file of the tree
+    assert remove_link(own, layout.gitops_dir) is True
+
+
+def test_a_tmp_name_is_cleaned_only_when_it_is_an_own_link(tree: tuple[Layout, UnitDirs]) -> None:
+    layout, dirs = tree
+    apps, system = layout.gitops_dir / "apps", layout.gitops_dir / "system"
+    (apps / "hecate-b.service").write_text("[Service]\n")
+    os.symlink(system / "hecate-b.service", dirs.systemd / "hecate-b.service")  # to replace
+    tmp = dirs.systemd / "hecate-b.service.hecated-tmp"
+    tmp.write_text("a person's file under our tmp name\n")
+    (want,) = look(layout, dirs).replace
+    assert replace_link(want, layout.gitops_dir) is False
+    assert tmp.read_text() == "a person's file under our tmp name\n"
+    tmp.unlink()
+    stale = dirs.quadlet / "hecate-c.container.hecated-tmp"  # a crashed pass's own link
+    os.symlink(apps / "hecate-c.container", stale)
+    foreign = dirs.quadlet / "hecate-d.container.hecated-tmp"
+    os.symlink("/elsewhere/hecate-d.container", foreign)
+    plan = look(layout, dirs)
+    assert plan.stale_tmp == [stale]
+    assert clean_tmp(stale, layout.gitops_dir) is True and not os.path.lexists(stale)
+    assert clean_tmp(foreign, layout.gitops_dir) is False and os.path.lexists(foreign)
+    assert replace_link(plan.replace[0], layout.gitops_dir) is True
+    assert os.readlink(want.dest) == want.src and not os.path.lexists(tmp)
 
 
 @pytest.mark.parametrize(
@@ -192,3 +238,40 @@ def test_a_closed_burst_releases_its_taker() -> None:
     burst.close()
     taker.join(10)
     assert got == [None]
+
+
+# -- the reconciler without a user manager: what it owes, it keeps ---------------------------
+
+
+def away_reconciler(layout: Layout, dirs: UnitDirs, tmp_path: Path) -> Reconciler:
+    """A reconciler whose manager's bus is a path nobody listens on (a real UserManager):
+    every reload, start and stop fails as SystemdUnavailable."""
+    layout.ensure_layout()
+    nobody = UserManager(address=f"unix:path={tmp_path / 'no-bus'}")
+    return Reconciler(Index(layout), nobody, dirs=dirs)
+
+
+def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    (layout.gitops_dir / "apps" / "hecate-a.service").write_text("[Service]\n")
+    r = away_reconciler(layout, dirs, tmp_path)
+    p = r.reconcile(set())
+    assert [w.desired.name for w in p.new] == ["hecate-a"]
+    assert r.pending  # the reload and the start are owed: an idle exit would lose them
+    # ... and kept on disk for the next hecated, should this one end before it answers.
+    assert (layout.data_dir / "gitops-owed-starts").read_text() == "hecate-a.service\n"
+
+
+def test_a_stop_that_fails_keeps_the_link_and_is_owed(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    link = dirs.systemd / "hecate-g.service"
+    os.symlink(layout.gitops_dir / "apps" / "hecate-g.service", link)  # its file is gone
+    r = away_reconciler(layout, dirs, tmp_path)
+    p = r.reconcile(set())
+    assert p.plan.dangling == [link] and p.removed == []
+    assert os.path.lexists(link)  # kept: the unit may run on, and is stopped later
+    assert r.pending

@@ -413,6 +413,17 @@ def test_uninstall_removes_the_file_and_keeps_the_data(daemon: Daemon) -> None:
     assert status == 400, body
 
 
+def test_uninstall_of_a_plugin_the_system_tree_installs_is_a_conflict(daemon: Daemon) -> None:
+    system = daemon.root / "gitops" / "system"
+    system.mkdir(parents=True)
+    (system / "hecate-x.container").write_text(SERVICE)
+    status, _, body = daemon.request("POST", "/api/plugins/hecate-x/uninstall")
+    assert status == 409 and body["code"] == "still_registered", body
+    assert "gitops/system/hecate-x.container" in body["error"], body
+    assert "which hecated does not write" in body["error"], body
+    assert (system / "hecate-x.container").exists()
+
+
 # -- hecatectl -------------------------------------------------------------------------------------
 
 

@@ -12,12 +12,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import gitops_support
 import pytest
 from ctl_support import clean_env, ctl
 from systemd_support import UserManager, needs_user_manager
-
-pytest.importorskip("hecated.adapters.gitops", reason="the gitops reconciler is not here")
-gitops_support = pytest.importorskip("gitops_support")
 
 pytestmark = [needs_user_manager, pytest.mark.slow]
 

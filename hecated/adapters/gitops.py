@@ -20,7 +20,9 @@ directories. This is that loop, inside the registry, with the same semantics
   (``Index.set_installed``), registered or not, with a problem in words when its
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
-  starts are owed until one answers).
+  starts are owed until one answers; a stop it could not make keeps the link and is
+  owed too, and hecated does not exit idle while it owes anything; owed starts are kept
+  in the primary's namespace, ``gitops-owed-starts``, for the next hecated).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -40,7 +42,9 @@ from hecated.adapters.gitopslinks import (
     Plan,
     UnitDirs,
     Want,
+    clean_tmp,
     config_home,
+    dangles,
     look,
     make_link,
     remove_link,
@@ -50,10 +54,12 @@ from hecated.adapters.gitopslinks import (
 )
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
-from hecated.adapters.units import SystemdUnavailable, UnitError
+from hecated.adapters.units import NoSuchUnit, SystemdUnavailable, UnitError
 from hecated.core.errors import HecateError
+from hecated.core.files import atomic_write, open_dir, open_root, opened, read_regular, remove_file
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
+from hecated.core.layout import Layout
 
 log = logging.getLogger("hecated.adapters.gitops")
 
@@ -61,6 +67,8 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
+OWED_FILE = "gitops-owed-starts"  # in the primary's namespace: starts owed, one unit a line
+OWED_MAX = 64 * 1024
 
 
 @dataclass
@@ -71,6 +79,7 @@ class Pass:
     touched: set[str]
     new: list[Want] = field(default_factory=list)  # linked now: started after the reload
     removed: list[Path] = field(default_factory=list)  # dangling links taken away
+    restart: set[str] = field(default_factory=set)  # stopped, but their file came back
     failed: dict[str, str] = field(default_factory=dict)  # plugin -> why its link failed
     quadlet: str | None = None  # why no .container can run here (None: Quadlet is there)
 
@@ -102,8 +111,10 @@ class Reconciler:
         self.reloads = 0  # daemon-reloads this reconciler asked for
         self._published: dict[str, Installed] = {}
         self._first = True
-        self._owed_reload = False
-        self._owed_starts: set[str] = set()
+        self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
+        self._owed_reload = bool(self._owed_starts)
+        self._owed_stops: set[str] = set()  # their stop failed: links kept, tried again
+        self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
         self._retry_at: float | None = None
@@ -136,8 +147,14 @@ class Reconciler:
 
     @property
     def pending(self) -> bool:
-        """Changes heard and not yet reconciled, or a pass under way: not a time to exit."""
-        return self.burst.pending
+        """Changes heard and not yet reconciled, a pass under way, or a reload, start or
+        stop owed (the manager away): not a time to exit, what is owed would be lost."""
+        return (
+            self.burst.pending
+            or self._owed_reload
+            or bool(self._owed_starts)
+            or bool(self._owed_stops)
+        )
 
     def request(self) -> None:
         """A pass now (a rescan: SIGHUP, ``POST /api/rescan``)."""
@@ -166,37 +183,61 @@ class Reconciler:
         """Look, remove what dangles (units stopped first), link what is wanted, publish,
         then one reload and the new units' starts when anything changed."""
         self.watch.arm()  # the tree replaced as a whole: watch the new one (read below)
+        self._retry_at = None  # set again below while something is still owed
         p = Pass(look(self.layout, self.dirs), touched)
         self._warn_refused(p.plan)
+        for tmp in p.plan.stale_tmp:  # no unit suffix: no reader took it, no reload
+            if clean_tmp(tmp, self.gitops):
+                log.info("removed %s (a link a pass before this one left half made)", tmp)
         self._remove(p)
         self._link(p)
         if any(w.desired.kind == "container" for w in p.plan.wants.values()):
             p.quadlet = self._quadlet_problem()
         self._publish(p)
-        if p.removed or p.new or self._edited(p) or self._owed_reload or self._stale(p):
-            self._reload_then_start(p)
+        never = self._never_loaded(p)
+        changed = p.removed or p.new or p.restart or never or self._edited(p)
+        if changed or self._owed_reload or self._stale(p):
+            self._reload_then_start(p, never)
+        if self._owed_stops and self._retry_at is None:
+            self._retry_later()
         self._first = False
         self._publish(p)
         self.passes += 1
         return p
 
     def _remove(self, p: Pass) -> None:
+        """Each dangling link: its unit stopped, then the link removed. A stop that fails
+        keeps the link (harmless: its file is gone; without it the unit would run on with
+        no file, never stopped) and is owed; a file back before the stop keeps both, one
+        back during it keeps the link and the unit is started again."""
+        owed, self._owed_stops = self._owed_stops, set()
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
-            if unit is not None:
-                self._stop(unit)
+            if not dangles(dest, self.gitops):  # its file came back since the look
+                continue
+            if unit is not None and not self._stop(unit, unit in owed):
+                self._owed_stops.add(unit)
+                continue
             if remove_link(dest, self.gitops):
                 log.info("removed %s (its file left the gitops tree)", dest)
                 p.removed.append(dest)
+            elif unit is not None and not dangles(dest, self.gitops):
+                p.restart.add(unit)
 
-    def _stop(self, unit: str) -> None:
+    def _stop(self, unit: str, owed: bool) -> bool:
+        """Whether the unit is stopped (a unit the manager has not loaded is)."""
         try:
             self.manager.stop(unit)
-            log.info("stopped %s: its file left the gitops tree", unit)
-        except SystemdUnavailable as exc:
-            self._away = str(exc)
-        except UnitError as exc:  # not loaded, or the stop failed: the link goes all the same
-            log.debug("stopping %s: %s", unit, exc)
+        except NoSuchUnit:
+            return True
+        except UnitError as exc:  # the manager away, or the stop failed or timed out
+            if isinstance(exc, SystemdUnavailable):
+                self._away = str(exc)
+            if not owed:
+                log.warning("stopping %s failed: %s; its link stays, retrying", unit, exc)
+            return False
+        log.info("stopped %s: its file left the gitops tree", unit)
+        return True
 
     def _link(self, p: Pass) -> None:
         for want, do in [(w, make_link) for w in p.plan.make] + [
@@ -250,13 +291,41 @@ class Reconciler:
             if path not in self._warned:
                 self._warned.add(path)
                 log.warning("%s is not linked: its name is no plugin's (%s)", path, why)
+        for folder, why in plan.unsafe.items():
+            if folder not in self._warned:  # no plugin to carry it: the log says it
+                self._warned.add(folder)
+                log.warning("%s is not read, none of its files is linked: %s", folder, why)
 
     # -- the manager ---------------------------------------------------------------------------
 
-    def _reload_then_start(self, p: Pass) -> None:
+    def _never_loaded(self, p: Pass) -> set[str]:
+        """Once, at start (the first pass the manager answers): wanted, linked units it has
+        never loaded (LoadState not-found) are new, so started after the reload: their
+        start was owed when a hecated before this one ended."""
+        if not self._unchecked:
+            return set()
+        new = {w.src for w in p.new}
+        units = set()
+        for name, want in p.plan.wants.items():
+            if want.src in new or name in p.plan.blocked or name in p.failed:
+                continue
+            try:
+                if self.manager.state(want.desired.unit).load_state == "not-found":
+                    units.add(want.desired.unit)
+            except NoSuchUnit:  # it cannot be loaded (yet): never loaded
+                units.add(want.desired.unit)
+            except SystemdUnavailable as exc:
+                log.debug("asking whether %s is loaded: %s", want.desired.unit, exc)
+                return set()  # asked again at the next pass
+            except UnitError as exc:
+                log.debug("asking whether %s is loaded: %s", want.desired.unit, exc)
+        self._unchecked = False
+        return units
+
+    def _reload_then_start(self, p: Pass, never: set[str]) -> None:
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
         wanted = {w.desired.unit for w in p.plan.wants.values() if not _cannot_run(w, p)}
-        starts &= wanted
+        starts = ((starts | never) & wanted) | p.restart
         try:
             self.manager.reload()
         except UnitError as exc:
@@ -278,16 +347,23 @@ class Reconciler:
         """The reload (and these starts) are owed: tried again, later and later, until the
         manager answers."""
         self._owed_reload = True
-        self._owed_starts |= starts
+        if not starts <= self._owed_starts:
+            self._owed_starts |= starts
+            save_owed(self.layout, self._owed_starts)
         if self._away is None:
             log.warning("the user manager did not reload: %s; retrying until it does", exc)
         self._away = str(exc)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
         self._retry_at = time.monotonic() + self._retry_in
         self._retry_in = min(self._retry_in * 2, RETRY_MOST)
 
     def _back(self) -> None:
         if self._away is not None:
             log.info("the user manager answers again: what was owed is done")
+        if self._owed_starts:
+            save_owed(self.layout, set())
         self._away, self._owed_reload, self._owed_starts = None, False, set()
         self._retry_in, self._retry_at = RETRY_FIRST, None
 
@@ -328,6 +404,35 @@ class Reconciler:
             )
             return _entry(want, why, linked=True)
         return _entry(want, None, linked=True)
+
+
+def _namespace(layout: Layout) -> int:
+    with opened(open_root(layout.root, create=False)) as top:
+        return open_dir(top, layout.primary_name)
+
+
+def load_owed(layout: Layout) -> set[str]:
+    """The starts a hecated before this one owed when it ended (stopped, crashed, exited
+    idle): its links are in place, so nothing else would say these units are new."""
+    try:
+        with opened(_namespace(layout)) as fd:
+            data = read_regular(fd, OWED_FILE, OWED_MAX)
+    except (OSError, HecateError) as exc:
+        log.warning("cannot read the starts owed before (%s): %s", OWED_FILE, exc)
+        return set()
+    return set() if data is None else set(data.decode("utf-8", "replace").split())
+
+
+def save_owed(layout: Layout, units: set[str]) -> None:
+    """The owed starts on disk (none: the file removed), for a hecated after this one."""
+    try:
+        with opened(_namespace(layout)) as fd:
+            if units:
+                atomic_write(fd, OWED_FILE, "".join(u + "\n" for u in sorted(units)).encode())
+            else:
+                remove_file(fd, OWED_FILE)
+    except (OSError, HecateError) as exc:
+        log.warning("cannot keep the owed starts in %s: %s", OWED_FILE, exc)
 
 
 def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:

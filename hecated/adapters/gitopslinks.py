@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hecated.core.errors import InvalidNameError
+from hecated.core.errors import HecateError, InvalidNameError
+from hecated.core.files import open_dir, open_root, opened
 from hecated.core.installed import SUBDIRS, Desired, desired_of
 from hecated.core.layout import Layout
 
@@ -83,22 +84,37 @@ class Plan:
     dangling: list[Path] = field(default_factory=list)  # own links whose file is gone
     refused: dict[str, str] = field(default_factory=dict)  # a file -> why it is no plugin's
     not_regular: dict[str, Want] = field(default_factory=dict)  # plugin -> a non-file entry
+    unsafe: dict[str, str] = field(default_factory=dict)  # system/ or apps/ -> why not read
+    stale_tmp: list[Path] = field(default_factory=list)  # own NAME.hecated-tmp a crash left
 
 
 def desired_files(layout: Layout, plan: Plan, dirs: UnitDirs) -> None:
     """Read ``system/`` then ``apps/``: one file per plugin, ``apps/`` last so it wins (the
-    script's end state when both hold a name)."""
-    for sub in SUBDIRS:
-        folder = layout.gitops_dir / sub
-        try:
-            names = sorted(os.listdir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            _one_file(layout, plan, dirs, os.path.join(folder, name))
+    script's end state when both hold a name).
+
+    The tree's top may be a symlink (a checkout kept elsewhere, like the data root);
+    ``system/`` and ``apps/`` are opened without following one and read through their
+    fds, so a ``gitops/apps -> /elsewhere`` is reported (``plan.unsafe``), never linked."""
+    try:
+        top = open_root(layout.gitops_dir, create=False)
+    except (OSError, HecateError):
+        return
+    with opened(top):
+        for sub in SUBDIRS:
+            folder = layout.gitops_dir / sub
+            try:
+                fd = open_dir(top, sub)
+            except FileNotFoundError:
+                continue
+            except (OSError, HecateError) as exc:
+                plan.unsafe[str(folder)] = getattr(exc, "message", None) or str(exc)
+                continue
+            with opened(fd):
+                for name in sorted(os.listdir(fd)):
+                    _one_file(layout, plan, dirs, (fd, name), os.path.join(folder, name))
 
 
-def _one_file(layout: Layout, plan: Plan, dirs: UnitDirs, path: str) -> None:
+def _one_file(layout: Layout, plan: Plan, dirs: UnitDirs, at: tuple[int, str], path: str) -> None:
     try:
         desired = desired_of(path, layout)
     except InvalidNameError as exc:
@@ -108,7 +124,7 @@ def _one_file(layout: Layout, plan: Plan, dirs: UnitDirs, path: str) -> None:
         return
     want = Want(desired, dirs.for_kind(desired.kind) / os.path.basename(path))
     try:
-        regular = stat.S_ISREG(os.lstat(path).st_mode)
+        regular = stat.S_ISREG(os.stat(at[1], dir_fd=at[0], follow_symlinks=False).st_mode)
     except FileNotFoundError:  # gone while we read: the next burst tells
         return
     plan.not_regular.pop(desired.name, None)
@@ -163,21 +179,32 @@ def dangling_links(layout: Layout, plan: Plan, dirs: UnitDirs) -> None:
         except (FileNotFoundError, NotADirectoryError):
             continue
         for name in names:
-            if name.endswith(TMP_SUFFIX):
-                continue
             dest = folder / name
             if dest in replaced:
                 continue
             with contextlib.suppress(OSError):
                 target = os.readlink(dest)
-                if is_own(target, layout.gitops_dir) and not _regular(target):
+                if name.endswith(TMP_SUFFIX):
+                    if is_own(target, layout.gitops_dir):
+                        plan.stale_tmp.append(dest)
+                    continue
+                if is_own(target, layout.gitops_dir) and not _regular(target, layout.gitops_dir):
                     plan.dangling.append(dest)
 
 
-def _regular(path: str) -> bool:
+def _regular(target: str, gitops: Path) -> bool:
+    """``target`` (an own link's text) is a regular file of the tree; in ``system/`` or
+    ``apps/`` reached as the look reads them: a symlinked subdirectory is not followed."""
+    parts = os.path.relpath(os.path.normpath(target), os.path.normpath(gitops)).split(os.sep)
+    if len(parts) != 2 or parts[0] not in SUBDIRS:  # no file hecated links: as it was
+        try:
+            return stat.S_ISREG(os.lstat(target).st_mode)
+        except OSError:
+            return False
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
+        with opened(open_root(gitops, create=False)) as top, opened(open_dir(top, parts[0])) as fd:
+            return stat.S_ISREG(os.stat(parts[1], dir_fd=fd, follow_symlinks=False).st_mode)
+    except (OSError, HecateError):
         return False
 
 
@@ -211,31 +238,56 @@ def make_link(want: Want, gitops: Path) -> bool:
 
 def replace_link(want: Want, gitops: Path) -> bool:
     """An own link pointed at another file of the tree now points at ``want``'s: a new
-    link renamed over it, so the name is never missing (a reload meanwhile sees one)."""
+    link renamed over it, so the name is never missing (a reload meanwhile sees one).
+
+    The tmp name is cleared only when it holds an own link; the link is read again right
+    before the rename, which happens only while it is still own (docs/gitops.md says
+    what window is left)."""
     tmp = want.dest.with_name(want.dest.name + TMP_SUFFIX)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    if not clean_tmp(tmp, gitops):
+        return False  # something not ours under the tmp name: left alone
     os.symlink(want.src, tmp)
     try:
         target = read_link(want.dest)
     except OSError:
         target = ""
     if target is not None and not is_own(target, gitops):  # it changed hands meanwhile
-        os.unlink(tmp)
+        clean_tmp(tmp, gitops)
         return False
     os.replace(tmp, want.dest)
     return True
 
 
-def remove_link(dest: Path, gitops: Path) -> bool:
-    """Remove a dangling own link, checked again just before: True when it is gone."""
+def clean_tmp(tmp: Path, gitops: Path) -> bool:
+    """``tmp`` is free: absent, or an own link (one a crashed pass left) now removed."""
     try:
-        target = os.readlink(dest)
+        target = os.readlink(tmp)
     except FileNotFoundError:
         return True
+    except OSError:  # EINVAL: a file, not a link
+        return False
+    if not is_own(target, gitops):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return True
+
+
+def dangles(dest: Path, gitops: Path) -> bool:
+    """``dest`` is (still) an own link whose file is gone: remove_link's condition, asked
+    again right before its unit is stopped (a file back meanwhile keeps it running)."""
+    try:
+        target = os.readlink(dest)
     except OSError:
         return False
-    if not is_own(target, gitops) or _regular(target):
+    return is_own(target, gitops) and not _regular(target, gitops)
+
+
+def remove_link(dest: Path, gitops: Path) -> bool:
+    """Remove a dangling own link, checked again just before: True when it is gone."""
+    if not os.path.lexists(dest):
+        return True
+    if not dangles(dest, gitops):
         return False
     with contextlib.suppress(FileNotFoundError):
         os.unlink(dest)

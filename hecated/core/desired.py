@@ -40,15 +40,18 @@ from hecated.core.files import (
 from hecated.core.unitfile import KINDS, UnitFile
 
 APPS_DIR = "apps"  # the plugins' unit files; "system/" is the ecosystem's own, never written
+SYSTEM_DIR = "system"
 FILE_MODE = 0o600
 
 
 class Apps:
     """``{gitops_dir}/apps/``: install, find and remove one plugin's unit file."""
 
-    def __init__(self, gitops_dir: Path) -> None:
+    def __init__(self, gitops_dir: Path, sub: str = APPS_DIR) -> None:
+        # ``sub``: SYSTEM_DIR only to look (``installed``): hecated never writes there.
         self.gitops_dir = Path(gitops_dir)
-        self.dir = self.gitops_dir / APPS_DIR
+        self.sub = sub
+        self.dir = self.gitops_dir / sub
 
     def path(self, filename: str) -> Path:
         return self.dir / filename
@@ -64,10 +67,10 @@ class Apps:
             except OSError as exc:
                 raise StorageError(f"cannot create {self.gitops_dir}: {exc.strerror}") from exc
         with opened(open_root(self.gitops_dir, create=False)) as top:
-            return open_dir(top, APPS_DIR, create=create)
+            return open_dir(top, self.sub, create=create)
 
     def installed(self, name: str) -> list[str]:
-        """The file names of plugin ``name`` in ``apps/`` (none, one, or both kinds)."""
+        """The file names of plugin ``name`` in this directory (none, one, or both kinds)."""
         try:
             fd = self._open(create=False)
         except FileNotFoundError:

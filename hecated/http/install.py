@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hecated.core import unitfile
-from hecated.core.desired import Apps
+from hecated.core.desired import SYSTEM_DIR, Apps
 from hecated.core.errors import (
     InvalidFieldError,
     NotFoundError,
     NoUnitError,
+    StillRegisteredError,
     SystemdUnavailableError,
     UnitFailedError,
 )
@@ -61,6 +62,7 @@ class Installer:
     ) -> None:
         self.layout = layout
         self.apps = Apps(gitops_dir)
+        self.system = Apps(gitops_dir, SYSTEM_DIR)  # looked at, never written
         self.units = units
         self.verifier = verifier
 
@@ -109,8 +111,16 @@ class Installer:
 
     def uninstall(self, name: str) -> dict[str, Any]:
         """Stop the unit, then remove the files: the reconciler finds nothing left to do
-        but unlink and reload. 404 when ``apps/`` has no file of the plugin."""
+        but unlink and reload. 404 when ``apps/`` has no file of the plugin; 409 when
+        ``system/`` has one (the ecosystem's own: removing ``apps/``' file would not
+        uninstall it)."""
         self.layout.check_plugin_name(name)
+        in_system = self.system.installed(name)
+        if in_system:
+            raise StillRegisteredError(
+                f"plugin {name!r} is installed by gitops/{SYSTEM_DIR}/{in_system[0]}, which "
+                "hecated does not write; remove it from the tree"
+            )
         if not self.apps.installed(name):
             raise NotFoundError(
                 f"plugin {name!r} is not installed: no {name}.service or {name}.container "
@@ -132,7 +142,9 @@ class Installer:
         """The unit's state after a stop, and whether one was made.
 
         Without a manager the file still goes: the desired state is the file, and
-        the reconciler stops the unit when it sees it gone. A unit the manager does
+        the reconciler stops the unit when it sees it gone; its link stays until the
+        stop is made (retried until a manager answers), so the unit is never left
+        running with no file. A unit the manager does
         not know (never linked, already unlinked) has nothing to stop."""
         if self.units is None:
             return None, False

@@ -573,6 +573,11 @@ RESPONSES: dict[str, Any] = {
         "already_installed: the plugin has a file in gitops/apps/ already (send replace: "
         "true); unsafe_path: apps/ is a symlink or not a directory, or the path is a symlink."
     ),
+    "UninstallConflict": _error(
+        "still_registered: the plugin is installed by gitops/system/NAME.kind, which "
+        "hecated does not write; remove it from the tree. unsafe_path: apps/ is a symlink "
+        "or not a directory, or its file there is a directory."
+    ),
     "InvalidUnitFile": _error(
         "invalid_unit_file (the line of the first problem in line and the message), or an "
         "invalid name, field, JSON or body shape; nothing was written."
@@ -853,7 +858,7 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("Uninstalled"), "Uninstalled"),
                 "400": _resp("BadRequest"),
                 "404": _resp("NotFound"),
-                "409": _resp("Conflict"),
+                "409": _resp("UninstallConflict"),
                 "502": _resp("UnitFailed"),
                 "507": _resp("Storage"),
             },
