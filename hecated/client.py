@@ -589,7 +589,7 @@ class Event:
     @classmethod
     def from_sse(cls, event_id: str, kind: str, data: dict[str, Any]) -> Event:
         seq = event_id.rpartition("-")[2]  # RUN-SEQ (a plain SEQ from an older hecated)
-        number = int(seq) if seq.isdigit() and len(seq) < 20 else -1
+        number = int(seq) if seq.isascii() and seq.isdigit() and len(seq) < 20 else -1
         if kind == "resync":
             plugins = [PluginSummary.from_json(p) for p in data.get("plugins") or []]
             return cls(int(data.get("seq", number)), kind, None, plugins, True, data, event_id)

@@ -424,6 +424,21 @@ def test_uninstall_of_a_plugin_the_system_tree_installs_is_a_conflict(daemon: Da
     assert (system / "hecate-x.container").exists()
 
 
+def test_a_system_dir_that_is_no_directory_does_not_block_an_apps_uninstall(
+    daemon: Daemon,
+) -> None:
+    """A ``system/`` that is a plain file (or a symlink the reconciler ignores) is no
+    install of the plugin: the uninstall of its ``apps/`` file goes on."""
+    status, _, body = daemon.request(
+        "POST", "/api/plugins/install", {"unit": SERVICE, "kind": "service", "name": "hecate-x"}
+    )
+    assert status == 201, body
+    (daemon.root / "gitops" / "system").write_text("not a directory\n")
+    status, _, body = daemon.request("POST", "/api/plugins/hecate-x/uninstall")
+    assert status == 200, body
+    assert entries(daemon) == []
+
+
 # -- hecatectl -------------------------------------------------------------------------------------
 
 

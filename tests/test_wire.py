@@ -141,6 +141,14 @@ def test_endless_interim_answers_are_refused() -> None:
         read(b"HTTP/1.1 103 Early Hints\r\n\r\n" * 11 + b"HTTP/1.1 200 OK\r\n\r\n")
 
 
+def test_a_content_length_of_thousands_of_digits_is_a_bad_reply_not_a_value_error() -> None:
+    """int() refuses 4,300 digits with a ValueError the relay would not catch (a 500)."""
+    with pytest.raises(BadReplyError, match="Content-Length"):
+        read(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nok")
+    reply, body = read(b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000002\r\n\r\nok")
+    assert (reply.status, body) == (200, b"ok")
+
+
 def test_bytes_past_a_whole_answer_keep_the_connection_from_the_pool() -> None:
     reply, body = read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
     assert body == b"ok"

@@ -31,6 +31,7 @@ from hecated.core.errors import (
     StillRegisteredError,
     SystemdUnavailableError,
     UnitFailedError,
+    UnsafePathError,
 )
 from hecated.core.layout import Layout
 from hecated.core.unitfile import UnitFile
@@ -115,7 +116,10 @@ class Installer:
         ``system/`` has one (the ecosystem's own: removing ``apps/``' file would not
         uninstall it)."""
         self.layout.check_plugin_name(name)
-        in_system = self.system.installed(name)
+        try:
+            in_system = self.system.installed(name)
+        except (UnsafePathError, OSError):  # a system/ the reconciler ignores too
+            in_system = []
         if in_system:
             raise StillRegisteredError(
                 f"plugin {name!r} is installed by gitops/{SYSTEM_DIR}/{in_system[0]}, which "

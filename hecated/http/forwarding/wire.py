@@ -55,6 +55,9 @@ def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> by
     return "".join(lines).encode("latin-1")
 
 
+MAX_LENGTH_DIGITS = 19  # 10**19 bytes: more than any body, and within int()'s limit
+
+
 class BadReplyError(Exception):
     """The plugin's bytes are not an HTTP/1.x answer hecated can read (a sentence)."""
 
@@ -161,6 +164,8 @@ class Reply:
             self.will_close = not (keep_alive or "keep-alive" in connection)
         self.length = None
         if length is not None and not self.chunked and length.isascii() and length.isdigit():
+            if len(length) > MAX_LENGTH_DIGITS:  # int() of 4,300 digits raises; none is real
+                raise BadReplyError(f"sent a Content-Length of {len(length)} digits")
             self.length = int(length)
         if self.status in (204, 304) or self.status < 200 or self._method == "HEAD":
             # No body whatever the headers say (RFC 9110 6.4.1): a chunked one read
