@@ -49,9 +49,10 @@ def http_request(
     body: Any = None,
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
+    timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], Any]:
     """One request over the Unix socket; returns status, headers and the decoded JSON."""
-    conn = UnixHTTPConnection(sock_path)
+    conn = UnixHTTPConnection(sock_path, timeout)
     hdrs = dict(headers or {})
     data = raw
     if body is not None:

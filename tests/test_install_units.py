@@ -110,7 +110,8 @@ def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> Non
         path = um.home / ".hecate" / "gitops" / "apps" / "hecate-sandboxed.service"
         assert answer["path"] == str(path) and path.read_text() == text
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert answer["verified"] == ("systemd-analyze" if ANALYZE else None)
+        verified = "systemd-analyze" if ANALYZE else None
+        assert answer["verified"] == verified, (answer, um.service_log()[-2000:])
         body = {"unit": text + "ExecStrat=/typo\n", "kind": "service", "name": "hecate-typo"}
         status, _, answer = um.request("POST", "/api/plugins/install", body)
         if ANALYZE:

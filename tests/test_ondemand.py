@@ -209,7 +209,10 @@ class World:
 
     def forward(self, name: str, path: str = "/health") -> tuple[int, Any]:
         assert self.daemon is not None
-        status, _, body = http_request(self.daemon.socket, "GET", f"/plugin/{name}{path}")
+        # Longer than hecated's first-byte timeout (30 s): a start slowed by a loaded
+        # machine is hecated's answer (200, or its 504), never the client giving up.
+        target = f"/plugin/{name}{path}"
+        status, _, body = http_request(self.daemon.socket, "GET", target, timeout=45.0)
         return status, body
 
     def active(self, unit: str) -> str:

@@ -42,7 +42,7 @@ from hecated.core.unitfile import UnitFile
 log = logging.getLogger("hecated.unitverify")
 
 TOOL = "systemd-analyze"
-VERIFY_TIMEOUT = 10.0  # seconds; verify takes ~15 ms, a loaded machine far more
+VERIFY_TIMEOUT = 30.0  # seconds, as a unit job; verify takes ~15 ms, a loaded machine far more
 OUTPUT_MAX = 64 * 1024  # characters of its output read for findings
 # What verify says that is no fault of the file's (see the module's docstring).
 _NOT_FINDINGS = (
