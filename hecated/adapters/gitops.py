@@ -334,14 +334,28 @@ class Reconciler:
         self.reloads += 1
         self._back()
         log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
+        left: set[str] = set()
+        away: SystemdUnavailable | None = None
         for unit in sorted(starts):
             try:
                 self.manager.start(unit)
                 log.info("started %s: its file is new in the gitops tree", unit)
             except SystemdUnavailable as exc:
-                self._owe({unit}, exc)
+                left, away = left | {unit}, exc
             except UnitError as exc:
                 log.warning("starting %s failed: %s", unit, exc)
+        self._settle(left, away)
+
+    def _settle(self, left: set[str], away: SystemdUnavailable | None) -> None:
+        """After every start was tried, the owed starts are only those the manager went
+        away for: the file rewritten (removed when none) last, so a hecated killed during
+        the starts loses none of them (the next one makes them again; a start is no-op
+        on a running unit)."""
+        had, self._owed_starts = self._owed_starts, set()
+        if away is not None:
+            self._owe(left, away)
+        elif had:
+            save_owed(self.layout, set())
 
     def _owe(self, starts: set[str], exc: Exception) -> None:
         """The reload (and these starts) are owed: tried again, later and later, until the
@@ -362,9 +376,7 @@ class Reconciler:
     def _back(self) -> None:
         if self._away is not None:
             log.info("the user manager answers again: what was owed is done")
-        if self._owed_starts:
-            save_owed(self.layout, set())
-        self._away, self._owed_reload, self._owed_starts = None, False, set()
+        self._away, self._owed_reload = None, False  # the owed starts: _settle, after them
         self._retry_in, self._retry_at = RETRY_FIRST, None
 
     # -- the index -----------------------------------------------------------------------------
