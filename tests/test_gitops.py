@@ -195,11 +195,14 @@ def test_without_a_user_manager_links_are_made_and_the_rest_waits_for_one(world:
     assert row["desired"]["problem"].startswith("linked, but no systemd user manager has loaded")
     assert os.readlink(world.um.unit_dir / "hecate-laterd.service") == str(src)
     assert world.prop("hecate-laterd.service", "ActiveState") == "inactive"
+    owed = world.um.home / ".hecate" / "hecate-daemon" / "run" / "gitops-owed-starts"
+    assert owed.read_text() == "hecate-laterd.service\n"  # for a hecated after this one
     # The manager's bus appears where hecated looks: the owed reload and start are done.
     os.symlink(world.um.runtime / "bus", away / "bus")
     try:
         listed(d, lambda r: r["desired"]["problem"] is None, "hecate-laterd")
         wait_for(lambda: world.prop("hecate-laterd.service", "ActiveState") == "active", 60)
+        wait_for(lambda: not owed.exists(), 60)  # removed once the starts are made
     finally:
         (away / "bus").unlink()
 

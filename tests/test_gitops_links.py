@@ -261,7 +261,8 @@ def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
     assert [w.desired.name for w in p.new] == ["hecate-a"]
     assert r.pending  # the reload and the start are owed: an idle exit would lose them
     # ... and kept on disk for the next hecated, should this one end before it answers.
-    assert (layout.data_dir / "gitops-owed-starts").read_text() == "hecate-a.service\n"
+    assert layout.run_path("gitops-owed-starts").read_text() == "hecate-a.service\n"
+    assert not (layout.data_dir / "gitops-owed-starts").exists()  # only SUBDIRS at the top
 
 
 def test_a_stop_that_fails_keeps_the_link_and_is_owed(

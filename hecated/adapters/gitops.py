@@ -22,7 +22,7 @@ directories. This is that loop, inside the registry, with the same semantics
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
   owed too, and hecated does not exit idle while it owes anything; owed starts are kept
-  in the primary's namespace, ``gitops-owed-starts``, for the next hecated).
+  in the primary's ``run/gitops-owed-starts``, for the next hecated).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -59,7 +59,7 @@ from hecated.core.errors import HecateError
 from hecated.core.files import atomic_write, open_dir, open_root, opened, read_regular, remove_file
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
-from hecated.core.layout import Layout
+from hecated.core.layout import RUN_DIR, Layout
 
 log = logging.getLogger("hecated.adapters.gitops")
 
@@ -67,7 +67,7 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
-OWED_FILE = "gitops-owed-starts"  # in the primary's namespace: starts owed, one unit a line
+OWED_FILE = "gitops-owed-starts"  # in the primary's run/: starts owed, one unit a line
 OWED_MAX = 64 * 1024
 
 
@@ -419,8 +419,10 @@ class Reconciler:
 
 
 def _namespace(layout: Layout) -> int:
-    with opened(open_root(layout.root, create=False)) as top:
-        return open_dir(top, layout.primary_name)
+    """The primary's ``run/``: the spec allows only its subdirectories at the top."""
+    root = open_root(layout.root, create=False)
+    with opened(root) as top, opened(open_dir(top, layout.primary_name)) as own:
+        return open_dir(own, RUN_DIR)
 
 
 def load_owed(layout: Layout) -> set[str]:
