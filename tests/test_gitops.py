@@ -244,6 +244,28 @@ def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: Wor
         (away / "bus").unlink()
 
 
+def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_idle(
+    world: World,
+) -> None:
+    # RefuseManualStop=yes: the stop is refused for good, asking every minute would be
+    # forever; hecated keeps the link (the unit runs on), says why, and exits idle.
+    unit = "hecate-refused.service"
+    text = sleeper_text("refuses a stop").replace("[Unit]\n", "[Unit]\nRefuseManualStop=yes\n")
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-refused")
+    d.stop()
+    src.unlink()
+    try:
+        d = world.hecated(args=("--idle-timeout", "1"))
+        assert d.proc is not None and d.proc.wait(60) == 0
+        assert os.path.lexists(world.um.unit_dir / unit)
+        assert world.prop(unit, "ActiveState") == "active"
+        assert f"stopping {unit} failed" in d.log() and "idle for 1 s: exiting" in d.log()
+    finally:
+        world.um.systemctl("kill", unit, check=False)  # a stop is refused: the test's own
+
+
 def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:
     # The unit's own ExecStop puts its file back: the removal that follows the stop is
     # declined (the file is there), so the unit must run again.

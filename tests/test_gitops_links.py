@@ -251,7 +251,7 @@ def away_reconciler(layout: Layout, dirs: UnitDirs, tmp_path: Path) -> Reconcile
     return Reconciler(Index(layout), nobody, dirs=dirs)
 
 
-def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
+def test_a_start_owed_to_an_absent_manager_is_kept_on_disk_and_hecated_may_exit_idle(
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
     layout, dirs = tree
@@ -259,8 +259,9 @@ def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
     r = away_reconciler(layout, dirs, tmp_path)
     p = r.reconcile(set())
     assert [w.desired.name for w in p.new] == ["hecate-a"]
-    assert r.pending  # the reload and the start are owed: an idle exit would lose them
-    # ... and kept on disk for the next hecated, should this one end before it answers.
+    # No manager at all: staying up would do no more than the next hecated's first pass,
+    # which reloads and makes the starts kept on disk.
+    assert not r.pending
     assert layout.run_path("gitops-owed-starts").read_text() == "hecate-a.service\n"
     assert not (layout.data_dir / "gitops-owed-starts").exists()  # only SUBDIRS at the top
 

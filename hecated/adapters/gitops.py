@@ -21,8 +21,8 @@ directories. This is that loop, inside the registry, with the same semantics
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
-  owed too, and hecated does not exit idle while it owes anything; owed starts are kept
-  in the primary's ``run/gitops-owed-starts``, for the next hecated).
+  owed too; owed starts are kept in the primary's ``run/gitops-owed-starts``, for the
+  next hecated; ``pending`` says what keeps hecated from exiting idle).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -54,7 +54,7 @@ from hecated.adapters.gitopslinks import (
 )
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
-from hecated.adapters.units import NoSuchUnit, SystemdUnavailable, UnitError
+from hecated.adapters.units import JobTimeout, NoSuchUnit, SystemdUnavailable, UnitError
 from hecated.core.errors import HecateError
 from hecated.core.files import atomic_write, open_dir, open_root, opened, read_regular, remove_file
 from hecated.core.index import Index
@@ -113,7 +113,8 @@ class Reconciler:
         self._first = True
         self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
         self._owed_reload = bool(self._owed_starts)
-        self._owed_stops: set[str] = set()  # their stop failed: links kept, tried again
+        self._kept = False  # the owed reload waits for an absent manager, the starts on disk
+        self._owed_stops: dict[str, bool] = {}  # their stop failed (True: for now), links kept
         self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
@@ -147,13 +148,17 @@ class Reconciler:
 
     @property
     def pending(self) -> bool:
-        """Changes heard and not yet reconciled, a pass under way, or a reload, start or
-        stop owed (the manager away): not a time to exit, what is owed would be lost."""
+        """Changes heard and not yet reconciled, a pass under way, a reload owed to a manager
+        that failed it, or a stop owed for now (the manager away, the job timed out): not a
+        time to exit, what is owed would be lost. Not pending: a reload owed to a manager
+        that is not there at all (the starts are on disk, the next hecated's first pass
+        reloads and makes them: staying up would do no more), and a stop the manager
+        refused for good (RefuseManualStop=yes...): its link stays, it is asked again at
+        each pass, and staying up for it would be forever."""
         return (
             self.burst.pending
-            or self._owed_reload
-            or bool(self._owed_starts)
-            or bool(self._owed_stops)
+            or (self._owed_reload and not self._kept)
+            or any(self._owed_stops.values())
         )
 
     def request(self) -> None:
@@ -198,8 +203,8 @@ class Reconciler:
         changed = p.removed or p.new or p.restart or never or self._edited(p)
         if changed or self._owed_reload or self._stale(p):
             self._reload_then_start(p, never)
-        if self._owed_stops and self._retry_at is None:
-            self._retry_later()
+        if any(self._owed_stops.values()) and self._retry_at is None:
+            self._retry_later()  # a refused stop: asked again at the next pass, not sooner
         self._first = False
         self._publish(p)
         self.passes += 1
@@ -210,13 +215,14 @@ class Reconciler:
         keeps the link (harmless: its file is gone; without it the unit would run on with
         no file, never stopped) and is owed; a file back before the stop keeps both, one
         back during it keeps the link and the unit is started again."""
-        owed, self._owed_stops = self._owed_stops, set()
+        owed, self._owed_stops = self._owed_stops, {}
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
             if not dangles(dest, self.gitops):  # its file came back since the look
                 continue
-            if unit is not None and not self._stop(unit, unit in owed):
-                self._owed_stops.add(unit)
+            failed = None if unit is None else self._stop(unit, unit in owed)
+            if unit is not None and failed is not None:
+                self._owed_stops[unit] = _transient(failed)
                 continue
             if remove_link(dest, self.gitops):
                 log.info("removed %s (its file left the gitops tree)", dest)
@@ -224,20 +230,24 @@ class Reconciler:
             elif unit is not None and not dangles(dest, self.gitops):
                 p.restart.add(unit)
 
-    def _stop(self, unit: str, owed: bool) -> bool:
-        """Whether the unit is stopped (a unit the manager has not loaded is)."""
+    def _stop(self, unit: str, owed: bool) -> UnitError | None:
+        """None when the unit is stopped (a unit the manager has not loaded is), else why
+        not; logged the first time only (an owed stop is asked again at each pass)."""
         try:
             self.manager.stop(unit)
         except NoSuchUnit:
-            return True
-        except UnitError as exc:  # the manager away, or the stop failed or timed out
+            return None
+        except UnitError as exc:  # the manager away, or the stop refused, failed or timed out
             if isinstance(exc, SystemdUnavailable):
                 self._away = str(exc)
             if not owed:
-                log.warning("stopping %s failed: %s; its link stays, retrying", unit, exc)
-            return False
+                when = "until it is made" if _transient(exc) else "at each pass"
+                log.warning(
+                    "stopping %s failed: %s; its link stays, asked again %s", unit, exc, when
+                )
+            return exc
         log.info("stopped %s: its file left the gitops tree", unit)
-        return True
+        return None
 
     def _link(self, p: Pass) -> None:
         for want, do in [(w, make_link) for w in p.plan.make] + [
@@ -361,9 +371,10 @@ class Reconciler:
         """The reload (and these starts) are owed: tried again, later and later, until the
         manager answers."""
         self._owed_reload = True
-        if not starts <= self._owed_starts:
+        if not starts <= self._owed_starts or not self._kept:
             self._owed_starts |= starts
-            save_owed(self.layout, self._owed_starts)
+            self._kept = save_owed(self.layout, self._owed_starts)
+        self._kept = self._kept and isinstance(exc, SystemdUnavailable)
         if self._away is None:
             log.warning("the user manager did not reload: %s; retrying until it does", exc)
         self._away = str(exc)
@@ -376,7 +387,7 @@ class Reconciler:
     def _back(self) -> None:
         if self._away is not None:
             log.info("the user manager answers again: what was owed is done")
-        self._away, self._owed_reload = None, False  # the owed starts: _settle, after them
+        self._away, self._owed_reload, self._kept = None, False, False  # starts: _settle
         self._retry_in, self._retry_at = RETRY_FIRST, None
 
     # -- the index -----------------------------------------------------------------------------
@@ -437,8 +448,9 @@ def load_owed(layout: Layout) -> set[str]:
     return set() if data is None else set(data.decode("utf-8", "replace").split())
 
 
-def save_owed(layout: Layout, units: set[str]) -> None:
-    """The owed starts on disk (none: the file removed), for a hecated after this one."""
+def save_owed(layout: Layout, units: set[str]) -> bool:
+    """The owed starts on disk (none: the file removed), for a hecated after this one;
+    whether they are."""
     try:
         with opened(_namespace(layout)) as fd:
             if units:
@@ -447,11 +459,20 @@ def save_owed(layout: Layout, units: set[str]) -> None:
                 remove_file(fd, OWED_FILE)
     except (OSError, HecateError) as exc:
         log.warning("cannot keep the owed starts in %s: %s", OWED_FILE, exc)
+        return False
+    return True
 
 
 def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
     d = want.desired
     return Installed(d.path, d.kind, d.unit, linked, problem)
+
+
+def _transient(exc: UnitError) -> bool:
+    """A failure that may pass by itself (the manager away, a job still running), as
+    opposed to a refusal (RefuseManualStop=yes, a job that failed) that asking again
+    soon would only repeat."""
+    return isinstance(exc, (SystemdUnavailable, JobTimeout))
 
 
 def _cannot_run(want: Want, p: Pass) -> bool:
