@@ -277,3 +277,22 @@ def test_a_stop_that_fails_keeps_the_link_and_is_owed(
     assert p.plan.dangling == [link] and p.removed == []
     assert os.path.lexists(link)  # kept: the unit may run on, and is stopped later
     assert r.pending
+
+
+def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_back(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    src = layout.gitops_dir / "apps" / "hecate-h.service"
+    link = dirs.systemd / "hecate-h.service"
+    os.symlink(src, link)  # its file is gone
+    r = away_reconciler(layout, dirs, tmp_path)
+    r.reconcile(set())
+    assert r.pending  # the stop is owed
+    link.unlink()  # by hand, the manager still away: the unit would run on with no file
+    r.reconcile(set())
+    assert r.pending  # still owed: stopped once the manager answers
+    src.write_text("[Service]\n")  # the file back: the unit is wanted again
+    r.reconcile(r.burst.take() or set())  # the pass the watch asks for, as the thread would
+    r.burst.done()
+    assert not r.pending

@@ -32,6 +32,7 @@ and never deletes a plugin's data.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -214,21 +215,35 @@ class Reconciler:
         """Each dangling link: its unit stopped, then the link removed. A stop that fails
         keeps the link (harmless: its file is gone; without it the unit would run on with
         no file, never stopped) and is owed; a file back before the stop keeps both, one
-        back during it keeps the link and the unit is started again."""
+        back during it keeps the link and the unit is started again. An owed stop is
+        dropped only when its file is back: its link removed by hand, the unit would run
+        on with no file, so it is still stopped."""
         owed, self._owed_stops = self._owed_stops, {}
+        done = {w.desired.unit for w in p.plan.wants.values()}  # their file is there
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
-            if not dangles(dest, self.gitops):  # its file came back since the look
+            if not dangles(dest, self.gitops):  # its file came back, or the link went
+                if unit is not None and os.path.lexists(dest):
+                    done.add(unit)
                 continue
-            failed = None if unit is None else self._stop(unit, unit in owed)
-            if unit is not None and failed is not None:
-                self._owed_stops[unit] = _transient(failed)
-                continue
+            if unit is not None:
+                done.add(unit)
+                if not self._stop_or_owe(unit, owed):
+                    continue
             if remove_link(dest, self.gitops):
                 log.info("removed %s (its file left the gitops tree)", dest)
                 p.removed.append(dest)
             elif unit is not None and not dangles(dest, self.gitops):
                 p.restart.add(unit)
+        for unit in sorted(owed.keys() - done):  # its link is gone, its file is not back
+            self._stop_or_owe(unit, owed)
+
+    def _stop_or_owe(self, unit: str, owed: dict[str, bool]) -> bool:
+        """Whether the unit is stopped; if not, its stop is owed."""
+        failed = self._stop(unit, unit in owed)
+        if failed is not None:
+            self._owed_stops[unit] = _transient(failed)
+        return failed is None
 
     def _stop(self, unit: str, owed: bool) -> UnitError | None:
         """None when the unit is stopped (a unit the manager has not loaded is), else why
