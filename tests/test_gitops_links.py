@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters import gitopsquadlet
-from hecated.adapters.gitops import Reconciler
+from hecated.adapters.gitops import Reconciler, load_owed
 from hecated.adapters.gitopslinks import (
     UnitDirs,
     clean_tmp,
@@ -296,3 +296,15 @@ def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_ba
     r.reconcile(r.burst.take() or set())  # the pass the watch asks for, as the thread would
     r.burst.done()
     assert not r.pending
+
+
+def test_owed_starts_that_are_no_unit_name_are_dropped_and_said_once(
+    tree: tuple[Layout, UnitDirs], caplog: pytest.LogCaptureFixture
+) -> None:
+    layout, _ = tree
+    layout.ensure_layout()
+    junk = ["../../etc/x.service", "a.socket", "b@.service", "-.service\\x"]
+    layout.run_path("gitops-owed-starts").write_text("\n".join(["hecate-a.service", *junk]))
+    assert load_owed(layout) == {"hecate-a.service"}
+    said = [r for r in caplog.records if "not a unit name" in r.getMessage()]
+    assert len(said) == 1 and "a.socket" in said[0].getMessage()

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hecated import protocol
 from hecated.adapters.gitopslinks import (
     Plan,
     UnitDirs,
@@ -460,7 +461,11 @@ def load_owed(layout: Layout) -> set[str]:
     except (OSError, HecateError) as exc:
         log.warning("cannot read the starts owed before (%s): %s", OWED_FILE, exc)
         return set()
-    return set() if data is None else set(data.decode("utf-8", "replace").split())
+    names = set() if data is None else set(data.decode("utf-8", "replace").split())
+    junk = sorted(n for n in names if not _unit_name(n))
+    if junk:  # written by hand or by something else: never handed to the manager
+        log.warning("ignoring what is not a unit name in %s: %s", OWED_FILE, ", ".join(junk))
+    return names.difference(junk)
 
 
 def save_owed(layout: Layout, units: set[str]) -> bool:
@@ -481,6 +486,14 @@ def save_owed(layout: Layout, units: set[str]) -> bool:
 def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
     d = want.desired
     return Installed(d.path, d.kind, d.unit, linked, problem)
+
+
+def _unit_name(name: str) -> bool:
+    try:
+        protocol.check_unit_name(name)
+    except protocol.InvalidUnitName:
+        return False
+    return True
 
 
 def _transient(exc: UnitError) -> bool:
