@@ -81,7 +81,7 @@ class Pass:
     touched: set[str]
     new: list[Want] = field(default_factory=list)  # linked now: started after the reload
     removed: list[Path] = field(default_factory=list)  # dangling links taken away
-    restart: set[str] = field(default_factory=set)  # stopped, but their file came back
+    restart: dict[str, Path] = field(default_factory=dict)  # stopped, file back: unit -> link
     failed: dict[str, str] = field(default_factory=dict)  # plugin -> why its link failed
     quadlet: str | None = None  # why no .container can run here (None: Quadlet is there)
 
@@ -198,7 +198,8 @@ class Reconciler:
                 log.info("removed %s (a link a pass before this one left half made)", tmp)
         self._remove(p)
         self._link(p)
-        if any(w.desired.kind == "container" for w in p.plan.wants.values()):
+        boxes = [w.desired.kind == "container" for w in p.plan.wants.values()]
+        if any(boxes) or any(_box(dest) for dest in p.restart.values()):
             p.quadlet = self._quadlet_problem()
         self._publish(p)
         never = self._never_loaded(p)
@@ -235,7 +236,7 @@ class Reconciler:
                 log.info("removed %s (its file left the gitops tree)", dest)
                 p.removed.append(dest)
             elif unit is not None and not dangles(dest, self.gitops):
-                p.restart.add(unit)
+                p.restart[unit] = dest
         for unit in sorted(owed.keys() - done):  # its link is gone, its file is not back
             self._stop_or_owe(unit, owed)
 
@@ -351,7 +352,11 @@ class Reconciler:
     def _reload_then_start(self, p: Pass, never: set[str]) -> None:
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
         wanted = {w.desired.unit for w in p.plan.wants.values() if not _cannot_run(w, p)}
-        starts = ((starts | never) & wanted) | p.restart
+        starts = ((starts | never) & wanted) | {
+            unit
+            for unit, dest in p.restart.items()  # not in the plan: their file came back after
+            if not (_box(dest) and p.quadlet is not None)
+        }
         try:
             self.manager.reload()
         except UnitError as exc:
@@ -501,6 +506,11 @@ def _transient(exc: UnitError) -> bool:
     opposed to a refusal (RefuseManualStop=yes, a job that failed) that asking again
     soon would only repeat."""
     return isinstance(exc, (SystemdUnavailable, JobTimeout))
+
+
+def _box(link: Path) -> bool:
+    """A link that makes a container's unit (Quadlet's), not a service's."""
+    return link.suffix == ".container"
 
 
 def _cannot_run(want: Want, p: Pass) -> bool:
