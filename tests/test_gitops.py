@@ -195,11 +195,14 @@ def test_without_a_user_manager_links_are_made_and_the_rest_waits_for_one(world:
     assert row["desired"]["problem"].startswith("linked, but no systemd user manager has loaded")
     assert os.readlink(world.um.unit_dir / "hecate-laterd.service") == str(src)
     assert world.prop("hecate-laterd.service", "ActiveState") == "inactive"
+    owed = world.um.home / ".hecate" / "hecate-daemon" / "run" / "gitops-owed-starts"
+    assert owed.read_text() == "hecate-laterd.service\n"  # for a hecated after this one
     # The manager's bus appears where hecated looks: the owed reload and start are done.
     os.symlink(world.um.runtime / "bus", away / "bus")
     try:
         listed(d, lambda r: r["desired"]["problem"] is None, "hecate-laterd")
         wait_for(lambda: world.prop("hecate-laterd.service", "ActiveState") == "active", 60)
+        wait_for(lambda: not owed.exists(), 60)  # removed once the starts are made
     finally:
         (away / "bus").unlink()
 
@@ -239,6 +242,28 @@ def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: Wor
         assert world.prop(unit, "ActiveState") == "inactive"
     finally:
         (away / "bus").unlink()
+
+
+def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_idle(
+    world: World,
+) -> None:
+    # RefuseManualStop=yes: the stop is refused for good, asking every minute would be
+    # forever; hecated keeps the link (the unit runs on), says why, and exits idle.
+    unit = "hecate-refused.service"
+    text = sleeper_text("refuses a stop").replace("[Unit]\n", "[Unit]\nRefuseManualStop=yes\n")
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-refused")
+    d.stop()
+    src.unlink()
+    try:
+        d = world.hecated(args=("--idle-timeout", "1"))
+        assert d.proc is not None and d.proc.wait(60) == 0
+        assert os.path.lexists(world.um.unit_dir / unit)
+        assert world.prop(unit, "ActiveState") == "active"
+        assert f"stopping {unit} failed" in d.log() and "idle for 1 s: exiting" in d.log()
+    finally:
+        world.um.systemctl("kill", unit, check=False)  # a stop is refused: the test's own
 
 
 def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters import gitopsquadlet
-from hecated.adapters.gitops import Reconciler
+from hecated.adapters.gitops import Reconciler, load_owed
 from hecated.adapters.gitopslinks import (
     UnitDirs,
     clean_tmp,
@@ -251,7 +251,7 @@ def away_reconciler(layout: Layout, dirs: UnitDirs, tmp_path: Path) -> Reconcile
     return Reconciler(Index(layout), nobody, dirs=dirs)
 
 
-def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
+def test_a_start_owed_to_an_absent_manager_is_kept_on_disk_and_hecated_may_exit_idle(
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
     layout, dirs = tree
@@ -259,9 +259,11 @@ def test_a_start_owed_to_an_absent_manager_keeps_hecated_from_exiting_idle(
     r = away_reconciler(layout, dirs, tmp_path)
     p = r.reconcile(set())
     assert [w.desired.name for w in p.new] == ["hecate-a"]
-    assert r.pending  # the reload and the start are owed: an idle exit would lose them
-    # ... and kept on disk for the next hecated, should this one end before it answers.
-    assert (layout.data_dir / "gitops-owed-starts").read_text() == "hecate-a.service\n"
+    # No manager at all: staying up would do no more than the next hecated's first pass,
+    # which reloads and makes the starts kept on disk.
+    assert not r.pending
+    assert layout.run_path("gitops-owed-starts").read_text() == "hecate-a.service\n"
+    assert not (layout.data_dir / "gitops-owed-starts").exists()  # only SUBDIRS at the top
 
 
 def test_a_stop_that_fails_keeps_the_link_and_is_owed(
@@ -275,3 +277,34 @@ def test_a_stop_that_fails_keeps_the_link_and_is_owed(
     assert p.plan.dangling == [link] and p.removed == []
     assert os.path.lexists(link)  # kept: the unit may run on, and is stopped later
     assert r.pending
+
+
+def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_back(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    src = layout.gitops_dir / "apps" / "hecate-h.service"
+    link = dirs.systemd / "hecate-h.service"
+    os.symlink(src, link)  # its file is gone
+    r = away_reconciler(layout, dirs, tmp_path)
+    r.reconcile(set())
+    assert r.pending  # the stop is owed
+    link.unlink()  # by hand, the manager still away: the unit would run on with no file
+    r.reconcile(set())
+    assert r.pending  # still owed: stopped once the manager answers
+    src.write_text("[Service]\n")  # the file back: the unit is wanted again
+    r.reconcile(r.burst.take() or set())  # the pass the watch asks for, as the thread would
+    r.burst.done()
+    assert not r.pending
+
+
+def test_owed_starts_that_are_no_unit_name_are_dropped_and_said_once(
+    tree: tuple[Layout, UnitDirs], caplog: pytest.LogCaptureFixture
+) -> None:
+    layout, _ = tree
+    layout.ensure_layout()
+    junk = ["../../etc/x.service", "a.socket", "b@.service", "-.service\\x"]
+    layout.run_path("gitops-owed-starts").write_text("\n".join(["hecate-a.service", *junk]))
+    assert load_owed(layout) == {"hecate-a.service"}
+    said = [r for r in caplog.records if "not a unit name" in r.getMessage()]
+    assert len(said) == 1 and "a.socket" in said[0].getMessage()

@@ -21,8 +21,8 @@ directories. This is that loop, inside the registry, with the same semantics
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
-  owed too, and hecated does not exit idle while it owes anything; owed starts are kept
-  in the primary's namespace, ``gitops-owed-starts``, for the next hecated).
+  owed too; owed starts are kept in the primary's ``run/gitops-owed-starts``, for the
+  next hecated; ``pending`` says what keeps hecated from exiting idle).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -32,12 +32,14 @@ and never deletes a plugin's data.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hecated import protocol
 from hecated.adapters.gitopslinks import (
     Plan,
     UnitDirs,
@@ -54,12 +56,12 @@ from hecated.adapters.gitopslinks import (
 )
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
-from hecated.adapters.units import NoSuchUnit, SystemdUnavailable, UnitError
+from hecated.adapters.units import JobTimeout, NoSuchUnit, SystemdUnavailable, UnitError
 from hecated.core.errors import HecateError
 from hecated.core.files import atomic_write, open_dir, open_root, opened, read_regular, remove_file
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
-from hecated.core.layout import Layout
+from hecated.core.layout import RUN_DIR, Layout
 
 log = logging.getLogger("hecated.adapters.gitops")
 
@@ -67,7 +69,7 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
-OWED_FILE = "gitops-owed-starts"  # in the primary's namespace: starts owed, one unit a line
+OWED_FILE = "gitops-owed-starts"  # in the primary's run/: starts owed, one unit a line
 OWED_MAX = 64 * 1024
 
 
@@ -79,7 +81,7 @@ class Pass:
     touched: set[str]
     new: list[Want] = field(default_factory=list)  # linked now: started after the reload
     removed: list[Path] = field(default_factory=list)  # dangling links taken away
-    restart: set[str] = field(default_factory=set)  # stopped, but their file came back
+    restart: dict[str, Path] = field(default_factory=dict)  # stopped, file back: unit -> link
     failed: dict[str, str] = field(default_factory=dict)  # plugin -> why its link failed
     quadlet: str | None = None  # why no .container can run here (None: Quadlet is there)
 
@@ -113,7 +115,8 @@ class Reconciler:
         self._first = True
         self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
         self._owed_reload = bool(self._owed_starts)
-        self._owed_stops: set[str] = set()  # their stop failed: links kept, tried again
+        self._kept = False  # the owed reload waits for an absent manager, the starts on disk
+        self._owed_stops: dict[str, bool] = {}  # their stop failed (True: for now), links kept
         self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
@@ -147,13 +150,17 @@ class Reconciler:
 
     @property
     def pending(self) -> bool:
-        """Changes heard and not yet reconciled, a pass under way, or a reload, start or
-        stop owed (the manager away): not a time to exit, what is owed would be lost."""
+        """Changes heard and not yet reconciled, a pass under way, a reload owed to a manager
+        that failed it, or a stop owed for now (the manager away, the job timed out): not a
+        time to exit, what is owed would be lost. Not pending: a reload owed to a manager
+        that is not there at all (the starts are on disk, the next hecated's first pass
+        reloads and makes them: staying up would do no more), and a stop the manager
+        refused for good (RefuseManualStop=yes...): its link stays, it is asked again at
+        each pass, and staying up for it would be forever."""
         return (
             self.burst.pending
-            or self._owed_reload
-            or bool(self._owed_starts)
-            or bool(self._owed_stops)
+            or (self._owed_reload and not self._kept)
+            or any(self._owed_stops.values())
         )
 
     def request(self) -> None:
@@ -191,15 +198,16 @@ class Reconciler:
                 log.info("removed %s (a link a pass before this one left half made)", tmp)
         self._remove(p)
         self._link(p)
-        if any(w.desired.kind == "container" for w in p.plan.wants.values()):
+        boxes = [w.desired.kind == "container" for w in p.plan.wants.values()]
+        if any(boxes) or any(_box(dest) for dest in p.restart.values()):
             p.quadlet = self._quadlet_problem()
         self._publish(p)
         never = self._never_loaded(p)
         changed = p.removed or p.new or p.restart or never or self._edited(p)
         if changed or self._owed_reload or self._stale(p):
             self._reload_then_start(p, never)
-        if self._owed_stops and self._retry_at is None:
-            self._retry_later()
+        if any(self._owed_stops.values()) and self._retry_at is None:
+            self._retry_later()  # a refused stop: asked again at the next pass, not sooner
         self._first = False
         self._publish(p)
         self.passes += 1
@@ -209,35 +217,54 @@ class Reconciler:
         """Each dangling link: its unit stopped, then the link removed. A stop that fails
         keeps the link (harmless: its file is gone; without it the unit would run on with
         no file, never stopped) and is owed; a file back before the stop keeps both, one
-        back during it keeps the link and the unit is started again."""
-        owed, self._owed_stops = self._owed_stops, set()
+        back during it keeps the link and the unit is started again. An owed stop is
+        dropped only when its file is back: its link removed by hand, the unit would run
+        on with no file, so it is still stopped."""
+        owed, self._owed_stops = self._owed_stops, {}
+        done = {w.desired.unit for w in p.plan.wants.values()}  # their file is there
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
-            if not dangles(dest, self.gitops):  # its file came back since the look
+            if not dangles(dest, self.gitops):  # its file came back, or the link went
+                if unit is not None and os.path.lexists(dest):
+                    done.add(unit)
                 continue
-            if unit is not None and not self._stop(unit, unit in owed):
-                self._owed_stops.add(unit)
-                continue
+            if unit is not None:
+                done.add(unit)
+                if not self._stop_or_owe(unit, owed):
+                    continue
             if remove_link(dest, self.gitops):
                 log.info("removed %s (its file left the gitops tree)", dest)
                 p.removed.append(dest)
             elif unit is not None and not dangles(dest, self.gitops):
-                p.restart.add(unit)
+                p.restart[unit] = dest
+        for unit in sorted(owed.keys() - done):  # its link is gone, its file is not back
+            self._stop_or_owe(unit, owed)
 
-    def _stop(self, unit: str, owed: bool) -> bool:
-        """Whether the unit is stopped (a unit the manager has not loaded is)."""
+    def _stop_or_owe(self, unit: str, owed: dict[str, bool]) -> bool:
+        """Whether the unit is stopped; if not, its stop is owed."""
+        failed = self._stop(unit, unit in owed)
+        if failed is not None:
+            self._owed_stops[unit] = _transient(failed)
+        return failed is None
+
+    def _stop(self, unit: str, owed: bool) -> UnitError | None:
+        """None when the unit is stopped (a unit the manager has not loaded is), else why
+        not; logged the first time only (an owed stop is asked again at each pass)."""
         try:
             self.manager.stop(unit)
         except NoSuchUnit:
-            return True
-        except UnitError as exc:  # the manager away, or the stop failed or timed out
+            return None
+        except UnitError as exc:  # the manager away, or the stop refused, failed or timed out
             if isinstance(exc, SystemdUnavailable):
                 self._away = str(exc)
             if not owed:
-                log.warning("stopping %s failed: %s; its link stays, retrying", unit, exc)
-            return False
+                when = "until it is made" if _transient(exc) else "at each pass"
+                log.warning(
+                    "stopping %s failed: %s; its link stays, asked again %s", unit, exc, when
+                )
+            return exc
         log.info("stopped %s: its file left the gitops tree", unit)
-        return True
+        return None
 
     def _link(self, p: Pass) -> None:
         for want, do in [(w, make_link) for w in p.plan.make] + [
@@ -325,7 +352,11 @@ class Reconciler:
     def _reload_then_start(self, p: Pass, never: set[str]) -> None:
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
         wanted = {w.desired.unit for w in p.plan.wants.values() if not _cannot_run(w, p)}
-        starts = ((starts | never) & wanted) | p.restart
+        starts = ((starts | never) & wanted) | {
+            unit
+            for unit, dest in p.restart.items()  # not in the plan: their file came back after
+            if not (_box(dest) and p.quadlet is not None)
+        }
         try:
             self.manager.reload()
         except UnitError as exc:
@@ -334,22 +365,37 @@ class Reconciler:
         self.reloads += 1
         self._back()
         log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
+        left: set[str] = set()
+        away: SystemdUnavailable | None = None
         for unit in sorted(starts):
             try:
                 self.manager.start(unit)
                 log.info("started %s: its file is new in the gitops tree", unit)
             except SystemdUnavailable as exc:
-                self._owe({unit}, exc)
+                left, away = left | {unit}, exc
             except UnitError as exc:
                 log.warning("starting %s failed: %s", unit, exc)
+        self._settle(left, away)
+
+    def _settle(self, left: set[str], away: SystemdUnavailable | None) -> None:
+        """After every start was tried, the owed starts are only those the manager went
+        away for: the file rewritten (removed when none) last, so a hecated killed during
+        the starts loses none of them (the next one makes them again; a start is no-op
+        on a running unit)."""
+        had, self._owed_starts = self._owed_starts, set()
+        if away is not None:
+            self._owe(left, away)
+        elif had:
+            save_owed(self.layout, set())
 
     def _owe(self, starts: set[str], exc: Exception) -> None:
         """The reload (and these starts) are owed: tried again, later and later, until the
         manager answers."""
         self._owed_reload = True
-        if not starts <= self._owed_starts:
+        if not starts <= self._owed_starts or not self._kept:
             self._owed_starts |= starts
-            save_owed(self.layout, self._owed_starts)
+            self._kept = save_owed(self.layout, self._owed_starts)
+        self._kept = self._kept and isinstance(exc, SystemdUnavailable)
         if self._away is None:
             log.warning("the user manager did not reload: %s; retrying until it does", exc)
         self._away = str(exc)
@@ -362,9 +408,7 @@ class Reconciler:
     def _back(self) -> None:
         if self._away is not None:
             log.info("the user manager answers again: what was owed is done")
-        if self._owed_starts:
-            save_owed(self.layout, set())
-        self._away, self._owed_reload, self._owed_starts = None, False, set()
+        self._away, self._owed_reload, self._kept = None, False, False  # starts: _settle
         self._retry_in, self._retry_at = RETRY_FIRST, None
 
     # -- the index -----------------------------------------------------------------------------
@@ -407,8 +451,10 @@ class Reconciler:
 
 
 def _namespace(layout: Layout) -> int:
-    with opened(open_root(layout.root, create=False)) as top:
-        return open_dir(top, layout.primary_name)
+    """The primary's ``run/``: the spec allows only its subdirectories at the top."""
+    root = open_root(layout.root, create=False)
+    with opened(root) as top, opened(open_dir(top, layout.primary_name)) as own:
+        return open_dir(own, RUN_DIR)
 
 
 def load_owed(layout: Layout) -> set[str]:
@@ -420,11 +466,16 @@ def load_owed(layout: Layout) -> set[str]:
     except (OSError, HecateError) as exc:
         log.warning("cannot read the starts owed before (%s): %s", OWED_FILE, exc)
         return set()
-    return set() if data is None else set(data.decode("utf-8", "replace").split())
+    names = set() if data is None else set(data.decode("utf-8", "replace").split())
+    junk = sorted(n for n in names if not _unit_name(n))
+    if junk:  # written by hand or by something else: never handed to the manager
+        log.warning("ignoring what is not a unit name in %s: %s", OWED_FILE, ", ".join(junk))
+    return names.difference(junk)
 
 
-def save_owed(layout: Layout, units: set[str]) -> None:
-    """The owed starts on disk (none: the file removed), for a hecated after this one."""
+def save_owed(layout: Layout, units: set[str]) -> bool:
+    """The owed starts on disk (none: the file removed), for a hecated after this one;
+    whether they are."""
     try:
         with opened(_namespace(layout)) as fd:
             if units:
@@ -433,11 +484,33 @@ def save_owed(layout: Layout, units: set[str]) -> None:
                 remove_file(fd, OWED_FILE)
     except (OSError, HecateError) as exc:
         log.warning("cannot keep the owed starts in %s: %s", OWED_FILE, exc)
+        return False
+    return True
 
 
 def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
     d = want.desired
     return Installed(d.path, d.kind, d.unit, linked, problem)
+
+
+def _unit_name(name: str) -> bool:
+    try:
+        protocol.check_unit_name(name)
+    except protocol.InvalidUnitName:
+        return False
+    return True
+
+
+def _transient(exc: UnitError) -> bool:
+    """A failure that may pass by itself (the manager away, a job still running), as
+    opposed to a refusal (RefuseManualStop=yes, a job that failed) that asking again
+    soon would only repeat."""
+    return isinstance(exc, (SystemdUnavailable, JobTimeout))
+
+
+def _box(link: Path) -> bool:
+    """A link that makes a container's unit (Quadlet's), not a service's."""
+    return link.suffix == ".container"
 
 
 def _cannot_run(want: Want, p: Pass) -> bool:
