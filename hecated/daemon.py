@@ -37,6 +37,7 @@ from hecated.core.config import Config
 from hecated.core.errors import HecateError
 from hecated.core.events import Events
 from hecated.core.index import Index
+from hecated.core.layout import RUN_DIR
 from hecated.core.runfiles import LockedError, RunFiles
 from hecated.http.fast import FastPath, WSGIApp
 from hecated.http.forwarding.settings import ForwardSettings
@@ -265,7 +266,7 @@ class Lifecycle:
             views=views,
             forward=forwarder,
             units=plugin_units(config),
-            verifier=unit_verifier(),
+            verifier=unit_verifier(self.registry.layout.data_dir / RUN_DIR),
             events=events,
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hecated.core.config import Config
@@ -41,12 +42,19 @@ def plugin_units(config: Config) -> UnitControl:
     return SystemdUnits(**config.section("units"))
 
 
-def unit_verifier() -> UnitVerifier:
+def unit_verifier(scratch: Path) -> UnitVerifier:
     """The second check of a unit file to install (issue 21): ``systemd-analyze verify``
-    where it is installed (without it, every file gets the first check only)."""
+    where it is installed (without it, every file gets the first check only). Its copies
+    go in hecated's own ``run/`` (``scratch``), not the system's temp directory: under the
+    shipped unit's PrivateTmp that one was found unusable on a loaded machine, and every
+    install then went unverified."""
     from hecated.adapters.unitverify import SystemdAnalyze
 
-    return SystemdAnalyze()
+    try:
+        scratch.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return SystemdAnalyze()  # the system's temp directory, as a last resort
+    return SystemdAnalyze(scratch=str(scratch))
 
 
 def detours(forward: ForwardSettings) -> Detours:
