@@ -433,7 +433,12 @@ def test_a_system_dir_that_is_no_directory_does_not_block_an_apps_uninstall(
         "POST", "/api/plugins/install", {"unit": SERVICE, "kind": "service", "name": "hecate-x"}
     )
     assert status == 201, body
-    (daemon.root / "gitops" / "system").write_text("not a directory\n")
+    # The reconciler makes system/ and apps/ itself: once it has seen the file, put a
+    # plain file where its system/ is.
+    listed(daemon, lambda row: row["desired"] is not None, "hecate-x")
+    system = daemon.root / "gitops" / "system"
+    system.rmdir()
+    system.write_text("not a directory\n")
     status, _, body = daemon.request("POST", "/api/plugins/hecate-x/uninstall")
     assert status == 200, body
     assert entries(daemon) == []
