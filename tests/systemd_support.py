@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HECATED, http_request, wait_for
+from conftest import HECATED, Daemon, http_request, wait_for
 
 from hecated.tools.units import hidden_from_service
 
@@ -561,3 +561,16 @@ def units_made(manager: UserManager) -> Iterator[UserManager]:
         (manager.unit_dir / unit).unlink(missing_ok=True)
     if running:
         manager.systemctl("daemon-reload", check=False)
+
+
+@contextlib.contextmanager
+def hecated_on(um: UserManager) -> Iterator[Daemon]:
+    """hecated as the user's session would run it beside ``um``: the manager's HOME, its
+    runtime dir and its bus; stopped afterwards if it still runs."""
+    env = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
+    d = Daemon(um.home, env=env).start()
+    try:
+        yield d
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.stop()

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Daemon
-from systemd_support import UserManager, manager_on_bus, needs_user_manager, units_made
+from systemd_support import (
+    UserManager,
+    hecated_on,
+    manager_on_bus,
+    needs_user_manager,
+    units_made,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
 ANALYZE = shutil.which("systemd-analyze")
@@ -40,11 +46,8 @@ def um(manager: UserManager) -> Iterator[UserManager]:
 
 @pytest.fixture
 def hecated(um: UserManager) -> Iterator[Daemon]:
-    env = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
-    d = Daemon(um.home, env=env).start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        d.stop()
+    with hecated_on(um) as d:
+        yield d
 
 
 def test_uninstall_stops_the_unit_removes_its_file_and_keeps_the_data(

@@ -25,6 +25,7 @@ from conftest import HECATECTL, Daemon, UnixHTTPConnection, wait_for
 from systemd_support import (
     UserManager,
     fresh_home,
+    hecated_on,
     manager_on_bus,
     needs_journald,
     needs_user_manager,
@@ -56,12 +57,8 @@ def um(manager: UserManager) -> Iterator[UserManager]:
 
 @pytest.fixture
 def hecated(um: UserManager) -> Iterator[Daemon]:
-    """hecated as the user's session would run it: the manager's HOME and runtime dir."""
-    env = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
-    d = Daemon(um.home, env=env).start()
-    yield d
-    if d.proc and d.proc.poll() is None:
-        d.stop()
+    with hecated_on(um) as d:
+        yield d
 
 
 def add_unit(um: UserManager, name: str, service: str) -> str:
