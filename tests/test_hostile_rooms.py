@@ -72,6 +72,10 @@ def test_purge_refuses_a_plugin_whose_listen_queue_is_full(hdaemon: Daemon) -> N
         status, body = purge(hdaemon, "queued")
         assert (status, body.get("code")) == (409, "plugin_running"), body
         assert (ns / "sqlite" / "data.db").read_bytes() == b"precious"
+        # The probes see it answering too (discovered, listed) before it stops: else a
+        # probe still in flight when it stops could report it answering after the wait
+        # below has already seen it absent (ci: 409 from the index's stale view).
+        _until(hdaemon, lambda rows: "queued" in rows)
     finally:
         pending.close()
         listener.close()
