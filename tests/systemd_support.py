@@ -564,11 +564,11 @@ def units_made(manager: UserManager) -> Iterator[UserManager]:
 
 
 @contextlib.contextmanager
-def hecated_on(um: UserManager) -> Iterator[Daemon]:
+def hecated_on(um: UserManager, env: dict[str, str] | None = None) -> Iterator[Daemon]:
     """hecated as the user's session would run it beside ``um``: the manager's HOME, its
-    runtime dir and its bus; stopped afterwards if it still runs."""
-    env = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
-    d = Daemon(um.home, env=env).start()
+    runtime dir and its bus (and ``env``); stopped afterwards if it still runs."""
+    own = {"XDG_RUNTIME_DIR": str(um.runtime), "DBUS_SESSION_BUS_ADDRESS": um.bus_address}
+    d = Daemon(um.home, env={**own, **(env or {})}).start()
     try:
         yield d
     finally:

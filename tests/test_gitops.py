@@ -283,6 +283,39 @@ def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> Non
     assert os.readlink(world.um.unit_dir / unit) == str(src)
 
 
+def test_a_file_uninstalled_while_its_pass_starts_others_is_never_started(world: World) -> None:
+    # One pass links two new files and starts their units one after the other; the first
+    # start is held at a FIFO the test opens. Meanwhile the second plugin is uninstalled
+    # through the API (its file removed, its unit stopped). When the pass comes to it,
+    # its file is gone: it is not started (a start then would undo the uninstall's stop,
+    # or be the start that replaces it), and the next pass unlinks it.
+    base = world.um.base
+    gate, held, starts = base / "pass.gate", base / "pass.held", base / "target.starts"
+    os.mkfifo(gate)
+    world.write(
+        "hecate-agated.service",
+        sleeper_text("holds the pass")
+        + f"ExecStartPre=/bin/sh -c 'touch {held}; read x < {gate}'\n",
+    )
+    world.write(
+        "hecate-btargetd.service",
+        sleeper_text("uninstalled before its start")
+        + f"ExecStartPre=/bin/sh -c 'echo >> {starts}'\n",
+    )
+    d = world.hecated()
+    wait_for(held.exists, 60)  # the pass waits for the first start; the second is to come
+    status, _, body = d.request("POST", "/api/plugins/hecate-btargetd/uninstall")
+    with open(gate, "w") as release:
+        release.write("go\n")
+    assert status == 200, body
+    assert body["removed"] == [str(world.apps / "hecate-btargetd.service")]
+    wait_for(lambda: world.prop("hecate-agated.service", "ActiveState") == "active", 60)
+    wait_for(lambda: not os.path.lexists(world.um.unit_dir / "hecate-btargetd.service"), 60)
+    assert not starts.exists(), d.log()[-3000:]
+    assert world.prop("hecate-btargetd.service", "ActiveState") == "inactive"
+    assert "not starting hecate-btargetd.service: its file left" in d.log()
+
+
 class Script:
     """hecate-reconciler.sh --watch beside hecated, in the manager's environment (its
     systemctl --user reaches the private manager), with a podman for its preflight."""

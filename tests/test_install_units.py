@@ -10,6 +10,7 @@ state, bounded; never a sleep.
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
+from conftest import Daemon, wait_for
 from systemd_support import (
     UserManager,
     hecated_on,
@@ -98,6 +99,40 @@ def test_uninstall_of_a_unit_the_manager_does_not_know_still_removes_the_file(
     status, _, answer = hecated.request("POST", "/api/plugins/hecate-never/uninstall")
     assert status == 200, answer
     assert answer["removed"] and not Path(answer["removed"][0]).exists()
+
+
+def test_a_stop_that_does_not_end_in_time_is_a_502_saying_the_file_is_gone(
+    um: UserManager,
+) -> None:
+    """The file goes first, then the stop (so the reconciler never starts the unit again
+    meanwhile): a stop that fails is the 502 it is, and says the file is removed all the
+    same; the reconciler's own stop is made once the job can end."""
+    gate, held = um.base / "uninstall.gate", um.base / "uninstall.held"
+    os.mkfifo(gate)
+    name = "hecate-slowstopd"
+    unit = f"{name}.service"
+    text = (
+        "[Unit]\nDescription=a slow stop\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+        f"ExecStop=/bin/sh -c 'touch {held}; read x < {gate}'\n"
+    )
+    um.made.append(unit)  # type: ignore[attr-defined]
+    with hecated_on(um, {"HECATE_UNIT_JOB_TIMEOUT": "1"}) as d:
+        body = {"unit": text, "kind": "service", "name": name}
+        status, _, answer = d.request("POST", "/api/plugins/install", body)
+        assert status == 201, answer
+        path = Path(answer["path"])
+        wait_for(lambda: um.prop(unit, "ActiveState") == "active", 60, interval=0.1)
+        try:
+            status, _, answer = d.request("POST", f"/api/plugins/{name}/uninstall")
+        finally:
+            wait_for(held.exists, 60)
+            with open(gate, "w") as release:
+                release.write("go\n")
+        assert status == 502 and answer["code"] == "unit_failed", answer
+        assert "its file is removed" in answer["error"], answer
+        assert not path.exists()
+        wait_for(lambda: not os.path.lexists(um.unit_dir / unit), 60)  # the reconciler's
+        assert um.prop(unit, "ActiveState") == "inactive"
 
 
 def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> None:

@@ -452,6 +452,41 @@ def test_a_job_that_does_not_end_in_time_is_a_timeout(um, control: Control) -> N
 @needs_user_manager
 @needs_journald
 @pytest.mark.slow
+def test_a_start_in_mode_fail_leaves_a_queued_stop_to_end_as_asked(um, control: Control) -> None:
+    # The gitops reconciler starts in mode "fail": a stop queued before its start (an
+    # uninstall's) ends "done"; in mode "replace" the start would cancel it.
+    gate, stopping = um.base / "stop.gate", um.base / "stop.waiting"
+    os.mkfifo(gate)
+    stop_cmd = f"/bin/sh -c 'touch {stopping}; read x < {gate}'"
+    unit = add_unit(
+        um, "hecate-stoppingd.service", f"ExecStart=/bin/sleep infinity\nExecStop={stop_cmd}\n"
+    )
+    control.start(unit)
+    stopped: queue.Queue = queue.Queue()
+
+    def stop() -> None:
+        try:
+            stopped.put(control.stop(unit))
+        except UnitError as exc:
+            stopped.put(exc)
+
+    threading.Thread(target=stop, daemon=True).start()
+    wait_for(stopping.exists, TIMEOUT)  # the stop job runs its ExecStop, held at the gate
+    try:
+        with pytest.raises(UnitError) as caught:
+            control.start(unit, mode="fail")
+        assert "destructive" in str(caught.value), caught.value
+    finally:
+        with open(gate, "w") as release:
+            release.write("go\n")
+    outcome = stopped.get(timeout=TIMEOUT)
+    assert not isinstance(outcome, Exception), outcome
+    assert outcome.result == "done" and outcome.state.active_state == "inactive"
+
+
+@needs_user_manager
+@needs_journald
+@pytest.mark.slow
 def test_a_daemon_reload_is_read_once_it_is_over(um, control, watcher, published) -> None:
     unit = plugin_unit(um, "hecate-reloadd.service")
     watcher.watch([unit])

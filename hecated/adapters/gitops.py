@@ -47,6 +47,7 @@ from hecated.adapters.gitopslinks import (
     clean_tmp,
     config_home,
     dangles,
+    linked,
     look,
     make_link,
     remove_link,
@@ -350,13 +351,13 @@ class Reconciler:
         return units
 
     def _reload_then_start(self, p: Pass, never: set[str]) -> None:
+        links = {w.desired.unit: w.dest for w in p.plan.wants.values() if not _cannot_run(w, p)}
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
-        wanted = {w.desired.unit for w in p.plan.wants.values() if not _cannot_run(w, p)}
-        starts = ((starts | never) & wanted) | {
-            unit
-            for unit, dest in p.restart.items()  # not in the plan: their file came back after
-            if not (_box(dest) and p.quadlet is not None)
-        }
+        starts = (starts | never) & links.keys()
+        for unit, dest in p.restart.items():  # not in the plan: their file came back after
+            if not (_box(dest) and p.quadlet is not None):
+                starts.add(unit)
+                links[unit] = dest
         try:
             self.manager.reload()
         except UnitError as exc:
@@ -365,11 +366,22 @@ class Reconciler:
         self.reloads += 1
         self._back()
         log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
+        self._start_all({unit: links[unit] for unit in starts})
+
+    def _start_all(self, starts: dict[str, Path]) -> None:
+        """Each unit started, unless its file left the tree since the look (an uninstall,
+        a ``git pull``, during the reload or an earlier start): that unit is stopped by the
+        pass its removal brings, never started here. The start is systemd's mode ``fail``:
+        it never cancels a stop queued meanwhile (an uninstall's, a person's), which then
+        ends as asked; the start is what fails, and is logged."""
         left: set[str] = set()
         away: SystemdUnavailable | None = None
         for unit in sorted(starts):
+            if not linked(starts[unit], self.gitops):
+                log.info("not starting %s: its file left the gitops tree", unit)
+                continue
             try:
-                self.manager.start(unit)
+                self.manager.start(unit, mode="fail")
                 log.info("started %s: its file is new in the gitops tree", unit)
             except SystemdUnavailable as exc:
                 left, away = left | {unit}, exc

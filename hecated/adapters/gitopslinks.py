@@ -276,11 +276,24 @@ def clean_tmp(tmp: Path, gitops: Path) -> bool:
 def dangles(dest: Path, gitops: Path) -> bool:
     """``dest`` is (still) an own link whose file is gone: remove_link's condition, asked
     again right before its unit is stopped (a file back meanwhile keeps it running)."""
+    return _own_link(dest, gitops) is False
+
+
+def linked(dest: Path, gitops: Path) -> bool:
+    """``dest`` is an own link to a regular file of the tree: its unit may be started.
+    Asked right before each start, so a file removed since the pass looked is never
+    started again (uninstall's stop stands)."""
+    return _own_link(dest, gitops) is True
+
+
+def _own_link(dest: Path, gitops: Path) -> bool | None:
+    """None: ``dest`` is no own link (absent, a file, a link elsewhere); else whether
+    its file is a regular file of the tree."""
     try:
         target = os.readlink(dest)
     except OSError:
-        return False
-    return is_own(target, gitops) and not _regular(target, gitops)
+        return None
+    return _regular(target, gitops) if is_own(target, gitops) else None
 
 
 def remove_link(dest: Path, gitops: Path) -> bool:

@@ -75,8 +75,10 @@ class UserManager:
         with self._connection(deadline) as conn:
             return _bus().read_unit(self._caller(conn, unit, deadline), unit)[1]
 
-    def start(self, unit: str, timeout: float | None = None) -> JobOutcome:
-        return self._job("StartUnit", unit, timeout, reset=True)
+    def start(self, unit: str, timeout: float | None = None, mode: str = "replace") -> JobOutcome:
+        """``mode`` as systemd's: ``fail`` refuses (a ``UnitError``) a start that would
+        cancel a queued stop job (the gitops reconciler's, so an uninstall's stop stands)."""
+        return self._job("StartUnit", unit, timeout, reset=True, mode=mode)
 
     def stop(self, unit: str, timeout: float | None = None) -> JobOutcome:
         return self._job("StopUnit", unit, timeout, reset=False)
@@ -116,7 +118,9 @@ class UserManager:
 
         return call
 
-    def _job(self, method: str, unit: str, timeout: float | None, reset: bool) -> JobOutcome:
+    def _job(
+        self, method: str, unit: str, timeout: float | None, reset: bool, mode: str = "replace"
+    ) -> JobOutcome:
         check_unit_name(unit)
         bound = self.job_timeout if timeout is None else timeout
         deadline = time.monotonic() + bound
@@ -129,7 +133,7 @@ class UserManager:
                 if reset:
                     with contextlib.suppress(NoSuchUnit):  # not loaded: nothing failed
                         call(bus.manager_call("ResetFailedUnit", "s", unit))
-                (job,) = call(bus.manager_call(method, "ss", unit, "replace"))
+                (job,) = call(bus.manager_call(method, "ss", unit, mode))
                 result = _wait_job(conn, removed, job, deadline)
             state = _state_after(conn, unit, deadline + READ_SLACK, result is None)
         if result is None:

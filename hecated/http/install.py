@@ -9,8 +9,8 @@ then writes it into ``apps/`` of the gitops tree (``core/desired``). The
 reconciler does the rest (link, reload, start), as it does for a file a
 ``git pull`` brought. hecated never runs the file's commands itself.
 
-``POST /api/plugins/{name}/uninstall`` stops the plugin's unit (through the
-``UnitControl`` the app already has) and removes its file from ``apps/``. It
+``POST /api/plugins/{name}/uninstall`` removes the plugin's file from ``apps/``, then
+stops its unit (through the ``UnitControl`` the app already has). It
 never touches the plugin's namespace, and it does not deregister it: like
 deregistration, uninstalling keeps the data (``purge`` is the one way to
 remove that). A plugin registered by hand stays registered.
@@ -111,10 +111,16 @@ class Installer:
         return unitfile.check(name, kind, data), replace
 
     def uninstall(self, name: str) -> dict[str, Any]:
-        """Stop the unit, then remove the files: the reconciler finds nothing left to do
-        but unlink and reload. 404 when ``apps/`` has no file of the plugin; 409 when
-        ``system/`` has one (the ecosystem's own: removing ``apps/``' file would not
-        uninstall it)."""
+        """Remove the file, then stop the unit. 404 when ``apps/`` has no file of the
+        plugin; 409 when ``system/`` has one (the ecosystem's own: removing ``apps/``' file
+        would not uninstall it).
+
+        The file goes first: it is the desired state, and the reconciler, which checks a
+        unit's file right before it starts it, then never starts this unit again, so no
+        start of it is queued after this stop (one that was queued before, the reconciler's
+        start of a file just installed, is what this stop replaces). The reconciler sees
+        the file gone and stops the unit too (the same stop job), then unlinks and reloads.
+        """
         self.layout.check_plugin_name(name)
         try:
             in_system = self.system.installed(name)
@@ -125,14 +131,14 @@ class Installer:
                 f"plugin {name!r} is installed by gitops/{SYSTEM_DIR}/{in_system[0]}, which "
                 "hecated does not write; remove it from the tree"
             )
-        if not self.apps.installed(name):
+        removed = self.apps.remove(name)
+        if not removed:
             raise NotFoundError(
                 f"plugin {name!r} is not installed: no {name}.service or {name}.container "
                 f"in {self.apps.dir}"
             )
         unit = f"{name}.service"
         state, stopped = self._stop(unit)
-        removed = self.apps.remove(name)
         return {
             "ok": True,
             "name": name,
@@ -143,27 +149,27 @@ class Installer:
         }
 
     def _stop(self, unit: str) -> tuple[dict[str, Any] | None, bool]:
-        """The unit's state after a stop, and whether one was made.
+        """The unit's state after a stop, and whether one was made (its file already gone).
 
-        Without a manager the file still goes: the desired state is the file, and
-        the reconciler stops the unit when it sees it gone; its link stays until the
-        stop is made (retried until a manager answers), so the unit is never left
-        running with no file. A unit the manager does
-        not know (never linked, already unlinked) has nothing to stop."""
+        Without a manager the answer is still 200: the reconciler stops the unit when it
+        sees the file gone; its link stays until the stop is made (retried until a manager
+        answers), so the unit is never left running with no file. A unit the manager does
+        not know (never linked, already unlinked) has nothing to stop. A stop that fails
+        is the 502 it is, saying the file is gone all the same."""
         if self.units is None:
             return None, False
         try:
-            try:
-                return self.units.stop(unit), True
-            except UnitFailedError as exc:
-                if exc.result != "canceled":
-                    raise
-                # A start queued after the stop replaced its job (the reconciler starting
-                # what was just installed): the stop is still what is asked, once more.
-                log.info("uninstall of %s: the stop was replaced by a start; stopping again", unit)
-                return self.units.stop(unit), True
+            return self.units.stop(unit), True
         except NoUnitError:
             return None, False
         except SystemdUnavailableError as exc:
-            log.warning("uninstall of %s: not stopped (%s); removing its file", unit, exc)
+            log.warning("uninstall of %s: not stopped (%s); its file is removed", unit, exc)
             return None, False
+        except UnitFailedError as exc:
+            raise UnitFailedError(
+                f"{exc.message}; its file is removed: the reconciler keeps its link and "
+                "asks for the stop again",
+                exc.result,
+                exc.state,
+                exc.logs,
+            ) from exc
