@@ -75,6 +75,17 @@ def fresh_home(prefix: str = "h") -> Path:
     return path
 
 
+def checkout_in_private_tmp() -> str:
+    """The top directories under /tmp or /var/tmp that hold this venv's hecated or this
+    checkout (space-separated, as BindReadOnlyPaths= takes them); empty when none does."""
+    tops = set()
+    for path in (HECATED.resolve(), Path(__file__).resolve().parent.parent):
+        hidden = hidden_from_service(path)
+        if hidden:
+            tops.add(str(Path(hidden) / path.relative_to(hidden).parts[0]))
+    return " ".join(sorted(tops))
+
+
 def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
     """Stop a process we started, by its pid: TERM, then KILL."""
     if proc.poll() is None:
@@ -311,10 +322,14 @@ class UserManager:
         out = self.run(str(HECATED), "install-units").stdout
         assert "systemctl --user daemon-reload" in out
         self.drop_in("hecate.service", "00-test-log", _LOG_DROP_IN)
-        if hidden_from_service(HECATED):
-            # A checkout under /tmp: PrivateTmp=yes would hide the venv's hecated from
-            # the service (203/EXEC). Only then, and only this option, is relaxed.
-            self.drop_in("hecate.service", "00-test-tmp", "[Service]\nPrivateTmp=no\n")
+        shown = checkout_in_private_tmp()
+        if shown:
+            # A checkout under /tmp (a CI clone): PrivateTmp=yes would hide the venv's
+            # hecated from the service (203/EXEC). It is bound into the service's private
+            # /tmp, read-only; the sandbox stays as shipped. (PrivateTmp=no, as before,
+            # left /tmp read-only under ProtectSystem=strict: systemd-analyze, which makes
+            # its working directory in /tmp whatever $TMPDIR says, could not verify.)
+            self.drop_in("hecate.service", "00-test-tmp", f"[Service]\nBindReadOnlyPaths={shown}\n")
         for name, text in drop_ins:
             self.drop_in("hecate.service", name, text)
         self.systemctl("daemon-reload")
