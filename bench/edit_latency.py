@@ -20,48 +20,29 @@ of directories a recursive watch would need.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import select
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from procs import Hecated, inotify_watches
+from unit_support import http_request
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
 SUBDIRS = ("sqlite", "reckon-db", "sockets", "run", "connectors")
 
 
-class Conn(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(os.fspath(self.unix_path))
-
-
-def get(sock: Path, path: str) -> tuple[int, Any]:
-    conn = Conn(sock)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = json.loads(resp.read())
-        return int(resp.getheader("X-Hecate-Seq", "0")), body
-    finally:
-        conn.close()
+def get(sock: str, path: str) -> tuple[int, Any]:
+    """The answer's ``X-Hecate-Seq`` and its JSON body."""
+    _, headers, body = http_request(Path(sock), "GET", path, timeout=30.0)
+    return int(headers.get("X-Hecate-Seq", "0")), body
 
 
 def make_tree(root: Path, plugins: int, data_dirs: int = 3) -> int:
@@ -78,56 +59,18 @@ def make_tree(root: Path, plugins: int, data_dirs: int = 3) -> int:
     return dirs
 
 
-def hecated_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "hecated"
-    if exe.exists():
-        return [str(exe)]
-    return [sys.executable, "-c", "from hecated.cli import hecated_main; hecated_main()"]
-
-
-class Daemon:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.sock = home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
-        self.log = home / "hecated.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
-        env["HOME"] = str(home)
-        self.proc = subprocess.Popen(
-            hecated_cmd(), env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
-        )
-        self.started = time.monotonic()
-
-    def wait_watching(self, timeout: float = 300.0) -> float:
-        """Seconds from start until the watcher has set up its watches and rescanned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text())
-            text = self.log.read_text(errors="replace")
-            if "watching" in text and "watcher: watches " in text:  # built, and read
-                return time.monotonic() - self.started
-            time.sleep(0.01)
-        raise TimeoutError("hecated did not start watching")
-
-    def inotify_watches(self) -> int:
-        total = 0
-        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
-            try:
-                if "inotify" not in os.readlink(f"/proc/{self.proc.pid}/fd/{fd}"):
-                    continue
-                with open(f"/proc/{self.proc.pid}/fdinfo/{fd}") as fh:
-                    total += sum(1 for line in fh if line.startswith("inotify wd:"))
-            except OSError:
-                continue
-        return total
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def wait_watching(daemon: Hecated, timeout: float = 300.0) -> float:
+    """Seconds from start until the watcher has set up its watches and rescanned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert daemon.proc is not None
+        if daemon.proc.poll() is not None:
+            raise RuntimeError(daemon.log())
+        text = daemon.log()
+        if "watching" in text and "watcher: watches " in text:  # built, and read
+            return time.perf_counter() - daemon.started
+        time.sleep(0.01)
+    raise TimeoutError("hecated did not start watching")
 
 
 def write_rename_over(path: Path, text: str) -> None:
@@ -155,7 +98,7 @@ def summary(ms: list[float]) -> dict:
     }
 
 
-def measure_edits(daemon: Daemon, root: Path, kind: str, samples: int) -> dict:
+def measure_edits(daemon: Hecated, root: Path, kind: str, samples: int) -> dict:
     writer = write_rename_over if kind == "rename-over" else write_in_place
     ns = root / "bench-0"
     ifd = inotify_init()
@@ -166,12 +109,12 @@ def measure_edits(daemon: Daemon, root: Path, kind: str, samples: int) -> dict:
     try:
         for i in range(samples):
             version = f"{kind}-{i}"
-            seq = get(daemon.sock, "/health")[1]["seq"]
+            seq = get(daemon.socket, "/health")[1]["seq"]
             done: dict = {}
 
             def poll(since: int = seq, want: str = version, out: dict = done) -> None:
                 while True:
-                    new_seq, body = get(daemon.sock, f"/api/plugins?since={since}&wait=10")
+                    new_seq, body = get(daemon.socket, f"/api/plugins?since={since}&wait=10")
                     if any(p["version"] == want for p in body if p["name"] == "bench-0"):
                         out["t"] = time.perf_counter()
                         return
@@ -197,13 +140,14 @@ def watch_count(plugins: int) -> dict:
     try:
         root = home / ".hecate"
         dirs = make_tree(root, plugins)
-        daemon = Daemon(home)
+        daemon = Hecated(home, None).start()
         try:
-            ready = daemon.wait_watching()
+            ready = wait_watching(daemon)
+            assert daemon.proc is not None
             return {
                 "plugins": plugins,
                 "directories_in_tree": dirs,
-                "inotify_watches": daemon.inotify_watches(),
+                "inotify_watches": inotify_watches(daemon.proc.pid),
                 "seconds_to_watching": round(ready, 2),
             }
         finally:
@@ -217,9 +161,9 @@ def run(samples: int = 200, plugins: int = 1000, counts: tuple[int, ...] = (1000
     try:
         root = home / ".hecate"
         make_tree(root, plugins)
-        daemon = Daemon(home)
+        daemon = Hecated(home, None).start()
         try:
-            daemon.wait_watching()
+            wait_watching(daemon)
             latency = {
                 kind: measure_edits(daemon, root, kind, samples)
                 for kind in ("rename-over", "in-place")

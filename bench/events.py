@@ -21,46 +21,22 @@ the stream as it is made, the answer is written after): such a sample counts as 
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from procs import Hecated, remove
+from unit_support import http_request
 
 from hecated.client import HecateClient
 
 
-class Conn(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 60.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(os.fspath(self.unix_path))
-
-
-def request(sock: Path, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    conn = Conn(sock)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {} if body is None else {"Content-Type": "application/json"}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders())
-    finally:
-        conn.close()
+def request(sock: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    return http_request(Path(sock), method, path, body, timeout=60.0)[:2]
 
 
 def home_dir() -> Path:
@@ -69,36 +45,10 @@ def home_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="hev", dir=base))
 
 
-class Daemon:
-    def __init__(self, home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
-        env["HOME"] = str(home)
-        hecated = Path(sys.executable).parent / "hecated"
-        cmd = [str(hecated)] if hecated.exists() else [sys.executable, "-m", "hecated"]
-        self.log = (home / "hecated.log").open("wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.socket = home / ".hecate" / "hecate-daemon" / "sockets" / "api.sock"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if request(self.socket, "GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("hecated did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-        self.log.close()
-
-
 class Stream:
     """One open event stream; the time each name's ``registered`` event arrived."""
 
-    def __init__(self, sock: Path) -> None:
+    def __init__(self, sock: str) -> None:
         self.arrived: dict[str, float] = {}
         self.cond = threading.Condition()
         self.events = HecateClient(sock).events()
@@ -120,12 +70,12 @@ class Stream:
             return self.arrived[name]
 
 
-def long_poll(sock: Path, since: int, out: list[float]) -> None:
+def long_poll(sock: str, since: int, out: list[float]) -> None:
     request(sock, "GET", f"/api/plugins?since={since}&wait=30")
     out.append(time.perf_counter())
 
 
-def sample(daemon: Daemon, stream: Stream, i: int) -> tuple[float, float, float]:
+def sample(daemon: Hecated, stream: Stream, i: int) -> tuple[float, float, float]:
     """(the registration's round trip, its event, the long poll), each from the POST sent."""
     status, headers = request(daemon.socket, "GET", "/api/plugins")
     seq = int(headers.get("X-Hecate-Seq", "0"))
@@ -156,15 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = home_dir()
     load = os.getloadavg()
-    daemon = Daemon(home)
+    daemon = Hecated(home, None).start()
     try:
+        daemon.wait_answer("/health")
         stream = Stream(daemon.socket)
         for i in range(5):  # warm: the full app, the stream's thread, the first encodings
             sample(daemon, stream, 100000 + i)
         results = [sample(daemon, stream, i) for i in range(args.samples)]
     finally:
         daemon.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        remove(home)
     end = os.getloadavg()
     answers = [r[0] for r in results]
     rows = [

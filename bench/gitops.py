@@ -24,33 +24,30 @@ Both include the example's own start (a Python start-up, its registration). Goal
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from on_demand import answers, get, until  # noqa: E402
-from systemd_support import UserManager  # noqa: E402
+from unit_support import (
+    UserManager,
+    example_command,
+    get,
+    hecated_beside,
+    ms,
+    private_manager,
+    until,
+)
 
 NAME = "hecate-exampled"
 UNIT = f"{NAME}.service"
-EXAMPLED = HERE.parent / "examples" / "hecate-exampled.py"
-HECATED = Path(sys.executable).parent / "hecated"
-TEXT = (
-    f"[Unit]\nDescription=bench\n\n[Service]\nExecStart={sys.executable} {EXAMPLED} --name {NAME}\n"
-)
+TEXT = f"[Unit]\nDescription=bench\n\n[Service]\nExecStart={example_command(NAME)}\n"
 
 
 def row(api: Path) -> dict:
     code, body = get(api, f"/api/plugins/{NAME}")
-    return json.loads(body) if code == 200 else {}
+    return body if code == 200 else {}
 
 
 def running(api: Path) -> bool:
@@ -91,47 +88,22 @@ def by_hand(um: UserManager, api: Path) -> float:
     return took
 
 
-def start_hecated(um: UserManager) -> subprocess.Popen:
-    env = {**os.environ, "HOME": str(um.home), "XDG_RUNTIME_DIR": str(um.runtime)}
-    for key in ("DBUS_SESSION_BUS_ADDRESS", "XDG_CONFIG_HOME"):
-        env.pop(key, None)
-    log = (um.base / "hecated.log").open("ab")
-    proc = subprocess.Popen([str(HECATED)], env=env, stdout=log, stderr=log)
-    until(lambda: um.socket.exists() and answers(um.socket), step=0.01)
-    until(lambda: (um.home / ".hecate" / "gitops" / "apps").is_dir(), step=0.01)
-    return proc
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    um = UserManager().start()
-    hecated = None
-    try:
+    with private_manager() as um, hecated_beside(um):
         um.unit_dir.mkdir(parents=True, exist_ok=True)
-        hecated = start_hecated(um)
-        api = um.socket
+        until(lambda: (um.home / ".hecate" / "gitops" / "apps").is_dir(), step=0.01)
         gitops, hand = [], []
         for _ in range(args.rounds + 1):
-            gitops.append(by_gitops(um, api))
-            hand.append(by_hand(um, api))
+            gitops.append(by_gitops(um, um.socket))
+            hand.append(by_hand(um, um.socket))
         report(gitops[1:], hand[1:])
-    finally:
-        if hecated is not None:
-            hecated.send_signal(signal.SIGTERM)
-            hecated.wait(15)
-        um.stop()
     return 0
 
 
 def report(gitops: list[float], hand: list[float]) -> None:
-    def ms(values: list[float]) -> str:
-        return (
-            f"median {statistics.median(values) * 1000:.0f} ms, "
-            f"min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f}"
-        )
-
     print(f"rounds: {len(gitops)}")
     print(f"file dropped into gitops/apps -> listed running: {ms(gitops)}")
     print(f"by hand: file + daemon-reload + start -> listed running: {ms(hand)}")

@@ -1,6 +1,6 @@
 """Login storm: 50 plugin units started at once, and how soon hecated lists them running.
 
-Usage: .venv/bin/python bench/login_storm.py [--plugins 50] [--runs 3] [--out docs/benchmarks.md]
+Usage: .venv/bin/python bench/login_storm.py [--plugins 50] [--runs 3] [--out FILE|-]
 
 A private ``systemd --user`` with its session bus (tests/systemd_support.py, under the
 machine-wide manager lock) and a real hecated started with ``XDG_RUNTIME_DIR`` at that
@@ -21,8 +21,6 @@ registered in hecated and wanted by one target; each run starts the target at on
 Goals (issue 20): listed <= sockets + 1 s; storm p99 <= 10x idle p50. Between runs the
 units are stopped and the list waited on until every plugin is ``stopped`` again.
 
-``--out``: the markdown section replaces the one headed ``## 9. Login storm`` in that file
-(appended when there is none); ``-`` prints it only.
 """
 
 from __future__ import annotations
@@ -31,41 +29,35 @@ import argparse
 import http.client
 import os
 import platform
-import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+from procs import loadavg
+from unit_support import (
+    REPO,
+    Daemon,
+    Daemons,
+    UserManager,
+    commit,
+    http_request,
+    run_section,
+    unit_files,
+)
 
-from conftest import HECATED, Daemon, http_request  # noqa: E402
-from systemd_support import UserManager, fresh_home  # noqa: E402
-
-from hecated.adapters.unitcontrol import UserManager as Control  # noqa: E402
-from hecated.adapters.units import SystemdUnavailable  # noqa: E402
-
-PLUGIN = HERE.parent / "tests" / "plugin_support.py"
+PLUGIN = REPO / "tests" / "plugin_support.py"
 HEADING = "## 9. Login storm: 50 plugin units at once (issue 20)"
 TIMEOUT = 120.0
-
-
-def wait_until(test, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := test()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-    return value
+TARGET = "bench-storm.target"
 
 
 def answers(path: Path) -> bool:
-    """The plugin's socket answers GET /health with a 2xx (a new connection)."""
+    """The plugin's socket answers GET /health with a 2xx (a new connection; raw, so each
+    try costs this loop as little as it can)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(2.0)
     try:
@@ -77,13 +69,6 @@ def answers(path: Path) -> bool:
         return False
     finally:
         sock.close()
-
-
-def on_bus(um: UserManager) -> bool:
-    try:
-        return Control(address=um.bus_address).state("dbus.service").active_state == "active"
-    except SystemdUnavailable:
-        return False
 
 
 class Feed:
@@ -147,7 +132,7 @@ def storm_run(um: UserManager, d: Daemon, control: Daemon, feed: Feed, names: li
 
     listed_at: list[float] = []
     t0 = time.monotonic()
-    um.systemctl("start", "--no-block", "bench-storm.target")
+    um.systemctl("start", "--no-block", TARGET)
     lister = threading.Thread(
         target=lambda: listed_at.append(feed.wait(names, lambda r: r["status"] == "running")),
         daemon=True,
@@ -181,39 +166,8 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def stop_all(um: UserManager, feed: Feed, units: list[str], names: list[str]) -> None:
-    um.systemctl("stop", "bench-storm.target", *units)
+    um.systemctl("stop", TARGET, *units)
     feed.wait(names, lambda r: r["status"] == "stopped")
-
-
-def prepare(um: UserManager, names: list[str]) -> list[str]:
-    um.unit_dir.mkdir(parents=True, exist_ok=True)
-    units = []
-    for name in names:
-        namespace = um.home / ".hecate" / name
-        unit = f"{name}.service"
-        (um.unit_dir / unit).write_text(
-            f"[Service]\nExecStart={sys.executable} {PLUGIN} {namespace}\n"
-        )
-        units.append(unit)
-    (um.unit_dir / "bench-storm.target").write_text(f"[Unit]\nWants={' '.join(units)}\n")
-    um.systemctl("daemon-reload")
-    return units
-
-
-def loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(HECATED.parent.parent.parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -268,20 +222,30 @@ def section(runs: list[dict], n: int, loads: tuple[str, str]) -> str:
     )
 
 
-def write(out: str, text: str) -> None:
-    if out == "-":
-        print(text)
-        return
-    path = Path(out)
-    doc = path.read_text() if path.exists() else ""
-    start = doc.find(HEADING)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(HEADING))
-        doc = doc[:start] + text + ("" if end < 0 else "\n" + doc[end + 1 :])
-    path.write_text(doc)
-    print(f"wrote {out}", file=sys.stderr)
+def storms(args: argparse.Namespace, um: UserManager, daemons: Daemons) -> str:
+    names = [f"storm-p{i:03d}" for i in range(args.plugins)]
+    commands = {
+        f"{n}.service": f"{sys.executable} {PLUGIN} {um.home / '.hecate' / n}" for n in names
+    }
+    unit_files(um, commands, TARGET)
+    d = daemons.beside(um)
+    for name in names:
+        assert d.register(name)[0] == 201
+    feed = Feed(d)
+    # Every unit read (inactive) before the first storm: the watcher follows them all.
+    feed.wait(names, lambda r: r["unit"] is not None and r["status"] == "stopped")
+    control = daemons.control("ls")  # empty; no XDG_RUNTIME_DIR: no units
+    loads = [loadavg()]
+    runs = []
+    for i in range(args.runs):
+        p50, control_p50 = idle_p50([d.socket, control.socket], args.idle_samples)
+        run = storm_run(um, d, control, feed, names)
+        runs.append({**run, "idle_p50": p50, "control_p50": control_p50})
+        print(f"run {i + 1}: {runs[-1]}", flush=True)
+        stop_all(um, feed, list(commands), names)
+    loads.append(loadavg())
+    feed.stop = True
+    return section(runs, args.plugins, (loads[0], loads[1]))
 
 
 def main() -> int:
@@ -289,42 +253,7 @@ def main() -> int:
     parser.add_argument("--plugins", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle-samples", type=int, default=500)
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
-    args = parser.parse_args()
-    names = [f"storm-p{i:03d}" for i in range(args.plugins)]
-    um = UserManager(journald=False).start()
-    d = control = None
-    try:
-        wait_until(lambda: on_bus(um), 60, "the manager on its bus")
-        units = prepare(um, names)
-        d = Daemon(um.home, env={"XDG_RUNTIME_DIR": str(um.runtime)})
-        d.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
-        d.start()
-        for name in names:
-            assert d.register(name)[0] == 201
-        feed = Feed(d)
-        # Every unit read (inactive) before the first storm: the watcher follows them all.
-        feed.wait(names, lambda r: r["unit"] is not None and r["status"] == "stopped")
-        control = Daemon(fresh_home("ls")).start()  # empty; no XDG_RUNTIME_DIR: no units
-        loads = [loadavg()]
-        runs = []
-        for i in range(args.runs):
-            p50, control_p50 = idle_p50([d.socket, control.socket], args.idle_samples)
-            run = storm_run(um, d, control, feed, names)
-            runs.append({**run, "idle_p50": p50, "control_p50": control_p50})
-            print(f"run {i + 1}: {runs[-1]}", flush=True)
-            stop_all(um, feed, units, names)
-        loads.append(loadavg())
-        feed.stop = True
-        write(args.out, section(runs, args.plugins, (loads[0], loads[1])))
-    finally:
-        for daemon in (d, control):
-            if daemon is not None:
-                daemon.kill()
-        if control is not None:
-            shutil.rmtree(control.home, ignore_errors=True)
-        um.stop()
-    return 0
+    return run_section(parser, HEADING, storms)
 
 
 if __name__ == "__main__":

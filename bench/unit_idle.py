@@ -1,6 +1,6 @@
 """Idle CPU with 100 unit-backed plugins: what following their units costs hecated at rest.
 
-Usage: .venv/bin/python bench/unit_idle.py [--plugins 100] [--seconds 30] [--out docs/benchmarks.md]
+Usage: .venv/bin/python bench/unit_idle.py [--plugins 100] [--seconds 30] [--out FILE|-]
 
 A private ``systemd --user`` with its session bus (tests/systemd_support.py, under the
 machine-wide manager lock) and a real hecated started with ``XDG_RUNTIME_DIR`` at that
@@ -15,8 +15,6 @@ control hecated with an empty tree and no manager, over the same seconds.
 Goal (issue 20): <= 1 % of one core. The machine is shared and loaded: the load average
 is printed beside the figure.
 
-``--out``: the markdown section replaces the one headed ``## 12. Idle CPU`` in that file
-(appended when there is none); ``-`` prints it only.
 """
 
 from __future__ import annotations
@@ -24,32 +22,27 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+from procs import loadavg, rss_mb
+from unit_support import (
+    Daemon,
+    Daemons,
+    UserManager,
+    commit,
+    example_command,
+    run_section,
+    unit_files,
+    until,
+)
 
-from conftest import HECATED, Daemon  # noqa: E402
-from systemd_support import UserManager, fresh_home, on_bus  # noqa: E402
-
-EXAMPLED = HERE.parent / "examples" / "hecate-exampled.py"
 HEADING = "## 12. Idle CPU with 100 unit-backed plugins (issue 20)"
 TIMEOUT = 240.0
 SETTLE = 10.0  # seconds after the last plugin is listed running, before the measure
-
-
-def wait_until(test, timeout: float = TIMEOUT, what: str = "condition", every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while not (value := test()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(every)
-    return value
+TARGET = "bench-idle.target"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,13 +55,6 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def all_running(d: Daemon, names: list[str]) -> bool:
     status, _, body = d.request("GET", "/api/plugins")
     if status != 200:
@@ -77,35 +63,6 @@ def all_running(d: Daemon, names: list[str]) -> bool:
     return all(
         n in rows and rows[n]["status"] == "running" and rows[n]["unit"] is not None for n in names
     )
-
-
-def prepare(um: UserManager, names: list[str]) -> None:
-    um.unit_dir.mkdir(parents=True, exist_ok=True)
-    units = []
-    for name in names:
-        unit = f"{name}.service"
-        (um.unit_dir / unit).write_text(
-            f"[Service]\nExecStart={sys.executable} {EXAMPLED} --name {name}\n"
-        )
-        units.append(unit)
-    (um.unit_dir / "bench-idle.target").write_text(f"[Unit]\nWants={' '.join(units)}\n")
-    um.systemctl("daemon-reload")
-
-
-def loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(HECATED.parent.parent.parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def measure(pids: list[int], seconds: float) -> list[float]:
@@ -160,35 +117,15 @@ def section(args: argparse.Namespace, figures: dict, loads: tuple[str, str]) -> 
     )
 
 
-def write(out: str, text: str) -> None:
-    if out == "-":
-        print(text)
-        return
-    path = Path(out)
-    doc = path.read_text() if path.exists() else ""
-    start = doc.find(HEADING)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(HEADING))
-        doc = doc[:start] + text + ("" if end < 0 else "\n" + doc[end + 1 :])
-    path.write_text(doc)
-    print(f"wrote {out}", file=sys.stderr)
-
-
-def run(args: argparse.Namespace, um: UserManager, daemons: list[Daemon]) -> str:
+def run(args: argparse.Namespace, um: UserManager, daemons: Daemons) -> str:
     names = [f"idle-p{i:03d}" for i in range(args.plugins)]
-    wait_until(lambda: on_bus(um), 60, "the manager on its bus")
-    prepare(um, names)
-    d = Daemon(um.home, env={"XDG_RUNTIME_DIR": str(um.runtime)})
-    d.env.pop("DBUS_SESSION_BUS_ADDRESS", None)
-    daemons.append(d.start())
-    control = Daemon(fresh_home("ui"))  # empty; no XDG_RUNTIME_DIR: no units
-    daemons.append(control.start())
+    unit_files(um, {f"{n}.service": example_command(n) for n in names}, TARGET)
+    d = daemons.beside(um)
+    control = daemons.control("ui")  # empty; no XDG_RUNTIME_DIR: no units
     t0 = time.monotonic()
-    um.systemctl("start", "--no-block", "bench-idle.target")
+    um.systemctl("start", "--no-block", TARGET)
     try:
-        wait_until(lambda: all_running(d, names), what=f"all {args.plugins} listed running")
+        until(lambda: all_running(d, names), TIMEOUT, 0.5, f"all {args.plugins} listed running")
     except RuntimeError:
         rows = d.request("GET", "/api/plugins")[2]
         print("no unit block:", [p["name"] for p in rows if p["unit"] is None], file=sys.stderr)
@@ -204,11 +141,11 @@ def run(args: argparse.Namespace, um: UserManager, daemons: list[Daemon]) -> str
         "hecated": mine,
         "control": theirs,
         "threads": threads(d.proc.pid),
-        "rss": rss_mib(d.proc.pid),
+        "rss": rss_mb(d.proc.pid),
         "up": up,
     }
     print(figures, loads, flush=True)
-    um.systemctl("stop", "bench-idle.target", *(f"{n}.service" for n in names))
+    um.systemctl("stop", TARGET, *(f"{n}.service" for n in names))
     return section(args, figures, (loads[0], loads[1]))
 
 
@@ -216,20 +153,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plugins", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
-    args = parser.parse_args()
-    um = UserManager(journald=False).start()
-    daemons: list[Daemon] = []
-    try:
-        text = run(args, um, daemons)
-    finally:
-        for daemon in daemons:
-            daemon.kill()
-        for daemon in daemons[1:]:
-            shutil.rmtree(daemon.home, ignore_errors=True)
-        um.stop()
-    write(args.out, text)
-    return 0
+    return run_section(parser, HEADING, run)
 
 
 if __name__ == "__main__":

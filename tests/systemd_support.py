@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HECATED, Daemon, http_request, wait_for
@@ -576,6 +577,34 @@ def units_made(manager: UserManager) -> Iterator[UserManager]:
         (manager.unit_dir / unit).unlink(missing_ok=True)
     if running:
         manager.systemctl("daemon-reload", check=False)
+
+
+def manager_fixtures(journald: bool = True) -> tuple[Any, Any]:
+    """A test module's ``manager`` (its private user manager, on its bus, for the module)
+    and ``um`` (that manager, per test, with ``made``: the units the test adds, stopped
+    and removed after it): ``manager, um = manager_fixtures()`` at a module's top."""
+
+    @pytest.fixture(scope="module")
+    def manager() -> Iterator[UserManager]:
+        with manager_on_bus(journald) as um:
+            yield um
+
+    @pytest.fixture
+    def um(manager: UserManager) -> Iterator[UserManager]:
+        with units_made(manager) as made:
+            yield made
+
+    return manager, um
+
+
+def add_unit(um: UserManager, name: str, service: str) -> str:
+    """``name`` with this ``[Service]`` section in the manager's unit directory, read by a
+    daemon-reload; in ``um.made`` (``units_made``), so it goes after the test."""
+    um.unit_dir.mkdir(parents=True, exist_ok=True)
+    (um.unit_dir / name).write_text(f"[Unit]\nDescription=test {name}\n\n[Service]\n{service}")
+    um.made.append(name)  # type: ignore[attr-defined]
+    um.systemctl("daemon-reload")
+    return name
 
 
 @contextlib.contextmanager

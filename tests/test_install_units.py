@@ -22,9 +22,8 @@ from conftest import Daemon, wait_for
 from systemd_support import (
     UserManager,
     hecated_on,
-    manager_on_bus,
+    manager_fixtures,
     needs_user_manager,
-    units_made,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hecate-exampled.py"
@@ -33,16 +32,7 @@ ANALYZE = shutil.which("systemd-analyze")
 pytestmark = [needs_user_manager, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[UserManager]:
-    with manager_on_bus(journald=False) as um:
-        yield um
-
-
-@pytest.fixture
-def um(manager: UserManager) -> Iterator[UserManager]:
-    with units_made(manager) as um:
-        yield um
+manager, um = manager_fixtures(journald=False)
 
 
 @pytest.fixture

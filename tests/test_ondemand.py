@@ -32,9 +32,10 @@ EXAMPLED = Path(__file__).resolve().parent.parent / "examples" / "hecate-example
 NAME = "hecate-exampled"
 
 
-# A plugin that streams: GET /health, and GET /stream sending an event every 0.2 s until
-# the client goes. Run as a unit: ExecStart=python THIS NAMESPACE_DIR.
-STREAMER = """
+# A plugin program of the test's own, run as a unit (ExecStart=python THIS NAMESPACE_DIR):
+# its socket in the namespace's sockets/, served by a threaded HTTP/1.1 server whose
+# do_GET each plugin below writes (the prelude's ``Handler`` subclasses ``Base``).
+PRELUDE = """
 import os, sys, time, socketserver
 from http.server import BaseHTTPRequestHandler
 sockets = os.path.join(sys.argv[1], "sockets")
@@ -42,16 +43,31 @@ os.makedirs(sockets, exist_ok=True)
 path = os.path.join(sockets, "api.sock")
 if os.path.exists(path):
     os.unlink(path)
-class Handler(BaseHTTPRequestHandler):
+class Base(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+"""
+SERVE = """
+Server(path, Handler).serve_forever()
+"""
+
+# A plugin that streams: GET /health, and GET /stream sending an event every 0.2 s until
+# the client goes.
+STREAMER = (
+    PRELUDE
+    + """
+class Handler(Base):
     def do_GET(self):
         if self.path == "/health":
-            body = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
+            return self.answer(200, b'{"ok": true}')
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -64,38 +80,23 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(0.2)
         except OSError:
             pass
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-Server(path, Handler).serve_forever()
 """
-
+    + SERVE
+)
 
 # A plugin whose own /health says 503 (it is not well, it says), while every other path
-# answers 200: ExecStart=python THIS NAMESPACE_DIR.
-SICKLY = """
-import os, sys, socketserver
-from http.server import BaseHTTPRequestHandler
-sockets = os.path.join(sys.argv[1], "sockets")
-os.makedirs(sockets, exist_ok=True)
-path = os.path.join(sockets, "api.sock")
-if os.path.exists(path):
-    os.unlink(path)
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+# answers 200.
+SICKLY = (
+    PRELUDE
+    + """
+class Handler(Base):
     def do_GET(self):
-        status, body = (503, b'{"ok": false}') if self.path == "/health" else (200, b'{"mine": 1}')
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-Server(path, Handler).serve_forever()
+        if self.path == "/health":
+            return self.answer(503, b'{"ok": false}')
+        self.answer(200, b'{"mine": 1}')
 """
+    + SERVE
+)
 
 
 class Jobs:

@@ -24,11 +24,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from systemd_support import (
     UserManager,
-    manager_on_bus,
+    add_unit,
+    manager_fixtures,
     needs_journald,
     needs_user_manager,
     on_bus,
-    units_made,
 )
 
 from hecated.adapters import journal
@@ -207,24 +207,7 @@ class Published:
                     raise AssertionError(f"no such state of {unit}; got {self.events}")
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[UserManager]:
-    with manager_on_bus() as um:
-        yield um
-
-
-@pytest.fixture
-def um(manager: UserManager) -> Iterator[UserManager]:
-    with units_made(manager) as um:
-        yield um
-
-
-def add_unit(um: UserManager, name: str, service: str) -> str:
-    um.unit_dir.mkdir(parents=True, exist_ok=True)
-    (um.unit_dir / name).write_text(f"[Unit]\nDescription=test {name}\n\n[Service]\n{service}")
-    um.made.append(name)  # type: ignore[attr-defined]
-    um.systemctl("daemon-reload")
-    return name
+manager, um = manager_fixtures()
 
 
 def plugin_unit(um: UserManager, name: str, extra: str = "") -> str:

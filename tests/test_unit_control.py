@@ -24,12 +24,12 @@ import pytest
 from conftest import HECATECTL, Daemon, UnixHTTPConnection, wait_for
 from systemd_support import (
     UserManager,
+    add_unit,
     fresh_home,
     hecated_on,
-    manager_on_bus,
+    manager_fixtures,
     needs_journald,
     needs_user_manager,
-    units_made,
 )
 
 from hecated.adapters.unitapi import SystemdUnits
@@ -43,30 +43,13 @@ TIMEOUT = 30.0
 pytestmark = [needs_user_manager, needs_journald, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[UserManager]:
-    with manager_on_bus() as um:
-        yield um
-
-
-@pytest.fixture
-def um(manager: UserManager) -> Iterator[UserManager]:
-    with units_made(manager) as um:
-        yield um
+manager, um = manager_fixtures()
 
 
 @pytest.fixture
 def hecated(um: UserManager) -> Iterator[Daemon]:
     with hecated_on(um) as d:
         yield d
-
-
-def add_unit(um: UserManager, name: str, service: str) -> str:
-    um.unit_dir.mkdir(parents=True, exist_ok=True)
-    (um.unit_dir / name).write_text(f"[Unit]\nDescription=test {name}\n\n[Service]\n{service}")
-    um.made.append(name)  # type: ignore[attr-defined]
-    um.systemctl("daemon-reload")
-    return name
 
 
 def register(d: Daemon, name: str) -> None:

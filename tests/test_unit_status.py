@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ from typing import Any
 import pytest
 from conftest import HECATED, Daemon
 from ctl_support import ctl
+from gitops_support import listed
 from systemd_support import (
     UserManager,
-    manager_on_bus,
+    add_unit,
+    hecated_on,
+    manager_fixtures,
     needs_journald,
     needs_user_manager,
-    units_made,
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hecate-exampled.py"
@@ -36,62 +37,24 @@ TIMEOUT = 30.0
 pytestmark = [needs_user_manager, needs_journald, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[UserManager]:
-    with manager_on_bus() as um:
-        yield um
-
-
-@pytest.fixture
-def um(manager: UserManager) -> Iterator[UserManager]:
-    """The manager, with the units a test made stopped and removed after it."""
-    with units_made(manager) as um:
-        yield um
+manager, um = manager_fixtures()
 
 
 @pytest.fixture
 def hecated(um: UserManager) -> Iterator[Daemon]:
-    """hecated in the manager's HOME, finding the manager's bus through XDG_RUNTIME_DIR."""
-    d = Daemon(um.home, env={"XDG_RUNTIME_DIR": str(um.runtime)})
-    d.env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # the bus is $XDG_RUNTIME_DIR/bus
-    d.start()
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop()
+    """hecated beside the manager (its HOME, runtime dir and bus); the plugins' files
+    removed after, so the next test starts clean."""
+    with hecated_on(um) as d:
+        yield d
     for name in list(um.home.joinpath(".hecate").iterdir()):  # the next test starts clean
         if name.name != "hecate-daemon":
             (name / "plugin.toml").unlink(missing_ok=True)
-
-
-def add_unit(um: UserManager, name: str, service: str) -> str:
-    um.unit_dir.mkdir(parents=True, exist_ok=True)
-    (um.unit_dir / name).write_text(f"[Unit]\nDescription=test {name}\n\n[Service]\n{service}")
-    um.made.append(name)  # type: ignore[attr-defined]
-    um.systemctl("daemon-reload")
-    return name
 
 
 def example_unit(um: UserManager, extra: str = "") -> str:
     """The example plugin as a real .service: it registers itself, writes its pid file
     and answers on its socket, as every plugin daemon does."""
     return add_unit(um, "hecate-exampled.service", f"ExecStart={PYTHON} {EXAMPLE}\n{extra}")
-
-
-def listed(d: Daemon, test: Callable[[dict[str, Any]], Any], name: str) -> dict[str, Any]:
-    """``name``'s row once ``test(row)`` holds, following the change feed (long polls)."""
-    deadline = time.monotonic() + TIMEOUT
-    status, headers, body = d.request("GET", "/api/plugins")
-    while True:
-        assert status == 200, body
-        row = next((p for p in body if p["name"] == name), None)
-        if row is not None and test(row):
-            return row
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{name} never passed the test; last: {row}")
-        seq = headers["X-Hecate-Seq"]
-        wait = min(left, 5.0)
-        status, headers, body = d.request("GET", f"/api/plugins?since={seq}&wait={wait:.2f}")
 
 
 def unit_is(active: str, status: str) -> Callable[[dict[str, Any]], bool]:
