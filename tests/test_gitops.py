@@ -244,6 +244,31 @@ def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: Wor
         (away / "bus").unlink()
 
 
+def test_a_stop_owed_with_no_manager_lets_hecated_exit_idle_and_the_next_one_makes_it(
+    world: World,
+) -> None:
+    # No manager at all (an empty runtime dir): the stop is owed, kept on disk, and
+    # hecated exits idle. The link is then removed by hand, so only what was kept on disk
+    # says the unit must stop: the next hecated, with the manager there, stops it.
+    unit = "hecate-owedstopd.service"
+    d = world.hecated()
+    src = world.write(unit, sleeper_text("owed a stop"))
+    listed(d, lambda r: r["installed"] and active(r), "hecate-owedstopd")
+    d.stop()
+    away = world.um.base / "away-idle"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
+    listed(d, lambda r: r["installed"], "hecate-owedstopd")
+    src.unlink()
+    listed(d, lambda rows: "hecate-owedstopd" not in {r["name"] for r in rows if r["installed"]})
+    assert d.proc is not None and d.proc.wait(60) == 0
+    assert f"stopping {unit} failed" in d.log() and "idle for 2 s: exiting" in d.log()
+    assert world.prop(unit, "ActiveState") == "active"  # nobody could stop it
+    (world.um.unit_dir / unit).unlink()
+    world.hecated()
+    wait_for(lambda: world.prop(unit, "ActiveState") == "inactive", 60, interval=0.2)
+
+
 def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_idle(
     world: World,
 ) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hecated.adapters import gitopsquadlet
-from hecated.adapters.gitops import Reconciler, load_owed
+from hecated.adapters.gitops import Reconciler
 from hecated.adapters.gitopslinks import (
     UnitDirs,
     clean_tmp,
@@ -24,6 +24,7 @@ from hecated.adapters.gitopslinks import (
     remove_link,
     replace_link,
 )
+from hecated.adapters.gitopsowed import STOPS, load_owed
 from hecated.adapters.gitopswatch import Burst
 from hecated.adapters.unitcontrol import UserManager
 from hecated.core.index import Index
@@ -276,7 +277,7 @@ def test_a_stop_that_fails_keeps_the_link_and_is_owed(
     p = r.reconcile(set())
     assert p.plan.dangling == [link] and p.removed == []
     assert os.path.lexists(link)  # kept: the unit may run on, and is stopped later
-    assert r.pending
+    assert load_owed(layout, STOPS) == {"hecate-g.service"}  # owed, for this one or the next
 
 
 def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_back(
@@ -288,14 +289,34 @@ def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_ba
     os.symlink(src, link)  # its file is gone
     r = away_reconciler(layout, dirs, tmp_path)
     r.reconcile(set())
-    assert r.pending  # the stop is owed
+    assert load_owed(layout, STOPS) == {"hecate-h.service"}  # the stop is owed
     link.unlink()  # by hand, the manager still away: the unit would run on with no file
     r.reconcile(set())
-    assert r.pending  # still owed: stopped once the manager answers
+    assert load_owed(layout, STOPS) == {"hecate-h.service"}  # still owed
     src.write_text("[Service]\n")  # the file back: the unit is wanted again
     r.reconcile(r.burst.take() or set())  # the pass the watch asks for, as the thread would
     r.burst.done()
     assert not r.pending
+    assert not layout.run_path(STOPS).exists()  # nothing owed: no file
+
+
+def test_a_stop_owed_to_an_absent_manager_is_kept_on_disk_and_hecated_may_exit_idle(
+    tree: tuple[Layout, UnitDirs], tmp_path: Path
+) -> None:
+    layout, dirs = tree
+    src = layout.gitops_dir / "apps" / "hecate-k.service"
+    link = dirs.systemd / "hecate-k.service"
+    os.symlink(src, link)  # its file is gone
+    r = away_reconciler(layout, dirs, tmp_path)
+    r.reconcile(set())
+    # No manager at all: staying up for the stop could be forever; the next hecated asks.
+    assert not r.pending
+    assert layout.run_path(STOPS).read_text() == "hecate-k.service\n"
+    link.unlink()  # by hand, before the next hecated: only the file on disk tells
+    after = away_reconciler(layout, dirs, tmp_path)  # the next hecated, no manager either
+    after.reconcile(set())
+    assert not after.pending
+    assert load_owed(layout, STOPS) == {"hecate-k.service"}  # asked, still owed, still kept
 
 
 def test_owed_starts_that_are_no_unit_name_are_dropped_and_said_once(

@@ -21,8 +21,8 @@ directories. This is that loop, inside the registry, with the same semantics
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
-  owed too; owed starts are kept in the primary's ``run/gitops-owed-starts``, for the
-  next hecated; ``pending`` says what keeps hecated from exiting idle).
+  owed too; owed starts and stops are kept in the primary's ``run/`` for the next
+  hecated, adapters/gitopsowed; ``pending`` says what keeps hecated from exiting idle).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hecated import protocol
 from hecated.adapters.gitopslinks import (
     Plan,
     UnitDirs,
@@ -55,14 +54,13 @@ from hecated.adapters.gitopslinks import (
     shown,
     unit_of_link,
 )
+from hecated.adapters.gitopsowed import STOPS, load_owed, save_owed
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
 from hecated.adapters.units import JobTimeout, NoSuchUnit, SystemdUnavailable, UnitError
 from hecated.core.errors import HecateError
-from hecated.core.files import atomic_write, open_dir, open_root, opened, read_regular, remove_file
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
-from hecated.core.layout import RUN_DIR, Layout
 
 log = logging.getLogger("hecated.adapters.gitops")
 
@@ -70,8 +68,6 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
-OWED_FILE = "gitops-owed-starts"  # in the primary's run/: starts owed, one unit a line
-OWED_MAX = 64 * 1024
 
 
 @dataclass
@@ -117,7 +113,12 @@ class Reconciler:
         self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
         self._owed_reload = bool(self._owed_starts)
         self._kept = False  # the owed reload waits for an absent manager, the starts on disk
-        self._owed_stops: dict[str, bool] = {}  # their stop failed (True: for now), links kept
+        # Stops not made (why, by unit; links kept), those a hecated before this one owed first.
+        self._owed_stops: dict[str, UnitError] = {
+            unit: SystemdUnavailable("owed by a hecated before this one")
+            for unit in load_owed(self.layout, STOPS)
+        }
+        self._stops_kept = set(self._owed_stops)  # the owed stops on disk
         self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
@@ -152,17 +153,23 @@ class Reconciler:
     @property
     def pending(self) -> bool:
         """Changes heard and not yet reconciled, a pass under way, a reload owed to a manager
-        that failed it, or a stop owed for now (the manager away, the job timed out): not a
-        time to exit, what is owed would be lost. Not pending: a reload owed to a manager
-        that is not there at all (the starts are on disk, the next hecated's first pass
-        reloads and makes them: staying up would do no more), and a stop the manager
-        refused for good (RefuseManualStop=yes...): its link stays, it is asked again at
-        each pass, and staying up for it would be forever."""
+        that failed it, or a stop owed for now (its job timed out; the manager away with
+        the stop not on disk): not a time to exit, what is owed would be lost. Not pending:
+        a reload or a stop owed to a manager that is not there at all, kept on disk
+        (adapters/gitopsowed: the next hecated's first pass makes them, staying up would do
+        no more, and with no manager ever, forever), and a stop the manager refused for
+        good (RefuseManualStop=yes...): its link stays, it is asked again at each pass."""
         return (
             self.burst.pending
             or (self._owed_reload and not self._kept)
-            or any(self._owed_stops.values())
+            or any(self._stop_holds(unit, why) for unit, why in self._owed_stops.items())
         )
+
+    def _stop_holds(self, unit: str, why: UnitError) -> bool:
+        """An owed stop that keeps hecated up: one that may be made soon, not on disk for
+        the next hecated."""
+        away = isinstance(why, SystemdUnavailable) and unit in self._stops_kept
+        return _transient(why) and not away
 
     def request(self) -> None:
         """A pass now (a rescan: SIGHUP, ``POST /api/rescan``)."""
@@ -207,7 +214,7 @@ class Reconciler:
         changed = p.removed or p.new or p.restart or never or self._edited(p)
         if changed or self._owed_reload or self._stale(p):
             self._reload_then_start(p, never)
-        if any(self._owed_stops.values()) and self._retry_at is None:
+        if any(map(_transient, self._owed_stops.values())) and self._retry_at is None:
             self._retry_later()  # a refused stop: asked again at the next pass, not sooner
         self._first = False
         self._publish(p)
@@ -240,12 +247,15 @@ class Reconciler:
                 p.restart[unit] = dest
         for unit in sorted(owed.keys() - done):  # its link is gone, its file is not back
             self._stop_or_owe(unit, owed)
+        if set(self._owed_stops) != self._stops_kept:
+            kept = save_owed(self.layout, set(self._owed_stops), STOPS)
+            self._stops_kept = set(self._owed_stops) if kept else set()
 
-    def _stop_or_owe(self, unit: str, owed: dict[str, bool]) -> bool:
+    def _stop_or_owe(self, unit: str, owed: dict[str, UnitError]) -> bool:
         """Whether the unit is stopped; if not, its stop is owed."""
         failed = self._stop(unit, unit in owed)
         if failed is not None:
-            self._owed_stops[unit] = _transient(failed)
+            self._owed_stops[unit] = failed
         return failed is None
 
     def _stop(self, unit: str, owed: bool) -> UnitError | None:
@@ -462,55 +472,9 @@ class Reconciler:
         return _entry(want, None, linked=True)
 
 
-def _namespace(layout: Layout) -> int:
-    """The primary's ``run/``: the spec allows only its subdirectories at the top."""
-    root = open_root(layout.root, create=False)
-    with opened(root) as top, opened(open_dir(top, layout.primary_name)) as own:
-        return open_dir(own, RUN_DIR)
-
-
-def load_owed(layout: Layout) -> set[str]:
-    """The starts a hecated before this one owed when it ended (stopped, crashed, exited
-    idle): its links are in place, so nothing else would say these units are new."""
-    try:
-        with opened(_namespace(layout)) as fd:
-            data = read_regular(fd, OWED_FILE, OWED_MAX)
-    except (OSError, HecateError) as exc:
-        log.warning("cannot read the starts owed before (%s): %s", OWED_FILE, exc)
-        return set()
-    names = set() if data is None else set(data.decode("utf-8", "replace").split())
-    junk = sorted(n for n in names if not _unit_name(n))
-    if junk:  # written by hand or by something else: never handed to the manager
-        log.warning("ignoring what is not a unit name in %s: %s", OWED_FILE, ", ".join(junk))
-    return names.difference(junk)
-
-
-def save_owed(layout: Layout, units: set[str]) -> bool:
-    """The owed starts on disk (none: the file removed), for a hecated after this one;
-    whether they are."""
-    try:
-        with opened(_namespace(layout)) as fd:
-            if units:
-                atomic_write(fd, OWED_FILE, "".join(u + "\n" for u in sorted(units)).encode())
-            else:
-                remove_file(fd, OWED_FILE)
-    except (OSError, HecateError) as exc:
-        log.warning("cannot keep the owed starts in %s: %s", OWED_FILE, exc)
-        return False
-    return True
-
-
 def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
     d = want.desired
     return Installed(d.path, d.kind, d.unit, linked, problem)
-
-
-def _unit_name(name: str) -> bool:
-    try:
-        protocol.check_unit_name(name)
-    except protocol.InvalidUnitName:
-        return False
-    return True
 
 
 def _transient(exc: UnitError) -> bool:
