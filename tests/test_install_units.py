@@ -4,7 +4,7 @@ A private ``systemd --user`` on its session bus (systemd_support.manager_on_bus)
 a real hecated in its HOME and runtime dir. The unit file is installed through the
 API into ``gitops/apps/``, linked into the manager's unit directory the way the
 reconciler links it (a symlink into the gitops tree), and started; uninstall must
-stop it before its file goes, and leave the plugin's data. Every wait is on an end
+remove its file, then stop it before answering, and leave the plugin's data. Every wait is on an end
 state, bounded; never a sleep.
 """
 
