@@ -52,6 +52,16 @@ def world(manager: UserManager) -> Iterator[World]:
     w.close()
 
 
+def installed_then_stopped(world: World, unit: str, text: str) -> Path:
+    """``unit``'s file dropped into apps/ and its unit running under a hecated, which is
+    then stopped (what a later hecated finds); the file's path."""
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), unit.removesuffix(".service"))
+    d.stop()
+    return src
+
+
 def test_a_service_file_is_linked_started_listed_reloaded_when_edited_stopped_when_removed(
     world: World,
 ) -> None:
@@ -223,10 +233,7 @@ def test_a_start_owed_when_hecated_ended_is_made_by_the_next_one(world: World) -
 
 def test_a_stop_the_manager_did_not_make_keeps_the_link_until_it_does(world: World) -> None:
     unit = "hecate-stopd.service"
-    d = world.hecated()
-    src = world.write(unit, sleeper_text("to stop"))
-    listed(d, lambda r: r["installed"] and active(r), "hecate-stopd")
-    d.stop()
+    src = installed_then_stopped(world, unit, sleeper_text("to stop"))
     away = world.um.base / "away"
     away.mkdir(mode=0o700, exist_ok=True)
     d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)})
@@ -251,10 +258,7 @@ def test_a_stop_owed_with_no_manager_lets_hecated_exit_idle_and_the_next_one_mak
     # hecated exits idle. The link is then removed by hand, so only what was kept on disk
     # says the unit must stop: the next hecated, with the manager there, stops it.
     unit = "hecate-owedstopd.service"
-    d = world.hecated()
-    src = world.write(unit, sleeper_text("owed a stop"))
-    listed(d, lambda r: r["installed"] and active(r), "hecate-owedstopd")
-    d.stop()
+    src = installed_then_stopped(world, unit, sleeper_text("owed a stop"))
     away = world.um.base / "away-idle"
     away.mkdir(mode=0o700, exist_ok=True)
     d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
@@ -276,10 +280,7 @@ def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_
     # forever; hecated keeps the link (the unit runs on), says why, and exits idle.
     unit = "hecate-refused.service"
     text = sleeper_text("refuses a stop").replace("[Unit]\n", "[Unit]\nRefuseManualStop=yes\n")
-    d = world.hecated()
-    src = world.write(unit, text)
-    listed(d, lambda r: r["installed"] and active(r), "hecate-refused")
-    d.stop()
+    src = installed_then_stopped(world, unit, text)
     src.unlink()
     try:
         d = world.hecated(args=("--idle-timeout", "1"))
@@ -474,10 +475,7 @@ def test_an_edit_made_while_hecated_was_not_running_is_reloaded_at_its_start(
     world: World,
 ) -> None:
     unit = "hecate-editd.service"
-    d = world.hecated()
-    src = world.write(unit, sleeper_text("before"))
-    listed(d, lambda r: r["installed"] and active(r), "hecate-editd")
-    d.stop()
+    src = installed_then_stopped(world, unit, sleeper_text("before"))
     src.write_text(sleeper_text("after"))
     assert world.prop(unit, "NeedDaemonReload") == "yes"
     before = len(world.runs())

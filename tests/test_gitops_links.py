@@ -252,6 +252,14 @@ def away_reconciler(layout: Layout, dirs: UnitDirs, tmp_path: Path) -> Reconcile
     return Reconciler(Index(layout), nobody, dirs=dirs)
 
 
+def dangling_link(layout: Layout, dirs: UnitDirs, unit: str) -> tuple[Path, Path]:
+    """An own link to ``unit``'s file in apps/, which is gone: (the file, the link)."""
+    src = layout.gitops_dir / "apps" / unit
+    link = dirs.systemd / unit
+    os.symlink(src, link)
+    return src, link
+
+
 def test_a_start_owed_to_an_absent_manager_is_kept_on_disk_and_hecated_may_exit_idle(
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
@@ -271,8 +279,7 @@ def test_a_stop_that_fails_keeps_the_link_and_is_owed(
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
     layout, dirs = tree
-    link = dirs.systemd / "hecate-g.service"
-    os.symlink(layout.gitops_dir / "apps" / "hecate-g.service", link)  # its file is gone
+    _, link = dangling_link(layout, dirs, "hecate-g.service")
     r = away_reconciler(layout, dirs, tmp_path)
     p = r.reconcile(set())
     assert p.plan.dangling == [link] and p.removed == []
@@ -284,9 +291,7 @@ def test_an_owed_stop_whose_link_went_by_hand_is_still_owed_until_its_file_is_ba
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
     layout, dirs = tree
-    src = layout.gitops_dir / "apps" / "hecate-h.service"
-    link = dirs.systemd / "hecate-h.service"
-    os.symlink(src, link)  # its file is gone
+    src, link = dangling_link(layout, dirs, "hecate-h.service")
     r = away_reconciler(layout, dirs, tmp_path)
     r.reconcile(set())
     assert load_owed(layout, STOPS) == {"hecate-h.service"}  # the stop is owed
@@ -304,9 +309,7 @@ def test_a_stop_owed_to_an_absent_manager_is_kept_on_disk_and_hecated_may_exit_i
     tree: tuple[Layout, UnitDirs], tmp_path: Path
 ) -> None:
     layout, dirs = tree
-    src = layout.gitops_dir / "apps" / "hecate-k.service"
-    link = dirs.systemd / "hecate-k.service"
-    os.symlink(src, link)  # its file is gone
+    _, link = dangling_link(layout, dirs, "hecate-k.service")
     r = away_reconciler(layout, dirs, tmp_path)
     r.reconcile(set())
     # No manager at all: staying up for the stop could be forever; the next hecated asks.
