@@ -24,6 +24,7 @@ from hecated.core.files import open_dir, opened
 from hecated.core.layout import INDEX_CACHE_FILE, RUN_DIR, Layout
 from hecated.core.manifest import Manifest
 from hecated.core.manifestcache import Key
+from hecated.core.runstate import RunState, read_run
 from hecated.core.store import Entry, Found, Raw, Root, Store
 
 log = logging.getLogger("hecated.core.startscan")
@@ -38,12 +39,14 @@ PARENT_SHARE = 0.42
 @dataclass(frozen=True)
 class ChildRead:
     """One valid file as the child read it: its identity before and after, when the
-    read started, and its manifest."""
+    read started, its manifest, and the namespace's run dir, read through the same fd
+    (the parent would otherwise open each namespace a second time to read it)."""
 
     before: Key | None
     after: Key | None
     started: int
     manifest: Manifest
+    run: RunState
 
 
 def split_point(count: int, cached: int) -> int:
@@ -62,10 +65,14 @@ def split_point(count: int, cached: int) -> int:
     return int(count * PARENT_SHARE)
 
 
-def read_each(store: Store, names: list[str], root: Root) -> Iterator[tuple[str, Found]]:
+Read = tuple[str, Found, RunState | None]
+
+
+def read_each(store: Store, names: list[str], root: Root) -> Iterator[Read]:
     """Each name's entry in order, the same as ``store.read(name, root, cached=True)``
-    each; on a large tree never seen, the later names read and parsed by a forked
-    child while these are read here and published by the caller.
+    each, with its run dir read through the same namespace fd (None: not read, the
+    caller reads it); on a large tree never seen, the later names read and parsed by
+    a forked child while these are read here and published by the caller.
 
     The child is reaped and its pipe closed however the scan ends (an exception
     in the caller, a generator dropped half-way).
@@ -74,34 +81,42 @@ def read_each(store: Store, names: list[str], root: Root) -> Iterator[tuple[str,
     child = ReadChild.start(store, names[split:], root) if split < len(names) else None
     try:
         for name in names[:split]:
-            yield name, store.read(name, root, cached=True)
+            yield read_here(store, name, root)
         theirs = child.results() if child is not None else None
         for i, name in enumerate(names[split:]):
             got = theirs[i] if theirs is not None else None
             if got is None:  # not read there, or not a plain valid file: read it here
-                yield name, store.read(name, root, cached=True)
+                yield read_here(store, name, root)
                 continue
             store.adopt(name, got.before, got.after, got.started, got.manifest)
-            yield name, Found(Entry(name, manifest=got.manifest))
+            yield name, Found(Entry(name, manifest=got.manifest)), got.run
     finally:
         if child is not None:
             child.discard()
 
 
+def read_here(store: Store, name: str, root: Root) -> Read:
+    """``store.read(name, root, cached=True)`` and the run dir, the namespace opened once."""
+    try:
+        ns_fd = root.namespace(name)
+    except (OSError, UnsafePathError):  # the store says what a namespace like that means
+        return name, store.read(name, root, cached=True), None
+    with opened(ns_fd):
+        return name, store.read_in(name, ns_fd, cached=True), read_run(ns_fd)
+
+
 def read_valid(store: Store, name: str, root: Root) -> ChildRead | None:
-    """For the child: a valid file's manifest and identity; None for anything else
-    (absent, cached, invalid, unreadable), which the parent reads itself."""
+    """For the child: a valid file's manifest, identity and run dir; None for anything
+    else (absent, cached, invalid, unreadable), which the parent reads itself."""
     step = store.fetch(name, root, cached=True)
     if not isinstance(step, Raw):
         return None
-    try:
+    assert step.ns_fd is not None
+    with opened(step.ns_fd):
         parsed = store.parse_raw(step)
-    finally:
-        if step.ns_fd is not None:
-            os.close(step.ns_fd)
-    if not isinstance(parsed, Manifest):
-        return None
-    return ChildRead(step.before, step.after, step.started, parsed)
+        if not isinstance(parsed, Manifest):
+            return None
+        return ChildRead(step.before, step.after, step.started, parsed, read_run(step.ns_fd))
 
 
 class ReadChild:
