@@ -12,6 +12,7 @@ that makes no sense) costs only time: the parent reads those names itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ log = logging.getLogger("hecated.core.startscan")
 PARALLEL_MIN = 1000
 # The parent's share: it also publishes what it reads (the run dirs, the index) while
 # the child only reads and parses, so the child takes the larger part.
-PARENT_SHARE = 0.42
+PARENT_SHARE = 0.47
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,14 @@ def read_each(store: Store, names: list[str], root: Root) -> Iterator[Read]:
     a forked child while these are read here and published by the caller.
 
     The child is reaped and its pipe closed however the scan ends (an exception
-    in the caller, a generator dropped half-way).
+    in the caller, a generator dropped half-way). The cyclic garbage collector is off
+    meanwhile: a scan makes objects by the ten thousand and no cycles, and each
+    collection it set off walked every object made so far (5 % of the scan's time).
     """
     split = split_point(len(names), len(store.cache))
     child = ReadChild.start(store, names[split:], root) if split < len(names) else None
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for name in names[:split]:
             yield read_here(store, name, root)
@@ -91,6 +96,8 @@ def read_each(store: Store, names: list[str], root: Root) -> Iterator[Read]:
             store.adopt(name, got.before, got.after, got.started, got.manifest)
             yield name, Found(Entry(name, manifest=got.manifest)), got.run
     finally:
+        if collecting:
+            gc.enable()
         if child is not None:
             child.discard()
 
@@ -203,6 +210,7 @@ def _child_main(store: Store, names: list[str], root: Root, wfd: int) -> None:  
 
     code = 1
     try:
+        gc.disable()  # a collection would touch, and so copy, every page shared with the parent
         logging.disable(logging.CRITICAL)  # the parent says it, if anything, once
         out: list[ChildRead | None] = []
         for name in names:
