@@ -629,7 +629,8 @@ def section_scale(sizes: Sizes, work: Path) -> str:
         "answer: from that answer to the start of the first second in which hecated (all "
         "threads, /proc schedstat sampled every 20 ms) used under 1 % of a core, the "
         "CPU-seconds it spent meanwhile, and the inotify watches it then held "
-        f"(3 per plugin + 2 expected; bench/settle.py). {placement()}. "
+        "(3 per plugin, and a few of the daemon's own; bench/settle.py). "
+        f"{placement()}. "
         "Targets at 10,000: start ≤ 1 s, idle ≤ 3 s after the first answer, list and "
         "detail ≤ 100 ms, RSS ≤ 80 MB; at 100, idle ≤ 0.5 s.\n\n"
         + table(
