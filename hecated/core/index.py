@@ -292,7 +292,8 @@ class Index:
         else:
             self._plugins[name] = plugin
         self._seq += 1
-        self._changed.notify_all()
+        if self._waiters:  # only ``wait`` waits on it (a notify costs µs: 10,000 at start)
+            self._changed.notify_all()
         change = Change(self._seq, name, entry, None if plugin is None else live, old, plugin)
         for follower in self._followers:
             try:
