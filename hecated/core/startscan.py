@@ -234,8 +234,6 @@ class ReadChild:
     def results(self) -> tuple[int, list[ChildRead | None]]:
         """The first name the child read and its findings from there, in order; nothing
         (``count``, []) when it failed in any way."""
-        import pickle  # here, not at the top: 2 ms of every cold start otherwise
-
         fd, self.fd = self.fd, -1  # the pipe's now: closed with it, whatever happens
         try:
             with os.fdopen(fd, "rb") as pipe:
@@ -248,13 +246,14 @@ class ReadChild:
             log.warning("the reading child failed (status %d); reading its part here", status)
             return nothing
         try:
-            low, out = pickle.loads(data)
+            answer = _claims(data, self.count)
         except Exception:
             log.warning("the reading child's answer is unreadable; reading its part here")
             return nothing
-        if not (isinstance(out, list) and isinstance(low, int) and len(out) == self.count - low):
+        if answer is None:
             log.warning("the reading child's answer is malformed; reading its part here")
             return nothing
+        low, out = answer
         return low, [None if x is None else ChildRead.unwire(x) for x in out]
 
     def discard(self) -> None:
@@ -283,19 +282,38 @@ def _child_main(  # pragma: no cover - its output is checked by the parent
     store: Store, names: list[str], root: Root, wfd: int, board: Board
 ) -> None:
     """The child's whole life: claim, read and parse from the end until it meets the
-    parent, send one pickled pair (the first name read, the findings from there), exit."""
+    parent, send its claims, exit.
+
+    Each claim is pickled as it is read, a pair (its first name, the findings from
+    there): pickled at the end, all of it, the parent would wait for that too."""
     import pickle
 
     gc.disable()  # a collection would touch, and so copy, every page shared with the parent
     logging.disable(logging.CRITICAL)  # the parent says it, if anything, once
     low, claims = len(names), []
     while (new := board.child_claims(low)) < low:
-        claims.append([_wired(store, name, root) for name in names[new:low]])
+        found = [_wired(store, name, root) for name in names[new:low]]
+        claims.append(pickle.dumps((new, found), pickle.HIGHEST_PROTOCOL))
         low = new
-    out = [x for claim in reversed(claims) for x in claim]
     with os.fdopen(wfd, "wb") as pipe:
-        pipe.write(pickle.dumps((low, out), pickle.HIGHEST_PROTOCOL))
+        pipe.write(b"".join(claims))
     os._exit(0)
+
+
+def _claims(data: bytes, count: int) -> tuple[int, list] | None:
+    """The child's claims (pickled pairs, from the end down) as one pair: the first name
+    it read and its findings from there in order; None when they do not fit together."""
+    import io
+    import pickle  # here, not at the top: 2 ms of every cold start otherwise
+
+    stream, parts, low = io.BytesIO(data), [], count
+    while stream.tell() < len(data):
+        first, found = pickle.Unpickler(stream).load()  # its own memo, as it was pickled
+        if not (isinstance(first, int) and isinstance(found, list)) or len(found) != low - first:
+            return None
+        parts.append(found)
+        low = first
+    return low, [x for part in reversed(parts) for x in part]
 
 
 def _wired(store: Store, name: str, root: Root) -> tuple | None:  # pragma: no cover
