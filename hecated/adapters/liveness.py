@@ -80,6 +80,7 @@ class Prober:
         self._found: dict[str, SocketFinding] = {}
         self._seen: dict[str, tuple[Entry | None, int | None]] = {}  # name -> (entry, pid)
         self._retries: dict[str, int] = {}
+        self._tracking: set[str] = set()  # names given to ``procs`` (each under its name's lock)
         self._workers_wanted = max(1, workers)
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
@@ -136,9 +137,10 @@ class Prober:
                 self._queued[name] = self._queued[name] or manifest
                 return
             self._queued[name] = manifest
+            if self._held:  # noted (10,000 at start): ``release`` makes one round of them
+                return
             self._queue.append((name, manifest))
-            if not self._held:
-                self._start_workers()
+            self._start_workers()
             # All: the timer waits on this condition too, and a notify() it took would
             # leave the queued probe with no worker woken for it.
             self._cond.notify_all()
@@ -169,8 +171,6 @@ class Prober:
         with self._cond:
             held, self._held = self._held, False
             asked, self._queued = (self._queued, {}) if held else ({}, self._queued)
-            if held:
-                self._queue.clear()
             if self._queue and not self._closed:
                 self._start_workers()
             self._cond.notify_all()
@@ -327,7 +327,9 @@ class Prober:
         try:
             if live is not None and live.pid and live.status != PluginStatus.STOPPED:
                 self.procs.track(name, live.pid)
-            else:
+                self._tracking.add(name)
+            elif name in self._tracking:  # (no lock taken for the 10,000 never tracked)
+                self._tracking.discard(name)
                 self.procs.untrack(name)
         except OSError as exc:  # e.g. out of fds: the next refresh of this name tries again
             log.warning("cannot watch the process of plugin %s: %s", name, exc)
