@@ -139,7 +139,7 @@ def main() -> int:
                 f"range {ms[0]}-{ms[-1]} ms, all {ms}, list sha256 {sorted(hashes[label])}"
             )
             print(
-                f"{label}: CPU-seconds at the first answer (both processes): median "
+                f"{label}: CPU-seconds at the first answer (both processes): middle value "
                 f"{statistics.median(cpus[label]):.2f}, all {[round(c, 2) for c in cpus[label]]}"
             )
         if args.base:
