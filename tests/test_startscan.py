@@ -330,3 +330,41 @@ def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Pat
         assert listed == set(want) | {f"many-{i:04d}" for i in range(startscan.PARALLEL_MIN)}
     finally:
         daemon.stop()
+
+
+def test_the_board_lets_parent_and_child_meet_without_a_gap() -> None:
+    """The child claims ``BATCH`` names at a time from the end, never below the parent's
+    next name; the parent takes names from the start while they are below the child's
+    claim. Whatever the interleaving, every name is read by one of them (a claim the
+    parent had looked past is read by both; the parent keeps its own)."""
+    batch, count = startscan.BATCH, 3 * startscan.BATCH + 5
+    board = startscan.Board(count)
+    try:
+        assert board.child_claims(count) == count - batch
+        taken = 0
+        while board.parent_takes(taken):
+            taken += 1
+            if taken == 3:  # the parent is at 3: the child may not claim below it
+                low = count - batch
+                while (new := board.child_claims(low)) < low:
+                    low = new
+                assert low == 3
+        assert taken == 3  # it met the child's claim, which covers everything from 3 on
+        assert board.child_claims(3) == 3  # nothing left to claim
+    finally:
+        board.close()
+
+
+def test_the_childs_claims_are_put_together_or_refused() -> None:
+    """The child's answer is its claims from the end down, each pickled on its own: put
+    together in order when they fit, refused (None: the parent reads it all) when not."""
+    import pickle
+
+    def claim(first: int, found: list) -> bytes:
+        return pickle.dumps((first, found), pickle.HIGHEST_PROTOCOL)
+
+    data = claim(7, ["h", "i", "j"]) + claim(4, ["e", "f", "g"])
+    assert startscan._claims(data, 10) == (4, ["e", "f", "g", "h", "i", "j"])
+    assert startscan._claims(b"", 10) == (10, [])
+    assert startscan._claims(claim(7, ["h", "i"]), 10) is None  # a name missing
+    assert startscan._claims(claim(7, ["h", "i", "j"]) + claim(2, ["x"]), 10) is None
