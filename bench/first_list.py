@@ -36,6 +36,16 @@ from procs import loadavg, make_plugins, remove, stop_pid, temp_home  # noqa: E4
 from rawhttp import fetch  # noqa: E402
 
 CACHE = Path(".hecate/hecate-daemon/run/manifests.cache.json")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid``: all its threads, and reaped children
+    (the start scan's reading child is reaped before the first answer). Less noisy than
+    wall time on a shared machine."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return sum(int(v) for v in fields[11:15]) / TICK
 
 
 def spawn(src: Path, home: Path, profile: Path | None = None) -> tuple[subprocess.Popen, float]:
@@ -69,17 +79,21 @@ def first_list(home: Path, proc: subprocess.Popen, started: float) -> tuple[floa
         time.sleep(0.002)
 
 
-def one_start(src: Path, home: Path, count: int, profile: Path | None = None) -> tuple[float, str]:
+def one_start(
+    src: Path, home: Path, count: int, profile: Path | None = None
+) -> tuple[float, str, float]:
+    """Seconds to the first complete list, its digest, and the CPU-seconds spent by then."""
     (home / CACHE).unlink(missing_ok=True)  # never seen: no parsed manifests to reuse
     proc, started = spawn(src, home, profile)
     try:
         took, body = first_list(home, proc, started)
+        cpu = cpu_seconds(proc.pid)
     finally:
         stop_pid(proc)
     plugins = json.loads(body)
     if len(plugins) < count:
         raise RuntimeError(f"first list held {len(plugins)} of {count} plugins")
-    return took, hashlib.sha256(body).hexdigest()[:16]
+    return took, hashlib.sha256(body).hexdigest()[:16], cpu
 
 
 def main() -> int:
@@ -99,7 +113,7 @@ def main() -> int:
         one_start(args.cand, home, args.count)  # the primary namespace, the page cache
         if args.profile:
             out = home / "start.prof"
-            took, _ = one_start(args.cand, home, args.count, profile=out)
+            took, _, _ = one_start(args.cand, home, args.count, profile=out)
             print(f"profiled start: {took * 1000:.0f} ms (under cProfile)")
             import pstats
 
@@ -109,18 +123,24 @@ def main() -> int:
         variants = {"cand": args.cand} | ({"base": args.base} if args.base else {})
         variants |= {k: Path(v) for k, _, v in (a.partition("=") for a in args.also)}
         times: dict[str, list[float]] = {k: [] for k in variants}
+        cpus: dict[str, list[float]] = {k: [] for k in variants}
         hashes: dict[str, set[str]] = {k: set() for k in variants}
         print(f"load average at start {loadavg()}")
         for _ in range(args.rounds):
             for label, src in variants.items():
-                took, digest = one_start(src, home, args.count)
+                took, digest, cpu = one_start(src, home, args.count)
                 times[label].append(took)
+                cpus[label].append(cpu)
                 hashes[label].add(digest)
         for label, values in times.items():
             ms = sorted(round(v * 1000) for v in values)
             print(
                 f"{label}: median {statistics.median(values) * 1000:.0f} ms, "
                 f"range {ms[0]}-{ms[-1]} ms, all {ms}, list sha256 {sorted(hashes[label])}"
+            )
+            print(
+                f"{label}: CPU-seconds at the first answer (both processes): middle value "
+                f"{statistics.median(cpus[label]):.2f}, all {[round(c, 2) for c in cpus[label]]}"
             )
         if args.base:
             ratio = [c / b for c, b in zip(times["cand"], times["base"], strict=True)]

@@ -40,10 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from first_list import CACHE, first_list, spawn  # noqa: E402
+from first_list import CACHE, TICK, cpu_seconds, first_list, spawn  # noqa: E402
 from procs import inotify_watches, loadavg, make_plugins, stop_pid  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 SAMPLE = 0.02
 WATCHING = "watcher: watches "  # "(re)built, tree read" before the catch-up, "built, N of"
 
@@ -57,13 +56,6 @@ def _named(self):
     _inner(self)
 threading.Thread._bootstrap_inner = _named
 """
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime + cutime + cstime of ``pid``: all its threads, and reaped children."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return sum(int(v) for v in fields[11:15]) / TICK
 
 
 def run_ns(pid: int, seen: dict[str, int]) -> int:

@@ -148,10 +148,13 @@ def start(store, names, root_):
         seen["killed"] += 1
     return child
 
-def malformed(store, names, root_, wfd):  # the child answers garbage of the right length
+def malformed(store, names, root_, wfd, board):  # garbage of the right length, for all
     import pickle
+    low = len(names)
+    while (new := board.child_claims(low)) < low:  # claim all the parent has not taken
+        low = new
     out = [("not", "a", "ChildRead", 4), 7, None] * len(names)
-    os.write(wfd, pickle.dumps(out[: len(names)]))
+    os.write(wfd, pickle.dumps((low, out[: len(names) - low])))
     os._exit(0)
 
 startscan.ReadChild.start = staticmethod(start)
@@ -260,8 +263,14 @@ sys.stdout.write(json.dumps({"left": left, "fds": sorted(set(os.listdir("/proc/s
     assert json.loads(ran.stdout) == {"left": False, "fds": []}
 
 
-def test_held_probes_wait_for_release(layout: Layout) -> None:
-    """The start scan queues a socket probe per name; none runs before the first answer."""
+def test_held_probes_wait_for_release_and_look_only_where_a_socket_file_is(
+    layout: Layout,
+) -> None:
+    """The start scan asks for a socket probe per name; none runs before the first answer,
+    and after it only the names with a socket file are probed (a look where there is none
+    finds what "not looked at yet" says: at 10,000 plugins, seconds of CPU for nothing)."""
+    import socket
+
     from conftest import wait_for
 
     index = Index(layout)
@@ -269,10 +278,20 @@ def test_held_probes_wait_for_release(layout: Layout) -> None:
     prober.hold()
     index.scan(at_start=True)
     assert prober.probes == 0 and prober._threads == []  # queued, no thread made yet
-    prober.release()
-    wait_for(lambda: prober.probes >= len(index))
-    prober.close()
-    index.close()
+    bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a file nothing accepts on
+    bound.bind(str(layout.namespace("ok-007") / "sockets" / "api.sock"))
+    try:
+        prober.release()
+        wait_for(lambda: index.finding("ok-007") is not None)
+        wait_for(lambda: not prober._queue and not prober._busy and not prober._queued)
+        assert index.finding("ok-007").socket_file
+        assert [n for n in index.list() if index.finding(n.name) is not None] == [
+            index.get("ok-007")
+        ]
+    finally:
+        bound.close()
+        prober.close()
+        index.close()
 
 
 def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Path) -> None:
@@ -311,3 +330,41 @@ def test_a_real_daemon_parses_in_a_child_and_lists_what_a_rescan_lists(home: Pat
         assert listed == set(want) | {f"many-{i:04d}" for i in range(startscan.PARALLEL_MIN)}
     finally:
         daemon.stop()
+
+
+def test_the_board_lets_parent_and_child_meet_without_a_gap() -> None:
+    """The child claims ``BATCH`` names at a time from the end, never below the parent's
+    next name; the parent takes names from the start while they are below the child's
+    claim. Whatever the interleaving, every name is read by one of them (a claim the
+    parent had looked past is read by both; the parent keeps its own)."""
+    batch, count = startscan.BATCH, 3 * startscan.BATCH + 5
+    board = startscan.Board(count)
+    try:
+        assert board.child_claims(count) == count - batch
+        taken = 0
+        while board.parent_takes(taken):
+            taken += 1
+            if taken == 3:  # the parent is at 3: the child may not claim below it
+                low = count - batch
+                while (new := board.child_claims(low)) < low:
+                    low = new
+                assert low == 3
+        assert taken == 3  # it met the child's claim, which covers everything from 3 on
+        assert board.child_claims(3) == 3  # nothing left to claim
+    finally:
+        board.close()
+
+
+def test_the_childs_claims_are_put_together_or_refused() -> None:
+    """The child's answer is its claims from the end down, each pickled on its own: put
+    together in order when they fit, refused (None: the parent reads it all) when not."""
+    import pickle
+
+    def claim(first: int, found: list) -> bytes:
+        return pickle.dumps((first, found), pickle.HIGHEST_PROTOCOL)
+
+    data = claim(7, ["h", "i", "j"]) + claim(4, ["e", "f", "g"])
+    assert startscan._claims(data, 10) == (4, ["e", "f", "g", "h", "i", "j"])
+    assert startscan._claims(b"", 10) == (10, [])
+    assert startscan._claims(claim(7, ["h", "i"]), 10) is None  # a name missing
+    assert startscan._claims(claim(7, ["h", "i", "j"]) + claim(2, ["x"]), 10) is None

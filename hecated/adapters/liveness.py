@@ -32,6 +32,7 @@ from collections import deque
 
 from hecated.adapters.probe import PROBE_TIMEOUT, probe_socket
 from hecated.adapters.procwatch import ProcessWatcher
+from hecated.core.files import opened
 from hecated.core.index import Change, Entry, Index
 from hecated.core.layout import SOCKET_NAME, SOCKETS_DIR
 from hecated.core.runstate import connect_plugin, pid_alive
@@ -79,6 +80,7 @@ class Prober:
         self._found: dict[str, SocketFinding] = {}
         self._seen: dict[str, tuple[Entry | None, int | None]] = {}  # name -> (entry, pid)
         self._retries: dict[str, int] = {}
+        self._tracking: set[str] = set()  # names given to ``procs`` (each under its name's lock)
         self._workers_wanted = max(1, workers)
         self._threads: list[threading.Thread] = []
         self._ticker: threading.Thread | None = None
@@ -135,9 +137,10 @@ class Prober:
                 self._queued[name] = self._queued[name] or manifest
                 return
             self._queued[name] = manifest
+            if self._held:  # noted (10,000 at start): ``release`` makes one round of them
+                return
             self._queue.append((name, manifest))
-            if not self._held:
-                self._start_workers()
+            self._start_workers()
             # All: the timer waits on this condition too, and a notify() it took would
             # leave the queued probe with no worker woken for it.
             self._cond.notify_all()
@@ -154,16 +157,40 @@ class Prober:
             self._held = True
 
     def release(self) -> None:
-        """Run the probes queued since ``hold``, and any asked for later; and look at
-        every socket file now there (a plugin that never registered is in no entry
-        the start scan's changes asked about)."""
+        """Run the probes asked for since ``hold``, and any asked for later.
+
+        The held asks (one per name of the start scan) are not run as they are: a
+        look at a name with no socket file finds what "not looked at yet" already
+        says (``status.combine``: the same status and the same words), and at
+        10,000 plugins that serve none those probes were seconds of CPU after the
+        first answer. So they become one round (``round``): a probe for each name
+        whose socket file is there (a plugin that never registered included), on a
+        thread of its own, so the serving loop that calls this never waits for a
+        ``lstat`` per namespace.
+        """
         with self._cond:
             held, self._held = self._held, False
+            asked, self._queued = (self._queued, {}) if held else ({}, self._queued)
             if self._queue and not self._closed:
                 self._start_workers()
             self._cond.notify_all()
         if held:
-            self.round()
+            thread = threading.Thread(
+                target=self._round_after_hold,
+                args=(asked,),
+                name="hecated-probe-round",
+                daemon=True,
+            )
+            thread.start()
+
+    def _round_after_hold(self, asked: dict[str, bool]) -> None:
+        """The held asks, as one round: a probe of each name ``due`` names (with the
+        manifest where one was asked); the others' sockets are not there to look at."""
+        try:
+            for name in self.due():
+                self.request(name, manifest=asked.get(name, False))
+        except Exception:
+            log.exception("the first round of probes failed")
 
     def start(self) -> None:
         """Start the periodic probes (every ``interval`` seconds); the daemon calls it."""
@@ -179,9 +206,10 @@ class Prober:
         """The names a periodic round probes: those whose last probe found a socket
         file, and every name (registered or not) whose socket file exists now.
 
-        One ``lstat`` per namespace and no connect where there is no socket: at
-        10,000 registered plugins that serve none, a round stays a few milliseconds.
-        A socket bound between rounds is seen at once anyway (inotify on ``sockets/``).
+        One ``lstat`` per namespace, relative to the root, and no connect where there
+        is no socket: at 10,000 registered plugins that serve none, a round stays a
+        few milliseconds. A socket bound between rounds is seen at once anyway
+        (inotify on ``sockets/``).
         """
         with self._cond:
             seen = {
@@ -190,18 +218,14 @@ class Prober:
                 if f.kind != SocketKind.ABSENT or f.socket_file
             }
         names = {p.name for p in self.index.list()} | seen
-        root = self.layout.root
-        with contextlib.suppress(OSError):
-            names.update(e for e in os.listdir(root) if self.layout.is_plugin_name(e))
-        due = []
-        for name in sorted(names):
-            if name in seen:
-                due.append(name)
-                continue
+        try:
+            root_fd = os.open(self.layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return sorted(seen)
+        with opened(root_fd):
             with contextlib.suppress(OSError):
-                os.lstat(os.path.join(root, name, SOCKETS_DIR, SOCKET_NAME))
-                due.append(name)
-        return due
+                names.update(e for e in os.listdir(root_fd) if self.layout.is_plugin_name(e))
+            return [n for n in sorted(names) if n in seen or _socket_file(root_fd, n)]
 
     def round(self) -> None:
         """Ask for a probe of every name ``due`` names."""
@@ -303,7 +327,9 @@ class Prober:
         try:
             if live is not None and live.pid and live.status != PluginStatus.STOPPED:
                 self.procs.track(name, live.pid)
-            else:
+                self._tracking.add(name)
+            elif name in self._tracking:  # (no lock taken for the 10,000 never tracked)
+                self._tracking.discard(name)
                 self.procs.untrack(name)
         except OSError as exc:  # e.g. out of fds: the next refresh of this name tries again
             log.warning("cannot watch the process of plugin %s: %s", name, exc)
@@ -316,3 +342,12 @@ class Prober:
             self._queued.clear()
             self._cond.notify_all()
         self.procs.close()
+
+
+def _socket_file(root_fd: int, name: str) -> bool:
+    """Is there anything at ``name/sockets/api.sock`` (the probe decides what it is)?"""
+    try:
+        os.stat(f"{name}/{SOCKETS_DIR}/{SOCKET_NAME}", dir_fd=root_fd, follow_symlinks=False)
+    except (OSError, ValueError):
+        return False
+    return True

@@ -16,8 +16,8 @@ import socket
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 from hecated.core.errors import ForeignOwnerError, StorageError, UnsafePathError
@@ -200,12 +200,20 @@ def _check_peer(sock: socket.socket, name: str) -> None:
         )
 
 
-@contextmanager
-def opened(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+class opened:
+    """Close ``fd`` when the block ends, however it ends. A class, not a generator
+    context manager: a start scan enters 40,000 of them, and this costs a quarter."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *_exc: object) -> None:
+        os.close(self.fd)
 
 
 def read_regular(dir_fd: int, name: str, limit: int, any_owner: bool = False) -> bytes | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from hecated.core.errors import ForeignOwnerError, UnsafePathError
@@ -47,6 +48,7 @@ __all__ = [
 PID_MAX_BYTES = 64  # the most of a pid file read
 STATE_MAX = 4096  # the most of a state line read
 LISTEN_CHECK_TIMEOUT = 1.0  # seconds; a Unix connect answers at once
+_RUN_FILES = frozenset({PID_FILE, STATE_FILE})
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,13 +121,24 @@ def read_run(ns_fd: int) -> RunState:
     except (OSError, UnsafePathError):
         return RunState()
     with opened(run_fd):
-        pid = pid_in(run_fd)
+        present = _present(run_fd)
+        pid = pid_in(run_fd) if PID_FILE in present else None
         try:
-            raw = read_regular(run_fd, STATE_FILE, STATE_MAX)
+            raw = read_regular(run_fd, STATE_FILE, STATE_MAX) if STATE_FILE in present else None
         except (OSError, UnsafePathError):
             raw = None
     state = raw.decode("utf-8", "replace").strip() if raw else None
     return RunState(pid if pid is not None and pid_alive(pid) else None, state)
+
+
+def _present(run_fd: int) -> AbstractSet[str]:
+    """The run files in ``run/``, by one read of the directory: a plugin that is not
+    running often has none, and two failed opens cost more than one listing (10,000 at
+    start). When the listing fails, both are looked for as before."""
+    try:
+        return set(os.listdir(run_fd))
+    except OSError:
+        return _RUN_FILES
 
 
 def connect_plugin(layout: Layout, name: str, timeout: float | None) -> socket.socket:

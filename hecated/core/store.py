@@ -196,8 +196,15 @@ class Store:
         self.parsed_in_child += 1
         self.cache.put(name, before if before == after else None, parsed, started)
 
+    def read_in(self, name: str, ns_fd: int, cached: bool = False) -> Found:
+        """``read`` of a namespace the caller opened and closes (the start scan reads
+        its run dir through the same fd)."""
+        step = self.fetch_in(name, ns_fd, cached)
+        return step if isinstance(step, Found) else self.finish(step, self.parse_raw(step))
+
     def fetch(self, name: str, root: Root, cached: bool) -> Found | Raw:
-        """The I/O half of a read: a final ``Found``, or the bytes still to be parsed."""
+        """The I/O half of a read: a final ``Found``, or the bytes still to be parsed
+        (with the namespace's fd, which the caller closes)."""
         path = self.layout.manifest_str(name)
         try:
             ns_fd = root.namespace(name)
@@ -209,6 +216,14 @@ class Store:
             )
         except OSError as exc:
             return Found(Entry(name, error=ManifestError(path, exc.strerror or str(exc))))
+        step = self.fetch_in(name, ns_fd, cached)
+        if isinstance(step, Found):
+            os.close(ns_fd)
+        return step
+
+    def fetch_in(self, name: str, ns_fd: int, cached: bool) -> Found | Raw:
+        """``fetch`` in a namespace already open (``Raw.ns_fd`` is that fd: not ours)."""
+        path = self.layout.manifest_str(name)
         try:
             step = self._fetch_manifest(ns_fd, name, path, cached)
         except ManifestError as exc:
@@ -219,9 +234,7 @@ class Store:
             log.exception("reading %s failed", path)
             step = Found(Entry(name, error=ManifestError(path, f"cannot be read: {exc}")))
         if isinstance(step, Raw):
-            step.ns_fd = ns_fd  # the caller closes it
-        else:
-            os.close(ns_fd)
+            step.ns_fd = ns_fd
         return step
 
     def _fetch_manifest(self, ns_fd: int, name: str, path: str, cached: bool) -> Found | Raw:
