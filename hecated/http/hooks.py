@@ -32,6 +32,11 @@ class Job(Protocol):
     def hung_up(self) -> None:
         """The client has gone: run the request's hang-up hooks."""
 
+    def next_request(self, wait: float) -> str | None:
+        """After ``serve``: wait up to ``wait`` s for the connection's next request; its
+        PATH_INFO when it came whole and claimed (``serve`` then answers it on the
+        calling thread), else None. One read and not served is dispatched by ``done``."""
+
     def done(self) -> None:
         """The thread that served is idle again: the connection goes back to the loop."""
 

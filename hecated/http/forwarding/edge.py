@@ -44,10 +44,8 @@ class Edge:
 
     def run(self, job: Job) -> str | None:
         """On a stream thread, with the client's hang-up watched; or why not."""
-        with self._lock:
-            if self._open >= self.settings.max_streams:
-                return f"{self.settings.max_streams} forwarded streams are open; retry shortly"
-            self._open += 1
+        if not self._take():
+            return f"{self.settings.max_streams} forwarded streams are open; retry shortly"
         try:
             self.hangups.watch(job.fileno, job.hung_up)
         except (OSError, RuntimeError, TypeError, ValueError) as exc:
@@ -65,14 +63,36 @@ class Edge:
         return None
 
     def _serve(self, job: Job) -> Callable[[], None]:
-        """Serve; what to do once this thread is idle again: free the slot, hand back."""
+        """Serve, then the connection's next forwarded requests while they come back to
+        back (``settings.follow``): each on this thread, with no hand-over to the loop
+        and back (issue 22: a third of a short forwarded request's cost). The slot is
+        free while the thread waits, taken again for the next request. What to do once
+        this thread is idle again: free the slot if held, hand the connection back."""
         job.serve()
-        return lambda: self._ended(job)
+        held = True
+        while self.settings.follow > 0:
+            self._release()
+            held = False
+            path = job.next_request(self.settings.follow)
+            if path is None or not self.claims(path) or not self._take():
+                break  # done() dispatches a request read and not served, the usual way
+            held = True
+            job.serve()
+        return lambda: self._ended(job, held)
 
-    def _ended(self, job: Job) -> None:
+    def _ended(self, job: Job, held: bool = True) -> None:
         self.hangups.forget(job.fileno)
-        self._release()
+        if held:
+            self._release()
         job.done()
+
+    def _take(self) -> bool:
+        """A slot for one more forwarded request, if the cap leaves one."""
+        with self._lock:
+            if self._open >= self.settings.max_streams:
+                return False
+            self._open += 1
+        return True
 
     def _release(self) -> None:
         with self._lock:

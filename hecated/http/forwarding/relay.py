@@ -85,6 +85,18 @@ def target(environ: dict[str, Any], name: str, rest: str) -> str:
     return "/" + quote(rest, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
 
 
+def judged(response: Reply) -> tuple[str | None, list[tuple[str, str]]]:
+    """Why the answer cannot be passed on (``answer_problem``), and the headers that
+    pass (``response_headers``): judged once per distinct head (``wire.Head``), as they
+    follow from its bytes alone. The list is shared: copied before it is handed on."""
+    derived = response.head.derived
+    verdict = derived.get("relay")
+    if verdict is None:
+        headers = response_headers(response.getheaders(), response.chunked)
+        verdict = derived["relay"] = (answer_problem(response), headers)
+    return verdict
+
+
 class Forwarder:
     """Resolves a name to a plugin socket and relays one request over it."""
 
@@ -180,7 +192,7 @@ class Forwarder:
         ended = self._in_use(namespace)
         try:
             conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
-            problem = answer_problem(response)
+            problem, _ = judged(response)
             if problem is not None:  # nothing of it reaches the client; the connection goes
                 response.close()
                 conn.discard()
@@ -281,8 +293,7 @@ class _Relay:
         response = self.response
         status = f"{response.status} {response.reason or 'Unknown'}"
         try:
-            headers = response_headers(response.getheaders(), response.chunked)
-            write = start_response(status, headers)
+            write = start_response(status, list(judged(response)[1]))
             if response.length is None:  # chunked or to EOF: a stream, maybe a slow one
                 write(b"")  # the headers now, not with its first piece
         except BaseException:
