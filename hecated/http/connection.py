@@ -142,9 +142,20 @@ class Task(WSGITask):
         self.aborted = True
 
     def write(self, data: bytes) -> None:
-        super().write(data)
-        if self.request.claimed:
-            self.channel.drain()
+        if not self.request.claimed:
+            super().write(data)
+            return
+        channel = self.channel
+        if self.wrote_header or not data:
+            super().write(data)
+        else:  # the head and the first piece to the buffer in one write, sent in one send
+            channel.gathered = []
+            try:
+                super().write(data)
+            finally:
+                gathered, channel.gathered = channel.gathered, None
+            channel.write_soon(b"".join(gathered))
+        channel.drain()
 
     def finish(self) -> None:
         if self.aborted and self.wrote_header:
@@ -210,6 +221,7 @@ class Channel(HTTPChannel):
         self.on_close: list[Callable[[], None]] = []
         self.client_gone = False
         self.hooks_lock = threading.Lock()
+        self.gathered: list[bytes] | None = None  # see write_soon
         super().__init__(server, sock, addr, adj, map)
         server.admitted(self)  # may close this very connection: its peer holds too many
 
@@ -242,6 +254,15 @@ class Channel(HTTPChannel):
             hooks, self.on_close = self.on_close, []
         for hook in hooks:
             hook()
+
+    def write_soon(self, data: bytes) -> int:
+        """Waitress's, unless a claimed request's task gathers its head and first piece
+        (``Task.write``): one append to the buffer, one ``send``, for a short answer."""
+        gathered = self.gathered
+        if gathered is None or not data:
+            return super().write_soon(data)
+        gathered.append(data)
+        return len(data)
 
     def drain(self) -> None:
         """Send what the task wrote, now, from the task's thread (a claimed request).
