@@ -44,6 +44,12 @@ LINGER_BYTES = 64 * 1024 * 1024
 DRAIN_TIMEOUT = 300.0
 
 
+# Claimed requests' answer heads as waitress built them (``Task.build_response_header``),
+# by what they were built from; bounded (plugins choose their headers).
+_HEADS: dict[tuple, tuple[bytes, tuple[tuple[str, str], ...], bool, bool]] = {}
+HEADS_KEPT = 256
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """What one listener's connections are allowed: set once, read by each connection."""
@@ -142,20 +148,50 @@ class Task(WSGITask):
         self.aborted = True
 
     def write(self, data: bytes) -> None:
+        """Waitress's framing; a claimed request's pieces (the head with the first) leave
+        in one ``send`` from this thread (``Channel.send_now``)."""
         if not self.request.claimed:
             super().write(data)
             return
         channel = self.channel
-        if self.wrote_header or not data:
+        channel.gathered = []
+        try:
             super().write(data)
-        else:  # the head and the first piece to the buffer in one write, sent in one send
-            channel.gathered = []
-            try:
-                super().write(data)
-            finally:
-                gathered, channel.gathered = channel.gathered, None
-            channel.write_soon(b"".join(gathered))
-        channel.drain()
+        finally:
+            gathered, channel.gathered = channel.gathered, None
+        channel.send_now(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def build_response_header(self) -> bytes:
+        """Waitress's head, remembered for a claimed request's answer: a forwarded
+        answer's head comes from its plugin's, the same for a burst of answers (its
+        Date included, so nothing in it changes while it is remembered)."""
+        if not self.request.claimed:
+            return super().build_response_header()
+        key = (
+            self.version,
+            self.request.headers.get("CONNECTION", ""),
+            self.status,
+            self.content_length,
+            self.close_on_finish,
+            tuple(self.response_headers),
+        )
+        known = _HEADS.get(key)
+        if known is None:
+            head = super().build_response_header()
+            known = (
+                head,
+                tuple(self.response_headers),
+                self.chunked_response,
+                self.close_on_finish,
+            )
+            if any(k.lower() == "date" for k, _ in key[-1]):  # else waitress dated it: now's
+                if len(_HEADS) >= HEADS_KEPT:
+                    _HEADS.clear()
+                _HEADS[key] = known
+            return head
+        head, headers, self.chunked_response, self.close_on_finish = known
+        self.response_headers = list(headers)
+        return head
 
     def finish(self) -> None:
         if self.aborted and self.wrote_header:
@@ -254,6 +290,26 @@ class Channel(HTTPChannel):
             hooks, self.on_close = self.on_close, []
         for hook in hooks:
             hook()
+
+    def send_now(self, data: bytes) -> None:
+        """A claimed request's bytes straight to the socket when none wait before them
+        (the common case: one ``send``, no buffer); what the client has no room for yet
+        is buffered and drained (``drain``)."""
+        with self.outbuf_lock:
+            if not self.connected:
+                raise ClientDisconnected
+            if data and not self.total_outbufs_len:
+                try:
+                    sent = self.socket.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self.will_close = True
+                    raise ClientDisconnected from None
+                data = data[sent:]
+        if data:
+            super().write_soon(data)
+        self.drain()
 
     def write_soon(self, data: bytes) -> int:
         """Waitress's, unless a claimed request's task gathers its head and first piece
