@@ -95,6 +95,13 @@ PLUGIN = textwrap.dedent(
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
                 return
+            if route == "/big":  # n bytes, declared: more than a socket's buffer holds
+                n = int(self.path.partition("n=")[2] or 0)
+                self.send_response(200)
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                self.wfile.write(hashlib.sha256(b"big").digest() * (n // 32) + b"x" * (n % 32))
+                return
             if route == "/hold":
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")

@@ -153,3 +153,41 @@ def test_a_stream_after_a_short_answer_still_hangs_up_on_the_plugin(world: Any) 
             assert piece, bytes(buf)
             buf += piece
     wait_for(lambda: "closed after /hold?c=1" in seen.read_text(), timeout=20)
+
+
+def test_an_answer_larger_than_the_socket_holds_arrives_whole(world: Any) -> None:
+    """The first send takes what the socket has room for; the rest is buffered and sent
+    as the client reads, from the same thread (it reads nothing until the end here)."""
+    daemon, plugin, _ = world
+    n = 8 * 1024 * 1024 + 5
+    expected = hashlib.sha256(b"big").digest() * (n // 32) + b"x" * (n % 32)
+    conn = UnixHTTPConnection(daemon.socket, timeout=20)
+    try:
+        for _ in range(2):
+            status, headers, body = ask(conn, "GET", f"/plugin/{plugin.name}/big?n={n}")
+            assert status == 200 and int(dict(headers)["Content-Length"]) == n
+            assert body == expected
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "extra"), [("HTTP/1.1", "Connection: close\r\n"), ("HTTP/1.0", "")]
+)
+def test_the_same_plugin_head_still_closes_when_the_client_asks(
+    world: Any, line: str, extra: str
+) -> None:
+    """An answer head remembered for a kept-alive request is not reused for one whose
+    client asked to close (or spoke HTTP/1.0): that answer says so and the connection ends."""
+    daemon, plugin, _ = world
+    path = f"/plugin/{plugin.name}/manifest"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(daemon.socket))
+        sock.settimeout(20)
+        buf = bytearray()
+        for _ in range(2):
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert read_answer(sock, buf)[0] == 200
+        sock.sendall(f"GET {path} {line}\r\nHost: x\r\n{extra}\r\n".encode())
+        assert read_answer(sock, buf)[0] == 200
+        assert sock.recv(1) == b""  # closed after it
