@@ -24,7 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import Error
 
-from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
+from hecated.http.hooks import ABORT_KEY, HEADERS_KEY, ON_CLOSE_KEY
 from hecated.protocol import (
     PEER_ENVIRON_KEY,
     Code,
@@ -128,6 +128,7 @@ class Task(WSGITask):
         if self.request.claimed:
             environ[ABORT_KEY] = self.abort
             environ[ON_CLOSE_KEY] = self.add_on_close
+            environ[HEADERS_KEY] = self.request.headers
         return environ
 
     def add_on_close(self, hook: Callable[[], None]) -> None:

@@ -18,6 +18,9 @@ ABORT_KEY = "hecated.abort"  # call to end the client's answer abruptly (no clea
 # Call with a function to run when the client's connection closes: a stream whose
 # source is silent must not hold its place until an idle timeout.
 ON_CLOSE_KEY = "hecated.on_close"
+# The request's headers as the server read them, by their environ names without "HTTP_"
+# ("USER_AGENT"; Content-Type and -Length too): a few, where the environ holds ~30 keys.
+HEADERS_KEY = "hecated.headers"
 
 
 class Job(Protocol):
