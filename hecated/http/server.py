@@ -171,6 +171,10 @@ class _Detached:
         _detour_thread.holding = channel
         try:
             channel.received(data)
+        except Exception:  # never raises, as serve: the connection is closed instead
+            log.exception("reading a followed request failed")
+            channel.will_close = True
+            return None
         finally:
             _detour_thread.holding = None
         if not channel.requests:  # only part of a request: the loop reads the rest

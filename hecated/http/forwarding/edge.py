@@ -33,6 +33,7 @@ class Edge:
         self.hangups = HangUps()
         self._lock = threading.Lock()
         self._open = 0
+        self._following = 0  # threads waiting for their connection's next request
 
     @property
     def open_streams(self) -> int:
@@ -70,10 +71,14 @@ class Edge:
         this thread is idle again: free the slot if held, hand the connection back."""
         job.serve()
         held = True
-        while self.settings.follow > 0:
+        while self._may_follow():
             self._release()
             held = False
-            path = job.next_request(self.settings.follow)
+            try:
+                path = job.next_request(self.settings.follow)
+            finally:
+                with self._lock:
+                    self._following -= 1
             if path is None or not self.claims(path) or not self._take():
                 break  # done() dispatches a request read and not served, the usual way
             held = True
@@ -85,6 +90,18 @@ class Edge:
         if held:
             self._release()
         job.done()
+
+    def _may_follow(self) -> bool:
+        """Wait for the connection's next request, unless as many threads wait already as
+        the cap lets streams run: threads stay bounded (twice the cap at most) however
+        many connections each ask once and then go quiet."""
+        if self.settings.follow <= 0:
+            return False
+        with self._lock:
+            if self._following >= self.settings.max_streams:
+                return False
+            self._following += 1
+        return True
 
     def _take(self) -> bool:
         """A slot for one more forwarded request, if the cap leaves one."""
