@@ -299,10 +299,38 @@ class _Relay:
         except BaseException:
             self.close()
             raise
+        whole = self._whole()
+        if whole is not None:
+            return whole
         on_close = environ.get(ON_CLOSE_KEY)
         if on_close is not None:
             on_close(self.hang_up)
         return _Body(self._body(environ.get(ABORT_KEY)), self.close)
+
+    def _whole(self) -> list[bytes] | None:
+        """The body, when all of it (a declared length) came with the head: nothing is
+        left to wait for, so no hang-up to watch and no piece-by-piece relay (most
+        short answers, e.g. a manifest). None: it is relayed as it comes (``_body``)."""
+        response = self.response
+        length = response.length
+        if length is None or length != response.buffered:
+            return None
+        try:
+            body = response.read1(length) if length else b""
+            self._at_end(response.read1(CHUNK))  # b"": whatever came past it is judged
+        finally:
+            self.close()
+        return [body] if body else []
+
+    def _at_end(self, data: bytes) -> None:
+        """The answer read to its end: a kept-alive connection goes back to the pool."""
+        response, conn = self.response, self.conn
+        if data or response.length or self.give_back is None or response.will_close or not conn:
+            return
+        response.close()
+        self.give_back(self.namespace, conn)
+        self.give_back = None
+        self.conn = None  # the pool's now
 
     def hang_up(self) -> None:
         """The client went away (or hecated stops): wake the read on the plugin's socket
@@ -341,11 +369,8 @@ class _Relay:
                     if response.length or (self.cut and response.length is None):
                         # fewer bytes than it said, or we cut an answer of no set length
                         _call(abort)
-                    elif self.give_back is not None and not response.will_close and conn:
-                        response.close()  # read to its end: the connection may serve again
-                        self.give_back(self.namespace, conn)
-                        self.give_back = None
-                        self.conn = None  # the pool's now
+                    else:
+                        self._at_end(data)
                     return
                 yield data
         finally:

@@ -231,6 +231,11 @@ class Reply:
     def getheaders(self) -> list[tuple[str, str]]:
         return self.headers
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of the body that came with the head (read, not handed on yet)."""
+        return len(self._buf)
+
     # -- the body ----------------------------------------------------------------------
 
     def read1(self, size: int) -> bytes:
