@@ -7,6 +7,11 @@ body arrives, so it may carry the larger body limit. Once it has arrived whole,
 ``run`` either takes it onto a stream thread of its own, out of the serving loop,
 or refuses it at once when the stream cap is reached: the ``503 busy`` is decided
 here, and answered without going through the fast path or the router.
+
+A thread that has answered waits a moment (``settings.follow``) for the same
+connection's next request and serves it too when it is forwarded: a client's
+burst of requests on one kept-alive connection costs no hand-over to the loop and
+back to another thread per request (issue 22). The slot is free while it waits.
 """
 
 from __future__ import annotations

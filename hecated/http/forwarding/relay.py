@@ -6,7 +6,8 @@ socket. The wing's edge (``edge.py``) runs these requests on threads of their
 own, so a long-lived stream never holds one of the registry API's workers; this
 module turns one such request into one request on the plugin's
 ``sockets/api.sock`` (``pool.connect_plugin``) and streams the answer back as it
-arrives.
+arrives; an answer whose whole body came with its head (most short ones) is handed
+on at once.
 """
 
 from __future__ import annotations
