@@ -311,17 +311,25 @@ class _Relay:
     def _whole(self) -> list[bytes] | None:
         """The body, when all of it (a declared length) came with the head: nothing is
         left to wait for, so no hang-up to watch and no piece-by-piece relay (most
-        short answers, e.g. a manifest). None: it is relayed as it comes (``_body``)."""
+        short answers, e.g. a manifest). None: it is relayed as it comes (``_body``).
+        The connection goes back to the pool once the answer has left (``close``)."""
         response = self.response
         length = response.length
         if length is None or length != response.buffered:
             return None
         try:
             body = response.read1(length) if length else b""
-            self._at_end(response.read1(CHUNK))  # b"": whatever came past it is judged
+            end = response.read1(CHUNK)  # b"": whatever came past it is judged now
+        except BaseException:
+            self.close()
+            raise
+        return _Whole([body] if body else [], lambda: self._finish(end))
+
+    def _finish(self, end: bytes) -> None:
+        try:
+            self._at_end(end)
         finally:
             self.close()
-        return [body] if body else []
 
     def _at_end(self, data: bytes) -> None:
         """The answer read to its end: a kept-alive connection goes back to the pool."""
@@ -399,6 +407,18 @@ class _Body:
 
     def close(self) -> None:
         self._pieces.close()  # type: ignore[attr-defined]
+        self._close()
+
+
+class _Whole(list):
+    """A body handed on whole, as one piece; the relay ends when the server closes it,
+    after the answer has left (giving the connection back is not on the client's wait)."""
+
+    def __init__(self, pieces: list[bytes], close: Callable[[], None]) -> None:
+        super().__init__(pieces)
+        self._close = close
+
+    def close(self) -> None:
         self._close()
 
 

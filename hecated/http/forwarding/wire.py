@@ -38,10 +38,30 @@ _BAD_VALUE = re.compile(r"\n(?![ \t])|\r(?![ \t\n])")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
+# Request heads by what they were made of: a client's burst repeats its requests (the
+# same target, headers and peer). Bounded: the clients choose what is in them.
+_REQUESTS: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+REQUESTS_KEPT = 256
+REQUEST_KEPT_BYTES = 4096
+
+
 def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     """The request line and headers as bytes, refused (``ValueError``, with the reason)
     where ``http.client`` refused them: a method or target with control characters or
-    spaces, a target that is not ASCII, a header name or value that would break lines."""
+    spaces, a target that is not ASCII, a header name or value that would break lines.
+    Remembered when short: the same parts make the same bytes (or the same refusal)."""
+    key = (method, target, tuple(headers))
+    head = _REQUESTS.get(key)
+    if head is None:
+        head = _request_head(method, target, headers)
+        if len(head) <= REQUEST_KEPT_BYTES:
+            if len(_REQUESTS) >= REQUESTS_KEPT:
+                _REQUESTS.clear()
+            _REQUESTS[key] = head
+    return head
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"method can't contain control characters. {method!r}")
     if not target.isascii() or _BAD_TARGET.search(target):
