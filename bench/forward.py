@@ -8,12 +8,16 @@ open streams cost the registry.
   alternated in rounds (streams opened, then closed) in one run (goal <= 1.2x).
 - hecated's threads and RSS with none, 200 and 256 (the cap) streams open.
 
-The plugin is the tests' stdlib plugin (its own process, its own socket). Run:
-``.venv/bin/python bench/forward.py`` (``--runs N``, ``--out FILE``): several runs, each
-with its own daemon and plugin, unpinned; the table (date, load average, runs, the
-range of each figure over the runs) is written to ``docs/bench-forward.md``, and the
-raw figures of every run are printed as JSON. Figures from a loaded machine are
-indicative: compare the ratios, each measured against its baseline in the same run.
+The plugin is the tests' stdlib plugin (its own process, its own socket). The table is
+section 7 of docs/benchmarks.md (``make bench ARGS='--only forwarding'``, bench/run.py).
+Alone: ``.venv/bin/python bench/forward.py`` (``--runs N``, ``--out FILE``): several
+runs, each with its own daemon and plugin, unpinned; the raw figures of every run are
+printed as JSON, then the table (date, load average, runs, the range of each figure over
+the runs). ``--against DIR``: the forwarded/direct ratio of this hecated and of the one in
+another checkout (``git archive COMMIT hecated | tar -x -C DIR``), both in each run,
+interleaved: a change measured against its baseline in one sitting. Figures from a
+loaded machine are indicative: compare the ratios, each measured against its baseline
+in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,13 +112,38 @@ def open_streams(sock: Path, path: str, count: int) -> list[socket.socket]:
     return streams
 
 
-def run(samples: int = 2000) -> dict:
+@dataclass
+class World:
+    """A hecated and one plugin, each its own process, under a fresh HOME."""
+
+    home: Path
+    sock: Path
+    plugin_sock: Path
+    daemon: subprocess.Popen
+    plugin: subprocess.Popen
+
+    def stop(self) -> None:
+        self.plugin.kill()
+        self.daemon.send_signal(signal.SIGTERM)
+        self.daemon.wait(30)
+        self.plugin.wait(10)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def start(source: Path | None = None) -> World:
+    """hecated as this venv runs it; or the package in ``source`` (a checkout's
+    top directory: ``python -m hecated`` with it first on the path), on the same
+    interpreter, so two versions compare with nothing else different."""
     home = Path(tempfile.mkdtemp(prefix="hbf", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HECATE_")}
     env["HOME"] = str(home)
+    command = [str(HECATED)]
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+        command = [sys.executable, "-m", "hecated"]
     root = home / ".hecate"
     sock = root / "hecate-daemon" / "sockets" / "api.sock"
-    daemon = subprocess.Popen([str(HECATED)], env=env, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(command, env=env, cwd="/", stderr=subprocess.DEVNULL)
     plugin_dir = root / "hecate-app-benchd" / "sockets"
     plugin_dir.mkdir(parents=True)
     plugin_sock = plugin_dir / "api.sock"
@@ -121,8 +151,40 @@ def run(samples: int = 2000) -> dict:
         [sys.executable, "-c", PLUGIN, str(plugin_sock), "hecate-app-benchd"],
         stdin=subprocess.PIPE,
     )
+    world = World(home, sock, plugin_sock, daemon, plugin)
     try:
         wait_for(lambda: answers(sock) and answers(plugin_sock))
+    except BaseException:
+        world.stop()
+        raise
+    return world
+
+
+def against(source: Path, samples: int = 2000) -> dict:
+    """``GET /manifest`` through this hecated and through the one in ``source`` (e.g.
+    an older commit's tree), each beside the same request straight to its own plugin:
+    four raw keep-alive clients interleaved in rounds of 100 in one run."""
+    worlds = {"new": start(), "base": start(source)}
+    try:
+        clients = {}
+        for key, world in worlds.items():
+            clients[f"{key}_direct"] = Client(str(world.plugin_sock), "/manifest", True)
+            clients[f"{key}_forwarded"] = Client(str(world.sock), "/plugin/bench/manifest", True)
+        rounds(clients, 200)  # warm-up
+        got = {k: percentiles(v)["p50_ms"] for k, v in rounds(clients, samples).items()}
+    finally:
+        for world in worlds.values():
+            world.stop()
+    for key in worlds:
+        got[f"{key}_ratio"] = round(got[f"{key}_forwarded"] / got[f"{key}_direct"], 2)
+    got["new_over_base"] = round(got["new_forwarded"] / got["base_forwarded"], 3)
+    return got
+
+
+def run(samples: int = 2000) -> dict:
+    world = start()
+    sock, plugin_sock, daemon = world.sock, world.plugin_sock, world.daemon
+    try:
         # Register a few plugins so the list is not trivially empty.
         for i in range(20):
             c = Client(
@@ -176,11 +238,7 @@ def run(samples: int = 2000) -> dict:
         )
         return result
     finally:
-        plugin.kill()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        plugin.wait(10)
-        shutil.rmtree(home, ignore_errors=True)
+        world.stop()
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -309,13 +367,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--out", default="-", help="where the markdown table goes ('-': printed)")
     parser.add_argument(
-        "--out",
-        default=str(HERE.parent / "docs" / "bench-forward.md"),
-        help="where the markdown table goes ('-': printed only)",
+        "--against",
+        type=Path,
+        help="a checkout's top directory: A/B of GET /manifest only, its hecated beside this one",
     )
     args = parser.parse_args()
     load_before = loadavg()
+    if args.against is not None:
+        for i in range(args.runs):
+            load = loadavg()
+            print(json.dumps({"run": i + 1, "load": load, **against(args.against, args.samples)}))
+        return
     runs = []
     for i in range(args.runs):
         runs.append(run(args.samples))

@@ -95,6 +95,13 @@ PLUGIN = textwrap.dedent(
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
                 return
+            if route == "/big":  # n bytes, declared: more than a socket's buffer holds
+                n = int(self.path.partition("n=")[2] or 0)
+                self.send_response(200)
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                self.wfile.write(hashlib.sha256(b"big").digest() * (n // 32) + b"x" * (n % 32))
+                return
             if route == "/hold":
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -613,6 +620,7 @@ def test_an_idle_kept_alive_connection_is_closed_without_another_request(world: 
 
         resp = Client(as_peer).get(f"/plugin/{plugin.name}/manifest")
         assert resp.status_code == 200 and json.loads(resp.get_data())["name"] == plugin.name
+        resp.close()  # as every WSGI server does once the answer has left: the relay ends
         assert "closed after /manifest" not in seen.read_text()  # kept for the next one ...
         assert sum(len(v) for v in forwarder.pool._idle.values()) == 1
         # ... and closed by hecated once idle past the bound: the plugin reads EOF.

@@ -40,6 +40,10 @@ RAW = textwrap.dedent(
     def answer(body, head="HTTP/1.1 200 OK", extra=""):
         return f"{head}\r\nContent-Length: {len(body)}\r\n{extra}\r\n{body}".encode()
 
+    HOP = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Private\r\n"
+        b"X-Private: p\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n"
+        b"Trailer: X-T\r\nUpgrade: h2c\r\nX-Kept: k\r\n\r\n")
+
     CANNED = {
         "/te-and-length": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
             b"Content-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -56,6 +60,7 @@ RAW = textwrap.dedent(
             + b"".join(b"X-%d: a\r\n" % i for i in range(100)) + b"\r\nok",
         "/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\n\r\n",
+        "/hop": HOP + b"ok",
     }
 
     def serve(conn):
@@ -71,6 +76,11 @@ RAW = textwrap.dedent(
                 target = head.split(b"\r\n")[0].split(b" ")[1].decode()
                 seen.write(target + "\n"); seen.flush()
                 route = target.split("?")[0]
+                if route == "/hop-late":  # the same head, its body only when told
+                    conn.sendall(HOP)
+                    go.acquire()
+                    conn.sendall(b"ok")
+                    continue
                 if route == "/extra":  # its answer, then (when told) one nobody asked for
                     conn.sendall(answer("first"))
                     go.acquire()
@@ -112,6 +122,12 @@ class RawPlugin:
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         assert ready, "the plugin could not send its extra answer: hecated closed the connection"
         assert self.proc.stdout.readline() == b"extra sent\n"
+
+    def go(self) -> None:
+        """Let the plugin send what it holds back (``/hop-late``'s body)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
 
     def paths(self) -> list[str]:
         return self.seen.read_text().split() if self.seen.exists() else []
@@ -297,6 +313,31 @@ def test_a_chunked_answer_leaves_unchunked_with_one_framing(world: Any) -> None:
     status, headers, body = get(daemon.socket, "/plugin/raw/chunked")
     assert (status, body) == (200, b"hello")
     assert "content-length" not in {k.lower() for k, _ in headers}  # framed anew: chunked
+
+
+@pytest.mark.parametrize("route", ["/hop", "/hop-late"])
+def test_an_answers_hop_by_hop_headers_stop_here_whole_or_relayed_as_it_comes(
+    world: Any, route: str
+) -> None:
+    """An answer whose body came with its head is handed on at once, one whose body
+    comes later is relayed as it comes: both lose the same hop-by-hop headers (the
+    listed ones, those Connection names) and keep the end-to-end ones."""
+    daemon, raw = world
+    conn = UnixHTTPConnection(daemon.socket, timeout=20)
+    try:
+        conn.request("GET", f"/plugin/raw{route}?n={len(raw.paths())}")
+        if route == "/hop-late":
+            wait_for(lambda: any(p.startswith(route) for p in raw.paths()))
+            raw.go()
+        resp = conn.getresponse()
+        status, headers, body = resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+    assert (status, body) == (200, b"ok")
+    names = {k.lower() for k, _ in headers}
+    assert not names & {"x-private", "keep-alive", "proxy-authenticate", "trailer", "upgrade"}
+    assert dict(headers)["X-Kept"] == "k"
+    assert dict(headers)["Content-Length"] == "2"
 
 
 # -- minor: numbers as written -----------------------------------------------------------

@@ -216,3 +216,41 @@ def test_a_request_head_that_would_break_lines_is_refused(
 def test_a_request_head_in_one_piece() -> None:
     head = request_head("GET", "/manifest?a=1", [("Host", "localhost"), ("X-A", "é")])
     assert head == b"GET /manifest?a=1 HTTP/1.1\r\nHost: localhost\r\nX-A: \xe9\r\n\r\n"
+
+
+# -- heads parsed once (issue 22: a plugin sends the same head again and again) --------------
+
+
+def test_the_same_head_for_get_then_head_frames_each_by_its_method() -> None:
+    """A head parsed for a GET is remembered; the same bytes answering a HEAD still
+    have no body (the method is part of what is remembered), and the GET's again has."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Same: 1\r\n\r\n"
+    got, body = read(raw + b"hello")
+    assert (got.length, body) == (0, b"hello")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(raw)  # and the writer stays open: a body read would wait
+        ours.settimeout(10)
+        head = Reply(ours, "HEAD")
+        head.begin()
+        assert (head.length, head.read1(65536)) == (0, b"")
+    again, body = read(raw + b"world")
+    assert (again.status, again.getheaders(), body) == (200, got.getheaders(), b"world")
+
+
+def test_reading_a_body_leaves_the_remembered_head_as_it_was() -> None:
+    """Each answer counts down its own length; the next answer of the same head has
+    its whole body to read, and the relay's judgment of the head is shared."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nabc"
+    first, body = read(raw)
+    second, again = read(raw)
+    assert (body, again) == (b"abc", b"abc")
+    assert second.head is first.head and second.head.length == 3
+    assert second.head.headers == (("Content-Length", "3"), ("Connection", "keep-alive"))
+
+
+def test_a_malformed_head_is_refused_every_time_it_comes() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nNo colon here\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(BadReplyError, match="malformed header line"):
+            read(raw)

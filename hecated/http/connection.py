@@ -24,7 +24,7 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.task import ErrorTask, WSGITask
 from waitress.utilities import Error
 
-from hecated.http.hooks import ABORT_KEY, ON_CLOSE_KEY
+from hecated.http.hooks import ABORT_KEY, HEADERS_KEY, ON_CLOSE_KEY
 from hecated.protocol import (
     PEER_ENVIRON_KEY,
     Code,
@@ -42,6 +42,12 @@ LINGER_SECONDS = 10.0
 LINGER_BYTES = 64 * 1024 * 1024
 # How long a detoured answer's send may wait for a client that reads nothing.
 DRAIN_TIMEOUT = 300.0
+
+
+# Claimed requests' answer heads as waitress built them (``Task.build_response_header``),
+# by what they were built from; bounded (plugins choose their headers).
+_HEADS: dict[tuple, tuple[bytes, tuple[tuple[str, str], ...], bool, bool]] = {}
+HEADS_KEPT = 256
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class Task(WSGITask):
         if self.request.claimed:
             environ[ABORT_KEY] = self.abort
             environ[ON_CLOSE_KEY] = self.add_on_close
+            environ[HEADERS_KEY] = self.request.headers
         return environ
 
     def add_on_close(self, hook: Callable[[], None]) -> None:
@@ -142,9 +149,50 @@ class Task(WSGITask):
         self.aborted = True
 
     def write(self, data: bytes) -> None:
-        super().write(data)
-        if self.request.claimed:
-            self.channel.drain()
+        """Waitress's framing; a claimed request's pieces (the head with the first) leave
+        in one ``send`` from this thread (``Channel.send_now``)."""
+        if not self.request.claimed:
+            super().write(data)
+            return
+        channel = self.channel
+        channel.gathered = []
+        try:
+            super().write(data)
+        finally:
+            gathered, channel.gathered = channel.gathered, None
+        channel.send_now(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def build_response_header(self) -> bytes:
+        """Waitress's head, remembered for a claimed request's answer: a forwarded
+        answer's head comes from its plugin's, the same for a burst of answers (its
+        Date included, so nothing in it changes while it is remembered)."""
+        if not self.request.claimed:
+            return super().build_response_header()
+        key = (
+            self.version,
+            self.request.headers.get("CONNECTION", ""),
+            self.status,
+            self.content_length,
+            self.close_on_finish,
+            tuple(self.response_headers),
+        )
+        known = _HEADS.get(key)
+        if known is None:
+            head = super().build_response_header()
+            known = (
+                head,
+                tuple(self.response_headers),
+                self.chunked_response,
+                self.close_on_finish,
+            )
+            if any(k.lower() == "date" for k, _ in key[-1]):  # else waitress dated it: now's
+                if len(_HEADS) >= HEADS_KEPT:
+                    _HEADS.clear()
+                _HEADS[key] = known
+            return head
+        head, headers, self.chunked_response, self.close_on_finish = known
+        self.response_headers = list(headers)
+        return head
 
     def finish(self) -> None:
         if self.aborted and self.wrote_header:
@@ -210,6 +258,7 @@ class Channel(HTTPChannel):
         self.on_close: list[Callable[[], None]] = []
         self.client_gone = False
         self.hooks_lock = threading.Lock()
+        self.gathered: list[bytes] | None = None  # see write_soon
         super().__init__(server, sock, addr, adj, map)
         server.admitted(self)  # may close this very connection: its peer holds too many
 
@@ -242,6 +291,35 @@ class Channel(HTTPChannel):
             hooks, self.on_close = self.on_close, []
         for hook in hooks:
             hook()
+
+    def send_now(self, data: bytes) -> None:
+        """A claimed request's bytes straight to the socket when none wait before them
+        (the common case: one ``send``, no buffer); what the client has no room for yet
+        is buffered and drained (``drain``)."""
+        with self.outbuf_lock:
+            if not self.connected:
+                raise ClientDisconnected
+            if data and not self.total_outbufs_len:
+                try:
+                    sent = self.socket.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self.will_close = True
+                    raise ClientDisconnected from None
+                data = data[sent:]
+        if data:
+            super().write_soon(data)
+        self.drain()
+
+    def write_soon(self, data: bytes) -> int:
+        """Waitress's, unless a claimed request's task gathers its head and first piece
+        (``Task.write``): one append to the buffer, one ``send``, for a short answer."""
+        gathered = self.gathered
+        if gathered is None or not data:
+            return super().write_soon(data)
+        gathered.append(data)
+        return len(data)
 
     def drain(self) -> None:
         """Send what the task wrote, now, from the task's thread (a claimed request).

@@ -18,6 +18,9 @@ ABORT_KEY = "hecated.abort"  # call to end the client's answer abruptly (no clea
 # Call with a function to run when the client's connection closes: a stream whose
 # source is silent must not hold its place until an idle timeout.
 ON_CLOSE_KEY = "hecated.on_close"
+# The request's headers as the server read them, by their environ names without "HTTP_"
+# ("USER_AGENT"; Content-Type and -Length too): a few, where the environ holds ~30 keys.
+HEADERS_KEY = "hecated.headers"
 
 
 class Job(Protocol):
@@ -31,6 +34,11 @@ class Job(Protocol):
 
     def hung_up(self) -> None:
         """The client has gone: run the request's hang-up hooks."""
+
+    def next_request(self, wait: float) -> str | None:
+        """After ``serve``: wait up to ``wait`` s for the connection's next request; its
+        PATH_INFO when it came whole and claimed (``serve`` then answers it on the
+        calling thread), else None. One read and not served is dispatched by ``done``."""
 
     def done(self) -> None:
         """The thread that served is idle again: the connection goes back to the loop."""

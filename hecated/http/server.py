@@ -24,6 +24,7 @@ import errno
 import heapq
 import logging
 import os
+import select
 import socket
 import stat
 import threading
@@ -131,6 +132,7 @@ class _Detached:
         self.channel = channel
         self.fileno: int = channel._fileno  # kept: a closed channel forgets its own
         self.path: str = channel.requests[0].path if channel.requests else ""
+        self.queued = False  # a request next_request read waits to be served or dispatched
         channel.send_timeout = send_timeout_of(listener.detour, self.path)
 
     def hung_up(self) -> None:
@@ -138,9 +140,11 @@ class _Detached:
 
     def serve(self) -> None:
         channel = self.channel
+        self.queued = False  # the request next_request read is being served: by us
         _detour_thread.quiet = True
         try:
-            channel.drain()  # an earlier pipelined answer still buffered goes out first
+            if channel.total_outbufs_len:  # an earlier pipelined answer goes out first
+                channel.drain()
             channel.service()
         except ClientDisconnected:
             channel.will_close = True
@@ -149,8 +153,70 @@ class _Detached:
         finally:
             _detour_thread.quiet = False
 
+    def next_request(self, wait: float) -> str | None:
+        """The path of the connection's next request when it arrives whole within ``wait``
+        s, claimed: this thread may serve it (``serve``) without handing the connection
+        back to the loop and another thread taking it again. None: the loop takes the
+        connection back (a request read here and not served is dispatched by ``done``)."""
+        channel = self.channel
+        if not _may_follow(self.listener, channel) or not _readable(channel, wait):
+            return None
+        try:
+            data = channel.socket.recv(channel.adj.recv_bytes)
+        except OSError:  # nothing after all, or a reset: the loop sees it alike
+            return None
+        if not data:  # the client closed: the loop reads its EOF again and closes
+            return None
+        channel.last_activity = time.time()
+        _detour_thread.holding = channel
+        try:
+            channel.received(data)
+        except Exception:  # never raises, as serve: the connection is closed instead
+            log.exception("reading a followed request failed")
+            channel.will_close = True
+            return None
+        finally:
+            _detour_thread.holding = None
+        if not channel.requests:  # only part of a request: the loop reads the rest
+            return None
+        self.queued = True
+        request = channel.requests[0]
+        if not request.claimed or request.error:
+            return None
+        self.path = request.path
+        channel.send_timeout = send_timeout_of(self.listener.detour, self.path)
+        return self.path
+
     def done(self) -> None:
+        if self.queued:  # read by next_request and not served here: the usual way
+            self.queued = False
+            self.listener.add_task(self.channel)
         self.listener.returned(self.channel)
+
+
+def _may_follow(listener: _Listener, channel: Channel) -> bool:
+    """Nothing of the connection is pending and it stays open: its next request may be
+    read by the thread that served the last one."""
+    return not (
+        listener.closed
+        or not listener.accepting
+        or not channel.connected
+        or channel.will_close
+        or channel.close_when_flushed
+        or channel.client_gone
+        or channel.requests
+        or channel.request is not None
+        or channel.total_outbufs_len
+        or channel.streaming != 1
+    )
+
+
+def _readable(channel: Channel, wait: float) -> bool:
+    """Bytes to read on the connection within ``wait`` s (not a hang-up: the loop's)."""
+    poller = select.poll()
+    poller.register(channel.socket.fileno(), select.POLLIN)
+    events = poller.poll(int(wait * 1000))
+    return bool(events) and events[0][1] == select.POLLIN
 
 
 class _Listener(UnixWSGIServer):
@@ -219,6 +285,8 @@ class _Listener(UnixWSGIServer):
     # -- detoured requests ------------------------------------------------------------
 
     def add_task(self, channel: Any) -> None:
+        if getattr(_detour_thread, "holding", None) is channel:
+            return  # read by a detour's thread following its connection: it decides
         request = channel.requests[0] if channel.requests else None
         detour = self.detour
         if detour is not None and request is not None and request.claimed and not request.error:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from hecated.http.hooks import HEADERS_KEY
 from hecated.protocol import Peer
 
 PEER_PID_HEADER = "X-Hecate-Peer-Pid"
@@ -46,7 +47,9 @@ def request_headers(environ: dict[str, Any], peer: Peer) -> list[tuple[str, str]
     out = [("Host", "localhost")]
     if environ.get("CONTENT_TYPE"):
         out.append(("Content-Type", environ["CONTENT_TYPE"]))
-    for key, value in environ.items():
+    headers = environ.get(HEADERS_KEY)  # the few headers alone, when the server gives them
+    pairs = environ.items() if headers is None else (("HTTP_" + k, v) for k, v in headers.items())
+    for key, value in pairs:
         known = _KEYS.get(key, _UNSEEN)
         if known is _UNSEEN:
             known = _learn(key)
@@ -69,7 +72,8 @@ def _learn(key: str) -> tuple[str, str] | None:
     known = None
     if key.startswith("HTTP_"):
         name = key[5:].replace("_", "-").title()
-        if name.lower() not in NOT_FORWARDED:
+        # Content-Type is the environ's CONTENT_TYPE (sent above), never an HTTP_ key.
+        if name.lower() not in NOT_FORWARDED and name != "Content-Type":
             known = (name, name.lower())
     if len(_KEYS) < _KEYS_MAX:
         _KEYS[key] = known

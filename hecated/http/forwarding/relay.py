@@ -6,7 +6,8 @@ socket. The wing's edge (``edge.py``) runs these requests on threads of their
 own, so a long-lived stream never holds one of the registry API's workers; this
 module turns one such request into one request on the plugin's
 ``sockets/api.sock`` (``pool.connect_plugin``) and streams the answer back as it
-arrives.
+arrives; an answer whose whole body came with its head (most short ones) is handed
+on at once.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ def target(environ: dict[str, Any], name: str, rest: str) -> str:
                 return "/" + tail + (f"?{query}" if query else "")
     query = environ.get("QUERY_STRING", "")
     return "/" + quote(rest, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
+
+
+def judged(response: Reply) -> tuple[str | None, list[tuple[str, str]]]:
+    """Why the answer cannot be passed on (``answer_problem``), and the headers that
+    pass (``response_headers``): judged once per distinct head (``wire.Head``), as they
+    follow from its bytes alone. The list is shared: copied before it is handed on."""
+    derived = response.head.derived
+    verdict = derived.get("relay")
+    if verdict is None:
+        headers = response_headers(response.getheaders(), response.chunked)
+        verdict = derived["relay"] = (answer_problem(response), headers)
+    return verdict
 
 
 class Forwarder:
@@ -180,7 +193,7 @@ class Forwarder:
         ended = self._in_use(namespace)
         try:
             conn, response = self._exchange(environ, peer, path, length, namespace, reusable)
-            problem = answer_problem(response)
+            problem, _ = judged(response)
             if problem is not None:  # nothing of it reaches the client; the connection goes
                 response.close()
                 conn.discard()
@@ -281,17 +294,52 @@ class _Relay:
         response = self.response
         status = f"{response.status} {response.reason or 'Unknown'}"
         try:
-            headers = response_headers(response.getheaders(), response.chunked)
-            write = start_response(status, headers)
+            write = start_response(status, list(judged(response)[1]))
             if response.length is None:  # chunked or to EOF: a stream, maybe a slow one
                 write(b"")  # the headers now, not with its first piece
         except BaseException:
             self.close()
             raise
+        whole = self._whole()
+        if whole is not None:
+            return whole
         on_close = environ.get(ON_CLOSE_KEY)
         if on_close is not None:
             on_close(self.hang_up)
         return _Body(self._body(environ.get(ABORT_KEY)), self.close)
+
+    def _whole(self) -> list[bytes] | None:
+        """The body, when all of it (a declared length) came with the head: nothing is
+        left to wait for, so no hang-up to watch and no piece-by-piece relay (most
+        short answers, e.g. a manifest). None: it is relayed as it comes (``_body``).
+        The connection goes back to the pool once the answer has left (``close``)."""
+        response = self.response
+        length = response.length
+        if length is None or length != response.buffered:
+            return None
+        try:
+            body = response.read1(length) if length else b""
+            end = response.read1(CHUNK)  # b"": whatever came past it is judged now
+        except BaseException:
+            self.close()
+            raise
+        return _Whole([body] if body else [], lambda: self._finish(end))
+
+    def _finish(self, end: bytes) -> None:
+        try:
+            self._at_end(end)
+        finally:
+            self.close()
+
+    def _at_end(self, data: bytes) -> None:
+        """The answer read to its end: a kept-alive connection goes back to the pool."""
+        response, conn = self.response, self.conn
+        if data or response.length or self.give_back is None or response.will_close or not conn:
+            return
+        response.close()
+        self.give_back(self.namespace, conn)
+        self.give_back = None
+        self.conn = None  # the pool's now
 
     def hang_up(self) -> None:
         """The client went away (or hecated stops): wake the read on the plugin's socket
@@ -330,11 +378,8 @@ class _Relay:
                     if response.length or (self.cut and response.length is None):
                         # fewer bytes than it said, or we cut an answer of no set length
                         _call(abort)
-                    elif self.give_back is not None and not response.will_close and conn:
-                        response.close()  # read to its end: the connection may serve again
-                        self.give_back(self.namespace, conn)
-                        self.give_back = None
-                        self.conn = None  # the pool's now
+                    else:
+                        self._at_end(data)
                     return
                 yield data
         finally:
@@ -362,6 +407,18 @@ class _Body:
 
     def close(self) -> None:
         self._pieces.close()  # type: ignore[attr-defined]
+        self._close()
+
+
+class _Whole(list):
+    """A body handed on whole, as one piece; the relay ends when the server closes it,
+    after the answer has left (giving the connection back is not on the client's wait)."""
+
+    def __init__(self, pieces: list[bytes], close: Callable[[], None]) -> None:
+        super().__init__(pieces)
+        self._close = close
+
+    def close(self) -> None:
         self._close()
 
 

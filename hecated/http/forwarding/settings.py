@@ -22,6 +22,10 @@ PREFIX = "/plugin/"
 # long for the next forwarded request.
 POOL_IDLE = 30.0
 THREAD_KEEP = 30.0
+# How long a stream thread that has answered a forwarded request waits for the next one
+# on the same connection (a client's burst of requests, back to back), before the
+# serving loop takes the connection back.
+FOLLOW = 0.02
 
 
 def is_forwarded(path: str) -> bool:
@@ -44,6 +48,7 @@ class ForwardSettings:
     first_byte_timeout: float = default("forward_timeout")
     pool_idle: float = POOL_IDLE
     thread_keep: float = THREAD_KEEP
+    follow: float = FOLLOW
 
     @classmethod
     def from_config(cls, config: Any) -> ForwardSettings:

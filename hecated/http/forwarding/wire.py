@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass, field
+from typing import Any
 
 MAX_LINE = 65536  # as http.client's _MAXLINE: a status line, a header or a chunk-size line
 MAX_HEADERS = 100  # as http.client's _MAXHEADERS
@@ -36,10 +38,30 @@ _BAD_VALUE = re.compile(r"\n(?![ \t])|\r(?![ \t\n])")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
+# Request heads by what they were made of: a client's burst repeats its requests (the
+# same target, headers and peer). Bounded: the clients choose what is in them.
+_REQUESTS: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+REQUESTS_KEPT = 256
+REQUEST_KEPT_BYTES = 4096
+
+
 def request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     """The request line and headers as bytes, refused (``ValueError``, with the reason)
     where ``http.client`` refused them: a method or target with control characters or
-    spaces, a target that is not ASCII, a header name or value that would break lines."""
+    spaces, a target that is not ASCII, a header name or value that would break lines.
+    Remembered when short: the same parts make the same bytes (or the same refusal)."""
+    key = (method, target, tuple(headers))
+    head = _REQUESTS.get(key)
+    if head is None:
+        head = _request_head(method, target, headers)
+        if len(head) <= REQUEST_KEPT_BYTES:
+            if len(_REQUESTS) >= REQUESTS_KEPT:
+                _REQUESTS.clear()
+            _REQUESTS[key] = head
+    return head
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     if not _TOKEN.fullmatch(method):
         raise ValueError(f"method can't contain control characters. {method!r}")
     if not target.isascii() or _BAD_TARGET.search(target):
@@ -62,10 +84,118 @@ class BadReplyError(Exception):
     """The plugin's bytes are not an HTTP/1.x answer hecated can read (a sentence)."""
 
 
+@dataclass(frozen=True)
+class Head:
+    """One answer's head, parsed: the same for every answer of the same bytes (a plugin
+    sends the same head for the same route, all through the second its Date names).
+    ``length`` is the body's declared length (None: chunked or to the close);
+    ``derived`` holds what the relay judges of it, judged once per distinct head."""
+
+    status: int
+    reason: str
+    version: int
+    headers: tuple[tuple[str, str], ...]
+    chunked: bool
+    length: int | None
+    will_close: bool
+    derived: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# Heads parsed, by (a HEAD request's?, the head's bytes): parsing one is a pure function of
+# these, and a plugin answering a burst sends the same few again and again. Bounded: the
+# plugins choose their heads (a new Date each second); a short one only is kept.
+_HEADS: dict[tuple[bool, bytes], Head] = {}
+HEADS_KEPT = 256
+HEAD_KEPT_BYTES = 4096
+
+
+def parse_head(head: bytes, method: str) -> Head:
+    """The head's status line and headers (``BadReplyError``: not one hecated reads),
+    from the cache when these very bytes were parsed before."""
+    key = (method == "HEAD", head)
+    known = _HEADS.get(key)
+    if known is not None:
+        return known
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    if len(lines) > MAX_HEADERS + 1:
+        raise BadReplyError(f"sent more than {MAX_HEADERS} headers")
+    if len(head) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
+        raise BadReplyError(f"sent a line over {MAX_LINE} bytes in its answer's head")
+    version, status, reason = _status_line(lines[0])
+    if 100 <= status < 200 and status != 101:  # interim: its headers are not read
+        return Head(status, reason, version, (), False, 0, False)
+    headers, chunked, length, will_close = _framing(lines, status, version, method)
+    parsed = Head(status, reason, version, tuple(headers), chunked, length, will_close)
+    if len(head) <= HEAD_KEPT_BYTES:
+        if len(_HEADS) >= HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[key] = parsed
+    return parsed
+
+
+def _status_line(line: str) -> tuple[int, int, str]:
+    """The version (10 or 11), the status and the reason phrase."""
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.lstrip(" ").partition(" ")
+    if not version.startswith("HTTP/1."):
+        raise BadReplyError(f"sent no HTTP/1.x status line ({line[:80]!r})")
+    if not (len(code) == 3 and code.isascii() and code.isdigit()) or code < "100":
+        raise BadReplyError(f"sent a status line with no status code ({line[:80]!r})")
+    return (10 if version == "HTTP/1.0" else 11), int(code), reason.strip()
+
+
+def _framing(
+    lines: list[str], status: int, version: int, method: str
+) -> tuple[list[tuple[str, str]], bool, int | None, bool]:
+    """The header pairs in order, and the framing as ``http.client`` decides it:
+    chunked, a declared length, or to the close; and whether the plugin closes after.
+    One pass: this runs per distinct head."""
+    headers = []
+    te: list[str] = []
+    length = None
+    connection = ""
+    keep_alive = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise _malformed(line)
+        value = value.strip(" \t")
+        headers.append((name, value))
+        low = name.lower()
+        if low == "content-length":
+            length = value if length is None else length
+        elif low == "transfer-encoding":
+            te += [t.strip().lower() for t in value.split(",")]
+        elif low == "connection":
+            connection += "," + value.lower()
+        elif low == "keep-alive":
+            keep_alive = True
+    chunked = te == ["chunked"]
+    if version == 11:
+        will_close = "close" in connection
+    else:  # HTTP/1.0 keeps the connection only when it says so
+        will_close = not (keep_alive or "keep-alive" in connection)
+    declared = None
+    if length is not None and not chunked and length.isascii() and length.isdigit():
+        if len(length) > MAX_LENGTH_DIGITS:  # int() of 4,300 digits raises; none is real
+            raise BadReplyError(f"sent a Content-Length of {len(length)} digits")
+        declared = int(length)
+    if status in (204, 304) or status < 200 or method == "HEAD":
+        # No body whatever the headers say (RFC 9110 6.4.1): a chunked one read
+        # here would wait on a chunk size the plugin never sends.
+        chunked, declared = False, 0
+    if not will_close and not chunked and declared is None:
+        will_close = True
+    return headers, chunked, declared, will_close
+
+
 class Reply:
     """One answer on ``sock``, as much of ``http.client.HTTPResponse`` as the relay uses:
     ``status``, ``reason``, ``getheaders()``, ``chunked``, ``length`` (bytes of the
-    body still to come when declared, else None), ``will_close``, ``read1``, ``close``."""
+    body still to come when declared, else None), ``will_close``, ``read1``, ``close``;
+    ``head``: the parsed head those come from (``Head``)."""
+
+    head: Head
 
     def __init__(self, sock: socket.socket, method: str = "GET") -> None:
         self._sock: socket.socket | None = sock
@@ -89,15 +219,18 @@ class Reply:
         asks of a client, at most ``MAX_INTERIM`` of them; a ``101`` is kept as the
         answer (hecated asks for no upgrade: ``headers.answer_problem`` refuses it)."""
         for _ in range(MAX_INTERIM + 1):
-            lines = self._head_lines()
-            self._status_line(lines[0])
-            if not (100 <= self.status < 200) or self.status == 101:
-                self._headers(lines)
+            head = parse_head(self._head_bytes(), self._method)
+            if not (100 <= head.status < 200) or head.status == 101:
+                self.head = head
+                self.status, self.reason, self.version = head.status, head.reason, head.version
+                self.headers, self.chunked = list(head.headers), head.chunked
+                self.length, self.will_close = head.length, head.will_close
                 return
         raise BadReplyError(f"sent more than {MAX_INTERIM} interim (1xx) answers")
 
-    def _head_lines(self) -> list[str]:
-        """The head's lines up to the blank one, within the bounds; the rest stays buffered."""
+    def _head_bytes(self) -> bytes:
+        """The head up to the blank line (without it), within the bounds while it
+        arrives; what follows stays buffered."""
         buf = self._buf
         searched = 0
         while True:
@@ -112,68 +245,16 @@ class Reply:
                     raise ConnectionResetError("the plugin closed the connection without answering")
                 raise BadReplyError("closed the connection inside its answer's head")
             buf += piece
-        head, self._buf = buf[: end.start()], buf[end.end() :]
-        lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
-        if len(lines) > MAX_HEADERS + 1:
-            raise BadReplyError(f"sent more than {MAX_HEADERS} headers")
-        if len(head) > MAX_LINE and any(len(line) > MAX_LINE for line in lines):
-            raise BadReplyError(f"sent a line over {MAX_LINE} bytes in its answer's head")
-        return lines
-
-    def _status_line(self, line: str) -> None:
-        version, _, rest = line.partition(" ")
-        code, _, reason = rest.lstrip(" ").partition(" ")
-        if not version.startswith("HTTP/1."):
-            raise BadReplyError(f"sent no HTTP/1.x status line ({line[:80]!r})")
-        if not (len(code) == 3 and code.isascii() and code.isdigit()) or code < "100":
-            raise BadReplyError(f"sent a status line with no status code ({line[:80]!r})")
-        self.version = 10 if version == "HTTP/1.0" else 11
-        self.status = int(code)
-        self.reason = reason.strip()
+        self._buf = buf[end.end() :]
+        return buf[: end.start()]
 
     def getheaders(self) -> list[tuple[str, str]]:
         return self.headers
 
-    def _headers(self, lines: list[str]) -> None:
-        """The header pairs in order, and the framing as ``http.client`` decides it:
-        chunked, a declared length, or to the close (one pass: this runs per answer)."""
-        headers = self.headers = []
-        te: list[str] = []
-        length = None
-        connection = ""
-        keep_alive = False
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or not _TOKEN.fullmatch(name):
-                raise _malformed(line)
-            value = value.strip(" \t")
-            headers.append((name, value))
-            low = name.lower()
-            if low == "content-length":
-                length = value if length is None else length
-            elif low == "transfer-encoding":
-                te += [t.strip().lower() for t in value.split(",")]
-            elif low == "connection":
-                connection += "," + value.lower()
-            elif low == "keep-alive":
-                keep_alive = True
-        self.chunked = te == ["chunked"]
-        if self.version == 11:
-            self.will_close = "close" in connection
-        else:  # HTTP/1.0 keeps the connection only when it says so
-            self.will_close = not (keep_alive or "keep-alive" in connection)
-        self.length = None
-        if length is not None and not self.chunked and length.isascii() and length.isdigit():
-            if len(length) > MAX_LENGTH_DIGITS:  # int() of 4,300 digits raises; none is real
-                raise BadReplyError(f"sent a Content-Length of {len(length)} digits")
-            self.length = int(length)
-        if self.status in (204, 304) or self.status < 200 or self._method == "HEAD":
-            # No body whatever the headers say (RFC 9110 6.4.1): a chunked one read
-            # here would wait on a chunk size the plugin never sends.
-            self.chunked = False
-            self.length = 0
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True
+    @property
+    def buffered(self) -> int:
+        """Bytes of the body that came with the head (read, not handed on yet)."""
+        return len(self._buf)
 
     # -- the body ----------------------------------------------------------------------
 
