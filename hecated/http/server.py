@@ -414,6 +414,7 @@ class UnixServer:
         self.heartbeat = time.monotonic()
         self._stop = False
         self._closed = False
+        self._closing = threading.Lock()  # a pool grown from another thread, or closed
 
     def _listen_also(self, sock: socket.socket, path: Path | None) -> None:
         """Serve ``sock`` too, as the first socket is served; unlink ``path`` at close."""
@@ -428,7 +429,9 @@ class UnixServer:
         """Start the workers ``start_workers`` left out (each start waits for its thread
         to run: under load, milliseconds each, which a cold start's first answer need not
         pay). Safe from any thread; the second request to the pool does it too."""
-        self._server.grow_pool()
+        with self._closing:
+            if not self._closed:
+                self._server.grow_pool()
 
     # -- the serving loop -----------------------------------------------------------------
 
@@ -475,9 +478,10 @@ class UnixServer:
         run or answered is finished (for at most ``grace`` seconds), unless its
         client has sent nothing for ``STALLED_AFTER`` seconds.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._closing:  # no worker starts after this: the pool's shutdown stops all
+            if self._closed:
+                return
+            self._closed = True
         server = self._server
         server.accepting = False
         wasyncore.dispatcher.close(server)  # the listener only; the channels go on
