@@ -61,8 +61,11 @@ REQUEST = b"GET /api/plugins HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\
 LIBRARY_NAMES = (
     "import sys\n"
     "before = set(sys.modules)\n"
-    "from hecated.cli import flags\n"
-    "flags(['serve'])\n"
+    "try:\n"
+    "    from hecated.cli import flags\n"
+    "    flags(['serve'])\n"
+    "except ImportError:\n"  # an older hecated (a baseline): its cli imports all it needs
+    "    import hecated.cli\n"
     "import hecated.daemon\n"
     "print(' '.join(m for m in sys.modules if m not in before and m.split('.')[0] != 'hecated'))\n"
 )
