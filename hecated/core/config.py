@@ -68,10 +68,11 @@ Config = dataclasses.make_dataclass(
         ("defer_at_most", float, dataclasses.field(default=DEFER_AT_MOST)),
     ],
     bases=(_Resolved,),
+    # Its docstring given here: without one, dataclasses makes one with inspect.signature.
+    namespace={"__doc__": "The one configuration the daemon runs with (``resolve`` builds it)."},
     frozen=True,
 )
 Config.__module__ = __name__
-Config.__doc__ = "The one configuration the daemon runs with (``resolve`` builds it)."
 
 
 def default_config_file(environ: Mapping[str, str]) -> Path:
