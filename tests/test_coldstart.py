@@ -18,10 +18,10 @@ from conftest import Daemon, wait_for
 from hecated.cli import _daemon_parser, flags
 
 # Loaded through PYTHONPATH before hecated: notes every module a thread imports
-# (``thread name``), and holds the deferred thread at its first import until the
+# (``thread name collector-on``), and holds the deferred thread at its first import until the
 # test opens the FIFO. find_spec returns None: the normal import goes on.
 SPY = """\
-import os, sys, threading
+import gc, os, sys, threading
 
 class _Spy:
     held = False
@@ -29,7 +29,7 @@ class _Spy:
     def find_spec(self, name, path=None, target=None):
         thread = threading.current_thread().name
         with open(os.environ["HECATE_TEST_SPY"], "a") as out:
-            out.write(f"{thread} {name}\\n")
+            out.write(f"{thread} {name} {int(gc.isenabled())}\\n")
         if thread == "hecated-deferred" and not _Spy.held:
             _Spy.held = True
             with open(os.environ["HECATE_TEST_HOLD"], "rb"):
@@ -103,12 +103,17 @@ def test_the_first_answer_waits_for_no_deferred_part(home: Path) -> None:
     try:
         status, _, listed = _first_answer(daemon)
         assert (status, listed) == (200, [])
-        noted = (line.split(" ", 1) for line in spy.read_text().splitlines())
-        imported = {name for thread, name in noted if thread != "hecated-deferred"}
+        noted = [line.split(" ") for line in spy.read_text().splitlines()]
+        imported = {name for thread, name, _ in noted if thread != "hecated-deferred"}
         assert imported.isdisjoint(NOT_BEFORE_THE_FIRST_ANSWER), sorted(
             imported & set(NOT_BEFORE_THE_FIRST_ANSWER)
         )
-        _release(hold)  # the deferred work goes on: the daemon serves as ever
+        # The cyclic collector is off while hecated starts and on again once it serves.
+        collector = {(thread, name): on for thread, name, on in noted}
+        assert collector[("MainThread", "hecated.daemon")] == "0"
+        _release(hold)  # it waits for the deferred thread, which noted its first import
+        spy_lines = [line.split(" ") for line in spy.read_text().splitlines()]
+        assert next(on for thread, _, on in spy_lines if thread == "hecated-deferred") == "1"
         status, _, body = daemon.register("after-first")
         assert status == 201, body
         assert daemon.request("GET", "/api/plugins/after-first")[0] == 200
