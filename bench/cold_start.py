@@ -5,8 +5,11 @@ systemd starts hecate.service from hecate.socket), waits until it listens,
 then times one ``GET /api/plugins`` from connect to the last byte: that
 includes exec'ing Python, importing hecated, loading the index and answering.
 Beside it, in the same run and started the same way, a bare Python child that
-accepts on fd 3 and replies: the floor for any Python daemon. Rounds alternate
-between the two so that machine noise falls on both alike.
+accepts on fd 3 and replies: the floor for any Python daemon; and a "libraries"
+child, the bare child after importing every module outside hecated that ``hecated
+serve`` imports (the standard library's and waitress's): the floor for a daemon
+built on those libraries, so the table tells their cost from hecated's own code.
+Rounds alternate among the three so that machine noise falls on all alike.
 
 ``run_user_manager`` does the same the way users meet it: a private
 ``systemd --user`` (its own HOME under /home and XDG_RUNTIME_DIR) with the
@@ -53,6 +56,33 @@ BARE_CHILD = (
     "c.close()\n"
 )
 REQUEST = b"GET /api/plugins HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+# Prints every module outside hecated that ``hecated serve`` has imported once its
+# modules are loaded: the libraries (stdlib, waitress) it stands on.
+LIBRARY_NAMES = (
+    "import sys\n"
+    "before = set(sys.modules)\n"
+    "try:\n"
+    "    from hecated.cli import flags\n"
+    "    flags(['serve'])\n"
+    "except ImportError:\n"  # an older hecated (a baseline): its cli imports all it needs
+    "    import hecated.cli\n"
+    "import hecated.daemon\n"
+    "print(' '.join(m for m in sys.modules if m not in before and m.split('.')[0] != 'hecated'))\n"
+)
+
+
+def libraries_child(python: Path) -> str:
+    """The bare child after importing what hecated imports but none of hecated's own
+    modules (with the collector off, as hecated starts): the floor of any daemon built on
+    the same libraries, so that a table can tell their cost from hecated's own."""
+    names = subprocess.run(
+        [str(python), "-c", LIBRARY_NAMES], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return (
+        f"import gc, importlib\ngc.disable()\nfor name in {names!r}:\n"
+        "    try:\n        importlib.import_module(name)\n"
+        "    except ImportError:\n        pass\n" + BARE_CHILD
+    )
 
 
 def _activate(sock: Path, home: Path, cmd: list[str], log: Path) -> subprocess.Popen:
@@ -124,25 +154,31 @@ def _summary(samples: list[float]) -> dict[str, float]:
 def _stats(samples: dict[str, list[float]], n: int) -> dict:
     result: dict = {name: _summary(values) for name, values in samples.items()}
     result["n"] = n
-    result["ratio_median"] = round(
-        result["hecated"]["median_ms"] / result["bare_child"]["median_ms"], 2
-    )
+    bare = result["bare_child"]["median_ms"]
+    result["ratio_median"] = round(result["hecated"]["median_ms"] / bare, 2)
+    if "libraries" in result:
+        result["libraries_ratio_median"] = round(result["libraries"]["median_ms"] / bare, 2)
     return result
 
 
 def run(n: int = 20, install: Install | None = None) -> dict:
-    """Median and p90 of ``n`` cold starts of hecated and of the bare child, in ms."""
+    """Median and p90 of ``n`` cold starts of hecated, of the bare child and of the
+    libraries child (``libraries_child``), in ms; rounds alternate among the three."""
     install = install or development()
     home = Path(tempfile.mkdtemp(prefix="hcb", dir="/tmp"))
+    python = str(install.python)
+    commands = {
+        "hecated": [str(install.hecated), "serve"],
+        "bare_child": [python, "-c", BARE_CHILD],
+        "libraries": [python, "-c", libraries_child(install.python)],
+    }
     try:
-        hecated = [str(install.hecated), "serve"]
-        bare = [str(install.python), "-c", BARE_CHILD]
-        _round(home, hecated)  # warm the page cache for both before measuring
-        _round(home, bare)
-        samples: dict[str, list[float]] = {"hecated": [], "bare_child": []}
+        for command in commands.values():
+            _round(home, command)  # warm the page cache for all before measuring
+        samples: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(n):
-            samples["hecated"].append(_round(home, hecated))
-            samples["bare_child"].append(_round(home, bare))
+            for name, command in commands.items():
+                samples[name].append(_round(home, command))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return _stats(samples, n)
@@ -319,3 +355,10 @@ if __name__ == "__main__":
         f"(p90 {b['p90_ms']}): {outcome['ratio_median']}x",
         file=sys.stderr,
     )
+    if "libraries" in outcome:
+        lib = outcome["libraries"]
+        print(
+            f"libraries child (hecated's libraries, none of its code) median {lib['median_ms']}"
+            f" ms: {outcome['libraries_ratio_median']}x the bare child",
+            file=sys.stderr,
+        )

@@ -1,17 +1,23 @@
 """Where cold start's import time goes: ``python -X importtime``, many runs, medians.
 
-Runs ``python -X importtime -c "import hecated.daemon"`` (what ``hecated
-serve`` imports before it can answer) ``--runs`` times in fresh interpreters
-and prints, per module of interest, the median *cumulative* microseconds (the
-module and everything it imported first). Beside it, the same import with
-``werkzeug.serving`` kept out (a stub put in ``sys.modules`` by this script
-only, never by hecated) shows what Werkzeug's eager ``from .serving import
-run_simple`` in ``werkzeug/__init__`` costs a daemon that never calls it; a
-third column keeps ``werkzeug.test`` out as well (``from .test import Client``,
-the other eager import there), leaving what routing, wrappers and exceptions,
-the parts hecated uses, cost.
+Runs what ``hecated serve`` imports before it can answer (``SERVE``: the command
+line read as a plain ``serve`` is, then ``hecated.daemon``, with the cyclic
+collector off as ``hecated_main`` has it) ``--runs`` times in fresh interpreters,
+and prints:
 
-    .venv/bin/python bench/importtime.py [--runs 15] [--target hecated.daemon]
+- the median sum of the modules' *own* import times, split three ways: hecated's
+  own modules, waitress, and the standard library (whatever else is loaded), with
+  the wall time of the whole process beside ``python -c pass`` on the same
+  interpreter;
+- the modules with the largest own times (median), each with its group;
+- for a few modules of interest, the median *cumulative* time (the module and
+  everything it imported first).
+
+Run it with the interpreter of the install to look at (``--python``): the pip
+venv's ``bin/python``, or ``/usr/bin/python3`` for the .deb; the development venv's
+own interpreter also pays for the editable finder (bench/installs.py).
+
+    .venv/bin/python bench/importtime.py [--runs 15] [--python PATH] [--top 25]
 """
 
 from __future__ import annotations
@@ -23,128 +29,105 @@ import subprocess
 import sys
 import time
 
+# What ``hecated serve`` imports before its first answer (bench/cold_start.py's
+# libraries child imports the same, less hecated's own modules).
+SERVE = (
+    "import gc\n"
+    "gc.disable()\n"
+    "from hecated.cli import flags\n"
+    "flags(['serve'])\n"
+    "import hecated.daemon\n"
+)
 WATCH = (
     "hecated.daemon",
-    "hecated.http.app",
     "hecated.http.server",
-    "werkzeug",
-    "werkzeug.serving",
-    "http.server",
-    "socketserver",
-    "ssl",
-    "werkzeug.test",
-    "werkzeug.routing",
-    "werkzeug.wrappers",
-    "werkzeug.exceptions",
-    "waitress",
-    "watchdog.observers",
-    "systemd.daemon",
     "hecated.core.index",
-    "hecated.core.store",
-    "tomllib",
+    "hecated.core.config",
+    "hecated.adapters.liveness",
+    "hecated.wiring",
+    "waitress",
+    "dataclasses",
+    "inspect",
+    "logging",
+    "pathlib",
+    "typing",
+    "socket",
     "json",
-    "email.parser",
-    "urllib.request",
-    "http.cookiejar",
-    "mimetypes",
-    "hashlib",
-    "http.client",
-    "email",
-    "watchdog",
-    "sdnotify",
+    "platform",
+    "urllib.parse",
 )
 LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
-# Keeps werkzeug.serving out, for the "what it would save" column only.
-NO_SERVING = (
-    "import sys, types; m = types.ModuleType('werkzeug.serving'); "
-    "m.run_simple = None; sys.modules['werkzeug.serving'] = m; "
-)
-# ... and werkzeug.test too (``from .test import Client``, also in werkzeug/__init__):
-# what the parts hecated uses (routing, wrappers, exceptions) cost on their own.
-NO_SERVING_TEST = NO_SERVING + (
-    "t = types.ModuleType('werkzeug.test'); t.Client = None; sys.modules['werkzeug.test'] = t; "
-)
+Run = tuple[dict[str, int], dict[str, int], float]  # own µs, cumulative µs, wall s
 
 
-def one(target: str, prelude: str = "") -> tuple[dict[str, int], float, dict[str, int]]:
-    """Cumulative µs per module of one fresh import, the wall time, and self µs per module."""
+def group(module: str) -> str:
+    top = module.split(".")[0]
+    return top if top in ("hecated", "waitress") else "stdlib"
+
+
+def one(python: str) -> Run:
+    """Own and cumulative µs per module of one fresh ``SERVE``, and its wall time (s)."""
     t0 = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", f"{prelude}import {target}"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [python, "-X", "importtime", "-c", SERVE], capture_output=True, text=True, check=True
     )
     wall = time.perf_counter() - t0
-    cumulative: dict[str, int] = {}
     own: dict[str, int] = {}
+    cumulative: dict[str, int] = {}
     for match in LINE.finditer(res.stderr):
-        cumulative.setdefault(match.group(4), int(match.group(2)))
         own.setdefault(match.group(4), int(match.group(1)))
-    return cumulative, wall, own
+        cumulative.setdefault(match.group(4), int(match.group(2)))
+    return own, cumulative, wall
 
 
-def exclusive(full: list, without: list) -> tuple[int, float]:
-    """Modules only the full import loads, and the median sum of their self times (ms).
-
-    Robust where cumulative figures are not: a module that the stubbed import
-    still loads (through another path) is not counted as saved.
-    """
-    kept = set().union(*(r[2] for r in without))
-    only = set().union(*(r[2] for r in full)) - kept
-    sums = [sum(v for k, v in r[2].items() if k in only) for r in full]
-    return len(only), statistics.median(sums) / 1000
-
-
-def bare_interpreter() -> float:
+def bare(python: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run([python, "-c", "pass"], check=True)
     return time.perf_counter() - t0
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) / 1000 if values else 0.0
+
+
+def report(runs: list[Run], walls: list[float]) -> tuple[str, dict[str, float]]:
+    """The three groups' medians and the wall times; each module's median own time."""
+    modules = sorted(set().union(*(r[0] for r in runs)))
+    own = {m: median_ms([r[0].get(m, 0) for r in runs]) for m in modules}
+    lines = ["| group | modules | own import time, ms (median of the sums) |", "|---|---|---|"]
+    for name in ("hecated", "waitress", "stdlib"):
+        members = [m for m in modules if group(m) == name]
+        sums = [sum(r[0].get(m, 0) for m in members) for r in runs]
+        lines.append(f"| {name} | {len(members)} | {median_ms(sums):.1f} |")
+    wall = statistics.median(r[2] for r in runs) * 1000
+    lines.append(
+        f"\nwall time of the whole process (exec, imports, exit): {wall:.1f} ms; "
+        f"`python -c pass` on the same interpreter: {statistics.median(walls) * 1000:.1f} ms\n"
+    )
+    return "\n".join(lines), own
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--target", default="hecated.daemon")
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
-    one(args.target)  # warm the page cache and the .pyc files
-    runs, stub, stub2, bare = [], [], [], []
-    for _ in range(args.runs):  # interleaved, so a burst of load falls on all alike
-        runs.append(one(args.target))
-        stub.append(one(args.target, NO_SERVING))
-        stub2.append(one(args.target, NO_SERVING_TEST))
-        bare.append(bare_interpreter())
-
-    def med(samples: list[tuple[dict[str, int], float]], name: str) -> float | None:
-        values = [r[0][name] for r in samples if name in r[0]]
-        return statistics.median(values) / 1000 if values else None
-
-    print(f"python -X importtime -c 'import {args.target}', median of {args.runs} runs (ms)\n")
-    print(
-        "| module | cumulative | without werkzeug.serving | without .serving and .test |\n"
-        "|---|---|---|---|"
-    )
+    one(args.python)  # warm the page cache and the .pyc files
+    runs, walls = [], []
+    for _ in range(args.runs):  # interleaved, so a burst of load falls on both alike
+        runs.append(one(args.python))
+        walls.append(bare(args.python))
+    print(f"`hecated serve`'s imports on {args.python}, median of {args.runs} runs\n")
+    summary, own = report(runs, walls)
+    print(summary)
+    print("| module | group | own ms |\n|---|---|---|")
+    for name, ms in sorted(own.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"| `{name}` | {group(name)} | {ms:.2f} |")
+    print("\n| module | cumulative ms |\n|---|---|")
     for name in WATCH:
-        a, b, c = med(runs, name), med(stub, name), med(stub2, name)
-        if a is None and b is None and c is None:
-            continue
-        cell = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"| `{name}` | {cell(a)} | {cell(b)} | {cell(c)} |")
-    wall = statistics.median(r[1] for r in runs) * 1000
-    wall_stub = statistics.median(r[1] for r in stub) * 1000
-    wall_stub2 = statistics.median(r[1] for r in stub2) * 1000
-    print(
-        f"\nwall time of the whole process (exec, import, exit): {wall:.1f} ms; "
-        f"without werkzeug.serving {wall_stub:.1f} ms; without .serving and .test "
-        f"{wall_stub2:.1f} ms; "
-        f"bare interpreter (`python -c pass`) {statistics.median(bare) * 1000:.1f} ms"
-    )
-    for label, without in (("werkzeug.serving", stub), ("werkzeug.serving and .test", stub2)):
-        count, saved = exclusive(runs, without)
-        print(
-            f"- keeping {label} out spares {count} modules whose own import time is "
-            f"{saved:.1f} ms (median of the self times summed)"
-        )
+        values = [r[1][name] for r in runs if name in r[1]]
+        print(f"| `{name}` | {median_ms(values):.1f} |" if values else f"| `{name}` | - |")
 
 
 if __name__ == "__main__":

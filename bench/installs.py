@@ -113,4 +113,5 @@ if __name__ == "__main__":
     how = sys.argv[1] if len(sys.argv) > 1 else "pip"
     with deb() if how == "deb" else pip_venv() as install:
         print(install)
-        subprocess.run([str(install.python), "-X", "importtime", "-c", "import hecated.daemon"])
+        script = Path(__file__).resolve().parent / "importtime.py"
+        subprocess.run([sys.executable, str(script), "--python", str(install.python)])

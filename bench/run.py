@@ -204,6 +204,9 @@ def _cold_pair(cold, rounds: int, install) -> list[tuple[str, str, dict]]:
     return got
 
 
+LIBRARIES_ROW = "libraries child: the bare child after hecated's libraries, none of its code"
+
+
 def section_cold_start(sizes: Sizes) -> str:
     title = "## 1. Cold start: the first request while nothing runs\n\n"
     cold = optional_module("cold_start")
@@ -217,12 +220,19 @@ def section_cold_start(sizes: Sizes) -> str:
         rows.append([f"hecated, {ours}", f"{h['median_ms']:.1f}", f"{h['p90_ms']:.1f}", ""])
         rows.append([bare, f"{b['median_ms']:.1f}", f"{b['p90_ms']:.1f}", ""])
         rows[-2][3] = f"**{x:.2f}x** {verdict(x <= 3)}"
+        if "libraries" in r:
+            lib = r["libraries"]
+            ratio = f"{r['libraries_ratio_median']:.2f}x (the floor of these libraries)"
+            rows.append([LIBRARIES_ROW, f"{lib['median_ms']:.1f}", f"{lib['p90_ms']:.1f}", ratio])
     return (
         title + "Connect → full response of `GET /api/plugins` while nothing runs, rounds "
-        f"alternating with the baseline's; n = {sizes.cold_rounds} each "
+        f"alternating with the baselines'; n = {sizes.cold_rounds} each "
         "(bench/cold_start.py), for each way users install hecated (bench/installs.py: a "
         "non-editable `pip install` into a fresh venv of `/usr/bin/python3`, and the .deb "
-        "run by `/usr/bin/python3`), each beside a bare child on the same interpreter. The "
+        "run by `/usr/bin/python3`), each beside a bare child on the same interpreter and, "
+        "through `systemd-socket-activate`, a libraries child: the bare child after importing "
+        "every module outside hecated that `hecated serve` imports (the standard library's "
+        "and waitress's), which tells their cost from hecated's own. The "
         "development venv (editable install) is shown last: its finder costs every start, "
         "the bare child's too. Target: median ≤ 3x the bare child's.\n\n"
         + table(["", "median ms", "p90 ms", "ratio (median)"], rows)

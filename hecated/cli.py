@@ -1,16 +1,29 @@
-"""Entry point of ``hecated``, the daemon (``hecatectl`` lives in ctl.py)."""
+"""Entry point of ``hecated``, the daemon (``hecatectl`` lives in ctl.py).
+
+``hecated serve`` is what socket activation starts on a client's first connection,
+so this module imports next to nothing: argparse (and a parser of every setting,
+twice) only when there are options to parse, the daemon only when it is to run.
+"""
 
 from __future__ import annotations
 
-import argparse
+import gc
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from hecated import __version__
-from hecated.core.settings import SETTINGS
+
+if TYPE_CHECKING:
+    import argparse
+
+# What argparse would make of these, made without it: see ``flags``.
+_PLAIN: dict[tuple[str, ...], str | None] = {(): None, ("serve",): "serve"}
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="hecated", description="The primary Hecate daemon and plugin registry."
     )
@@ -37,6 +50,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 def _add_settings(parser: argparse.ArgumentParser, default: object) -> None:
     """One option per row of the settings table (hecated.core.settings), plus --config."""
+    from hecated.core.settings import SETTINGS
+
     parser.add_argument(
         "--config", default=default, help="config file (default ~/.config/hecate/hecated.toml)"
     )
@@ -50,17 +65,39 @@ def _add_settings(parser: argparse.ArgumentParser, default: object) -> None:
         )
 
 
+def flags(argv: Sequence[str]) -> dict[str, Any]:
+    """The command line as a dict, as argparse parses it; ``hecated`` and ``hecated
+    serve`` without options (what ``systemd-socket-activate`` and most units run) are
+    answered without importing argparse: the command, and None for every setting."""
+    if tuple(argv) in _PLAIN:
+        from hecated.core.settings import SETTINGS
+
+        return {"command": _PLAIN[tuple(argv)], "config": None} | {s.key: None for s in SETTINGS}
+    return vars(_daemon_parser().parse_args(argv))
+
+
 def hecated_main(argv: Sequence[str] | None = None) -> int:
-    args = _daemon_parser().parse_args(argv)
-    if args.command == "install-units":
+    args = flags(sys.argv[1:] if argv is None else argv)
+    if args["command"] == "install-units":
         from hecated.tools.units import main as install_units
 
-        return install_units(args.dir, args.force)
+        return install_units(args["dir"], args["force"])
+    # Start-up allocates much and frees next to nothing: the cyclic collector, run every
+    # few hundred allocations, would only slow it (imports, the start scan). Off until the
+    # daemon's first answer is out (``Lifecycle._after_first_answer`` turns it back on).
+    gc.disable()
+    try:
+        return _serve(args)
+    finally:
+        gc.enable()
+
+
+def _serve(args: dict[str, Any]) -> int:
     from hecated.core.config import ConfigError, resolve
     from hecated.daemon import run
 
     try:
-        config = resolve(vars(args))
+        config = resolve(args)
     except ConfigError as exc:
         print(f"hecated: {exc}", file=sys.stderr)
         return 2

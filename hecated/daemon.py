@@ -10,6 +10,7 @@ requests in flight finish before the run files say ``stopped``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import signal
@@ -236,6 +237,7 @@ class Lifecycle:
             app,
             owned_path=owned,
             workers=config.workers,
+            start_workers=1,  # the rest after the first answer (_deferred_work)
             detour=detours(forward),
             also=also,
         )
@@ -401,15 +403,18 @@ class Lifecycle:
         waits for a listdir per namespace or for thousands of inotify watches (the
         watcher's own rescan covers edits made until then).
         """
+        gc.enable()  # off since the process began (cli.hecated_main): start-up is over
         use_journal(self.config.journal_stream, self.config.user_manager)
         self.prober.release()  # the socket probes the start scan queued
         threading.Thread(target=self._deferred_work, name="hecated-deferred", daemon=True).start()
 
     def _deferred_work(self) -> None:
-        """In the order it matters: crashed writers' temp files (a registration racing
-        this is safe: our own temp files carry files.OWNER and are never touched),
-        the manifest cache for the next start, then the adapters (the watcher), then
-        the full app (unless a request has already needed it)."""
+        """In the order it matters: the worker pool whole, crashed writers' temp files
+        (a registration racing this is safe: our own temp files carry files.OWNER and
+        are never touched), the manifest cache for the next start, then the adapters
+        (the watcher), then the full app (unless a request has already needed it)."""
+        if self.server is not None:
+            self.server.grow_workers()  # the pool whole (the second request would do it too)
         removed = self.registry.clean_temps()
         if removed:
             log.info("removed %d temp file(s) left by a crashed writer", removed)

@@ -143,6 +143,27 @@ def test_requests_run_concurrently(served) -> None:
     assert not barrier.broken
 
 
+def test_a_pool_started_with_one_worker_grows_for_the_second_request(served) -> None:
+    """The daemon starts one worker for its first answer (cold start); a second request
+    must not wait for the rest: four that each wait for the others still all finish."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    def app(environ, start_response):
+        barrier.wait()
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    s = served(app, workers=4, start_workers=1)
+    socks = [s.connect() for _ in range(4)]
+    for sock in socks:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answers = [read_response(sock) for sock in socks]
+    for sock in socks:
+        sock.close()
+    assert [a[0] for a in answers] == [200] * 4
+    assert not barrier.broken
+
+
 def test_slow_clients_do_not_block_others(served) -> None:
     """More half-sent requests than worker threads, and a normal client still gets through."""
     s = served(workers=2)

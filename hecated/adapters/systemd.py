@@ -59,6 +59,8 @@ class ActivationError(RuntimeError):
 
 @dataclass(frozen=True)
 class ListenFd:
+    """A socket systemd passed us (``LISTEN_FDS``) and its ``FileDescriptorName=``."""
+
     fd: int
     name: str
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,10 +68,11 @@ Config = dataclasses.make_dataclass(
         ("defer_at_most", float, dataclasses.field(default=DEFER_AT_MOST)),
     ],
     bases=(_Resolved,),
+    # Its docstring given here: without one, dataclasses makes one with inspect.signature.
+    namespace={"__doc__": "The one configuration the daemon runs with (``resolve`` builds it)."},
     frozen=True,
 )
 Config.__module__ = __name__
-Config.__doc__ = "The one configuration the daemon runs with (``resolve`` builds it)."
 
 
 def default_config_file(environ: Mapping[str, str]) -> Path:
@@ -82,12 +82,18 @@ def default_config_file(environ: Mapping[str, str]) -> Path:
 
 def _read_file(path: Path, required: bool) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        fh = path.open("rb")
     except FileNotFoundError:
         if required:
             raise ConfigError(f"config file {path} does not exist") from None
         return {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    import tomllib  # only when there is a file: most starts have none
+
+    try:
+        with fh:
+            doc = tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
     section = doc.get("hecated", doc)

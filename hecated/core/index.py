@@ -24,6 +24,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from hecated.core import manifest, startscan
 from hecated.core.errors import (
@@ -34,15 +35,16 @@ from hecated.core.errors import (
     UnsafePathError,
 )
 from hecated.core.files import GroupCommit, opened
-from hecated.core.installed import Installed
 from hecated.core.layout import Layout
 from hecated.core.manifest import DESCRIPTION_MAX, VERSION_MAX, check_text, check_unit
 from hecated.core.manifestcache import ManifestCache
-from hecated.core.purge import purge_namespace
 from hecated.core.runstate import RunState, read_run
 from hecated.core.status import Liveness, SocketFinding, UnitFinding, combine
 from hecated.core.store import Entry, Found, Root, Store
 from hecated.protocol import PluginStatus
+
+if TYPE_CHECKING:  # only in annotations here: the module loads with the gitops reconciler
+    from hecated.core.installed import Installed
 
 log = logging.getLogger("hecated.core.index")
 
@@ -489,6 +491,8 @@ class Index:
                     f"plugin {name!r} is installed by {installed.path}; uninstall it (remove "
                     "that file) before purging its data"
                 )
+            from hecated.core.purge import purge_namespace  # a purge is rare: off the start
+
             self.store.forget(name)
             with self.store.root() as root:
                 try:

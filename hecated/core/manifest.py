@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -119,6 +118,8 @@ def _timestamp(value: object, key: str, path: str) -> datetime | None:
 
 def _load(data: bytes, path: str) -> tuple[str, dict[str, Any]]:
     """The file's text and its TOML document; ``ManifestError`` with the line when not TOML."""
+    import tomllib  # on the first file parsed: a start whose manifests are all cached has none
+
     try:
         text = data.decode("utf-8")
         return text, tomllib.loads(text)
@@ -223,6 +224,8 @@ def _unit_keys(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
 def _fine_times(text: str) -> tuple[tuple[str, str], ...]:
     """Each date-time literal with sub-microsecond digits: how ``dumps`` would render
     the value tomllib read from it, and the literal itself."""
+    import tomllib
+
     found = []
     for match in _FINE_TIME_RE.finditer(text):
         literal = match.group()

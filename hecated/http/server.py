@@ -38,6 +38,7 @@ from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import ClientDisconnected
 from waitress.server import UnixWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from hecated.http.connection import (
     LINGER_BYTES,
@@ -243,6 +244,7 @@ class _Listener(UnixWSGIServer):
         self.returning: list[Channel] = []
         self.peers: dict[int, dict[Channel, None]] = {}  # pid -> its connections, oldest first
         self.peers_lock = threading.Lock()
+        self.tasks_given = 0  # requests handed to the worker pool so far
         super().__init__(app, **kw)
 
     # -- which connections live -------------------------------------------------------
@@ -296,7 +298,16 @@ class _Listener(UnixWSGIServer):
                 return
             self.returned(channel)  # back to the loop; a worker answers the refusal
             request.error = DetourRefused(refusal)
+        if self.tasks_given:  # the first request may have the one thread started so far
+            self.grow_pool()
+        self.tasks_given += 1
         super().add_task(channel)
+
+    def grow_pool(self) -> None:
+        """All ``adj.threads`` workers running (any thread; once they run, a no-op)."""
+        dispatcher = self.task_dispatcher
+        if len(dispatcher.threads) - dispatcher.stop_count < self.adj.threads:
+            dispatcher.set_thread_count(self.adj.threads)
 
     def _detach(self, channel: Channel) -> _Detached:
         """Out of the loop's map (it is walked every turn) while its request runs."""
@@ -402,6 +413,13 @@ def _limits(adj: Adjustments, detour: Detour | None, seconds: float, size: int) 
     return ConnectionLimits(seconds, size, detour.send_timeout, claimed)
 
 
+def _pool(threads: int) -> ThreadedTaskDispatcher:
+    """Waitress's worker pool with ``threads`` started (``_Listener.grow_pool`` adds the rest)."""
+    pool = ThreadedTaskDispatcher()
+    pool.set_thread_count(threads)
+    return pool
+
+
 class UnixServer:
     """Accepts on a handed-in Unix socket; a bounded pool of threads runs the app."""
 
@@ -412,6 +430,7 @@ class UnixServer:
         *,
         owned_path: Path | None = None,
         workers: int = 16,
+        start_workers: int | None = None,
         max_connections: int = MAX_CONNECTIONS,
         admission: Admission | None = None,
         request_deadline: float = REQUEST_DEADLINE,
@@ -423,8 +442,9 @@ class UnixServer:
         detour: Detour | None = None,
         also: Iterable[tuple[socket.socket, Path | None]] = (),
     ) -> None:
-        """``workers`` threads run the app; at most ``max_connections`` connections
-        are open, idle ones closed to keep ``admission.reserve`` places free, and at
+        """``workers`` threads run the app (``start_workers`` of them started here, the
+        rest by ``grow_workers`` or for the second request); at most ``max_connections``
+        connections are open, idle ones closed to keep ``admission.reserve`` places free, and at
         most ``admission.per_peer`` of them one process's; a request must arrive
         whole within ``request_deadline`` s of its first byte; connections idle for
         ``channel_timeout`` s are closed; a refused client still sending is read (and
@@ -448,6 +468,7 @@ class UnixServer:
             adj=adj,
             sockinfo=(socket.AF_UNIX, socket.SOCK_STREAM, None, None),
             bind_socket=False,
+            dispatcher=_pool(workers if start_workers is None else min(start_workers, workers)),
         )
         self.owned_path = owned_path
         self._owned_ino = owned_path.stat().st_ino if owned_path else None
@@ -461,6 +482,7 @@ class UnixServer:
         self.heartbeat = time.monotonic()
         self._stop = False
         self._closed = False
+        self._closing = threading.Lock()  # a pool grown from another thread, or closed
 
     def _listen_also(self, sock: socket.socket, path: Path | None) -> None:
         """Serve ``sock`` too, as the first socket is served; unlink ``path`` at close."""
@@ -470,6 +492,14 @@ class UnixServer:
         self._also.append(_AlsoListening(self._server, sock, self._map))
         if path is not None:
             self._also_owned.append((path, path.stat().st_ino))
+
+    def grow_workers(self) -> None:
+        """Start the workers ``start_workers`` left out (each start waits for its thread
+        to run: under load, milliseconds each, which a cold start's first answer need not
+        pay). Safe from any thread; the second request to the pool does it too."""
+        with self._closing:
+            if not self._closed:
+                self._server.grow_pool()
 
     # -- the serving loop -----------------------------------------------------------------
 
@@ -516,9 +546,10 @@ class UnixServer:
         run or answered is finished (for at most ``grace`` seconds), unless its
         client has sent nothing for ``STALLED_AFTER`` seconds.
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._closing:  # no worker starts after this: the pool's shutdown stops all
+            if self._closed:
+                return
+            self._closed = True
         server = self._server
         server.accepting = False
         wasyncore.dispatcher.close(server)  # the listener only; the channels go on
