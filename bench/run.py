@@ -748,6 +748,31 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
+def splice(out: Path, sections: list[str], only: str) -> None:
+    """Each measured section in place of its own in ``out``, saying which run it came from:
+    the page then holds tables from several runs, each labelled with its own."""
+    import docsection
+
+    said = (
+        f"_This section from `make bench ARGS='--only \"{only}\" --splice'` on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC at commit {_commit()}; {platform.node()}, "
+        f"{len(__import__('os').sched_getaffinity(0))} CPUs, Python "
+        f"{platform.python_version()}, waitress {_version('waitress')}._\n\n"
+    )
+    for text in sections:
+        heading, _, rest = text.partition("\n\n")
+        docsection.write(str(out), heading, f"{heading}\n\n{said}{rest}")
+
+
+def _commit() -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, no baselines")
@@ -759,6 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"default {DOCS}")
     parser.add_argument("--only", default="", help="comma-separated section names")
     parser.add_argument("--note", type=Path, default=HERE / "NOTE.md", help="appended as is")
+    parser.add_argument(
+        "--splice",
+        action="store_true",
+        help="with --only: replace just those sections in the existing page (bench/docsection)",
+    )
     args = parser.parse_args(argv)
     procs.PINNED = args.pinned
     sizes = Sizes.smoke() if args.smoke else Sizes()
@@ -789,10 +819,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     finally:
         remove(work)
-    if args.note.exists() and not args.smoke:
-        parts.append(args.note.read_text())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    if args.splice:
+        splice(out, parts[1:], args.only)
+    else:
+        if args.note.exists() and not args.smoke:
+            parts.append(args.note.read_text())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(parts))
     print(f"bench: wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 

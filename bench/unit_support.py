@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+import docsection  # noqa: E402
 from conftest import Daemon, http_request  # noqa: E402
 from systemd_support import UserManager, fresh_home, on_bus  # noqa: E402
 
@@ -170,21 +171,8 @@ def commit() -> str:
 
 
 def write_section(out: str, heading: str, text: str) -> None:
-    """``text`` in place of the section headed ``heading`` in ``out`` (appended when there
-    is none); ``-`` prints it only."""
-    if out == "-":
-        print(text)
-        return
-    path = Path(out)
-    doc = path.read_text() if path.exists() else ""
-    start = doc.find(heading)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + len(heading))
-        doc = doc[:start] + text + ("" if end < 0 else "\n" + doc[end + 1 :])
-    path.write_text(doc)
-    print(f"wrote {out}", file=sys.stderr)
+    """``text`` in place of the section headed ``heading`` in ``out`` (bench/docsection)."""
+    docsection.write(out, heading, text)
 
 
 def run_section(
