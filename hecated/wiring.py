@@ -45,9 +45,10 @@ def plugin_units(config: Config) -> UnitControl:
 def unit_verifier(scratch: Path) -> UnitVerifier:
     """The second check of a unit file to install (issue 21): ``systemd-analyze verify``
     where it is installed (without it, every file gets the first check only). Its copies
-    go in hecated's own ``run/`` (``scratch``), not the system's temp directory: under the
-    shipped unit's PrivateTmp that one was found unusable on a loaded machine, and every
-    install then went unverified."""
+    go in hecated's own ``run/`` (``scratch``), which is always hecated's to write, not the
+    system's temp directory, which a drop-in can leave read-only (``PrivateTmp=no`` under
+    ``ProtectSystem=strict``; systemd-analyze's own working directory is in /tmp whatever
+    ``TMPDIR`` says, so there every install goes unverified, and says why)."""
     from hecated.adapters.unitverify import SystemdAnalyze
 
     try:
