@@ -419,6 +419,7 @@ def test_the_stream_cap_answers_503_while_the_registry_still_answers(world: Any)
         assert status == 503
         envelope(status, body, "busy")
         assert dict(headers).get("Retry-After") == "1"
+        _a_refused_head_has_no_body(daemon.socket, path)
         status, _, _ = http_request(daemon.socket, "GET", "/api/plugins")
         assert status == 200
         assert daemon.request("GET", "/health")[0] == 200
@@ -427,6 +428,29 @@ def test_the_stream_cap_answers_503_while_the_registry_still_answers(world: Any)
             s.close()
     # The places free up once the streams end.
     wait_for(lambda: request(daemon.socket, "GET", f"/plugin/{plugin.name}/manifest")[0] == 200)
+
+
+def _a_refused_head_has_no_body(path: Path, target: str) -> None:
+    """HEAD refused busy on a kept-alive connection: its head says the body's length, and
+    no body follows, or the client would read that body as the start of its next answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        s.settimeout(20)
+        s.sendall(f"HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = s.recv(4096)
+            assert piece, data
+            data += piece
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), head
+        assert b"\r\ncontent-length: " in head.lower(), head
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        while len(rest) < 12:
+            piece = s.recv(4096)
+            assert piece, rest
+            rest += piece
+        assert rest.startswith(b"HTTP/1.1 200"), rest[:200]
 
 
 # -- names and the tree --------------------------------------------------------------------

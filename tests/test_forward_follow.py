@@ -191,3 +191,33 @@ def test_the_same_plugin_head_still_closes_when_the_client_asks(
         sock.sendall(f"GET {path} {line}\r\nHost: x\r\n{extra}\r\n".encode())
         assert read_answer(sock, buf)[0] == 200
         assert sock.recv(1) == b""  # closed after it
+
+
+def test_a_followed_request_that_expects_100_continue_gets_it(world: Any) -> None:
+    """``Expect: 100-continue`` on the request a stream thread reads itself: the interim
+    answer comes from that thread (``Channel.send_continue``), the body follows, the
+    plugin's answer after it, and the connection goes on."""
+    daemon, plugin, _ = world
+    prefix = f"/plugin/{plugin.name}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(daemon.socket))
+        s.settimeout(20)
+        body = b"x" * 5000
+        s.sendall(
+            f"GET {prefix}/manifest HTTP/1.1\r\nHost: x\r\n\r\n"
+            f"POST {prefix}/echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        seen = b""
+        while b"HTTP/1.1 100 Continue\r\n\r\n" not in seen:
+            piece = s.recv(65536)
+            assert piece, seen
+            seen += piece
+        assert seen.startswith(b"HTTP/1.1 200 "), seen[:100]
+        s.sendall(body)
+        after = seen.split(b"HTTP/1.1 100 Continue\r\n\r\n", 1)[1]
+        while b"\r\n\r\n" not in after:
+            piece = s.recv(65536)
+            assert piece, after
+            after += piece
+        assert after.startswith(b"HTTP/1.1 201 "), after[:200]

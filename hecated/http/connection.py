@@ -222,7 +222,9 @@ class RefusalTask(ErrorTask):
                 self.response_headers.append(("Connection", "close"))
                 self.close_on_finish = True
         self.content_length = len(body)
-        self.write(body)
+        # A HEAD's answer says the length and carries no body: on a kept-alive connection
+        # the client would read that body as the start of its next answer.
+        self.write(b"" if self.request.command == "HEAD" else body)
 
 
 class Channel(HTTPChannel):
@@ -320,6 +322,21 @@ class Channel(HTTPChannel):
             return super().write_soon(data)
         gathered.append(data)
         return len(data)
+
+    def send_continue(self) -> None:
+        """Waitress's, without closing on a failed send: it may run on a stream thread that
+        follows this connection (``received``), and only the loop closes a channel (its
+        close changes the loop's map and the hang-up watch's fds). A client gone is
+        marked ``will_close``; the loop closes it when the connection comes back."""
+        self.request.expect_continue = False
+        payload = b"HTTP/1.1 100 Continue\r\n\r\n"
+        with self.outbuf_lock:
+            self.outbufs[-1].append(payload)
+            self.current_outbuf_count += len(payload)
+            self.total_outbufs_len += len(payload)
+            self.sent_continue = True
+            self._flush_exception(self._flush_some, do_close=False)
+        self.request.completed = False
 
     def drain(self) -> None:
         """Send what the task wrote, now, from the task's thread (a claimed request).
