@@ -57,7 +57,13 @@ from hecated.adapters.gitopslinks import (
 from hecated.adapters.gitopsowed import STOPS, load_owed, save_owed
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
-from hecated.adapters.units import JobTimeout, NoSuchUnit, SystemdUnavailable, UnitError
+from hecated.adapters.units import (
+    JobConflict,
+    JobTimeout,
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitError,
+)
 from hecated.core.errors import HecateError
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
@@ -68,6 +74,7 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
+WAIT_MOST = 120.0  # seconds starts waiting for another's job keep hecated up (then: on disk)
 
 
 @dataclass
@@ -113,6 +120,7 @@ class Reconciler:
         self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
         self._owed_reload = bool(self._owed_starts)
         self._kept = False  # the owed reload waits for an absent manager, the starts on disk
+        self._waiting_until: float | None = None  # owed starts wait for a job: hold until
         # Stops not made (why, by unit; links kept), those a hecated before this one owed first.
         self._owed_stops: dict[str, UnitError] = {
             unit: SystemdUnavailable("owed by a hecated before this one")
@@ -159,10 +167,12 @@ class Reconciler:
         (adapters/gitopsowed: the next hecated's first pass makes them, staying up would do
         no more, and with no manager ever, forever), and a stop the manager refused for
         good (RefuseManualStop=yes...): its link stays, it is asked again at each pass."""
+        waiting = self._waiting_until is not None and time.monotonic() < self._waiting_until
         return (
             self.burst.pending
             or (self._owed_reload and not self._kept)
             or any(self._stop_holds(unit, why) for unit, why in self._owed_stops.items())
+            or (waiting and bool(self._owed_starts))
         )
 
     def _stop_holds(self, unit: str, why: UnitError) -> bool:
@@ -214,6 +224,8 @@ class Reconciler:
         changed = p.removed or p.new or p.restart or never or self._edited(p)
         if changed or self._owed_reload or self._stale(p):
             self._reload_then_start(p, never)
+        elif self._owed_starts:  # they met another's job: no reload, the starts again
+            self._start_all(self._starts(p, set()))
         if any(map(_transient, self._owed_stops.values())) and self._retry_at is None:
             self._retry_later()  # a refused stop: asked again at the next pass, not sooner
         self._first = False
@@ -226,15 +238,21 @@ class Reconciler:
         keeps the link (harmless: its file is gone; without it the unit would run on with
         no file, never stopped) and is owed; a file back before the stop keeps both, one
         back during it keeps the link and the unit is started again. An owed stop is
-        dropped only when its file is back: its link removed by hand, the unit would run
-        on with no file, so it is still stopped."""
+        dropped only when its file is back, and its unit is then started again (the stop
+        may still be under way, or have ended: either way the file says it runs); its link
+        removed by hand, the unit would run on with no file, so it is still stopped."""
         owed, self._owed_stops = self._owed_stops, {}
-        done = {w.desired.unit for w in p.plan.wants.values()}  # their file is there
+        wants = {w.desired.unit: w.dest for w in p.plan.wants.values()}  # their file is there
+        done = set(wants)
+        for unit in sorted(owed.keys() & done):
+            self._back_before_stop(p, unit, wants[unit])
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
             if not dangles(dest, self.gitops):  # its file came back, or the link went
                 if unit is not None and os.path.lexists(dest):
                     done.add(unit)
+                    if unit in owed:
+                        self._back_before_stop(p, unit, dest)
                 continue
             if unit is not None:
                 done.add(unit)
@@ -250,6 +268,12 @@ class Reconciler:
         if set(self._owed_stops) != self._stops_kept:
             kept = save_owed(self.layout, set(self._owed_stops), STOPS)
             self._stops_kept = set(self._owed_stops) if kept else set()
+
+    def _back_before_stop(self, p: Pass, unit: str, dest: Path) -> None:
+        """A unit whose stop was owed has its file back: the stop is dropped and the unit
+        started again (it may have stopped since, or be stopping: the start then waits)."""
+        log.info("%s has its file back before its stop was made: started again", unit)
+        p.restart[unit] = dest
 
     def _stop_or_owe(self, unit: str, owed: dict[str, UnitError]) -> bool:
         """Whether the unit is stopped; if not, its stop is owed."""
@@ -360,31 +384,38 @@ class Reconciler:
         self._unchecked = False
         return units
 
-    def _reload_then_start(self, p: Pass, never: set[str]) -> None:
+    def _starts(self, p: Pass, never: set[str]) -> dict[str, Path]:
+        """The units to start, with their links: linked now, owed, never loaded, back."""
         links = {w.desired.unit: w.dest for w in p.plan.wants.values() if not _cannot_run(w, p)}
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
         starts = (starts | never) & links.keys()
-        for unit, dest in p.restart.items():  # not in the plan: their file came back after
+        for unit, dest in p.restart.items():  # their file came back after their stop
             if not (_box(dest) and p.quadlet is not None):
                 starts.add(unit)
                 links[unit] = dest
+        return {unit: links[unit] for unit in starts}
+
+    def _reload_then_start(self, p: Pass, never: set[str]) -> None:
+        starts = self._starts(p, never)
         try:
             self.manager.reload()
         except UnitError as exc:
-            self._owe(starts, exc)
+            self._owe(set(starts), exc)
             return
         self.reloads += 1
         self._back()
         log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
-        self._start_all({unit: links[unit] for unit in starts})
+        self._start_all(starts)
 
     def _start_all(self, starts: dict[str, Path]) -> None:
         """Each unit started, unless its file left the tree since the look (an uninstall,
         a ``git pull``, during the reload or an earlier start): that unit is stopped by the
         pass its removal brings, never started here. The start is systemd's mode ``fail``:
-        it never cancels a stop queued meanwhile (an uninstall's, a person's), which then
-        ends as asked; the start is what fails, and is logged."""
+        it never cancels a stop queued meanwhile (an uninstall's, a person's, the wing's
+        idle stop), which then ends as asked; the start is owed and asked again soon (the
+        file is still there: the unit must run), until that stop has ended."""
         left: set[str] = set()
+        waiting: set[str] = set()
         away: SystemdUnavailable | None = None
         for unit in sorted(starts):
             if not linked(starts[unit], self.gitops):
@@ -395,20 +426,35 @@ class Reconciler:
                 log.info("started %s: its file is new in the gitops tree", unit)
             except SystemdUnavailable as exc:
                 left, away = left | {unit}, exc
+            except JobConflict as exc:
+                if unit not in self._owed_starts:
+                    log.info("starting %s waits for a job already queued: %s", unit, exc)
+                waiting.add(unit)
             except UnitError as exc:
                 log.warning("starting %s failed: %s", unit, exc)
-        self._settle(left, away)
+        self._settle(left, away, waiting)
 
-    def _settle(self, left: set[str], away: SystemdUnavailable | None) -> None:
+    def _settle(self, left: set[str], away: SystemdUnavailable | None, waiting: set[str]) -> None:
         """After every start was tried, the owed starts are only those the manager went
-        away for: the file rewritten (removed when none) last, so a hecated killed during
-        the starts loses none of them (the next one makes them again; a start is no-op
-        on a running unit)."""
+        away for or that met another's job: the file rewritten (removed when none) last,
+        so a hecated killed during the starts loses none of them (the next one makes them
+        again; a start is no-op on a running unit). Those that wait keep hecated up for
+        WAIT_MOST at most (a stop that never ends must not keep it forever): then they
+        are on disk only, for the next hecated."""
         had, self._owed_starts = self._owed_starts, set()
         if away is not None:
-            self._owe(left, away)
+            self._owe(left | waiting, away)
+        elif waiting:
+            self._owed_starts = waiting
+            if waiting != had:
+                save_owed(self.layout, waiting)
+            self._retry_later()
         elif had:
             save_owed(self.layout, set())
+        if not waiting:
+            self._waiting_until = None
+        elif self._waiting_until is None:
+            self._waiting_until = time.monotonic() + WAIT_MOST
 
     def _owe(self, starts: set[str], exc: Exception) -> None:
         """The reload (and these starts) are owed: tried again, later and later, until the
