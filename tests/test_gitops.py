@@ -292,6 +292,32 @@ def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_
         world.um.systemctl("kill", unit, check=False)  # a stop is refused: the test's own
 
 
+def test_a_stop_a_start_canceled_is_asked_again_soon(world: World) -> None:
+    # The file removed, the reconciler's stop runs (its ExecStop held at a FIFO); a start
+    # in mode replace (a person's, the wing's on-demand one) cancels it. The file is
+    # gone, so the stop is asked again with the backoff (seconds), not at the next full
+    # look (300 s): the unit ends stopped and its link removed.
+    unit = "hecate-canceld.service"
+    gate, held = world.um.base / "cancel.gate", world.um.base / "cancel.held"
+    os.mkfifo(gate)
+    text = sleeper_text("its stop canceled") + (
+        f"ExecStop=/bin/sh -c '[ -e {held} ] || {{ touch {held}; read x < {gate}; }}'\n"
+    )  # held once: the stops after it end at once
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-canceld")
+    src.unlink()
+    wait_for(held.exists, 60)  # the reconciler's stop job runs
+    try:
+        world.um.systemctl("start", "--no-block", unit)  # replaces it
+        wait_for(lambda: f"{unit}: job canceled" in d.log(), 60)
+    finally:
+        with open(gate, "w") as release:
+            release.write("go\n")
+    wait_for(lambda: not os.path.lexists(world.um.unit_dir / unit), 60)
+    assert world.prop(unit, "ActiveState") == "inactive"
+
+
 def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:
     # The unit's own ExecStop puts its file back: the removal that follows the stop is
     # declined (the file is there), so the unit must run again.

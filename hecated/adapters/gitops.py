@@ -59,6 +59,7 @@ from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
 from hecated.adapters.units import (
     JobConflict,
+    JobFailed,
     JobTimeout,
     NoSuchUnit,
     SystemdUnavailable,
@@ -524,10 +525,12 @@ def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
 
 
 def _transient(exc: UnitError) -> bool:
-    """A failure that may pass by itself (the manager away, a job still running), as
-    opposed to a refusal (RefuseManualStop=yes, a job that failed) that asking again
-    soon would only repeat."""
-    return isinstance(exc, (SystemdUnavailable, JobTimeout))
+    """A failure that may pass by itself (the manager away, a job still running, a stop
+    another's start canceled: a person's, the wing's on-demand one, as uninstall's 502
+    says, the stop is asked again, so soon), as opposed to a refusal
+    (RefuseManualStop=yes, a job that failed) that asking again soon would only repeat."""
+    canceled = isinstance(exc, JobFailed) and exc.result == "canceled"
+    return canceled or isinstance(exc, (SystemdUnavailable, JobTimeout))
 
 
 def _box(link: Path) -> bool:
