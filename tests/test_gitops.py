@@ -292,6 +292,34 @@ def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_
         world.um.systemctl("kill", unit, check=False)  # a stop is refused: the test's own
 
 
+def test_a_stop_owed_on_disk_spares_a_unit_the_user_wrote_in_its_place(world: World) -> None:
+    # As above, but the dangling link is replaced by a unit file of the user's own, of
+    # the same name, that runs: the stop the first hecated kept on disk was for
+    # hecated's unit, not this one. The next hecated drops it, says so, and its owed
+    # stops file goes (the end state waited for).
+    unit = "hecate-handd.service"
+    src = installed_then_stopped(world, unit, sleeper_text("hecated's"))
+    away = world.um.base / "away-hand"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
+    listed(d, lambda r: r["installed"], "hecate-handd")
+    src.unlink()
+    assert d.proc is not None and d.proc.wait(60) == 0
+    owed = d.data_dir / "run" / "gitops-owed-stops"
+    assert owed.read_text() == f"{unit}\n"
+    link = world.um.unit_dir / unit
+    link.unlink()
+    link.write_text(sleeper_text("the user's own"))
+    world.made.append(link)
+    world.um.systemctl("daemon-reload")
+    world.um.systemctl("restart", unit)
+    pid = world.prop(unit, "MainPID")
+    d = world.hecated()
+    wait_for(lambda: not owed.exists(), 60)
+    assert world.prop(unit, "ActiveState") == "active" and world.prop(unit, "MainPID") == pid
+    assert f"not stopping {unit}" in d.log()
+
+
 def test_a_stop_a_start_canceled_is_asked_again_soon(world: World) -> None:
     # The file removed, the reconciler's stop runs (its ExecStop held at a FIFO); a start
     # in mode replace (a person's, the wing's on-demand one) cancels it. The file is

@@ -21,8 +21,10 @@ directories. This is that loop, inside the registry, with the same semantics
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
-  owed too; owed starts and stops are kept in the primary's ``run/`` for the next
-  hecated, adapters/gitopsowed; ``pending`` says what keeps hecated from exiting idle).
+  owed too; a start that meets a stop job it did not make is owed and asked again
+  until that stop has ended; owed starts and stops are kept in the primary's ``run/``
+  for the next hecated, adapters/gitopsowed; ``pending`` says what keeps hecated from
+  exiting idle).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -46,9 +48,11 @@ from hecated.adapters.gitopslinks import (
     clean_tmp,
     config_home,
     dangles,
+    is_own,
     linked,
     look,
     make_link,
+    read_link,
     remove_link,
     replace_link,
     shown,
@@ -128,6 +132,7 @@ class Reconciler:
             for unit in load_owed(self.layout, STOPS)
         }
         self._stops_kept = set(self._owed_stops)  # the owed stops on disk
+        self._unverified = set(self._owed_stops)  # read from disk: whose unit is it now?
         self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
@@ -287,6 +292,8 @@ class Reconciler:
         """None when the unit is stopped (a unit the manager has not loaded is), else why
         not; logged the first time only (an owed stop is asked again at each pass)."""
         try:
+            if unit in self._unverified and not self._still_ours(unit):
+                return None  # dropped: not hecated's unit any more
             self.manager.stop(unit)
         except NoSuchUnit:
             return None
@@ -301,6 +308,32 @@ class Reconciler:
             return exc
         log.info("stopped %s: its file left the gitops tree", unit)
         return None
+
+    def _still_ours(self, unit: str) -> bool:
+        """A stop read from disk is made only on a unit still hecated's: its file our link
+        into the tree (dangling or not), or no file at all (the link removed by hand: it
+        runs on with none). Meanwhile the user may have put a file of their own in its
+        place (the dangling link replaced by a hand-written unit): that one is not ours
+        to stop. Asked once per unit; the manager's errors go to the caller (owed)."""
+        fragment = self.manager.fragment(unit)
+        self._unverified.discard(unit)
+        if fragment is None:  # not in memory: not running, nothing to stop
+            return False
+        if not fragment or not os.path.lexists(fragment) or is_own(fragment, self.gitops):
+            return True
+        try:
+            target = read_link(Path(fragment))
+        except OSError:  # not a link: a file of someone else's
+            target = None
+        if target is not None and is_own(target, self.gitops):
+            return True
+        log.warning(
+            "not stopping %s (a stop owed by a hecated before this one): it runs from %s, "
+            "a file that is not hecated's link into the gitops tree",
+            unit,
+            shown(fragment),
+        )
+        return False
 
     def _link(self, p: Pass) -> None:
         for want, do in [(w, make_link) for w in p.plan.make] + [
