@@ -167,12 +167,14 @@ class Reconciler:
     @property
     def pending(self) -> bool:
         """Changes heard and not yet reconciled, a pass under way, a reload owed to a manager
-        that failed it, or a stop owed for now (its job timed out; the manager away with
-        the stop not on disk): not a time to exit, what is owed would be lost. Not pending:
-        a reload or a stop owed to a manager that is not there at all, kept on disk
-        (adapters/gitopsowed: the next hecated's first pass makes them, staying up would do
-        no more, and with no manager ever, forever), and a stop the manager refused for
-        good (RefuseManualStop=yes...): its link stays, it is asked again at each pass."""
+        that failed it, or a stop owed for now (its job timed out or another's start
+        canceled it; the manager away with the stop not on disk), or starts that wait for
+        another's stop to end (WAIT_MOST at most; they are on disk): not a time to exit,
+        what is owed would be lost. Not pending: a reload or a stop owed to a manager that
+        is not there at all, kept on disk (adapters/gitopsowed: the next hecated's first
+        pass makes them, staying up would do no more, and with no manager ever, forever),
+        and a stop the manager refused for good (RefuseManualStop=yes...): its link stays,
+        it is asked again at each pass."""
         waiting = self._waiting_until is not None and time.monotonic() < self._waiting_until
         return (
             self.burst.pending
@@ -486,6 +488,8 @@ class Reconciler:
         elif had:
             save_owed(self.layout, set())
         if not waiting:
+            if self._waiting_until is not None and away is None:
+                self._retry_in = RETRY_FIRST  # the backoff was theirs: the next wait starts short
             self._waiting_until = None
         elif self._waiting_until is None:
             self._waiting_until = time.monotonic() + WAIT_MOST
