@@ -292,6 +292,60 @@ def test_a_stop_the_manager_refuses_keeps_the_link_but_not_hecated_from_exiting_
         world.um.systemctl("kill", unit, check=False)  # a stop is refused: the test's own
 
 
+def test_a_stop_owed_on_disk_spares_a_unit_the_user_wrote_in_its_place(world: World) -> None:
+    # As above, but the dangling link is replaced by a unit file of the user's own, of
+    # the same name, that runs: the stop the first hecated kept on disk was for
+    # hecated's unit, not this one. The next hecated drops it, says so, and its owed
+    # stops file goes (the end state waited for).
+    unit = "hecate-handd.service"
+    src = installed_then_stopped(world, unit, sleeper_text("hecated's"))
+    away = world.um.base / "away-hand"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
+    listed(d, lambda r: r["installed"], "hecate-handd")
+    src.unlink()
+    assert d.proc is not None and d.proc.wait(60) == 0
+    owed = d.data_dir / "run" / "gitops-owed-stops"
+    assert owed.read_text() == f"{unit}\n"
+    link = world.um.unit_dir / unit
+    link.unlink()
+    link.write_text(sleeper_text("the user's own"))
+    world.made.append(link)
+    world.um.systemctl("daemon-reload")
+    world.um.systemctl("restart", unit)
+    pid = world.prop(unit, "MainPID")
+    d = world.hecated()
+    wait_for(lambda: not owed.exists(), 60)
+    assert world.prop(unit, "ActiveState") == "active" and world.prop(unit, "MainPID") == pid
+    assert f"not stopping {unit}" in d.log()
+
+
+def test_a_stop_a_start_canceled_is_asked_again_soon(world: World) -> None:
+    # The file removed, the reconciler's stop runs (its ExecStop held at a FIFO); a start
+    # in mode replace (a person's, the wing's on-demand one) cancels it. The file is
+    # gone, so the stop is asked again with the backoff (seconds), not at the next full
+    # look (300 s): the unit ends stopped and its link removed.
+    unit = "hecate-canceld.service"
+    gate, held = world.um.base / "cancel.gate", world.um.base / "cancel.held"
+    os.mkfifo(gate)
+    text = sleeper_text("its stop canceled") + (
+        f"ExecStop=/bin/sh -c '[ -e {held} ] || {{ touch {held}; read x < {gate}; }}'\n"
+    )  # held once: the stops after it end at once
+    d = world.hecated()
+    src = world.write(unit, text)
+    listed(d, lambda r: r["installed"] and active(r), "hecate-canceld")
+    src.unlink()
+    wait_for(held.exists, 60)  # the reconciler's stop job runs
+    try:
+        world.um.systemctl("start", "--no-block", unit)  # replaces it
+        wait_for(lambda: f"{unit}: job canceled" in d.log(), 60)
+    finally:
+        with open(gate, "w") as release:
+            release.write("go\n")
+    wait_for(lambda: not os.path.lexists(world.um.unit_dir / unit), 60)
+    assert world.prop(unit, "ActiveState") == "inactive"
+
+
 def test_a_file_back_during_its_units_stop_is_started_again(world: World) -> None:
     # The unit's own ExecStop puts its file back: the removal that follows the stop is
     # declined (the file is there), so the unit must run again.

@@ -125,6 +125,45 @@ def test_a_stop_that_does_not_end_in_time_is_a_502_saying_the_file_is_gone(
         assert um.prop(unit, "ActiveState") == "inactive"
 
 
+def test_a_unit_reinstalled_while_its_stop_still_runs_is_started_again(um: UserManager) -> None:
+    """Uninstalled, its stop held by its ExecStop (uninstall's 502, the reconciler's stop
+    timed out and owed, its link kept), then installed again at once: the file is back,
+    so when the stop ends the unit must run again. The reconciler drops the owed stop and
+    starts the unit; that start meets the stop still running (mode fail refuses to cancel
+    it) and is asked again until the stop has ended."""
+    gate, held = um.base / "reinstall.gate", um.base / "reinstall.held"
+    os.mkfifo(gate)
+    name = "hecate-reinstalld"
+    unit = f"{name}.service"
+    text = (
+        "[Unit]\nDescription=reinstalled while stopping\n\n[Service]\n"
+        "ExecStart=/bin/sleep infinity\n"
+        f"ExecStop=/bin/sh -c '[ -e {held} ] || {{ touch {held}; read x < {gate}; }}'\n"
+    )  # held once: the test's own stop at the end ends at once
+    body = {"unit": text, "kind": "service", "name": name}
+    um.made.append(unit)  # type: ignore[attr-defined]
+    with hecated_on(um, {"HECATE_UNIT_JOB_TIMEOUT": "1"}) as d:
+        status, _, answer = d.request("POST", "/api/plugins/install", body)
+        assert status == 201, answer
+        wait_for(lambda: um.prop(unit, "ActiveState") == "active", 60, interval=0.1)
+        try:
+            status, _, answer = d.request("POST", f"/api/plugins/{name}/uninstall")
+            assert status == 502 and "its file is removed" in answer["error"], answer
+            wait_for(lambda: f"stopping {unit} failed" in d.log(), 60)  # owed, link kept
+            reloads = d.log().count("reloaded the user manager")
+            status, _, answer = d.request("POST", "/api/plugins/install", body)
+            assert status == 201, answer
+            # The pass that finds the file back (an edit to the manager: one reload).
+            wait_for(lambda: d.log().count("reloaded the user manager") > reloads, 60)
+            assert um.prop(unit, "ActiveState") == "deactivating"  # the stop still held
+        finally:
+            wait_for(held.exists, 60)
+            with open(gate, "w") as release:
+                release.write("go\n")
+        wait_for(lambda: um.prop(unit, "ActiveState") == "active", 60, interval=0.1)
+        assert os.readlink(um.unit_dir / unit) == answer["path"]
+
+
 def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> None:
     """hecated as installed (hecate.socket, the hardened hecate.service): the write lands
     in ~/.hecate/gitops/apps/ (ReadWritePaths), and systemd-analyze still verifies under

@@ -21,8 +21,10 @@ directories. This is that loop, inside the registry, with the same semantics
   file cannot run here: no Quadlet (adapters/gitopsquadlet), something not ours in
   the way, no user manager (the links are made all the same, and the reload and
   starts are owed until one answers; a stop it could not make keeps the link and is
-  owed too; owed starts and stops are kept in the primary's ``run/`` for the next
-  hecated, adapters/gitopsowed; ``pending`` says what keeps hecated from exiting idle).
+  owed too; a start that meets a stop job it did not make is owed and asked again
+  until that stop has ended; owed starts and stops are kept in the primary's ``run/``
+  for the next hecated, adapters/gitopsowed; ``pending`` says what keeps hecated from
+  exiting idle).
 
 It never runs a unit file's command, never follows a link out of the tree, never
 touches a file in the unit directories that is not its own link into the tree,
@@ -46,9 +48,11 @@ from hecated.adapters.gitopslinks import (
     clean_tmp,
     config_home,
     dangles,
+    is_own,
     linked,
     look,
     make_link,
+    read_link,
     remove_link,
     replace_link,
     shown,
@@ -57,7 +61,14 @@ from hecated.adapters.gitopslinks import (
 from hecated.adapters.gitopsowed import STOPS, load_owed, save_owed
 from hecated.adapters.gitopsquadlet import quadlet_problem
 from hecated.adapters.gitopswatch import LONGEST, QUIET, Burst, TreeWatch
-from hecated.adapters.units import JobTimeout, NoSuchUnit, SystemdUnavailable, UnitError
+from hecated.adapters.units import (
+    JobConflict,
+    JobFailed,
+    JobTimeout,
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitError,
+)
 from hecated.core.errors import HecateError
 from hecated.core.index import Index
 from hecated.core.installed import SUBDIRS, Installed
@@ -68,6 +79,7 @@ EVERY = 300.0  # a full look this often even when nothing was heard (the script'
 RETRY_FIRST, RETRY_MOST = 1.0, 60.0  # seconds between tries while the manager is away
 REARM = 5.0  # seconds between looks for a tree that is missing or was replaced
 QUADLET_FOR = 60.0  # seconds a Quadlet finding stands (it runs podman --version)
+WAIT_MOST = 120.0  # seconds starts waiting for another's job keep hecated up (then: on disk)
 
 
 @dataclass
@@ -113,12 +125,14 @@ class Reconciler:
         self._owed_starts: set[str] = load_owed(self.layout)  # a hecated before this one's
         self._owed_reload = bool(self._owed_starts)
         self._kept = False  # the owed reload waits for an absent manager, the starts on disk
+        self._waiting_until: float | None = None  # owed starts wait for a job: hold until
         # Stops not made (why, by unit; links kept), those a hecated before this one owed first.
         self._owed_stops: dict[str, UnitError] = {
             unit: SystemdUnavailable("owed by a hecated before this one")
             for unit in load_owed(self.layout, STOPS)
         }
         self._stops_kept = set(self._owed_stops)  # the owed stops on disk
+        self._unverified = set(self._owed_stops)  # read from disk: whose unit is it now?
         self._unchecked = True  # units never loaded not yet looked for (at start)
         self._away: str | None = None  # why the manager could not be reached last
         self._retry_in = RETRY_FIRST
@@ -153,16 +167,20 @@ class Reconciler:
     @property
     def pending(self) -> bool:
         """Changes heard and not yet reconciled, a pass under way, a reload owed to a manager
-        that failed it, or a stop owed for now (its job timed out; the manager away with
-        the stop not on disk): not a time to exit, what is owed would be lost. Not pending:
-        a reload or a stop owed to a manager that is not there at all, kept on disk
-        (adapters/gitopsowed: the next hecated's first pass makes them, staying up would do
-        no more, and with no manager ever, forever), and a stop the manager refused for
-        good (RefuseManualStop=yes...): its link stays, it is asked again at each pass."""
+        that failed it, or a stop owed for now (its job timed out or another's start
+        canceled it; the manager away with the stop not on disk), or starts that wait for
+        another's stop to end (WAIT_MOST at most; they are on disk): not a time to exit,
+        what is owed would be lost. Not pending: a reload or a stop owed to a manager that
+        is not there at all, kept on disk (adapters/gitopsowed: the next hecated's first
+        pass makes them, staying up would do no more, and with no manager ever, forever),
+        and a stop the manager refused for good (RefuseManualStop=yes...): its link stays,
+        it is asked again at each pass."""
+        waiting = self._waiting_until is not None and time.monotonic() < self._waiting_until
         return (
             self.burst.pending
             or (self._owed_reload and not self._kept)
             or any(self._stop_holds(unit, why) for unit, why in self._owed_stops.items())
+            or (waiting and bool(self._owed_starts))
         )
 
     def _stop_holds(self, unit: str, why: UnitError) -> bool:
@@ -214,6 +232,8 @@ class Reconciler:
         changed = p.removed or p.new or p.restart or never or self._edited(p)
         if changed or self._owed_reload or self._stale(p):
             self._reload_then_start(p, never)
+        elif self._owed_starts:  # they met another's job: no reload, the starts again
+            self._start_all(self._starts(p, set()))
         if any(map(_transient, self._owed_stops.values())) and self._retry_at is None:
             self._retry_later()  # a refused stop: asked again at the next pass, not sooner
         self._first = False
@@ -226,15 +246,21 @@ class Reconciler:
         keeps the link (harmless: its file is gone; without it the unit would run on with
         no file, never stopped) and is owed; a file back before the stop keeps both, one
         back during it keeps the link and the unit is started again. An owed stop is
-        dropped only when its file is back: its link removed by hand, the unit would run
-        on with no file, so it is still stopped."""
+        dropped only when its file is back, and its unit is then started again (the stop
+        may still be under way, or have ended: either way the file says it runs); its link
+        removed by hand, the unit would run on with no file, so it is still stopped."""
         owed, self._owed_stops = self._owed_stops, {}
-        done = {w.desired.unit for w in p.plan.wants.values()}  # their file is there
+        wants = {w.desired.unit: w.dest for w in p.plan.wants.values()}  # their file is there
+        done = set(wants)
+        for unit in sorted(owed.keys() & done):
+            self._back_before_stop(p, unit, wants[unit])
         for dest in p.plan.dangling:
             unit = unit_of_link(dest)
             if not dangles(dest, self.gitops):  # its file came back, or the link went
                 if unit is not None and os.path.lexists(dest):
                     done.add(unit)
+                    if unit in owed:
+                        self._back_before_stop(p, unit, dest)
                 continue
             if unit is not None:
                 done.add(unit)
@@ -251,6 +277,12 @@ class Reconciler:
             kept = save_owed(self.layout, set(self._owed_stops), STOPS)
             self._stops_kept = set(self._owed_stops) if kept else set()
 
+    def _back_before_stop(self, p: Pass, unit: str, dest: Path) -> None:
+        """A unit whose stop was owed has its file back: the stop is dropped and the unit
+        started again (it may have stopped since, or be stopping: the start then waits)."""
+        log.info("%s has its file back before its stop was made: started again", unit)
+        p.restart[unit] = dest
+
     def _stop_or_owe(self, unit: str, owed: dict[str, UnitError]) -> bool:
         """Whether the unit is stopped; if not, its stop is owed."""
         failed = self._stop(unit, unit in owed)
@@ -262,6 +294,8 @@ class Reconciler:
         """None when the unit is stopped (a unit the manager has not loaded is), else why
         not; logged the first time only (an owed stop is asked again at each pass)."""
         try:
+            if unit in self._unverified and not self._still_ours(unit):
+                return None  # dropped: not hecated's unit any more
             self.manager.stop(unit)
         except NoSuchUnit:
             return None
@@ -276,6 +310,32 @@ class Reconciler:
             return exc
         log.info("stopped %s: its file left the gitops tree", unit)
         return None
+
+    def _still_ours(self, unit: str) -> bool:
+        """A stop read from disk is made only on a unit still hecated's: its file our link
+        into the tree (dangling or not), or no file at all (the link removed by hand: it
+        runs on with none). Meanwhile the user may have put a file of their own in its
+        place (the dangling link replaced by a hand-written unit): that one is not ours
+        to stop. Asked once per unit; the manager's errors go to the caller (owed)."""
+        fragment = self.manager.fragment(unit)
+        self._unverified.discard(unit)
+        if fragment is None:  # not in memory: not running, nothing to stop
+            return False
+        if not fragment or not os.path.lexists(fragment) or is_own(fragment, self.gitops):
+            return True
+        try:
+            target = read_link(Path(fragment))
+        except OSError:  # not a link: a file of someone else's
+            target = None
+        if target is not None and is_own(target, self.gitops):
+            return True
+        log.warning(
+            "not stopping %s (a stop owed by a hecated before this one): it runs from %s, "
+            "a file that is not hecated's link into the gitops tree",
+            unit,
+            shown(fragment),
+        )
+        return False
 
     def _link(self, p: Pass) -> None:
         for want, do in [(w, make_link) for w in p.plan.make] + [
@@ -360,31 +420,38 @@ class Reconciler:
         self._unchecked = False
         return units
 
-    def _reload_then_start(self, p: Pass, never: set[str]) -> None:
+    def _starts(self, p: Pass, never: set[str]) -> dict[str, Path]:
+        """The units to start, with their links: linked now, owed, never loaded, back."""
         links = {w.desired.unit: w.dest for w in p.plan.wants.values() if not _cannot_run(w, p)}
         starts = {w.desired.unit for w in p.new if not _cannot_run(w, p)} | self._owed_starts
         starts = (starts | never) & links.keys()
-        for unit, dest in p.restart.items():  # not in the plan: their file came back after
+        for unit, dest in p.restart.items():  # their file came back after their stop
             if not (_box(dest) and p.quadlet is not None):
                 starts.add(unit)
                 links[unit] = dest
+        return {unit: links[unit] for unit in starts}
+
+    def _reload_then_start(self, p: Pass, never: set[str]) -> None:
+        starts = self._starts(p, never)
         try:
             self.manager.reload()
         except UnitError as exc:
-            self._owe(starts, exc)
+            self._owe(set(starts), exc)
             return
         self.reloads += 1
         self._back()
         log.info("reloaded the user manager (%d file(s) changed)", len(p.new) + len(p.removed))
-        self._start_all({unit: links[unit] for unit in starts})
+        self._start_all(starts)
 
     def _start_all(self, starts: dict[str, Path]) -> None:
         """Each unit started, unless its file left the tree since the look (an uninstall,
         a ``git pull``, during the reload or an earlier start): that unit is stopped by the
         pass its removal brings, never started here. The start is systemd's mode ``fail``:
-        it never cancels a stop queued meanwhile (an uninstall's, a person's), which then
-        ends as asked; the start is what fails, and is logged."""
+        it never cancels a stop queued meanwhile (an uninstall's, a person's, the wing's
+        idle stop), which then ends as asked; the start is owed and asked again soon (the
+        file is still there: the unit must run), until that stop has ended."""
         left: set[str] = set()
+        waiting: set[str] = set()
         away: SystemdUnavailable | None = None
         for unit in sorted(starts):
             if not linked(starts[unit], self.gitops):
@@ -395,20 +462,37 @@ class Reconciler:
                 log.info("started %s: its file is new in the gitops tree", unit)
             except SystemdUnavailable as exc:
                 left, away = left | {unit}, exc
+            except JobConflict as exc:
+                if unit not in self._owed_starts:
+                    log.info("starting %s waits for a job already queued: %s", unit, exc)
+                waiting.add(unit)
             except UnitError as exc:
                 log.warning("starting %s failed: %s", unit, exc)
-        self._settle(left, away)
+        self._settle(left, away, waiting)
 
-    def _settle(self, left: set[str], away: SystemdUnavailable | None) -> None:
+    def _settle(self, left: set[str], away: SystemdUnavailable | None, waiting: set[str]) -> None:
         """After every start was tried, the owed starts are only those the manager went
-        away for: the file rewritten (removed when none) last, so a hecated killed during
-        the starts loses none of them (the next one makes them again; a start is no-op
-        on a running unit)."""
+        away for or that met another's job: the file rewritten (removed when none) last,
+        so a hecated killed during the starts loses none of them (the next one makes them
+        again; a start is no-op on a running unit). Those that wait keep hecated up for
+        WAIT_MOST at most (a stop that never ends must not keep it forever): then they
+        are on disk only, for the next hecated."""
         had, self._owed_starts = self._owed_starts, set()
         if away is not None:
-            self._owe(left, away)
+            self._owe(left | waiting, away)
+        elif waiting:
+            self._owed_starts = waiting
+            if waiting != had:
+                save_owed(self.layout, waiting)
+            self._retry_later()
         elif had:
             save_owed(self.layout, set())
+        if not waiting:
+            if self._waiting_until is not None and away is None:
+                self._retry_in = RETRY_FIRST  # the backoff was theirs: the next wait starts short
+            self._waiting_until = None
+        elif self._waiting_until is None:
+            self._waiting_until = time.monotonic() + WAIT_MOST
 
     def _owe(self, starts: set[str], exc: Exception) -> None:
         """The reload (and these starts) are owed: tried again, later and later, until the
@@ -478,10 +562,12 @@ def _entry(want: Want, problem: str | None, linked: bool = False) -> Installed:
 
 
 def _transient(exc: UnitError) -> bool:
-    """A failure that may pass by itself (the manager away, a job still running), as
-    opposed to a refusal (RefuseManualStop=yes, a job that failed) that asking again
-    soon would only repeat."""
-    return isinstance(exc, (SystemdUnavailable, JobTimeout))
+    """A failure that may pass by itself (the manager away, a job still running, a stop
+    another's start canceled: a person's, the wing's on-demand one, as uninstall's 502
+    says, the stop is asked again, so soon), as opposed to a refusal
+    (RefuseManualStop=yes, a job that failed) that asking again soon would only repeat."""
+    canceled = isinstance(exc, JobFailed) and exc.result == "canceled"
+    return canceled or isinstance(exc, (SystemdUnavailable, JobTimeout))
 
 
 def _box(link: Path) -> bool:

@@ -13,7 +13,9 @@ a namespace), one unit name a line, written atomically, removed when nothing is 
 Kept on disk, what is owed to a manager that is not there at all does not keep hecated
 from its idle exit: the next hecated's first pass asks for it. A name read back is
 handed to the manager only when it is a valid unit name (the file may have been written
-by something else).
+by something else), and a stop read back is made only on a unit that still runs from
+hecated's link or from no file at all (adapters/gitops: the user may have put a unit file
+of their own in the link's place meanwhile).
 """
 
 from __future__ import annotations

@@ -22,7 +22,13 @@ from jeepney.io import blocking
 from jeepney.io import threading as jthreading
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
-from hecated.adapters.units import NoSuchUnit, SystemdUnavailable, UnitError, UnitState
+from hecated.adapters.units import (
+    JobConflict,
+    NoSuchUnit,
+    SystemdUnavailable,
+    UnitError,
+    UnitState,
+)
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -45,6 +51,8 @@ _GONE = {
     "org.freedesktop.DBus.Error.Disconnected",
 }
 _NO_UNIT = {"org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed"}
+# A job in mode "fail" that would cancel one already queued: may be made once that one ends.
+_CONFLICT = "org.freedesktop.systemd1.TransactionIsDestructive"
 
 
 def bus_address(env: dict[str, str] | None = None) -> str:
@@ -115,6 +123,8 @@ def error_for(name: str, data: Any, unit: str) -> UnitError:
         return SystemdUnavailable(f"the user manager is not on the bus: {text}")
     if name in _NO_UNIT:
         return NoSuchUnit(unit)
+    if name == _CONFLICT:
+        return JobConflict(f"{unit}: {text} ({name})")
     return UnitError(f"the user manager refused: {text} ({name})")
 
 

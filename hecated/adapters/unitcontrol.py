@@ -171,6 +171,21 @@ class UserManager:
             (props,) = call(bus.get_all(path, bus.UNIT_IFACE))
         return bool(bus.plain(props).get("NeedDaemonReload", False))
 
+    def fragment(self, unit: str) -> str | None:
+        """The file the manager loaded the unit from (FragmentPath; "" when it has none);
+        None when the unit is not in memory, so not running. Loads nothing: asked before
+        a stop a hecated before this one owed, to tell whose file the unit runs now."""
+        check_unit_name(unit)
+        bus = _bus()
+        with self._connection() as conn:
+            call = self._caller(conn, unit)
+            try:
+                (path,) = call(bus.manager_call("GetUnit", "s", unit))
+            except NoSuchUnit:
+                return None
+            (props,) = call(bus.get_all(path, bus.UNIT_IFACE))
+        return str(bus.plain(props).get("FragmentPath", ""))
+
 
 def _state_after(conn: Any, unit: str, deadline: float, timed_out: bool) -> UnitState | None:
     """The unit's state after its job; None when the job did not end and the manager does

@@ -44,6 +44,12 @@ class NoSuchUnit(UnitError):
         self.unit = unit
 
 
+class JobConflict(UnitError):
+    """A job asked in mode ``fail`` that would cancel a job already queued for the unit
+    (systemd's TransactionIsDestructive: a start meeting a stop). Not a refusal for
+    good: asked again once that job has ended, it is made."""
+
+
 class JobFailed(UnitError):
     """A start/stop/restart job ended other than ``done``; ``result`` is systemd's word."""
 
