@@ -93,12 +93,26 @@ def hecated_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: dict[str, Any]) -> int:
+    """The daemon, its start scan begun before ``hecated.daemon`` is imported.
+
+    The index needs only core modules; its reading child, forked here while no
+    other thread exists, reads the tree's last names while this process imports
+    the HTTP server and the adapters (``Index.head_start``): on a large tree never
+    seen, the first list comes that much sooner.
+    """
     from hecated.core.config import ConfigError, resolve
-    from hecated.daemon import run
+    from hecated.core.index import Index
 
     try:
         config = resolve(args)
     except ConfigError as exc:
         print(f"hecated: {exc}", file=sys.stderr)
         return 2
-    return run(config)
+    registry = Index(config.layout)
+    registry.head_start()
+    try:
+        from hecated.daemon import run
+
+        return run(config, registry)
+    finally:
+        registry.drop_head_start()  # a start that failed before its scan

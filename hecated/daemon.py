@@ -123,7 +123,12 @@ def raise_fd_limit(want: int = 8192) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def run(config: Config) -> int:
+def run(config: Config, registry: Index | None = None) -> int:
+    """The daemon, from its run files locked to its clean stop (the exit status).
+
+    ``registry``: the index whose start scan the command line began before this
+    module's imports (``Index.head_start``); None begins it here, after the lock.
+    """
     passed = listen_fds()  # once, first: it clears LISTEN_* for anything after it
     setup_logging(config.log_level)
     raise_fd_limit()
@@ -135,8 +140,11 @@ def run(config: Config) -> int:
     except (LockedError, HecateError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    if registry is None:
+        registry = Index(layout)
+        registry.head_start()
     try:
-        return Lifecycle(config, runfiles, passed).run()
+        return Lifecycle(config, runfiles, passed, registry).run()
     finally:
         runfiles.release()
 
@@ -149,12 +157,14 @@ class Lifecycle:
     signal handlers only ask (stop, rescan) and never block.
     """
 
-    def __init__(self, config: Config, runfiles: RunFiles, passed: list[ListenFd]) -> None:
+    def __init__(
+        self, config: Config, runfiles: RunFiles, passed: list[ListenFd], registry: Index
+    ) -> None:
         self.config = config
         self.runfiles = runfiles
         self.passed = passed
         self.notifier = Notifier(config.notify)
-        self.registry = Index(config.layout)
+        self.registry = registry  # its start scan begun (Index.head_start)
         # The recent changes, for GET /api/events: recorded from the first (the start scan).
         self.events = Events(self.registry, config.events_backlog)
         # Liveness: socket probes and pidfds, fed by the index's change feed and publishing
@@ -207,7 +217,6 @@ class Lifecycle:
         # The start scan reads every run dir (the statuses of the first list); the socket
         # probes it asks for wait for the first answer (_after_first_answer).
         self.prober.hold()
-        cached = registry.load_cache()
         began = time.monotonic()
         self.plugins_at_start = registry.scan(at_start=True)
         log.debug(
@@ -216,7 +225,7 @@ class Lifecycle:
             self.plugins_at_start,
             (time.monotonic() - began) * 1000,
             registry.cache.hits,
-            cached,
+            registry.cached_at_start,
             registry.store.parsed_in_child,
         )
         try:

@@ -78,6 +78,35 @@ def test_invalid_files_say_why(data: bytes, fragment: str, line: int | None) -> 
     assert str(info.value).startswith("p/plugin.toml")
 
 
+INVALID = [
+    b'name = "p"\nversion = \n',
+    b'version = "1"\n',
+    b'name = "p"\nversion = "1"\nregistered_at = "yesterday"\n',
+    b'name = "p"\nversion = "1"\n# a comment with a \x01 control character\n',
+    b"a = " + b"[" * 20000,
+    b"a = " + b"9" * 5000,
+]
+
+
+@pytest.mark.parametrize("data", INVALID)
+def test_a_file_under_our_own_header_fails_as_under_any_other(data: bytes) -> None:
+    """The parse skips the header ``dumps`` writes (a sixth of tomllib's time): a file
+    under it must say what it would say under a header that is not skipped, line and
+    all (the same number of lines: another plugin's name)."""
+    errors = []
+    for name in ("p", "q"):
+        with pytest.raises(ManifestError) as info:
+            manifest.parse(manifest.header_of(name).encode() + data, "p", "p/plugin.toml")
+        errors.append((info.value.message, info.value.line))
+    assert errors[0] == errors[1]
+
+
+def test_a_file_under_our_own_header_reads_as_without_it() -> None:
+    data = b'name = "p"\nversion = "1"\nregistered_at = 2026-11-25T08:00:00Z\n'
+    headed = manifest.parse(manifest.header_of("p").encode() + data, "p", "p/plugin.toml")
+    assert headed == manifest.parse(data, "p", "p/plugin.toml")
+
+
 def test_symlinked_manifest_is_not_followed(home: Path) -> None:
     secret = home / "secret"
     secret.write_text('name = "p"\nversion = "1"\n')

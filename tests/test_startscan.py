@@ -162,6 +162,10 @@ if mode == "malformed":
     startscan._child_main = malformed
 layout = Layout.at(root)
 index = Index(layout, store=Store(layout, settle_ns=0))
+if mode == "head-start":  # as hecated_main does: the child forked before the daemon's imports
+    index.head_start()
+    seen["before_scan"] = seen["started"]
+    import hecated.daemon  # the imports the child's reading overlaps
 index.scan(at_start=True)
 out = {"child": index.store.parsed_in_child, "first": Views(index).encoded_list()[1].decode()}
 out.update(seen)
@@ -216,6 +220,51 @@ def test_the_start_list_is_the_list_of_a_serial_scan_and_of_a_warm_rescan(
         assert (listed[name]["status"] == PluginStatus.INVALID) == (want == "invalid"), name
     for p in ("", "zz-"):
         assert listed[f"{p}odd-running"]["status"] == PluginStatus.STARTING  # a live pid, no socket
+
+
+def test_a_head_start_begun_before_the_imports_lists_what_a_serial_scan_lists(
+    layout: Layout, forks: None
+) -> None:
+    """``Index.head_start`` (the command line, before ``hecated.daemon`` is imported)
+    forks the child there; the scan goes on with it, and lists what a serial scan does."""
+    cold = _cold_start(layout, "head-start")
+    assert cold["before_scan"] == cold["started"] == 1  # forked before the scan, once
+    assert cold["child"] > 0
+    assert not cold["children_left"]
+    assert cold["first"].encode() == _serial_list(layout)
+    assert cold["warm"] == cold["first"]
+
+
+def test_a_head_start_dropped_before_its_scan_leaves_no_child_nor_fd(
+    layout: Layout, forks: None
+) -> None:
+    """A start that fails before its scan (another daemon holds the lock): the command
+    line drops the head start, and its child and root fd go with it."""
+    script = """
+import json, os, sys
+from hecated.core import startscan
+from hecated.core.index import Index
+from hecated.core.layout import Layout
+startscan.PARALLEL_MIN = 2
+fds = set(os.listdir("/proc/self/fd"))
+index = Index(Layout.at(sys.argv[1]))
+index.head_start()
+started = index._head is not None and index._head.child is not None
+index.drop_head_start()
+index.drop_head_start()  # twice is once
+try:
+    os.waitpid(-1, os.WNOHANG)
+    left = True
+except ChildProcessError:
+    left = False
+out = {"started": started, "left": left, "fds": sorted(set(os.listdir("/proc/self/fd")) - fds)}
+sys.stdout.write(json.dumps(out))
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script, str(layout.root)], capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout) == {"started": True, "left": False, "fds": []}
 
 
 @pytest.mark.parametrize("mode", ["no-fork", "killed", "malformed"])

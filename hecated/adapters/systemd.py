@@ -229,8 +229,13 @@ class Supervisor(threading.Thread):
         self._warned = False
 
     def changed(self, *_args: object) -> None:
-        """Registry listener: the index changed, refresh ``STATUS=`` soon."""
-        self._dirty.set()
+        """Registry listener: the index changed, refresh ``STATUS=`` soon.
+
+        Set only when not set: ``Event.set`` takes a lock and notifies, and the start
+        scan tells 10,000 changes in a row. A flag seen set is cleared by ``run``
+        only before it reads the index, which already holds this change."""
+        if not self._dirty.is_set():
+            self._dirty.set()
 
     def stop(self) -> None:
         self._halt.set()

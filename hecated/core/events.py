@@ -5,7 +5,8 @@ happens, numbered with the index's own ``seq`` so that a client that lost its
 connection says the last number it saw and gets exactly what came after. So
 the record must be in ``seq`` order without a gap: it follows the index under
 the index's own lock (``Index.follow``), where changes are numbered, and only
-appends there (a deque append and a notify: it never blocks a writer).
+appends there (a deque append, and a notify when a reader waits: it never
+blocks a writer); each change is made an event only when a reader asks for it.
 
 Each change becomes one event, named by comparing the entry before and after
 (``kind_of``): nobody who changes the index has to say what kind of change it
@@ -117,6 +118,13 @@ def event_of(change: Change) -> Event | None:
     return Event(change.seq, kind_of(change.old, change.plugin), plugin, change.plugin is not None)
 
 
+def _event(change: Change) -> Event:
+    """A recorded change's event (``record`` keeps only changes that make one)."""
+    event = event_of(change)
+    assert event is not None
+    return event
+
+
 class Events:
     """The last ``size`` events of one index, in ``seq`` order; readers wait for the next.
 
@@ -126,8 +134,11 @@ class Events:
     def __init__(self, index: Index, size: int = RING, run: str | None = None) -> None:
         self.size = max(1, size)
         self.run = run_token() if run is None else run  # this run's name in event ids
-        self._ring: deque[Event] = deque(maxlen=self.size)
+        # The changes themselves: each made an event only when a reader asks (``after``),
+        # so the 10,000 changes of a start scan cost the index an append each.
+        self._ring: deque[Change] = deque(maxlen=self.size)
         self._cond = threading.Condition(threading.Lock())
+        self._readers = 0  # readers in ``wait``: a notify with none costs µs per change
         self._latest = -1  # seq of the last change seen (-1: none yet)
         self._first = 0  # seq the ring starts at (when not empty)
         self._wakes = 0
@@ -143,16 +154,16 @@ class Events:
 
     def record(self, change: Change) -> None:
         """The index's follower: append and wake the readers (never blocks)."""
-        event = event_of(change)
         with self._cond:
             self._latest = change.seq
-            if event is None:  # not reached: every change names an entry; keep no gap
+            if change.plugin is None and change.old is None:  # not reached (no entry): no gap
                 self._ring.clear()
                 self._first = change.seq + 1
             else:
-                self._ring.append(event)
+                self._ring.append(change)
                 self._first = self._ring[0].seq
-            self._cond.notify_all()
+            if self._readers:
+                self._cond.notify_all()
 
     def after(self, seq: int, limit: int) -> list[Event] | None:
         """The events after ``seq`` (at most ``limit``, oldest first), or None when the
@@ -161,16 +172,20 @@ class Events:
             if seq < 0 or seq > self._latest or seq + 1 < self._first:
                 return None
             start = seq + 1 - self._first
-            return list(itertools.islice(self._ring, start, start + limit))
+            return [_event(c) for c in itertools.islice(self._ring, start, start + limit)]
 
     def wait(self, seq: int, timeout: float, stop: threading.Event) -> bool:
         """Wait until an event after ``seq`` is recorded, ``stop`` is set (and ``wake``
         called), or ``timeout``; True when there is something after ``seq``."""
         with self._cond:
             wakes = self._wakes
-            self._cond.wait_for(
-                lambda: self._latest != seq or stop.is_set() or self._wakes != wakes, timeout
-            )
+            self._readers += 1
+            try:
+                self._cond.wait_for(
+                    lambda: self._latest != seq or stop.is_set() or self._wakes != wakes, timeout
+                )
+            finally:
+                self._readers -= 1
             return self._latest != seq
 
     def wake(self) -> None:

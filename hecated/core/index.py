@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -135,6 +135,8 @@ class Index:
         self._installed: dict[str, Installed] = {}
         self._rereads: dict[str, threading.Timer] = {}
         self._rereads_lock = threading.Lock()
+        self._head: startscan.HeadStart | None = None  # the start scan begun early
+        self.cached_at_start = 0  # manifests the cache held when the start scan began
 
     @property
     def cache(self) -> ManifestCache:
@@ -215,15 +217,17 @@ class Index:
         watched. On a large tree never seen, a forked child reads and parses the
         later names while this process reads and publishes the earlier ones
         (``startscan.read_each``); the names are published in the same order and
-        with the same result as the one-by-one reads.
+        with the same result as the one-by-one reads. After ``head_start``, the
+        scan goes on with the root, the names and the child it began with.
         """
-        with self.store.root() as root:
-            names = set(root.names())
+        head = self._take_head(at_start)
+        with head.root if head is not None else self.store.root() as root:
+            names = set(head.names if head is not None else root.names())
             with self._lock:
                 names.update(self._plugins)
             ordered = sorted(names)
             if at_start:
-                for name, found, run in startscan.read_each(self.store, ordered, root):
+                for name, found, run in self._start_reads(ordered, root, head):
                     with self.name_lock(name):
                         self._publish(name, found, root, run)
             else:
@@ -235,6 +239,44 @@ class Index:
                 self.store.clean_temps(root, sorted(names))
         with self._lock:
             return len(self._plugins)
+
+    def _take_head(self, at_start: bool) -> startscan.HeadStart | None:
+        """The head start, for the start scan only (any other scan stops it)."""
+        head, self._head = self._head, None
+        if head is not None and not at_start:
+            head.close()
+            return None
+        return head
+
+    def _start_reads(
+        self, ordered: list[str], root: Root, head: startscan.HeadStart | None
+    ) -> Iterator[startscan.Read]:
+        """The start scan's reads: with the head start's child, else one started now."""
+        if head is not None:
+            child = head.child_for(ordered)
+        else:
+            child = startscan.start_child(self.store, ordered, root)
+        return startscan.read_with(self.store, ordered, root, child)
+
+    def head_start(self) -> int:
+        """Begin the daemon's start scan now, before its heavier imports: the manifest
+        cache loaded, the tree listed, the reading child forked (``startscan.HeadStart``);
+        ``scan(at_start=True)`` goes on from there. Call it only while no other thread
+        runs. The number of cached manifests; a tree that cannot be opened is left for
+        the scan to report.
+        """
+        self.cached_at_start = self.load_cache()
+        try:
+            self._head = startscan.HeadStart.begin(self.store)
+        except (OSError, UnsafePathError):
+            self._head = None
+        return self.cached_at_start
+
+    def drop_head_start(self) -> None:
+        """A start that ends before its scan: the reading child stopped, the root closed."""
+        head, self._head = self._head, None
+        if head is not None:
+            head.close()
 
     def _reread_later(self, name: str, delay: float) -> None:
         """One pending re-read per name, however often a half-written file is met."""

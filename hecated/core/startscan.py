@@ -99,7 +99,19 @@ def read_each(store: Store, names: list[str], root: Root) -> Iterator[Read]:
     meanwhile: a scan makes objects by the ten thousand and no cycles, and each
     collection it set off walked every object made so far (5 % of the scan's time).
     """
-    child = ReadChild.start(store, names, root) if parallel(len(names), len(store.cache)) else None
+    yield from read_with(store, names, root, start_child(store, names, root))
+
+
+def start_child(store: Store, names: list[str], root: Root) -> ReadChild | None:
+    """A child reading ``names`` from the end, when one pays (``parallel``); else None."""
+    return ReadChild.start(store, names, root) if parallel(len(names), len(store.cache)) else None
+
+
+def read_with(
+    store: Store, names: list[str], root: Root, child: ReadChild | None
+) -> Iterator[Read]:
+    """``read_each`` with the child already started (or None: all read here), which
+    this generator owns from now on: reaped however the scan ends."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -131,6 +143,48 @@ def _theirs(
             continue
         store.adopt(name, got.before, got.after, got.started, got.manifest)
         yield name, Found(Entry(name, manifest=got.manifest)), got.run
+
+
+@dataclasses.dataclass
+class HeadStart:
+    """The start scan begun before the daemon's heavier imports (``Index.head_start``):
+    the root opened, its names listed, the reading child forked over them.
+
+    Forked from the command line's thread, before any other thread exists, the
+    child reads from the end of the list while this process still imports the
+    HTTP server and the adapters (~100 ms of a cold start); the scan then picks
+    up where the board says. Listing the names this early is the same as a scan
+    that took that much longer: the watcher's own rescan covers what changes after.
+    """
+
+    root: Root
+    names: list[str]
+    child: ReadChild | None
+
+    @classmethod
+    def begin(cls, store: Store) -> HeadStart:
+        root = Root(store.layout)
+        try:
+            names = root.names()
+            return cls(root, names, start_child(store, names, root))
+        except BaseException:
+            root.close()
+            raise
+
+    def child_for(self, names: list[str]) -> ReadChild | None:
+        """The child, when it reads these very names (else it is stopped: None)."""
+        child, self.child = self.child, None
+        if child is not None and names != self.names:
+            child.discard()
+            return None
+        return child
+
+    def close(self) -> None:
+        """A start that never scanned (it failed first): the child stopped, the root closed."""
+        if self.child is not None:
+            self.child.discard()
+            self.child = None
+        self.root.close()
 
 
 def read_here(store: Store, name: str, root: Root) -> Read:
