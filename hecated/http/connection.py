@@ -223,8 +223,10 @@ class RefusalTask(ErrorTask):
                 self.close_on_finish = True
         self.content_length = len(body)
         # A HEAD's answer says the length and carries no body: on a kept-alive connection
-        # the client would read that body as the start of its next answer.
-        self.write(b"" if self.request.command == "HEAD" else body)
+        # the client would read that body as the start of its next answer. (A request
+        # refused before its first line was read has no ``command`` at all.)
+        head = getattr(self.request, "command", None) == "HEAD"
+        self.write(b"" if head else body)
 
 
 class Channel(HTTPChannel):
@@ -326,8 +328,8 @@ class Channel(HTTPChannel):
     def send_continue(self) -> None:
         """Waitress's, without closing on a failed send: it may run on a stream thread that
         follows this connection (``received``), and only the loop closes a channel (its
-        close changes the loop's map and the hang-up watch's fds). A client gone is
-        marked ``will_close``; the loop closes it when the connection comes back."""
+        close changes the loop's map and the hang-up watch's fds). To a client gone, the
+        answer stays buffered; the loop's next write finds it gone and closes."""
         self.request.expect_continue = False
         payload = b"HTTP/1.1 100 Continue\r\n\r\n"
         with self.outbuf_lock:
