@@ -8,12 +8,12 @@ import and look at what the first answer needed: behaviour, not timing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Daemon, wait_for
+from spy_support import release, spied_daemon
 
 from hecated.cli import _daemon_parser, flags
 
@@ -58,25 +58,7 @@ NOT_BEFORE_THE_FIRST_ANSWER = (
 
 
 def _spied(home: Path) -> tuple[Daemon, Path, Path]:
-    spy_dir = home / "spy"
-    spy_dir.mkdir()
-    (spy_dir / "sitecustomize.py").write_text(SPY)
-    out, hold = home / "imported", home / "hold"
-    os.mkfifo(hold)
-    env = {"PYTHONPATH": str(spy_dir), "HECATE_TEST_SPY": str(out), "HECATE_TEST_HOLD": str(hold)}
-    return Daemon(home, env=env), out, hold
-
-
-def _release(hold: Path) -> None:
-    """Let the held thread go on: open the FIFO once its reader is there."""
-
-    def opened() -> int | None:
-        try:
-            return os.open(hold, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: the deferred thread has not reached an import yet
-            return None
-
-    os.close(wait_for(opened, timeout=15))
+    return spied_daemon(home, SPY, "imported")
 
 
 def _first_answer(daemon: Daemon) -> Any:
@@ -111,7 +93,7 @@ def test_the_first_answer_waits_for_no_deferred_part(home: Path) -> None:
         # The cyclic collector is off while hecated starts and on again once it serves.
         collector = {(thread, name): on for thread, name, on in noted}
         assert collector[("MainThread", "hecated.daemon")] == "0"
-        _release(hold)  # it waits for the deferred thread, which noted its first import
+        release(hold)  # it waits for the deferred thread, which noted its first import
         spy_lines = [line.split(" ") for line in spy.read_text().splitlines()]
         assert next(on for thread, _, on in spy_lines if thread == "hecated-deferred") == "1"
         status, _, body = daemon.register("after-first")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Daemon, UnixHTTPConnection, http_request, wait_for
+from spy_support import release, spied_daemon
 from watch_support import manifest_text
 from werkzeug.test import EnvironBuilder
 
@@ -288,25 +289,7 @@ sys.meta_path.insert(0, _Spy())
 
 
 def _spied_daemon(home: Path) -> tuple[Daemon, Path, Path]:
-    spy_dir = home / "spy"
-    spy_dir.mkdir()
-    (spy_dir / "sitecustomize.py").write_text(SPY)
-    out, hold = home / "werkzeug-imported-by", home / "hold"
-    os.mkfifo(hold)
-    env = {"PYTHONPATH": str(spy_dir), "HECATE_TEST_SPY": str(out), "HECATE_TEST_HOLD": str(hold)}
-    return Daemon(home, env=env), out, hold
-
-
-def _release(hold: Path) -> None:
-    """Let the held import go on: open the FIFO once its reader is there."""
-
-    def opened() -> int | None:
-        try:
-            return os.open(hold, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: the deferred thread has not reached the import yet
-            return None
-
-    os.close(wait_for(opened, timeout=15))
+    return spied_daemon(home, SPY, "werkzeug-imported-by")
 
 
 def _first_request(daemon: Daemon, method: str, path: str, body: Any = None) -> Any:
@@ -337,7 +320,7 @@ def test_the_first_answers_leave_before_werkzeug_is_imported(home: Path, path: s
         # No worker imported Werkzeug to answer those; at most the deferred thread began to.
         imported_by = spy.read_text().split() if spy.exists() else []
         assert imported_by in ([], ["hecated-deferred"])
-        _release(hold)
+        release(hold)
         assert spy.read_text().split() == ["hecated-deferred"]
         status, _, body = daemon.register("late-one")
         assert status == 201, body

@@ -125,27 +125,16 @@ def test_keep_alive_serves_several_requests_on_one_connection(served) -> None:
 
 def test_requests_run_concurrently(served) -> None:
     """Four requests that each wait for the others only finish if they run at once."""
-    barrier = threading.Barrier(4, timeout=10)
-
-    def app(environ, start_response):
-        barrier.wait()
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    s = served(app, workers=4)
-    socks = [s.connect() for _ in range(4)]
-    for sock in socks:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    answers = [read_response(sock) for sock in socks]
-    for sock in socks:
-        sock.close()
-    assert [a[0] for a in answers] == [200] * 4
-    assert not barrier.broken
+    _four_that_wait_for_each_other(served)
 
 
 def test_a_pool_started_with_one_worker_grows_for_the_second_request(served) -> None:
     """The daemon starts one worker for its first answer (cold start); a second request
     must not wait for the rest: four that each wait for the others still all finish."""
+    _four_that_wait_for_each_other(served, start_workers=1)
+
+
+def _four_that_wait_for_each_other(served, **options) -> None:
     barrier = threading.Barrier(4, timeout=10)
 
     def app(environ, start_response):
@@ -153,7 +142,7 @@ def test_a_pool_started_with_one_worker_grows_for_the_second_request(served) -> 
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    s = served(app, workers=4, start_workers=1)
+    s = served(app, workers=4, **options)
     socks = [s.connect() for _ in range(4)]
     for sock in socks:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -160,21 +160,19 @@ class UserManager:
     def needs_reload(self, unit: str) -> bool:
         """The unit is loaded and its file changed since (NeedDaemonReload); loads nothing:
         a unit not in memory reads its file afresh when it is next loaded."""
-        check_unit_name(unit)
-        bus = _bus()
-        with self._connection() as conn:
-            call = self._caller(conn, unit)
-            try:
-                (path,) = call(bus.manager_call("GetUnit", "s", unit))
-            except NoSuchUnit:
-                return False
-            (props,) = call(bus.get_all(path, bus.UNIT_IFACE))
-        return bool(bus.plain(props).get("NeedDaemonReload", False))
+        props = self._loaded(unit)
+        return props is not None and bool(props.get("NeedDaemonReload", False))
 
     def fragment(self, unit: str) -> str | None:
         """The file the manager loaded the unit from (FragmentPath; "" when it has none);
         None when the unit is not in memory, so not running. Loads nothing: asked before
         a stop a hecated before this one owed, to tell whose file the unit runs now."""
+        props = self._loaded(unit)
+        return None if props is None else str(props.get("FragmentPath", ""))
+
+    def _loaded(self, unit: str) -> dict[str, Any] | None:
+        """The unit's properties if the manager has it in memory (GetUnit, which loads
+        nothing, unlike LoadUnit), else None."""
         check_unit_name(unit)
         bus = _bus()
         with self._connection() as conn:
@@ -184,7 +182,7 @@ class UserManager:
             except NoSuchUnit:
                 return None
             (props,) = call(bus.get_all(path, bus.UNIT_IFACE))
-        return str(bus.plain(props).get("FragmentPath", ""))
+        return bus.plain(props)
 
 
 def _state_after(conn: Any, unit: str, deadline: float, timed_out: bool) -> UnitState | None:
