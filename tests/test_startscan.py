@@ -417,3 +417,7 @@ def test_the_childs_claims_are_put_together_or_refused() -> None:
     assert startscan._claims(b"", 10) == (10, [])
     assert startscan._claims(claim(7, ["h", "i"]), 10) is None  # a name missing
     assert startscan._claims(claim(7, ["h", "i", "j"]) + claim(2, ["x"]), 10) is None
+    # A claim that fits by length but starts below the first name, or one claiming nothing
+    # (a child's bug): refused, never names shifted by one.
+    assert startscan._claims(claim(-1, list("abcdefghijk")), 10) is None
+    assert startscan._claims(claim(10, []), 10) is None

@@ -296,7 +296,7 @@ class ReadChild:
             data = b""
         status = self._reap()
         nothing: tuple[int, list[ChildRead | None]] = (self.count, [])
-        if status != 0 or not data:
+        if status != 0:  # (0 and nothing sent: the parent read every name first)
             log.warning("the reading child failed (status %d); reading its part here", status)
             return nothing
         try:
@@ -363,7 +363,9 @@ def _claims(data: bytes, count: int) -> tuple[int, list] | None:
     stream, parts, low = io.BytesIO(data), [], count
     while stream.tell() < len(data):
         first, found = pickle.Unpickler(stream).load()  # its own memo, as it was pickled
-        if not (isinstance(first, int) and isinstance(found, list)) or len(found) != low - first:
+        if not (isinstance(first, int) and isinstance(found, list) and 0 <= first < low):
+            return None
+        if len(found) != low - first:
             return None
         parts.append(found)
         low = first
