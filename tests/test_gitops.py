@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import Daemon, wait_for
 from ctl_support import clean_env, ctl
 from gitops_support import (
     World,
@@ -60,6 +60,18 @@ def installed_then_stopped(world: World, unit: str, text: str) -> Path:
     listed(d, lambda r: r["installed"] and active(r), unit.removesuffix(".service"))
     d.stop()
     return src
+
+
+def removed_with_no_manager(world: World, unit: str, text: str) -> Daemon:
+    """``unit`` installed and running, then a hecated (``--idle-timeout 2``) that reaches
+    no manager (an empty runtime dir) sees its file removed: its stop is owed."""
+    src = installed_then_stopped(world, unit, text)
+    away = world.um.base / f"away-{unit.removesuffix('.service')}"
+    away.mkdir(mode=0o700, exist_ok=True)
+    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
+    listed(d, lambda r: r["installed"], unit.removesuffix(".service"))
+    src.unlink()
+    return d
 
 
 def test_a_service_file_is_linked_started_listed_reloaded_when_edited_stopped_when_removed(
@@ -258,12 +270,7 @@ def test_a_stop_owed_with_no_manager_lets_hecated_exit_idle_and_the_next_one_mak
     # hecated exits idle. The link is then removed by hand, so only what was kept on disk
     # says the unit must stop: the next hecated, with the manager there, stops it.
     unit = "hecate-owedstopd.service"
-    src = installed_then_stopped(world, unit, sleeper_text("owed a stop"))
-    away = world.um.base / "away-idle"
-    away.mkdir(mode=0o700, exist_ok=True)
-    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
-    listed(d, lambda r: r["installed"], "hecate-owedstopd")
-    src.unlink()
+    d = removed_with_no_manager(world, unit, sleeper_text("owed a stop"))
     listed(d, lambda rows: "hecate-owedstopd" not in {r["name"] for r in rows if r["installed"]})
     assert d.proc is not None and d.proc.wait(60) == 0
     assert f"stopping {unit} failed" in d.log() and "idle for 2 s: exiting" in d.log()
@@ -298,12 +305,7 @@ def test_a_stop_owed_on_disk_spares_a_unit_the_user_wrote_in_its_place(world: Wo
     # hecated's unit, not this one. The next hecated drops it, says so, and its owed
     # stops file goes (the end state waited for).
     unit = "hecate-handd.service"
-    src = installed_then_stopped(world, unit, sleeper_text("hecated's"))
-    away = world.um.base / "away-hand"
-    away.mkdir(mode=0o700, exist_ok=True)
-    d = world.hecated(env={"XDG_RUNTIME_DIR": str(away)}, args=("--idle-timeout", "2"))
-    listed(d, lambda r: r["installed"], "hecate-handd")
-    src.unlink()
+    d = removed_with_no_manager(world, unit, sleeper_text("hecated's"))
     assert d.proc is not None and d.proc.wait(60) == 0
     owed = d.data_dir / "run" / "gitops-owed-stops"
     assert owed.read_text() == f"{unit}\n"

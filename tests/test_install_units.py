@@ -97,14 +97,9 @@ def test_a_stop_that_does_not_end_in_time_is_a_502_saying_the_file_is_gone(
     """The file goes first, then the stop (so the reconciler never starts the unit again
     meanwhile): a stop that fails is the 502 it is, and says the file is removed all the
     same; the reconciler's own stop is made once the job can end."""
-    gate, held = um.base / "uninstall.gate", um.base / "uninstall.held"
-    os.mkfifo(gate)
     name = "hecate-slowstopd"
     unit = f"{name}.service"
-    text = (
-        "[Unit]\nDescription=a slow stop\n\n[Service]\nExecStart=/bin/sleep infinity\n"
-        f"ExecStop=/bin/sh -c 'touch {held}; read x < {gate}'\n"
-    )
+    gate, held, text = _held_stop(um, "uninstall", "a slow stop")
     um.made.append(unit)  # type: ignore[attr-defined]
     with hecated_on(um, {"HECATE_UNIT_JOB_TIMEOUT": "1"}) as d:
         body = {"unit": text, "kind": "service", "name": name}
@@ -131,15 +126,9 @@ def test_a_unit_reinstalled_while_its_stop_still_runs_is_started_again(um: UserM
     so when the stop ends the unit must run again. The reconciler drops the owed stop and
     starts the unit; that start meets the stop still running (mode fail refuses to cancel
     it) and is asked again until the stop has ended."""
-    gate, held = um.base / "reinstall.gate", um.base / "reinstall.held"
-    os.mkfifo(gate)
     name = "hecate-reinstalld"
     unit = f"{name}.service"
-    text = (
-        "[Unit]\nDescription=reinstalled while stopping\n\n[Service]\n"
-        "ExecStart=/bin/sleep infinity\n"
-        f"ExecStop=/bin/sh -c '[ -e {held} ] || {{ touch {held}; read x < {gate}; }}'\n"
-    )  # held once: the test's own stop at the end ends at once
+    gate, held, text = _held_stop(um, "reinstall", "reinstalled while stopping")
     body = {"unit": text, "kind": "service", "name": name}
     um.made.append(unit)  # type: ignore[attr-defined]
     with hecated_on(um, {"HECATE_UNIT_JOB_TIMEOUT": "1"}) as d:
@@ -190,3 +179,16 @@ def test_install_through_the_shipped_unit_in_its_sandbox(um: UserManager) -> Non
         assert status == 200 and not path.exists(), answer
     finally:
         um.reset()
+
+
+def _held_stop(um: UserManager, tag: str, description: str) -> tuple[Path, Path, str]:
+    """A unit whose first stop is held until the test writes to ``gate`` (``held``
+    appears once it is held): a stop job still running, without a sleep. Held once
+    only, so the test's own stop at the end ends at once."""
+    gate, held = um.base / f"{tag}.gate", um.base / f"{tag}.held"
+    os.mkfifo(gate)
+    text = (
+        f"[Unit]\nDescription={description}\n\n[Service]\nExecStart=/bin/sleep infinity\n"
+        f"ExecStop=/bin/sh -c '[ -e {held} ] || {{ touch {held}; read x < {gate}; }}'\n"
+    )
+    return gate, held, text
